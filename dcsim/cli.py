@@ -1,0 +1,48 @@
+"""Command line: parse arguments, call one function, print. Every user error becomes exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dcsim.errors import UserError
+
+# One module per command under dcsim/commands; each has add_parser(subparsers) that sets func=handler.
+COMMANDS = ("run", "trace", "fit", "profiles", "calibrate", "sweep", "report", "validate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcsim", description=__import__("dcsim").__doc__)
+    parser.add_argument("--version", action="version", version=f"dcsim {__import__('dcsim').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"dcsim.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"dcsim.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"dcsim: error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dcsim: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The one user-facing error type: it names the file, the field and what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+class UserError(Exception):
+    """Bad input from the user; the CLI prints it and exits with status 2 (no traceback)."""
+
+    def __init__(self, reason: str, file: str | Path | None = None, field: str | None = None) -> None:
+        self.file = str(file) if file is not None else None
+        self.field = field
+        self.reason = reason
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.field:
+            where.append(f"field '{self.field}'")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.reason}" if prefix else self.reason
+
+
+def from_validation(err: ValidationError, file: str | Path | None) -> UserError:
+    """Turn a pydantic ValidationError into one UserError that lists every bad field."""
+    parts = []
+    first_field = None
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        first_field = first_field or loc
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        parts.append(f"field '{loc}': {msg}")
+    if len(parts) == 1:
+        return UserError(parts[0].split(": ", 1)[1], file, first_field)
+    return UserError("; ".join(parts), file, None)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning a missing file or malformed YAML into a UserError."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("file not found", p)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", p) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping at the top level", p)
+    return data

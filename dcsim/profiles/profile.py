@@ -1,0 +1,383 @@
+"""Device profile: one model served by one engine on one device (or k devices of a replica).
+
+A profile holds latency and power curves as small linear models over named step features, the idle
+powers, a power-cap model, memory limits, and for every term where it came from and how well it fits.
+`Profile` is what sits on disk (YAML); `Profile.evaluator(cap_w)` returns the fast object the simulator
+calls in its inner loop.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dcsim.errors import UserError, from_validation, load_yaml
+
+# Features a curve may use. Prefill curves see the prompt tokens of one step; decode curves see a step
+# of `batch` sequences holding `context` KV tokens in all.
+PREFILL_FEATURES = ("tokens", "tokens_sq", "batch")
+DECODE_FEATURES = ("batch", "context")
+
+
+class Strict(BaseModel):
+    """Base for everything read from disk: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Curve(Strict):
+    """value = intercept + sum(coef[f] * f), clamped to [lo, hi]; features are named above."""
+
+    intercept: float = 0.0
+    coef: dict[str, float] = Field(default_factory=dict)
+    lo: float | None = None
+    hi: float | None = None
+
+    def at(self, **features: float) -> float:
+        v = self.intercept
+        for name, c in self.coef.items():
+            v += c * features.get(name, 0.0)
+        if self.lo is not None and v < self.lo:
+            v = self.lo
+        if self.hi is not None and v > self.hi:
+            v = self.hi
+        return v
+
+    def check_features(self, allowed: tuple[str, ...], where: str) -> None:
+        bad = [k for k in self.coef if k not in allowed]
+        if bad:
+            raise ValueError(f"{where}: unknown feature(s) {bad}; allowed: {list(allowed)}")
+
+
+class DeviceInfo(Strict):
+    name: str
+    kind: Literal["gpu", "cpu", "soc"] = "gpu"
+    memory_gb: float = Field(gt=0)
+    tdp_w: float | None = Field(default=None, gt=0)
+
+
+class ModelInfo(Strict):
+    name: str
+    params_b: float = Field(gt=0, description="parameters, billions")
+    layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    kv_bytes_per_token: int = Field(gt=0, description="K and V over all layers, bytes per token")
+    max_context: int = Field(default=4096, gt=0)
+
+
+class EngineInfo(Strict):
+    name: str
+    version: str | None = None
+    precision: str = "bf16"
+
+
+class Latency(Strict):
+    """Seconds. prefill: one prefill step over `tokens` prompt tokens (`batch` prompts);
+    decode_step: one decode step of `batch` sequences holding `context` tokens in all."""
+
+    prefill_s: Curve
+    decode_step_s: Curve
+
+
+class HostPower(Strict):
+    """Host (CPU, memory) share of power, where the source measured it."""
+
+    prefill_w: Curve
+    decode_w: Curve
+    idle_w: float = Field(ge=0)
+
+
+class Power(Strict):
+    """Watts drawn by the replica's devices (all gpus_per_replica together)."""
+
+    prefill_w: Curve
+    decode_w: Curve
+    serving_idle_w: float = Field(ge=0, description="process up, model loaded, no request")
+    deep_idle_w: float = Field(ge=0, description="device idle without a serving process, or off")
+    host: HostPower | None = None
+
+
+class CapPoint(Strict):
+    """A measured cap: multipliers on uncapped time and power for each phase."""
+
+    cap_w: float = Field(gt=0)
+    prefill_time_x: float = Field(gt=0)
+    decode_time_x: float = Field(gt=0)
+    prefill_power_x: float = Field(gt=0)
+    decode_power_x: float = Field(gt=0)
+
+
+class PowerCap(Strict):
+    """Allowed power-limit range per device and how a cap changes time and power.
+
+    analytic: DVFS model. Dynamic power scales as f**exponent above a static floor, so a cap C below the
+    phase's uncapped draw P sets f = ((C - static) / (P - static)) ** (1/exponent); a phase whose
+    compute-bound share is beta then takes t * (beta / f + 1 - beta) and draws at most C.
+    points: measured caps, linearly interpolated.
+    """
+
+    min_w: float = Field(gt=0)
+    max_w: float = Field(gt=0)
+    default_w: float = Field(gt=0)
+    method: Literal["analytic", "points"] = "analytic"
+    static_w: float = Field(default=0.0, ge=0)
+    exponent: float = Field(default=3.0, gt=0)
+    compute_bound_prefill: float = Field(default=0.9, ge=0, le=1)
+    compute_bound_decode: float = Field(default=0.3, ge=0, le=1)
+    points: list[CapPoint] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _range(self) -> "PowerCap":
+        if not self.min_w <= self.default_w <= self.max_w:
+            raise ValueError(f"need min_w <= default_w <= max_w, got {self.min_w}, {self.default_w}, {self.max_w}")
+        if self.method == "points" and not self.points:
+            raise ValueError("method 'points' needs at least one entry in points")
+        return self
+
+
+class Memory(Strict):
+    """Device memory of the whole replica and what the model leaves for the KV cache."""
+
+    device_gb: float = Field(gt=0)
+    weights_gb: float = Field(ge=0)
+    activation_reserve_gb: float = Field(default=0.0, ge=0)
+    kv_capacity_tokens: int | None = Field(default=None, gt=0, description="measured or engine-reported; else derived")
+
+
+class Provenance(Strict):
+    source: Literal["measured", "published", "derived", "assumed"]
+    citation: str | None = None
+    path: str | None = None
+    command: str | None = None
+    note: str | None = None
+
+
+class FitError(Strict):
+    median_ape_pct: float = Field(ge=0)
+    max_ape_pct: float = Field(ge=0)
+    n_points: int = Field(ge=0)
+
+
+class Profile(Strict):
+    schema_version: Literal[1] = 1
+    name: str
+    device: DeviceInfo
+    model: ModelInfo
+    engine: EngineInfo
+    gpus_per_replica: int = Field(default=1, gt=0)
+    latency: Latency
+    power: Power
+    power_cap: PowerCap | None = None
+    memory: Memory
+    provenance: dict[str, Provenance] = Field(default_factory=dict)
+    valid_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    fit_error: dict[str, FitError] = Field(default_factory=dict)
+    spread_cv: dict[str, float] = Field(default_factory=dict, description="run-to-run coefficient of variation per term")
+    not_covered: list[str] = Field(default_factory=list, description="what the source could not measure")
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _features(self) -> "Profile":
+        self.latency.prefill_s.check_features(PREFILL_FEATURES, "latency.prefill_s")
+        self.power.prefill_w.check_features(PREFILL_FEATURES, "power.prefill_w")
+        self.latency.decode_step_s.check_features(DECODE_FEATURES, "latency.decode_step_s")
+        self.power.decode_w.check_features(DECODE_FEATURES, "power.decode_w")
+        if self.power.host:
+            self.power.host.prefill_w.check_features(PREFILL_FEATURES, "power.host.prefill_w")
+            self.power.host.decode_w.check_features(DECODE_FEATURES, "power.host.decode_w")
+        return self
+
+    # ---- derived quantities -------------------------------------------------------------------
+    def kv_capacity_tokens(self) -> int:
+        """KV tokens the replica can hold: given, or (memory - weights - reserve) / bytes per token."""
+        if self.memory.kv_capacity_tokens is not None:
+            return self.memory.kv_capacity_tokens
+        free_gb = self.memory.device_gb - self.memory.weights_gb - self.memory.activation_reserve_gb
+        return max(0, int(free_gb * 1e9 // self.model.kv_bytes_per_token))
+
+    def evaluator(self, cap_w: float | None = None, file: str | None = None) -> "ProfileEvaluator":
+        return ProfileEvaluator(self, cap_w, file)
+
+    def to_yaml(self, path: str | Path) -> None:
+        data = self.model_dump(mode="json", exclude_none=True)
+        Path(path).write_text(yaml.safe_dump(data, sort_keys=False, width=110))
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Load and validate a profile YAML; errors name the file and field."""
+    data = load_yaml(path)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        raise from_validation(e, path) from None
+
+
+class CapScaling:
+    """Multipliers that a power cap applies to one phase: time_x on time, and a ceiling on power."""
+
+    __slots__ = ("time_x", "power_x", "ceiling_w")
+
+    def __init__(self, time_x: float = 1.0, power_x: float = 1.0, ceiling_w: float = math.inf) -> None:
+        self.time_x = time_x
+        self.power_x = power_x
+        self.ceiling_w = ceiling_w
+
+
+def cap_scaling(pc: PowerCap, cap_w: float, uncapped_w: float, compute_bound: float, phase: str) -> CapScaling:
+    """How a per-device cap changes a phase that draws `uncapped_w` per device without one."""
+    if pc.method == "points":
+        pts = sorted(pc.points, key=lambda p: p.cap_w)
+        caps = [p.cap_w for p in pts] + [pc.default_w]
+        tx = [getattr(p, f"{phase}_time_x") for p in pts] + [1.0]
+        px = [getattr(p, f"{phase}_power_x") for p in pts] + [1.0]
+        return CapScaling(_interp(cap_w, caps, tx), _interp(cap_w, caps, px))
+    if cap_w >= uncapped_w:
+        return CapScaling()
+    dyn = max(uncapped_w - pc.static_w, 1e-9)
+    f = max((cap_w - pc.static_w) / dyn, 1e-6) ** (1.0 / pc.exponent)
+    time_x = compute_bound / f + (1.0 - compute_bound)
+    return CapScaling(time_x, cap_w / uncapped_w, cap_w)
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            t = (x - xs[i - 1]) / (xs[i] - xs[i - 1]) if xs[i] > xs[i - 1] else 1.0
+            return ys[i - 1] + t * (ys[i] - ys[i - 1])
+    return ys[-1]
+
+
+class ProfileEvaluator:
+    """Fast, cap-adjusted evaluation of a profile for the simulator's inner loop.
+
+    Decode terms are kept as plain floats so a run of k steps can be summed in closed form.
+    """
+
+    __slots__ = (
+        "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc",
+        "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w",
+        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling",
+    )
+
+    def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None) -> None:
+        p = profile
+        self.profile = p
+        self.gpus = p.gpus_per_replica
+        self.pf_t = p.latency.prefill_s
+        self.pf_p = p.power.prefill_w
+        dt, dp = p.latency.decode_step_s, p.power.decode_w
+        # decode linear terms: (intercept, per batch, per context token)
+        self.dc_t = (dt.intercept, dt.coef.get("batch", 0.0), dt.coef.get("context", 0.0), dt.lo)
+        self.dc_p = (dp.intercept, dp.coef.get("batch", 0.0), dp.coef.get("context", 0.0), dp.lo, dp.hi)
+        host = p.power.host
+        self.host_pf = host.prefill_w if host else None
+        self.host_dc = host.decode_w if host else None
+        self.host_idle_w = host.idle_w if host else 0.0
+        self.idle_w = p.power.serving_idle_w
+        self.deep_idle_w = p.power.deep_idle_w
+        self.kv_capacity = p.kv_capacity_tokens()
+        self.cap_w = cap_w
+        self.pf_tx = self.dc_tx = self.pf_px = self.dc_px = 1.0
+        self.pf_ceiling = self.dc_ceiling = math.inf
+        if cap_w is not None:
+            pc = p.power_cap
+            if pc is None:
+                raise UserError("a power cap was set but the profile has no power_cap section", file, "power_cap")
+            if not pc.min_w <= cap_w <= pc.max_w:
+                raise UserError(
+                    f"cap {cap_w:g} W is outside the device's range {pc.min_w:g}-{pc.max_w:g} W", file, "power_cap_w"
+                )
+            g = self.gpus
+            # Representative uncapped per-device draw of each phase, at the middle of its valid range.
+            pf_ref = self._ref_power("prefill") / g
+            dc_ref = self._ref_power("decode") / g
+            s = cap_scaling(pc, cap_w, pf_ref, pc.compute_bound_prefill, "prefill")
+            self.pf_tx, self.pf_px, self.pf_ceiling = s.time_x, s.power_x, s.ceiling_w * g
+            s = cap_scaling(pc, cap_w, dc_ref, pc.compute_bound_decode, "decode")
+            self.dc_tx, self.dc_px, self.dc_ceiling = s.time_x, s.power_x, s.ceiling_w * g
+
+    def _ref_power(self, phase: str) -> float:
+        vr = self.profile.valid_range
+        if phase == "prefill":
+            lo, hi = vr.get("prefill_tokens", (1, 512))
+            n = math.sqrt(max(lo, 1) * hi)
+            return self.pf_p.at(tokens=n, tokens_sq=n * n, batch=1)
+        lo, hi = vr.get("batch", (1, 1))
+        b = math.sqrt(max(lo, 1) * hi)
+        c = b * 512
+        return self.profile.power.decode_w.at(batch=b, context=c)
+
+    # ---- prefill ------------------------------------------------------------------------------
+    def prefill(self, tokens: float, tokens_sq: float, batch: int) -> tuple[float, float, float]:
+        """(seconds, device watts, host watts) of one prefill step."""
+        t = self.pf_t.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch) * self.pf_tx
+        w = self.pf_p.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch) * self.pf_px
+        if w > self.pf_ceiling:
+            w = self.pf_ceiling
+        h = self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch) if self.host_pf else 0.0
+        return t, w, h
+
+    # ---- decode -------------------------------------------------------------------------------
+    def decode_step(self, batch: int, context: float) -> tuple[float, float]:
+        """(seconds, device watts) of one decode step."""
+        a, b, c, lo = self.dc_t
+        t = a + b * batch + c * context
+        if lo is not None and t < lo:
+            t = lo
+        pa, pb, pc, plo, phi = self.dc_p
+        w = pa + pb * batch + pc * context
+        if plo is not None and w < plo:
+            w = plo
+        if phi is not None and w > phi:
+            w = phi
+        w *= self.dc_px
+        if w > self.dc_ceiling:
+            w = self.dc_ceiling
+        return t * self.dc_tx, w
+
+    def decode_run(self, batch: int, context0: float, steps: int) -> tuple[float, float, float]:
+        """Time, device energy and host energy of `steps` decode steps of a fixed batch whose context
+        starts at `context0` and grows by `batch` each step; summed in closed form where the curves
+        are unclamped, step by step otherwise."""
+        if steps <= 0:
+            return 0.0, 0.0, 0.0
+        a, b, c, lo = self.dc_t
+        pa, pb, pc, plo, phi = self.dc_p
+        k = steps
+        # t_j = T0 + c*B*j ; w_j = W0 + pc*B*j for j = 0..k-1
+        t0 = (a + b * batch + c * context0)
+        w0 = (pa + pb * batch + pc * context0)
+        dt = c * batch
+        dw = pc * batch
+        t_last = t0 + dt * (k - 1)
+        w_last = w0 + dw * (k - 1)
+        clamped = (
+            (lo is not None and min(t0, t_last) < lo)
+            or (plo is not None and min(w0, w_last) < plo)
+            or (phi is not None and max(w0, w_last) > phi)
+            or max(w0, w_last) * self.dc_px > self.dc_ceiling
+        )
+        if clamped:
+            total_t = total_e = 0.0
+            ctx = context0
+            for _ in range(k):
+                t, w = self.decode_step(batch, ctx)
+                total_t += t
+                total_e += t * w
+                ctx += batch
+        else:
+            s1 = k * (k - 1) / 2.0
+            s2 = (k - 1) * k * (2 * k - 1) / 6.0
+            total_t = (k * t0 + dt * s1) * self.dc_tx
+            total_e = (k * t0 * w0 + (t0 * dw + w0 * dt) * s1 + dt * dw * s2) * self.dc_tx * self.dc_px
+        host_e = 0.0
+        if self.host_dc is not None:
+            hw = self.host_dc.at(batch=batch, context=context0 + batch * (k - 1) / 2.0)
+            host_e = hw * total_t
+        return total_t, total_e, host_e

@@ -1,0 +1,209 @@
+"""Scenario files: pydantic-validated YAML describing workload, fleet, router and facility.
+
+Unknown keys are errors everywhere. `--set a.b=c` overrides any field before validation. Relative paths
+(trace, profiles) resolve against the scenario file's folder first, then the current directory, then the
+project's shipped `profiles/` and `traces/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dcsim.errors import UserError, from_validation, load_yaml
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- workload --------------------------------------------------------------------------------
+class TraceRef(Strict):
+    path: str
+    limit: int | None = Field(default=None, gt=0, description="use only the first N requests")
+    sample: int | None = Field(default=None, gt=0, description="draw N requests at random (with the seed)")
+
+
+class ReplayArrivals(Strict):
+    kind: Literal["replay"] = "replay"
+    time_scale: float = Field(default=1.0, gt=0, description="multiply the trace's gaps by this")
+
+
+class PoissonArrivals(Strict):
+    kind: Literal["poisson"] = "poisson"
+    rate_per_s: float = Field(gt=0)
+
+
+class GammaArrivals(Strict):
+    kind: Literal["gamma"] = "gamma"
+    rate_per_s: float = Field(gt=0)
+    cv: float = Field(gt=0, description="coefficient of variation of the gaps (1 = Poisson)")
+
+
+class DiurnalArrivals(Strict):
+    """Non-homogeneous Poisson whose rate follows a daily curve (24 hourly multipliers or a sine)."""
+
+    kind: Literal["diurnal"] = "diurnal"
+    mean_rate_per_s: float = Field(gt=0)
+    hourly: list[float] | None = Field(default=None, description="24 relative rates, hour 0..23")
+    amplitude: float = Field(default=0.5, ge=0, lt=1, description="sine amplitude when hourly is absent")
+    peak_hour: float = Field(default=14.0, ge=0, lt=24)
+    start_hour: float = Field(default=0.0, ge=0, lt=24)
+    day_s: float = Field(default=86400.0, gt=0, description="length of one cycle in simulated seconds")
+
+    @model_validator(mode="after")
+    def _hourly(self) -> "DiurnalArrivals":
+        if self.hourly is not None and (len(self.hourly) != 24 or min(self.hourly) < 0 or max(self.hourly) <= 0):
+            raise ValueError("hourly needs 24 non-negative values, not all zero")
+        return self
+
+
+class AllAtOnceArrivals(Strict):
+    """Every request is there at time 0 (a closed batch, as the published sweeps ran)."""
+
+    kind: Literal["all_at_once"] = "all_at_once"
+
+
+Arrivals = Annotated[
+    Union[ReplayArrivals, PoissonArrivals, GammaArrivals, DiurnalArrivals, AllAtOnceArrivals],
+    Field(discriminator="kind"),
+]
+
+
+# ---- fleet -----------------------------------------------------------------------------------
+class Batching(Strict):
+    """policy: fcfs | static | continuous. Limits not used by a policy are ignored."""
+
+    policy: Literal["fcfs", "static", "continuous"] = "fcfs"
+    max_batch: int = Field(default=1, gt=0)
+    max_wait_s: float = Field(default=0.0, ge=0, description="static: wait at most this long to fill a batch")
+    max_batched_tokens: int | None = Field(default=None, gt=0, description="continuous: prompt tokens per step")
+    kv_reserve: Literal["full", "prompt"] = Field(
+        default="full", description="continuous: reserve KV for prompt+expected output at admission, or prompt only"
+    )
+
+
+class Pool(Strict):
+    name: str
+    profile: str
+    count: int = Field(gt=0)
+    batching: Batching = Field(default_factory=Batching)
+    power_cap_w: float | None = Field(default=None, gt=0, description="per-device power limit")
+    idle: Literal["serving", "deep"] = Field(
+        default="serving", description="power between requests: serving-idle (model loaded) or deep idle"
+    )
+
+
+class RouterSpec(BaseModel):
+    """name plus the router's own parameters (checked by the router's parameter model)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "round_robin"
+
+
+class OutputKnowledge(Strict):
+    """What routers and admission know of a request's output length before it runs."""
+
+    mode: Literal["oracle", "max_tokens", "predicted"] = "oracle"
+    max_tokens: int = Field(default=512, gt=0)
+    relative_error: float = Field(default=0.2, ge=0, description="predicted: lognormal error, sigma of log")
+
+
+class Facility(Strict):
+    pue: float = Field(default=1.0, ge=1.0)
+    carbon_g_per_kwh: float = Field(default=0.0, ge=0)
+    price_per_kwh: float = Field(default=0.0, ge=0)
+
+
+class Scenario(Strict):
+    name: str = "scenario"
+    description: str | None = None
+    seed: int = 0
+    trace: TraceRef
+    arrivals: Arrivals = Field(default_factory=ReplayArrivals)
+    fleet: list[Pool] = Field(min_length=1)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    output_knowledge: OutputKnowledge = Field(default_factory=OutputKnowledge)
+    facility: Facility = Field(default_factory=Facility)
+    horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
+    warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> "Scenario":
+        names = [p.name for p in self.fleet]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"pool names must be unique, repeated: {sorted(dup)}")
+        return self
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def apply_overrides(data: dict, overrides: list[str], file: str | Path | None = None) -> dict:
+    """Apply `a.b=c` overrides (value parsed as YAML) to a nested dict; list items by index (fleet.0.count=3)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'", file)
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    # allow selecting a pool by its name: fleet.a100.count=4
+                    match = [x for x in node if isinstance(x, dict) and x.get("name") == part]
+                    if not match:
+                        raise UserError(f"--set {key}: no list item '{part}'", file, key)
+                    idx = node.index(match[0])
+                else:
+                    idx = int(part)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise UserError(f"--set {key}: '{parts[i - 1]}' is not a mapping", file, key)
+    return data
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario; errors name the file and the field."""
+    data = load_yaml(path)
+    data = apply_overrides(data, overrides or [], path)
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as e:
+        raise from_validation(e, path) from None
+    return sc
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_path(ref: str, base: str | Path | None, shipped: str) -> Path:
+    """Find a file named in a scenario: as given, beside the scenario, or among the shipped ones."""
+    p = Path(ref)
+    candidates = [p]
+    if base is not None and not p.is_absolute():
+        candidates.append(Path(base).parent / p)
+    if not p.is_absolute():
+        candidates.append(PROJECT_ROOT / p)
+        candidates.append(PROJECT_ROOT / shipped / p)
+        if p.suffix == "":
+            candidates.append(PROJECT_ROOT / shipped / (p.name + (".yaml" if shipped == "profiles" else ".parquet")))
+    for c in candidates:
+        if c.is_file():
+            return c
+    return p
