@@ -1,0 +1,59 @@
+"""One table shape for measurements, whatever their source, so fitting is written once.
+
+Every importer (published sweeps, leaderboard files, our own calibration runs) returns a pandas DataFrame
+with these columns; `check_measurements` validates it. One row is one measured run of `batch` requests,
+each with `n_in` prompt tokens and `n_out` output tokens, or one idle window (kind = idle_serving/idle_deep).
+
+Columns
+- kind: "run" | "decode" | "idle_serving" | "idle_deep"
+    run: a whole request (prefill + n_out decode steps) timed end to end;
+    decode: steady-state decode only (runtime_s per output token step given in tpot_s, power in avg_power_w);
+- n_in, n_out, batch: ints (for idle rows: 0, 0, 0)
+- runtime_s: wall time of the run or idle window
+- ttft_s: time to first token where measured (NaN otherwise)
+- tpot_s: mean time per output token after the first (NaN otherwise)
+- energy_device_j: accelerator energy summed over the replica's devices (NaN where not measured)
+- energy_host_j: CPU package + DRAM energy where measured (NaN otherwise)
+- avg_power_w: device power averaged over the run, where the source gives it instead of energy
+- repeat: repeat index of this shape (0 for published means)
+- warmup: True for warm-up runs that fitting must skip
+- source: short id of where the row came from (file name or run name)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dcsim.errors import UserError
+
+COLUMNS = {
+    "kind": object, "n_in": "int64", "n_out": "int64", "batch": "int64", "runtime_s": "float64",
+    "ttft_s": "float64", "tpot_s": "float64", "energy_device_j": "float64", "energy_host_j": "float64",
+    "avg_power_w": "float64", "repeat": "int64", "warmup": bool, "source": object,
+}
+KINDS = ("run", "decode", "idle_serving", "idle_deep")
+
+
+def empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
+
+
+def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
+    """Fill optional columns with their defaults, order and type them, and check the values."""
+    out = df.copy()
+    defaults = {"ttft_s": np.nan, "tpot_s": np.nan, "energy_device_j": np.nan, "energy_host_j": np.nan,
+                "avg_power_w": np.nan, "repeat": 0, "warmup": False, "source": "", "batch": 1}
+    for c, v in defaults.items():
+        if c not in out.columns:
+            out[c] = v
+    missing = [c for c in COLUMNS if c not in out.columns]
+    if missing:
+        raise UserError(f"measurement table lacks columns {missing}", file)
+    out = out[list(COLUMNS)].astype(COLUMNS)
+    bad = ~out["kind"].isin(KINDS)
+    if bad.any():
+        raise UserError(f"unknown kind {out.loc[bad, 'kind'].iloc[0]!r}; expected one of {KINDS}", file, "kind")
+    if (out["runtime_s"] <= 0).any():
+        raise UserError("runtime_s must be > 0", file, "runtime_s")
+    return out.reset_index(drop=True)
