@@ -76,8 +76,10 @@ class EngineInfo(Strict):
 
 
 class Latency(Strict):
-    """Seconds. prefill: one prefill step over `tokens` prompt tokens (`batch` prompts);
-    decode_step: one decode step of `batch` sequences holding `context` tokens in all."""
+    """Seconds. prefill: one prefill step over `tokens` prompt tokens (`batch` prompts); it emits each
+    prompt's first output token. decode_step: one decode step of `batch` sequences holding `context` KV
+    tokens in all. A request of n_in, n_out at batch 1 therefore takes
+    prefill_s(tokens=n_in) + sum over j=0..n_out-2 of decode_step_s(batch=1, context=n_in+1+j)."""
 
     prefill_s: Curve
     decode_step_s: Curve
