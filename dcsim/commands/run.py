@@ -1,0 +1,66 @@
+"""`dcsim run SCENARIO`: simulate one scenario and print or write its results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="simulate a scenario file", description=__doc__)
+    p.add_argument("scenario", help="scenario YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario field, e.g. router.input_threshold=64 or fleet.a100.count=4")
+    p.add_argument("--out", help="write summary.json, requests.parquet, replicas.csv, power.csv and plots here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dcsim.results import summarize, write_outputs
+    from dcsim.scenario import load_scenario
+    from dcsim.sim.engine import simulate
+
+    sc = load_scenario(args.scenario, args.overrides)
+    raw = simulate(sc, args.scenario)
+    summary = summarize(raw)
+    if args.out:
+        write_outputs(raw, summary, args.out, plots=not args.no_plots)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_summary(summary))
+        if args.out:
+            print(f"\nwrote {args.out}/ (summary.json, requests.parquet, replicas.csv, power.csv, plots)")
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    """A console table of the headline figures and one row per pool."""
+    lines = [
+        f"scenario {s['scenario']} (seed {s['seed']})",
+        f"  requests   {s['requests_completed']} completed, {s['requests_rejected']} rejected, "
+        f"{s['requests_unfinished']} unfinished; {s['tokens_in']} tokens in, {s['tokens_out']} out",
+        f"  time       {s['makespan_s']:.1f} s; {s['throughput_tokens_per_s']:.1f} output tokens/s",
+        f"  energy     {s['energy_j'] / 3.6e6:.4f} kWh (active {s['active_j'] / 3.6e6:.4f}, idle "
+        f"{s['idle_j'] / 3.6e6:.4f}, host {s['host_j'] / 3.6e6:.4f}); facility {s['facility_j'] / 3.6e6:.4f} kWh",
+        f"  efficiency {s['tokens_per_joule']:.3f} output tokens/J; {s['energy_per_request_j']:.1f} J/request; "
+        f"mean power {s['mean_power_w']:.0f} W",
+        f"  latency    wait mean {s['wait_s']['mean']:.3f} s p99 {s['wait_s']['p99']:.3f} s; "
+        f"TTFT p50 {s['ttft_s']['p50']:.3f} s; e2e p50 {s['e2e_s']['p50']:.2f} s p99 {s['e2e_s']['p99']:.2f} s",
+    ]
+    if s.get("carbon_g") or s.get("cost"):
+        lines.append(f"  facility   {s['carbon_g'] / 1e3:.3f} kg CO2e; cost {s['cost']:.4f}")
+    hdr = f"  {'pool':<14}{'replicas':>9}{'done':>8}{'kWh':>10}{'tok/J':>9}{'util':>7}{'e2e p50':>9}{'e2e p99':>9}"
+    lines += ["", hdr]
+    for name, p in s["pools"].items():
+        lines.append(
+            f"  {name:<14}{p['replicas']:>9}{p['requests_completed']:>8}{p['energy_j'] / 3.6e6:>10.4f}"
+            f"{p['tokens_per_joule']:>9.3f}{p['utilisation']:>7.0%}{p['e2e_s']['p50']:>9.2f}{p['e2e_s']['p99']:>9.2f}"
+        )
+    for w in s.get("warnings", []):
+        lines.append(f"  note: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Matplotlib figures (PNG) for runs: power over time per pool, latency CDFs, energy breakdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def run_plots(raw, summary: dict, power: pd.DataFrame, out: Path) -> list[Path]:
+    """The three standard figures of one run; returns the files written."""
+    from dcsim.results import requests_table
+
+    files = [power_plot(power, [p.name for p in raw.pools], out / "power.png", summary["scenario"])]
+    req = requests_table(raw)
+    files.append(latency_cdf_plot(req[req["status"] == "done"], out / "latency_cdf.png", summary["scenario"]))
+    files.append(energy_breakdown_plot(summary, out / "energy_breakdown.png"))
+    return files
+
+
+def power_plot(power: pd.DataFrame, pools: list[str], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    t = (power["t_start_s"] + power["t_end_s"]) / 2
+    scale, unit = (60.0, "min") if t.max() > 1200 else (1.0, "s")
+    for name in pools:
+        ax.plot(t / scale, power[f"{name}_w"] / 1e3, label=name, lw=1.2)
+    if len(pools) > 1:
+        ax.plot(t / scale, power["fleet_w"] / 1e3, label="fleet", color="k", lw=1.5)
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_ylabel("power (kW, device + host)")
+    ax.set_title(f"{title}: power over time")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_cdf_plot(done: pd.DataFrame, path: Path, title: str) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, col, label in zip(axes, ("wait_s", "ttft_s", "e2e_s"), ("queue wait", "time to first token", "end-to-end")):
+        for pool, grp in done.groupby("pool", sort=True):
+            x = np.sort(grp[col].dropna().to_numpy())
+            if x.size:
+                ax.plot(x, np.arange(1, x.size + 1) / x.size, label=str(pool))
+        ax.set_xlabel(f"{label} (s)")
+        ax.set_xscale("symlog", linthresh=1e-2)
+        ax.set_ylabel("fraction of requests")
+        ax.set_ylim(0, 1.01)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    fig.suptitle(f"{title}: latency CDFs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def energy_breakdown_plot(summary: dict, path: Path) -> Path:
+    pools = list(summary["pools"])
+    parts = (("active_j", "device active"), ("idle_j", "device idle"), ("host_j", "host"))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(pools) + 2), 4))
+    bottom = np.zeros(len(pools))
+    for key, label in parts:
+        vals = np.array([summary["pools"][p][key] for p in pools]) / 3.6e6
+        ax.bar(pools, vals, bottom=bottom, label=label)
+        bottom += vals
+    ax.set_ylabel("energy (kWh)")
+    ax.set_title(f"{summary['scenario']}: energy by pool and state")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,220 @@
+"""Raw simulation results -> summary dict, per-request / per-replica tables, power over time, files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcsim.sim.engine import RawResults
+from dcsim.sim.requests import DONE, REJECT_REASONS
+
+QUANTILES = (("p50", 50), ("p90", 90), ("p99", 99))
+
+
+def cumulative(t0: np.ndarray, t1: np.ndarray, v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Amount of v spent by times x, each segment spending its v evenly over [t0, t1).
+
+    Segments of one replica are sorted and do not overlap, so this is a search plus one partial term.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if len(t0) == 0:
+        return np.zeros_like(x)
+    cum = np.concatenate(([0.0], np.cumsum(v)))
+    k = np.searchsorted(t1, x, side="right")  # segments finished by x
+    out = cum[k]
+    inside = k < len(t0)
+    kk = np.minimum(k, len(t0) - 1)
+    dur = t1[kk] - t0[kk]
+    frac = np.where(dur > 0, np.clip((x - t0[kk]) / np.where(dur > 0, dur, 1.0), 0.0, 1.0), 0.0)
+    return out + np.where(inside, v[kk] * frac, 0.0)
+
+
+def stats(x: np.ndarray) -> dict[str, float]:
+    if x.size == 0:
+        return {"mean": float("nan"), **{k: float("nan") for k, _ in QUANTILES}}
+    q = np.percentile(x, [p for _, p in QUANTILES])
+    return {"mean": float(x.mean()), **{k: float(v) for (k, _), v in zip(QUANTILES, q)}}
+
+
+def _replica_energy(raw: RawResults, lo: float, hi: float) -> pd.DataFrame:
+    """Per replica, over the window [lo, hi]: busy and idle seconds, device and host joules."""
+    rows = []
+    for i, (t0, t1, e, h) in enumerate(raw.segments):
+        pool = raw.pools[int(raw.replica_pool[i])]
+        ev = pool.evaluator
+        edges = np.array([lo, hi])
+        busy = np.diff(cumulative(t0, t1, t1 - t0, edges))[0]
+        active = np.diff(cumulative(t0, t1, e, edges))[0]
+        host_active = np.diff(cumulative(t0, t1, h, edges))[0]
+        idle_s = max(0.0, (hi - lo) - busy)
+        idle_w = ev.idle_w if pool.idle == "serving" else ev.deep_idle_w
+        rows.append({
+            "replica": i, "pool": pool.name, "busy_s": busy, "idle_s": idle_s,
+            "active_j": active, "idle_j": idle_w * idle_s,
+            "host_j": host_active + ev.host_idle_w * idle_s,
+        })
+    return pd.DataFrame(rows)
+
+
+def requests_table(raw: RawResults) -> pd.DataFrame:
+    lg = raw.log
+    status = lg["status"]
+    names = np.array(["unfinished", "done", "rejected", "unfinished"], dtype=object)
+    reasons = np.array(REJECT_REASONS, dtype=object)
+    pool_names = np.array([p.name for p in raw.pools], dtype=object)
+    n_out = raw.n_out
+    done = status == DONE
+    tpot = np.where(done & (n_out > 1), (lg["done_s"] - lg["first_token_s"]) / np.maximum(n_out - 1, 1), np.nan)
+    df = pd.DataFrame({
+        "id": np.arange(len(raw.n_in)),
+        "n_in": raw.n_in, "n_out": n_out, "arrival_s": raw.arrival_s,
+        "pool": pool_names[raw.replica_pool[lg["replica"]]], "replica": lg["replica"],
+        "status": names[status], "reason": reasons[lg["reason"]],
+        "start_s": np.where(done, lg["start_s"], np.nan),
+        "first_token_s": np.where(done, lg["first_token_s"], np.nan),
+        "done_s": np.where(done, lg["done_s"], np.nan),
+        "wait_s": np.where(done, lg["start_s"] - raw.arrival_s, np.nan),
+        "ttft_s": np.where(done, lg["first_token_s"] - raw.arrival_s, np.nan),
+        "tpot_s": tpot,
+        "e2e_s": np.where(done, lg["done_s"] - raw.arrival_s, np.nan),
+        "energy_j": np.where(done, lg["energy_j"], np.nan),
+        "host_j": np.where(done, lg["host_j"], np.nan),
+    })
+    return df
+
+
+def _latency_block(req: pd.DataFrame) -> dict:
+    return {k: stats(req[k].dropna().to_numpy()) for k in ("wait_s", "ttft_s", "tpot_s", "e2e_s")}
+
+
+def _energy_block(rep: pd.DataFrame, pue: float) -> dict:
+    active = float(rep["active_j"].sum())
+    idle = float(rep["idle_j"].sum())
+    host = float(rep["host_j"].sum())
+    total = active + idle + host
+    return {"energy_j": total, "active_j": active, "idle_j": idle, "host_j": host, "facility_j": total * pue}
+
+
+def summarize(raw: RawResults) -> dict:
+    """The run's headline numbers; statistics leave out requests that arrived during warm-up."""
+    sc = raw.scenario
+    lo, hi = float(sc.warmup_s), float(raw.end_s)
+    req = requests_table(raw)
+    counted = req[req["arrival_s"] >= lo]
+    done = counted[counted["status"] == "done"]
+    rep = _replica_energy(raw, lo, hi)
+    span = max(hi - lo, 1e-12)
+    en = _energy_block(rep, sc.facility.pue)
+    tokens_out = int(done["n_out"].sum())
+    kwh = en["facility_j"] / 3.6e6
+    out = {
+        "scenario": sc.name,
+        "seed": sc.seed,
+        "requests_total": int(len(counted)),
+        "requests_completed": int(len(done)),
+        "requests_rejected": int((counted["status"] == "rejected").sum()),
+        "requests_unfinished": int((counted["status"] == "unfinished").sum()),
+        "tokens_in": int(done["n_in"].sum()),
+        "tokens_out": tokens_out,
+        "makespan_s": span,
+        **en,
+        "carbon_g": kwh * sc.facility.carbon_g_per_kwh,
+        "cost": kwh * sc.facility.price_per_kwh,
+        "energy_per_request_j": en["energy_j"] / max(len(done), 1),
+        "energy_per_output_token_j": en["energy_j"] / max(tokens_out, 1),
+        "tokens_per_joule": tokens_out / en["energy_j"] if en["energy_j"] > 0 else float("nan"),
+        "mean_power_w": en["energy_j"] / span,
+        "throughput_tokens_per_s": tokens_out / span,
+        "throughput_requests_per_s": len(done) / span,
+        **_latency_block(done),
+        "rejections": {r: int(c) for r, c in counted.loc[counted["status"] == "rejected", "reason"].value_counts().items()},
+        "pools": {},
+        "warnings": list(raw.warnings),
+    }
+    for p in raw.pools:
+        pr = rep[rep["pool"] == p.name]
+        pd_ = done[done["pool"] == p.name]
+        pen = _energy_block(pr, sc.facility.pue)
+        ptok = int(pd_["n_out"].sum())
+        out["pools"][p.name] = {
+            "profile": p.profile.name,
+            "replicas": p.count,
+            "power_cap_w": p.cap_w,
+            "requests_completed": int(len(pd_)),
+            "tokens_out": ptok,
+            **pen,
+            "tokens_per_joule": ptok / pen["energy_j"] if pen["energy_j"] > 0 else float("nan"),
+            "mean_power_w": pen["energy_j"] / span,
+            "utilisation": float(pr["busy_s"].sum() / (span * max(len(pr), 1))),
+            **_latency_block(pd_),
+        }
+    return out
+
+
+def replicas_table(raw: RawResults) -> pd.DataFrame:
+    df = _replica_energy(raw, float(raw.scenario.warmup_s), float(raw.end_s))
+    span = max(raw.end_s - raw.scenario.warmup_s, 1e-12)
+    df["utilisation"] = df["busy_s"] / span
+    lg = raw.log
+    done = lg["status"] == DONE
+    df["requests_completed"] = np.bincount(lg["replica"][done], minlength=len(df))
+    return df
+
+
+def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
+    """Mean power per pool and for the fleet in equal time bins over [0, end]: device active + idle + host."""
+    end = max(raw.end_s, 1e-9)
+    edges = np.linspace(0.0, end, bins + 1)
+    width = np.diff(edges)
+    cols: dict[str, np.ndarray] = {"t_start_s": edges[:-1], "t_end_s": edges[1:]}
+    fleet = np.zeros(bins)
+    for p_idx, p in enumerate(raw.pools):
+        total = np.zeros(bins)
+        ev = p.evaluator
+        idle_w = ev.idle_w if p.idle == "serving" else ev.deep_idle_w
+        for i in np.flatnonzero(raw.replica_pool == p_idx):
+            t0, t1, e, h = raw.segments[i]
+            busy = np.diff(cumulative(t0, t1, t1 - t0, edges))
+            act = np.diff(cumulative(t0, t1, e + h, edges))
+            total += act + (idle_w + ev.host_idle_w) * np.maximum(width - busy, 0.0)
+        cols[f"{p.name}_w"] = total / width
+        fleet += total
+    cols["fleet_w"] = fleet / width
+    return pd.DataFrame(cols)
+
+
+def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True) -> Path:
+    """Write summary.json, requests.parquet, replicas.csv, power.csv and plots; all or nothing."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        requests_table(raw).to_parquet(tmp / "requests.parquet", index=False)
+        replicas_table(raw).to_csv(tmp / "replicas.csv", index=False)
+        power = power_timeline(raw)
+        power.to_csv(tmp / "power.csv", index=False)
+        if plots:
+            from dcsim import plots as P
+
+            P.run_plots(raw, summary, power, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o))

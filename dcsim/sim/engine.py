@@ -1,0 +1,191 @@
+"""Builds the fleet a scenario describes, replays its requests through SimPy, returns raw results."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generator
+
+import numpy as np
+import simpy
+
+from dcsim.errors import UserError
+from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
+from dcsim.scenario import Scenario, resolve_path
+from dcsim.sim.replica import Replica
+from dcsim.sim.requests import REJECTED, Request, RequestLog
+from dcsim.sim.routers import Fleet, make_router
+from dcsim.traces.trace import Trace, load_trace
+
+
+@dataclass
+class PoolInfo:
+    name: str
+    profile: Profile
+    profile_path: str
+    evaluator: ProfileEvaluator
+    count: int
+    cap_w: float | None
+    idle: str
+
+
+@dataclass
+class RawResults:
+    """Everything the simulation produced; results.py turns it into tables and a summary."""
+
+    scenario: Scenario
+    pools: list[PoolInfo]
+    replica_pool: np.ndarray  # pool index of each replica
+    n_in: np.ndarray
+    n_out: np.ndarray
+    arrival_s: np.ndarray
+    log: dict[str, np.ndarray]
+    segments: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # per replica: t0, t1, e, h
+    end_s: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
+    """Read the trace and every pool's profile, resolving paths against the scenario file."""
+    tpath = resolve_path(sc.trace.path, scenario_file, "traces")
+    if not tpath.is_file():
+        raise UserError(f"trace file not found: {sc.trace.path}", scenario_file, "trace.path")
+    trace = load_trace(tpath)
+    if sc.trace.sample is not None:
+        rng = np.random.default_rng(np.random.SeedSequence([sc.seed, 17]))
+        idx = np.sort(rng.choice(len(trace), size=min(sc.trace.sample, len(trace)), replace=False))
+        trace = Trace(trace.n_in[idx], trace.n_out[idx],
+                      None if trace.arrival_s is None else trace.arrival_s[idx],
+                      None if trace.source is None else trace.source[idx], trace.provenance)
+    if sc.trace.limit is not None:
+        trace = trace.head(sc.trace.limit)
+    if len(trace) == 0:
+        raise UserError("the trace holds no requests", tpath)
+    pools = []
+    for i, pool in enumerate(sc.fleet):
+        ppath = resolve_path(pool.profile, scenario_file, "profiles")
+        if not ppath.is_file():
+            raise UserError(f"profile not found: {pool.profile}", scenario_file, f"fleet.{i}.profile")
+        prof = load_profile(ppath)
+        try:
+            ev = prof.evaluator(pool.power_cap_w, str(ppath))
+        except UserError as e:
+            raise UserError(f"{e.reason} (profile {ppath.name})", scenario_file, f"fleet.{i}.power_cap_w") from None
+        pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle))
+    return trace, pools
+
+
+def known_outputs(sc: Scenario, n_out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What routers know of each request's output length before it runs."""
+    ok = sc.output_knowledge
+    if ok.mode == "oracle":
+        return n_out
+    if ok.mode == "max_tokens":
+        return np.full_like(n_out, ok.max_tokens)
+    noisy = n_out * np.exp(rng.normal(0.0, ok.relative_error, size=n_out.shape))
+    return np.maximum(1, np.rint(noisy)).astype(np.int64)
+
+
+def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResults:
+    """Run one scenario to completion (or to its horizon) and return the raw results."""
+    from dcsim.traces.arrivals import arrival_times
+
+    trace, pools = load_inputs(sc, scenario_file)
+    seeds = np.random.SeedSequence(sc.seed).spawn(3)
+    rng_arr, rng_route, rng_pred = (np.random.default_rng(s) for s in seeds)
+    arrivals = np.asarray(arrival_times(sc.arrivals, trace, rng_arr), dtype=np.float64)
+    n = len(trace)
+    n_in = trace.n_in.astype(np.int64)
+    n_out = trace.n_out.astype(np.int64)
+    est_out = known_outputs(sc, n_out, rng_pred)
+
+    env = simpy.Environment()
+    log = RequestLog(n)
+    replicas: list[Replica] = []
+    for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
+        for _ in range(pool.count):
+            replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log))
+    fleet = Fleet(replicas, [p.name for p in pools], [p.evaluator for p in pools])
+    rtr = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
+
+    notes: list[str] = []
+    _range_warnings(pools, n_in, n_out, notes)
+    env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out))
+    if sc.horizon_s is not None:
+        env.run(until=sc.horizon_s)
+        end = float(sc.horizon_s)
+    else:
+        env.run()
+        end = float(env.now)
+    segments = [_segments(rep, end) for rep in replicas]
+    return RawResults(
+        scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
+        n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
+        warnings=notes,
+    )
+
+
+def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
+            n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray) -> Generator:
+    """The arrival process: hands each request to the router at its arrival time."""
+    needs_work = rtr.needs_work
+    caps = [ev.kv_capacity for ev in fleet.evaluators]
+    ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
+    arr = arrivals.tolist()
+    nin = n_in.tolist()
+    nout = n_out.tolist()
+    est = est_out.tolist()
+    timeout = env.timeout
+    for i in range(len(arr)):
+        t = arr[i]
+        if t > env.now:
+            yield timeout(t - env.now)
+        r = Request(i, nin[i], nout[i], t, est[i])
+        rep = rtr.choose(r)
+        need = r.n_in + r.n_out
+        if need > caps[rep.pool]:
+            log.reject(i, rep.index, 1, env.now)
+            continue
+        if need > ctx[rep.pool]:
+            log.reject(i, rep.index, 2, env.now)
+            continue
+        log.replica[i] = rep.index
+        if needs_work:
+            r.pred = fleet.predict(rep.pool, r)[0]
+        rep.submit(r)
+
+
+def _segments(rep: Replica, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A replica's busy segments, with the one in progress at the horizon cut and prorated."""
+    t0 = np.frombuffer(rep.seg_t0, dtype=np.float64).copy()
+    t1 = np.frombuffer(rep.seg_t1, dtype=np.float64).copy()
+    e = np.frombuffer(rep.seg_e, dtype=np.float64).copy()
+    h = np.frombuffer(rep.seg_h, dtype=np.float64).copy()
+    if rep.current is not None:
+        c0, c1, ce, ch = rep.current
+        if c1 > c0 and end > c0:
+            f = min(1.0, (end - c0) / (c1 - c0))
+            t0 = np.append(t0, c0)
+            t1 = np.append(t1, min(c1, end))
+            e = np.append(e, ce * f)
+            h = np.append(h, ch * f)
+    return t0, t1, e, h
+
+
+def _range_warnings(pools: list[PoolInfo], n_in: np.ndarray, n_out: np.ndarray, notes: list[str]) -> None:
+    """Say once per profile when the workload lies outside the range the profile was fitted on."""
+    for p in pools:
+        vr = p.profile.valid_range
+        msgs = []
+        for key, arr in (("prefill_tokens", n_in), ("output_tokens", n_out)):
+            if key in vr:
+                lo, hi = vr[key]
+                out = int(np.sum((arr < lo) | (arr > hi)))
+                if out:
+                    msgs.append(f"{out} of {len(arr)} requests have {key} outside {lo:g}-{hi:g}")
+        if msgs:
+            text = f"profile {p.profile.name} extrapolates: " + "; ".join(msgs)
+            notes.append(text)
+            warnings.warn(text, stacklevel=2)

@@ -1,0 +1,215 @@
+"""Routers, chosen by name from the scenario. A router is one small class with a parameter model and
+`choose(request) -> Replica`; register it with @router("name")."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dcsim.errors import UserError, from_validation
+from dcsim.profiles.profile import ProfileEvaluator
+from dcsim.sim.replica import Replica, predicted_service_s
+from dcsim.sim.requests import Request
+
+
+class Params(BaseModel):
+    """Base of router parameters: unknown keys are errors. `pools` limits routing to named pools."""
+
+    model_config = ConfigDict(extra="forbid")
+    pools: list[str] | None = None
+
+
+class Fleet:
+    """What routers may read: replicas by pool, and per-pool predictions of a request's service."""
+
+    def __init__(self, replicas: list[Replica], pool_names: list[str], evaluators: list[ProfileEvaluator]) -> None:
+        self.replicas = replicas
+        self.pool_names = pool_names
+        self.evaluators = evaluators
+        self.by_pool: list[list[Replica]] = [[r for r in replicas if r.pool == i] for i in range(len(pool_names))]
+
+    def pool_index(self, name: str, field: str) -> int:
+        if name not in self.pool_names:
+            raise UserError(f"no pool named '{name}' (pools: {self.pool_names})", None, field)
+        return self.pool_names.index(name)
+
+    def predict(self, pool: int, r: Request) -> tuple[float, float]:
+        """(seconds, device joules) of the request alone on a replica of this pool, with its known output."""
+        ev = self.evaluators[pool]
+        n_in, n_out = r.n_in, r.est_out
+        t_pf, w_pf, _ = ev.prefill(n_in, float(n_in) * n_in, 1)
+        t_dc, e_dc, _ = ev.decode_run(1, n_in + 1, n_out - 1)
+        return t_pf + t_dc, t_pf * w_pf + e_dc
+
+
+class Router:
+    Params: type[Params] = Params
+    needs_work = False  # True if it reads replicas' backlog_s (then requests carry a prediction)
+
+    def __init__(self, params: Params, fleet: Fleet, rng: np.random.Generator) -> None:
+        self.params = params
+        self.fleet = fleet
+        self.rng = rng
+        if params.pools:
+            idx = [fleet.pool_index(p, "router.pools") for p in params.pools]
+            self.candidates = [r for r in fleet.replicas if r.pool in idx]
+        else:
+            self.candidates = list(fleet.replicas)
+
+    def choose(self, r: Request) -> Replica:
+        raise NotImplementedError
+
+
+ROUTERS: dict[str, type[Router]] = {}
+
+
+def router(name: str) -> Callable[[type[Router]], type[Router]]:
+    def register(cls: type[Router]) -> type[Router]:
+        ROUTERS[name] = cls
+        return cls
+
+    return register
+
+
+def make_router(spec: dict, fleet: Fleet, rng: np.random.Generator, file: str | None = None) -> Router:
+    """Build the router a scenario names, validating its parameters against the router's own model."""
+    spec = dict(spec)
+    name = spec.pop("name", "round_robin")
+    if name not in ROUTERS:
+        raise UserError(f"unknown router '{name}' (known: {sorted(ROUTERS)})", file, "router.name")
+    cls = ROUTERS[name]
+    try:
+        params = cls.Params.model_validate(spec)
+    except ValidationError as e:
+        err = from_validation(e, file)
+        if err.field:
+            err = UserError(err.reason, file, f"router.{err.field}")
+        raise err from None
+    try:
+        return cls(params, fleet, rng)
+    except UserError as e:
+        raise UserError(e.reason, file, e.field) from None
+
+
+def least_outstanding_of(reps: list[Replica]) -> Replica:
+    best = reps[0]
+    bo = best.outstanding
+    for rep in reps:
+        if rep.outstanding < bo:
+            best, bo = rep, rep.outstanding
+    return best
+
+
+def predicted_wait_s(rep: Replica) -> float:
+    """Queue wait a request would see: outstanding work spread over the replica's parallelism."""
+    if rep.outstanding < rep.parallel:
+        return 0.0 if rep.parallel > 1 else rep.backlog_s
+    return rep.backlog_s / rep.parallel
+
+
+@router("round_robin")
+class RoundRobin(Router):
+    def __init__(self, params: Params, fleet: Fleet, rng: np.random.Generator) -> None:
+        super().__init__(params, fleet, rng)
+        self.i = -1
+
+    def choose(self, r: Request) -> Replica:
+        self.i = (self.i + 1) % len(self.candidates)
+        return self.candidates[self.i]
+
+
+@router("random")
+class Random(Router):
+    def choose(self, r: Request) -> Replica:
+        return self.candidates[int(self.rng.integers(len(self.candidates)))]
+
+
+@router("least_outstanding")
+class LeastOutstanding(Router):
+    """Fewest requests assigned and not finished; ties go to the first replica."""
+
+    def choose(self, r: Request) -> Replica:
+        return least_outstanding_of(self.candidates)
+
+
+@router("least_work")
+class LeastWork(Router):
+    """Earliest predicted finish: predicted wait on the replica plus the request's own service there."""
+
+    needs_work = True
+
+    def choose(self, r: Request) -> Replica:
+        best, bt = None, float("inf")
+        own = {}
+        for rep in self.candidates:
+            s = own.get(rep.pool)
+            if s is None:
+                s = own[rep.pool] = self.fleet.predict(rep.pool, r)[0]
+            t = predicted_wait_s(rep) + s
+            if t < bt:
+                best, bt = rep, t
+        return best
+
+
+class ThresholdParams(Params):
+    input_threshold: int = Field(ge=0, description="n_in <= this goes to small_pool")
+    output_threshold: int | None = Field(default=None, ge=0, description="and known n_out <= this")
+    small_pool: str
+    large_pool: str
+
+
+@router("token_threshold")
+class TokenThreshold(Router):
+    """The hybrid-cluster paper's design: small requests to the efficient pool, the rest to the other;
+    within a pool, least outstanding."""
+
+    Params = ThresholdParams
+
+    def __init__(self, params: ThresholdParams, fleet: Fleet, rng: np.random.Generator) -> None:
+        super().__init__(params, fleet, rng)
+        self.small = fleet.by_pool[fleet.pool_index(params.small_pool, "router.small_pool")]
+        self.large = fleet.by_pool[fleet.pool_index(params.large_pool, "router.large_pool")]
+        self.t_in = params.input_threshold
+        self.t_out = params.output_threshold
+
+    def choose(self, r: Request) -> Replica:
+        small = r.n_in <= self.t_in and (self.t_out is None or r.est_out <= self.t_out)
+        return least_outstanding_of(self.small if small else self.large)
+
+
+class EnergyCostParams(Params):
+    lam: float = Field(default=0.5, ge=0, le=1, alias="lambda", description="weight of energy against time")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@router("energy_cost")
+class EnergyCost(Router):
+    """Minimise lambda * E/E_max + (1 - lambda) * T/T_max over replicas, T including the predicted queue
+    wait (equation 1 of the hybrid-cluster paper, normalised by the largest candidate)."""
+
+    Params = EnergyCostParams
+    needs_work = True
+
+    def choose(self, r: Request) -> Replica:
+        per_pool = {}
+        es, ts = [], []
+        for rep in self.candidates:
+            p = per_pool.get(rep.pool)
+            if p is None:
+                p = per_pool[rep.pool] = self.fleet.predict(rep.pool, r)
+            es.append(p[1])
+            ts.append(predicted_wait_s(rep) + p[0])
+        e_max = max(es) or 1.0
+        t_max = max(ts) or 1.0
+        lam = self.params.lam
+        best, bc = None, float("inf")
+        for rep, e, t in zip(self.candidates, es, ts):
+            c = lam * e / e_max + (1.0 - lam) * t / t_max
+            if c < bc:
+                best, bc = rep, c
+        return best
+
+
+__all__ = ["ROUTERS", "Router", "Params", "Fleet", "make_router", "router", "predicted_service_s"]
