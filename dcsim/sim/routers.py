@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dcsim.errors import UserError, from_validation
 from dcsim.profiles.profile import ProfileEvaluator
@@ -93,13 +94,12 @@ def make_router(spec: dict, fleet: Fleet, rng: np.random.Generator, file: str | 
         raise UserError(e.reason, file, e.field) from None
 
 
+_outstanding = attrgetter("outstanding")
+
+
 def least_outstanding_of(reps: list[Replica]) -> Replica:
-    best = reps[0]
-    bo = best.outstanding
-    for rep in reps:
-        if rep.outstanding < bo:
-            best, bo = rep, rep.outstanding
-    return best
+    """Fewest outstanding requests; min() keeps the first of equals."""
+    return min(reps, key=_outstanding)
 
 
 def predicted_wait_s(rep: Replica) -> float:

@@ -1,0 +1,105 @@
+"""Simulator speed: requests simulated per second and peak memory on a 64-replica heterogeneous fleet.
+
+Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
+    python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous] [--repeats 3]
+Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+
+def make_case(d: Path, n: int, policy: str) -> Path:
+    """A 64-replica fleet of three device kinds and a trace of n requests with lognormal lengths."""
+    from simkit import write_profile, write_trace
+
+    profs = {
+        "small": write_profile(d, name="small", prefill=(0.08, 0.002), decode=(0.06, 0.001), prefill_w=30,
+                               decode_w=(25, 0.2), idle_w=5, deep_w=2, kv_tokens=40_000),
+        "mid": write_profile(d, name="mid", prefill=(0.02, 0.0002), decode=(0.02, 0.0002), prefill_w=350,
+                             decode_w=(250, 1.0), idle_w=80, deep_w=40, kv_tokens=200_000),
+        "big": write_profile(d, name="big", prefill=(0.01, 0.0001), decode=(0.012, 0.0001), prefill_w=600,
+                             decode_w=(400, 1.5), idle_w=120, deep_w=60, kv_tokens=500_000),
+    }
+    rng = np.random.default_rng(0)
+    n_in = np.clip(rng.lognormal(5.5, 1.0, n), 1, 4000).astype(np.int64)
+    n_out = np.clip(rng.lognormal(4.5, 0.9, n), 1, 2000).astype(np.int64)
+    tr = write_trace(d, n_in, n_out, name="trace.parquet")
+    b = {"fcfs": {"policy": "fcfs"}, "static": {"policy": "static", "max_batch": 8, "max_wait_s": 0.2},
+         "continuous": {"policy": "continuous", "max_batch": 64}}[policy]
+    # fcfs service ~ 0.1 + 90 * 0.02 s on mid: ~ 2 s; batched policies serve several at a time
+    rate = {"fcfs": 20.0, "static": 60.0, "continuous": 150.0}[policy]
+    sc = {"name": f"bench-{policy}", "seed": 1, "trace": {"path": str(tr)},
+          "arrivals": {"kind": "poisson", "rate_per_s": rate},
+          "fleet": [{"name": "small", "profile": str(profs["small"]), "count": 16, "batching": b},
+                    {"name": "mid", "profile": str(profs["mid"]), "count": 32, "batching": b},
+                    {"name": "big", "profile": str(profs["big"]), "count": 16, "batching": b}],
+          "router": {"name": "least_outstanding"}}
+    p = d / "scenario.yaml"
+    p.write_text(yaml.safe_dump(sc))
+    return p
+
+
+def child(scenario: str) -> None:
+    """Time the simulation alone (inputs loaded first) and report peak RSS growth."""
+    import resource
+
+    from dcsim.results import summarize
+    from dcsim.scenario import load_scenario
+    from dcsim.sim.engine import simulate
+
+    sc = load_scenario(scenario)
+    import dcsim.traces.arrivals  # noqa: F401  (import cost out of the timing)
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    raw = simulate(sc, scenario)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = summarize(raw)
+    print(json.dumps({"seconds": dt, "rss_growth_kb": peak - base, "completed": s["requests_completed"],
+                      "utilisation": {k: v["utilisation"] for k, v in s["pools"].items()}}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--policies", nargs="+", default=["fcfs", "static", "continuous"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child")
+    a = ap.parse_args()
+    if a.child:
+        child(a.child)
+        return
+    print(f"{'policy':<11}{'requests':>10}{'median s':>10}{'req/s':>10}{'bytes/req':>11}  utilisation")
+    for n in a.sizes:
+        for pol in a.policies:
+            with tempfile.TemporaryDirectory() as d:
+                sc = make_case(Path(d), n, pol)
+                runs = []
+                for _ in range(a.repeats):
+                    out = subprocess.run([sys.executable, __file__, "--child", str(sc)], capture_output=True,
+                                         text=True, check=True)
+                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                med = statistics.median(r["seconds"] for r in runs)
+                mem = statistics.median(r["rss_growth_kb"] for r in runs) * 1024 / n
+                util = ", ".join(f"{k} {v:.0%}" for k, v in runs[0]["utilisation"].items())
+                print(f"{pol:<11}{n:>10}{med:>10.2f}{n / med:>10.0f}{mem:>11.0f}  {util}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
