@@ -24,7 +24,7 @@ class Replica:
     __slots__ = (
         "env", "index", "pool", "ev", "batching", "queue", "outstanding", "backlog_s", "log",
         "seg_t0", "seg_t1", "seg_e", "seg_h", "current", "wake", "proc", "decoding", "kv_used",
-        "parallel", "busy_s",
+        "parallel", "busy_s", "running_n",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, ev: ProfileEvaluator,
@@ -48,6 +48,7 @@ class Replica:
         self.decoding = False
         self.kv_used = 0
         self.busy_s = 0.0
+        self.running_n = 0  # continuous: sequences in the running batch
         self.proc = env.process(POLICIES[batching.policy](self))
 
     # ---- called by the dispatcher -------------------------------------------------------------
@@ -59,7 +60,7 @@ class Replica:
         if w is not None:
             self.wake = None
             w.succeed()
-        elif self.decoding and self.batching.policy == "continuous" and self._can_admit(r, 0):
+        elif self.decoding and self._can_admit(r, self.running_n):
             self.decoding = False
             self.proc.interrupt()
 
@@ -133,10 +134,16 @@ def static(rep: Replica) -> Generator:
                 wake = rep.idle_wait()
                 yield wake | env.timeout(deadline - env.now)
                 rep.wake = None
-        batch = [q.popleft() for _ in range(min(b.max_batch, len(q)))]
+        # take requests in order while the padded batch's KV (n x longest prompt+output) fits
+        batch = [q.popleft()]
+        max_in, max_out = batch[0].n_in, batch[0].n_out
+        while q and len(batch) < b.max_batch:
+            mi, mo = max(max_in, q[0].n_in), max(max_out, q[0].n_out)
+            if (len(batch) + 1) * (mi + mo) > ev.kv_capacity:
+                break
+            batch.append(q.popleft())
+            max_in, max_out = mi, mo
         n = len(batch)
-        max_in = max(r.n_in for r in batch)
-        max_out = max(r.n_out for r in batch)
         now = env.now
         t_pf, w_pf, h_pf = ev.prefill(n * max_in, float(n) * max_in * max_in, n)
         t_dc, e_dc, h_dc = ev.decode_run(n, n * (max_in + 1), max_out - 1)
@@ -202,7 +209,7 @@ def continuous(rep: Replica) -> Generator:
                     running.append(r)
             continue
         # -- a run of decode steps while membership is unchanged --------------------------------
-        n = len(running)
+        n = rep.running_n = len(running)
         k = min(r.remaining for r in running)
         now = env.now
         t_run, e_run, h_run = ev.decode_run(n, ctx, k)
@@ -236,6 +243,7 @@ def continuous(rep: Replica) -> Generator:
             else:
                 still.append(r)
         running = still
+        rep.running_n = len(running)
 
 
 def _retire(rep: Replica, r: Request, now: float) -> None:
