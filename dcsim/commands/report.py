@@ -1,0 +1,25 @@
+"""`dcsim report RESULTS -o report.html`: one self-contained HTML page for a run or a sweep folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="HTML report of a run or sweep folder", description=__doc__)
+    p.add_argument("results", help="a folder written by `dcsim run --out` or `dcsim sweep --out`")
+    p.add_argument("-o", "--output", help="HTML file to write (default: RESULTS/report.html)")
+    p.add_argument("--metric", dest="metrics", action="append", metavar="NAME",
+                   help="sweeps: metric to plot and tabulate (glob patterns allowed, repeatable; default: the "
+                        "sweep file's metrics, else energy, tokens/J, throughput, power, e2e p99, TTFT p50)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dcsim.report import write_report
+
+    out = Path(args.output) if args.output else Path(args.results) / "report.html"
+    path = write_report(args.results, out, args.metrics)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0

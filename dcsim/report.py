@@ -1,0 +1,347 @@
+"""One self-contained HTML page for a run folder (dcsim run --out) or a sweep folder (dcsim sweep --out).
+
+Plots are embedded as base64 PNG, tables sort by clicking a header (a few lines of inline JavaScript),
+and a Content-Security-Policy forbids every network load, so the page works offline as a single file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from dcsim.errors import UserError
+
+MAX_TABLE_ROWS = 1000
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1280px;
+color:#1b1f24;padding:0 16px;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:0.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #d0d7de}
+.meta{color:#57606a;font-size:0.9em}code{background:#f3f4f6;padding:1px 4px;border-radius:3px}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}
+th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;position:sticky;top:0}
+td.t,th.t{text-align:left}
+table.sortable th{cursor:pointer;user-select:none}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
+tbody tr:nth-child(even){background:#fafbfc}
+figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eaecef}
+figcaption{font-size:0.85em;color:#57606a}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:4px}
+"""
+
+# Click a header to sort its table: numbers as numbers, text as text, blanks last; click again to reverse.
+JS = """
+(function () {
+  function key(cell) {
+    var v = cell.getAttribute("data-v");
+    if (v === null) { v = cell.textContent.trim(); }
+    if (v === "") { return [2, 0]; }
+    var n = Number(v);
+    return isNaN(n) ? [1, v.toLowerCase()] : [0, n];
+  }
+  function cmp(a, b) {
+    if (a[0] !== b[0]) { return a[0] - b[0]; }
+    return a[1] < b[1] ? -1 : (a[1] > b[1] ? 1 : 0);
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, i) {
+      th.addEventListener("click", function () {
+        var asc = th.getAttribute("aria-sort") !== "ascending";
+        Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (r, s) {
+          var a = key(r.cells[i]), b = key(s.cells[i]), c = cmp(a, b);
+          return (a[0] === 2 || b[0] === 2 || asc) ? c : -c;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  });
+})();
+"""
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+# ---- HTML pieces -----------------------------------------------------------------------------
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def fmt(x: Any) -> str:
+    """Numbers for people: integers with thousands separators, floats to 4 significant digits."""
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return ""
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if x != 0 and (abs(x) >= 1e15 or abs(x) < 1e-3):
+            return f"{x:.3e}"
+        if abs(x) >= 1e4:
+            return f"{x:,.0f}"
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    try:
+        import numpy as np
+
+        if isinstance(x, (np.integer, np.floating)):
+            return float(x)
+    except ImportError:  # pragma: no cover
+        pass
+    return None
+
+
+def cell(x: Any, text: str | None = None) -> str:
+    """A table cell: numbers right-aligned with their exact value in data-v (what sorting uses)."""
+    n = _number(x)
+    if n is not None:
+        shown = fmt(int(x) if float(n).is_integer() and not isinstance(x, float) else float(n))
+        v = "" if math.isnan(n) else repr(n)
+        return f'<td data-v="{v}">{esc(text if text is not None else shown)}</td>'
+    return f'<td class="t">{esc(text if text is not None else ("" if x is None else x))}</td>'
+
+
+def table(headers: list[str], rows: Iterable[list[str]], sortable: bool = True, text_cols: int = 0,
+          caption: str | None = None) -> str:
+    """rows hold cells made by cell(); the first text_cols headers are left-aligned."""
+    rows = list(rows)
+    hcells = "".join(f'<th{" class=t" if i < text_cols else ""} title="{esc(h)}">{esc(h)}</th>'
+                     for i, h in enumerate(headers))
+    body = "\n".join(f"<tr>{''.join(r)}</tr>" for r in rows)
+    cap = f"<caption class=meta>{esc(caption)}</caption>" if caption else ""
+    cls = ' class="sortable"' if sortable else ""
+    return f'<div class="scroll"><table{cls}>{cap}<thead><tr>{hcells}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
+
+
+def frame_table(df: pd.DataFrame, text_cols: int = 0, max_rows: int = MAX_TABLE_ROWS) -> str:
+    note = ""
+    if len(df) > max_rows:
+        note = f"<p class=meta>first {max_rows} of {len(df)} rows shown</p>"
+        df = df.head(max_rows)
+    rows = [[cell(_py(v)) for v in r] for r in df.itertuples(index=False, name=None)]
+    return table([str(c) for c in df.columns], rows, text_cols=text_cols) + note
+
+
+def _py(v: Any) -> Any:
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            return v.item()
+        except (ValueError, AttributeError):
+            return v
+    return v
+
+
+def figure(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def page(title: str, meta: str, sections: list[tuple[str, str]]) -> str:
+    body = "\n".join(f"<section><h2>{esc(h)}</h2>\n{content}</section>" for h, content in sections)
+    made = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    import dcsim
+
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{CSS}</style></head>
+<body>
+<h1>{esc(title)}</h1>
+<p class="meta">{meta} &middot; dcsim {esc(dcsim.__version__)} &middot; made {made}</p>
+{body}
+<script>{JS}</script>
+</body></html>
+"""
+
+
+# ---- run folders -----------------------------------------------------------------------------
+HEADLINE = (
+    ("requests_completed", "requests completed", ""), ("requests_rejected", "requests rejected", ""),
+    ("requests_unfinished", "requests unfinished", ""), ("tokens_in", "tokens in", ""),
+    ("tokens_out", "tokens out", ""), ("makespan_s", "makespan", "s"),
+    ("energy_j", "energy (device + host)", "J"), ("active_j", "device active", "J"),
+    ("idle_j", "device idle", "J"), ("host_j", "host", "J"), ("facility_j", "facility (x PUE)", "J"),
+    ("carbon_g", "carbon", "g CO2e"), ("cost", "cost", ""), ("tokens_per_joule", "output tokens per joule", "tok/J"),
+    ("energy_per_request_j", "energy per request", "J"), ("energy_per_output_token_j", "energy per output token", "J"),
+    ("mean_power_w", "mean power", "W"), ("throughput_tokens_per_s", "throughput", "tok/s"),
+    ("throughput_requests_per_s", "throughput", "req/s"),
+)
+LATENCIES = (("wait_s", "queue wait"), ("ttft_s", "time to first token"), ("tpot_s", "time per output token"),
+             ("e2e_s", "end-to-end"))
+RUN_PNGS = ("power.png", "latency_cdf.png", "energy_breakdown.png")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read: {e}", path) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object", path)
+    return data
+
+
+def run_report(d: Path) -> str:
+    s = _read_json(d / "summary.json")
+    missing = [k for k in ("scenario", "pools", "energy_j") if k not in s]
+    if missing:
+        raise UserError(f"not a dcsim run summary (missing {missing})", d / "summary.json")
+    sections = []
+    head = [[cell(label), cell(s[k]), cell(unit)] for k, label, unit in HEADLINE if k in s]
+    sections.append(("Headline", table(["figure", "value", "unit"], head, sortable=False, text_cols=1)))
+    lat = [[cell(label)] + [cell(s[k].get(q)) for q in ("mean", "p50", "p90", "p99")]
+           for k, label in LATENCIES if isinstance(s.get(k), dict)]
+    sections.append(("Latency (s)", table(["latency", "mean", "p50", "p90", "p99"], lat, text_cols=1)))
+    prow = []
+    for name, p in s["pools"].items():
+        prow.append([cell(name), cell(p.get("profile")), cell(p.get("replicas")), cell(p.get("power_cap_w")),
+                     cell(p.get("requests_completed")), cell(p.get("tokens_out")), cell(p.get("energy_j")),
+                     cell(p.get("tokens_per_joule")), cell(p.get("mean_power_w")), cell(p.get("utilisation")),
+                     cell(p.get("e2e_s", {}).get("p50")), cell(p.get("e2e_s", {}).get("p99"))])
+    sections.append(("Pools", table(["pool", "profile", "replicas", "power cap W", "completed", "tokens out",
+                                     "energy J", "tok/J", "mean W", "utilisation", "e2e p50 s", "e2e p99 s"],
+                                    prow, text_cols=2)))
+    notes = ""
+    if s.get("rejections"):
+        notes += table(["rejection reason", "requests"], [[cell(r), cell(n)] for r, n in s["rejections"].items()],
+                       text_cols=1)
+    for w in s.get("warnings", []):
+        notes += f'<p class="warn">{esc(w)}</p>'
+    if notes:
+        sections.append(("Rejections and notes", notes))
+    pngs = [d / n for n in RUN_PNGS if (d / n).is_file()]
+    pngs += sorted(p for p in d.glob("*.png") if p.name not in RUN_PNGS)
+    if pngs:
+        sections.append(("Plots", "\n".join(figure(p.read_bytes(), p.stem.replace("_", " ")) for p in pngs)))
+    if (d / "requests.parquet").is_file():
+        req = pd.read_parquet(d / "requests.parquet", columns=["pool", "status"])
+        counts = req.groupby(["pool", "status"]).size().unstack(fill_value=0).reset_index()
+        counts.columns = [str(c) for c in counts.columns]
+        sections.append(("Requests by pool and status", frame_table(counts, text_cols=1)))
+    if (d / "replicas.csv").is_file():
+        sections.append(("Replicas", frame_table(pd.read_csv(d / "replicas.csv"), text_cols=0)))
+    if (d / "power.csv").is_file():
+        pw = pd.read_csv(d / "power.csv")
+        cols = [c for c in pw.columns if c.endswith("_w")]
+        stats = [[cell(c[:-2]), cell(float(pw[c].mean())), cell(float(pw[c].max())), cell(float(pw[c].min()))]
+                 for c in cols]
+        sections.append(("Power over time (W, per time bin of power.csv)",
+                         table(["series", "mean of bins", "max bin", "min bin"], stats, text_cols=1)))
+    meta = f"run folder <code>{esc(d.name)}</code> &middot; scenario {esc(s['scenario'])} &middot; seed {esc(s.get('seed'))}"
+    return page(f"dcsim run: {s['scenario']}", meta, sections)
+
+
+# ---- sweep folders ---------------------------------------------------------------------------
+def _choose_metrics(info: dict, columns: list[str], asked: list[str] | None, where: Path) -> list[str]:
+    import fnmatch
+
+    from dcsim.sweep import DEFAULT_METRICS
+
+    metrics = [c[: -len(".mean")] for c in columns if c.endswith(".mean")]
+    pats = asked or info.get("metrics") or list(DEFAULT_METRICS)
+    chosen: list[str] = []
+    for pat in pats:
+        hits = [m for m in metrics if fnmatch.fnmatchcase(m, pat)]
+        if not hits and asked:
+            raise UserError(f"no metric matches '{pat}' in this sweep", where, "--metric")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
+    from dcsim.sweep_plots import metric_figure
+
+    info = _read_json(d / "sweep.json")
+    for name in ("results.parquet", "summary.parquet"):
+        if not (d / name).is_file():
+            raise UserError(f"{name} not found: the sweep has not finished (run dcsim sweep again to resume)", d)
+    results = pd.read_parquet(d / "results.parquet")
+    summary = pd.read_parquet(d / "summary.parquet")
+    axes: list[list[str]] = info.get("axes", [])
+    keys = [k for g in axes for k in g]
+    chosen = _choose_metrics(info, list(summary.columns), metrics, d)
+    sections = []
+    desc = [[cell("base scenario"), cell(Path(info.get("base", "")).name)],
+            [cell("points"), cell(len(results))],
+            [cell("configurations"), cell(len(summary))],
+            [cell("seeds"), cell(", ".join(str(x) for x in info.get("seeds", [])))]]
+    desc += [[cell("set"), cell(s)] for s in info.get("set", [])]
+    for g in axes:
+        vals = [", ".join(dict.fromkeys(str(v) for v in summary[k])) for k in g]
+        label = " + ".join(g) + (" (zip)" if len(g) > 1 else "")
+        desc.append([cell(label), cell("; ".join(vals))])
+    text = f"<p>{esc(info['description'])}</p>" if info.get("description") else ""
+    sections.append(("Sweep", text + table(["", ""], desc, sortable=False, text_cols=2)))
+    figs = [figure(metric_figure(summary, axes, m), f"{m}: mean over seeds, bars = 95% t-interval") for m in chosen]
+    if figs:
+        sections.append(("Plots", "\n".join(figs)))
+    rows = []
+    for _, r in summary.iterrows():
+        row = [cell(_py(r[k])) for k in keys] + [cell(int(r["n_seeds"]))]
+        for m in chosen:
+            mean, lo, hi = float(r[f"{m}.mean"]), float(r[f"{m}.ci95_lo"]), float(r[f"{m}.ci95_hi"])
+            txt = fmt(mean) + ("" if math.isnan(hi) else f" ± {fmt((hi - lo) / 2)}")
+            row.append(cell(mean, txt))
+        rows.append(row)
+    sections.append(("Summary: mean ± 95% CI half-width over seeds",
+                     table(keys + ["seeds"] + chosen, rows, text_cols=0)
+                     + "<p class=meta>every metric with its interval: summary.csv / summary.parquet</p>"))
+    cols = ["point", "seed"] + keys + chosen
+    sections.append(("Points", frame_table(results[cols], text_cols=1)
+                     + "<p class=meta>every flattened summary metric: results.csv / results.parquet</p>"))
+    name = info.get("name") or d.name
+    meta = f"sweep folder <code>{esc(d.name)}</code> &middot; {len(results)} points"
+    return page(f"dcsim sweep: {name}", meta, sections)
+
+
+# ---- entry -----------------------------------------------------------------------------------
+def build_report(results: str | Path, metrics: list[str] | None = None) -> str:
+    """HTML for a run folder (summary.json) or a sweep folder (sweep.json + results)."""
+    d = Path(results)
+    if not d.is_dir():
+        raise UserError("not a folder (give a dcsim run --out or dcsim sweep --out folder)", d)
+    if (d / "sweep.json").is_file():
+        return sweep_report(d, metrics)
+    if (d / "summary.json").is_file():
+        if metrics:
+            raise UserError("--metric applies to sweep folders only", d, "--metric")
+        return run_report(d)
+    raise UserError("neither summary.json (a run) nor sweep.json (a sweep) found here", d)
+
+
+def write_report(results: str | Path, out: str | Path, metrics: list[str] | None = None) -> Path:
+    from dcsim.sweep import atomic_write
+
+    text = build_report(results, metrics)
+    path = Path(out)
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    return path
