@@ -170,16 +170,32 @@ def expand(spec: SweepSpec, seeds: list[int], file: Path) -> list[Point]:
     return points
 
 
-def _load_checked(base: Path, overrides: list[str]):
-    """load_scenario plus the check that its trace and profiles exist (what simulate would fail on first)."""
+def _load_checked(base: Path, overrides: list[str], cache: dict | None = None):
+    """load_scenario plus what simulate checks first: trace and profiles exist, profiles and power caps are
+    valid, the router and its parameters are known (the trace itself is not read: it can be large)."""
+    from dcsim.profiles.profile import load_profile
     from dcsim.scenario import load_scenario, resolve_path
+    from dcsim.sim.routers import Fleet, make_router
 
+    cache = {} if cache is None else cache
     sc = load_scenario(base, overrides)
     if not resolve_path(sc.trace.path, base, "traces").is_file():
         raise UserError(f"trace file not found: {sc.trace.path}", base, "trace.path")
     for i, pool in enumerate(sc.fleet):
-        if not resolve_path(pool.profile, base, "profiles").is_file():
+        path = resolve_path(pool.profile, base, "profiles")
+        if not path.is_file():
             raise UserError(f"profile not found: {pool.profile}", base, f"fleet.{i}.profile")
+        if (path, pool.power_cap_w) not in cache:
+            prof = cache.get(path) or load_profile(path)
+            cache[path] = prof
+            try:
+                prof.evaluator(pool.power_cap_w, str(path))
+            except UserError as e:
+                raise UserError(f"{e.reason} (profile {path.name})", base, f"fleet.{i}.power_cap_w") from None
+            cache[(path, pool.power_cap_w)] = True
+    # routers check their parameters and pool names when built; an empty fleet of the same pools suffices
+    make_router(sc.router.model_dump(), Fleet([], [p.name for p in sc.fleet], []), np.random.default_rng(0),
+                str(base))
     return sc
 
 
@@ -188,8 +204,9 @@ def validate_points(sweep: Sweep) -> dict[str, str]:
 
     A bad axis is blamed on its own field: each axis value is first tried alone on the base.
     """
+    cache: dict = {}
     try:
-        _load_checked(sweep.base, sweep.spec.set_)
+        _load_checked(sweep.base, sweep.spec.set_, cache)
     except UserError as e:
         raise UserError(f"with the sweep's overrides: {e.message}", sweep.file, "set") from None
     for section, axes in (("grid", sweep.spec.grid), ("zip", sweep.spec.zip_)):
@@ -197,7 +214,7 @@ def validate_points(sweep: Sweep) -> dict[str, str]:
             for v in values:
                 over = f"{key}={override_value(v, sweep.file, f'{section}.{key}')}"
                 try:
-                    _load_checked(sweep.base, list(sweep.spec.set_) + [over])
+                    _load_checked(sweep.base, list(sweep.spec.set_) + [over], cache)
                 except UserError as e:
                     raise UserError(f"value {v!r} makes an invalid scenario: {e.message}", sweep.file,
                                     f"{section}.{key}") from None
@@ -214,7 +231,7 @@ def validate_points(sweep: Sweep) -> dict[str, str]:
     fingerprints: dict[str, str] = {}
     for p in sweep.points:
         try:
-            sc = _load_checked(sweep.base, list(p.overrides))
+            sc = _load_checked(sweep.base, list(p.overrides), cache)
         except UserError as e:
             raise UserError(f"point {p.values} makes an invalid scenario: {e.message}", sweep.file, None) from None
         # the scenario as validated plus the bytes of its trace and profiles: a changed input is rerun on resume
@@ -384,7 +401,7 @@ def _run_dask(base: str, todo: list[Point], scheduler: str, on_done: OnDone) -> 
             fut = client.submit(run_point, base, list(p.overrides), key=f"dcsim-point-{p.id}", pure=False)
             by_key[fut.key] = p
             futures.append(fut)
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             p = by_key[fut.key]
             if fut.status == "finished":
                 on_done(p, fut.result())
