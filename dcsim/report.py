@@ -129,9 +129,11 @@ def cell(x: Any, text: str | None = None) -> str:
 
 def table(headers: list[str], rows: Iterable[list[str]], sortable: bool = True, text_cols: int = 0,
           caption: str | None = None) -> str:
-    """rows hold cells made by cell(); the first text_cols headers are left-aligned."""
+    """rows hold cells made by cell(); headers align with their column (text left, numbers right)."""
     rows = list(rows)
-    hcells = "".join(f'<th{" class=t" if i < text_cols else ""} title="{esc(h)}">{esc(h)}</th>'
+    texts = {i for i, c in enumerate(rows[0]) if c.startswith('<td class="t"')} if rows else set()
+    texts |= set(range(text_cols))
+    hcells = "".join(f'<th{" class=t" if i in texts else ""} title="{esc(h)}">{esc(h)}</th>'
                      for i, h in enumerate(headers))
     body = "\n".join(f"<tr>{''.join(r)}</tr>" for r in rows)
     cap = f"<caption class=meta>{esc(caption)}</caption>" if caption else ""
@@ -300,7 +302,7 @@ def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
         label = " + ".join(g) + (" (zip)" if len(g) > 1 else "")
         desc.append([cell(label), cell("; ".join(vals))])
     text = f"<p>{esc(info['description'])}</p>" if info.get("description") else ""
-    sections.append(("Sweep", text + table(["", ""], desc, sortable=False, text_cols=2)))
+    sections.append(("Sweep", text + table(["setting", "value"], desc, sortable=False, text_cols=2)))
     figs = [figure(metric_figure(summary, axes, m), f"{m}: mean over seeds, bars = 95% t-interval") for m in chosen]
     if figs:
         sections.append(("Plots", "\n".join(figs)))

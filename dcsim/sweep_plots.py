@@ -53,6 +53,10 @@ def _panel(ax, summary: pd.DataFrame, axes: list[list[str]], group: list[str], m
     numeric = _is_numeric(xs)
     if numeric:
         pos = xs.astype(float)
+        ticks = np.unique(pos.to_numpy())
+        if len(ticks) <= 12:
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize=8)
     else:
         cats = list(dict.fromkeys(str(v) for v in xs))
         pos = xs.astype(str).map({c: i for i, c in enumerate(cats)}).astype(float)

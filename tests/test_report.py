@@ -1,0 +1,164 @@
+"""`dcsim report`: the page embeds exactly the run's PNGs, loads nothing from the network, shows the summary's
+numbers, escapes names, tabulates a sweep's means and intervals, and refuses folders it cannot report on."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+from dcsim.cli import main
+from dcsim.sweep import load_sweep, run_sweep
+from test_sweep import GRID, make_case, write_sweep
+
+
+class Page(HTMLParser):
+    """Collects images, scripts, links, tables (rows of (text, data-v)) and section headings."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.scripts: list[dict] = []
+        self.urls: list[str] = []
+        self.tables: list[dict] = []
+        self.h2: list[str] = []
+        self._in: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for k in ("src", "href", "action", "poster"):
+            if k in a:
+                self.urls.append(a[k])
+        if tag == "img":
+            self.imgs.append(a["src"])
+        elif tag == "script":
+            self.scripts.append(a)
+        elif tag == "table":
+            self.tables.append({"class": a.get("class", ""), "head": [], "rows": [], "h2": self.h2[-1] if self.h2 else ""})
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th"):
+            self._in = tag
+            self._v = a.get("data-v")
+            self._text = ""
+        elif tag == "h2":
+            self._in = "h2"
+            self._text = ""
+
+    def handle_data(self, data):
+        if self._in:
+            self._text += data
+
+    def handle_endtag(self, tag):
+        if tag == "h2" and self._in == "h2":
+            self.h2.append(self._text)
+            self._in = None
+        elif tag in ("td", "th") and self._in == tag:
+            t = self.tables[-1]
+            if tag == "th":
+                t["head"].append(self._text)
+            else:
+                t["rows"][-1].append((self._text, self._v))
+            self._in = None
+
+    def table(self, h2_start: str) -> dict:
+        t = next(t for t in self.tables if t["h2"].startswith(h2_start))
+        t["rows"] = [r for r in t["rows"] if r]
+        return t
+
+
+def run_folder(tmp_path, capsys, *overrides):
+    base = make_case(tmp_path)
+    args = ["run", str(base), "--out", str(tmp_path / "run")]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    capsys.readouterr()
+    return tmp_path / "run"
+
+
+def test_run_report_embeds_the_runs_plots_and_numbers(tmp_path, capsys):
+    run = run_folder(tmp_path, capsys)
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    page = Page(text)
+    # exactly the three PNGs of the run, byte for byte, in a fixed order
+    assert len(page.imgs) == 3
+    for src, name in zip(page.imgs, ("power.png", "latency_cdf.png", "energy_breakdown.png")):
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == (run / name).read_bytes()
+    # nothing from the network: every URL is inline data, scripts are inline, and the CSP forbids loads
+    assert all(u.startswith("data:") for u in page.urls)
+    assert page.scripts == [{}]
+    assert "default-src 'none'" in text
+    s = json.loads((run / "summary.json").read_text())
+    head = {r[0][0]: r[1] for r in page.table("Headline")["rows"]}
+    assert float(head["energy (device + host)"][1]) == s["energy_j"]
+    assert float(head["output tokens per joule"][1]) == s["tokens_per_joule"]
+    lat = {r[0][0]: r for r in page.table("Latency")["rows"]}
+    assert float(lat["end-to-end"][4][1]) == s["e2e_s"]["p99"]
+    rep = page.table("Replicas")
+    assert len(rep["rows"]) == len(pd.read_csv(run / "replicas.csv")) == 2
+    assert "sortable" in rep["class"]
+    status = page.table("Requests by pool")
+    assert status["head"] == ["pool", "done"] and status["rows"][0][1][1] == repr(float(s["requests_completed"]))
+
+
+def test_names_are_escaped(tmp_path, capsys):
+    run = run_folder(tmp_path, capsys, "fleet.0.name=<script>alert(1)</script>")
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert text.count("<script") == 1  # only the page's own sorting script
+
+
+def test_sweep_report_tables_and_plots(tmp_path, capsys):
+    make_case(tmp_path)
+    sw = load_sweep(write_sweep(tmp_path, {**GRID, "metrics": ["e2e_s.p99", "pools.*.energy_j"]}))
+    res = run_sweep(sw, tmp_path / "sw", workers=0, progress=False)
+    assert main(["report", str(tmp_path / "sw")]) == 0  # default output: inside the folder
+    page = Page((tmp_path / "sw" / "report.html").read_text())
+    assert len(page.imgs) == 2  # one figure per chosen metric
+    summ = page.table("Summary")
+    assert summ["head"] == ["fleet.gpu.count", "fleet.gpu.batching.max_batch", "seeds", "e2e_s.p99",
+                            "pools.gpu.energy_j"]
+    assert len(summ["rows"]) == 6
+    for row, (_, r) in zip(summ["rows"], res.summary.iterrows()):
+        assert float(row[0][1]) == r["fleet.gpu.count"] and float(row[2][1]) == 2
+        assert float(row[3][1]) == r["e2e_s.p99.mean"]
+        half = (r["e2e_s.p99.ci95_hi"] - r["e2e_s.p99.ci95_lo"]) / 2
+        assert row[3][0].split(" ± ")[1] == f"{half:.4g}"
+    pts = page.table("Points")
+    assert len(pts["rows"]) == 12 and pts["head"][:2] == ["point", "seed"]
+    assert [r[0][0] for r in pts["rows"]] == list(res.results["point"])
+    # --metric replaces the sweep file's choice; a pattern matching nothing is a user error
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "m.html"), "--metric", "tokens_per_joule"]) == 0
+    assert len(Page((tmp_path / "m.html").read_text()).imgs) == 1
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "x.html"), "--metric", "joules"]) == 2
+    assert "no metric matches 'joules'" in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.parametrize("setup, words", [
+    ("missing", "not a folder"),
+    ("empty", "neither summary.json"),
+    ("unfinished", "has not finished"),
+    ("bad_json", "cannot read"),
+])
+def test_bad_folders(tmp_path, capsys, setup, words):
+    d = tmp_path / "d"
+    if setup != "missing":
+        d.mkdir()
+    if setup == "unfinished":
+        (d / "sweep.json").write_text(json.dumps({"axes": [], "seeds": [1]}))
+    if setup == "bad_json":
+        (d / "summary.json").write_text("{not json")
+    rc = main(["report", str(d), "-o", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
