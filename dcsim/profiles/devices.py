@@ -1,0 +1,159 @@
+"""Datasheet facts about devices and models, each number with where it came from.
+
+Fitting a profile needs facts a measurement sweep does not give: memory size, power-limit range, peak
+throughput for the roofline prefill estimate, the model's shape for its KV-cache size. They live here,
+one entry per device or model, with a citation for every number; `None` means no public figure was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcsim.errors import UserError
+
+# Citations used below, by short key.
+CITES = {
+    "nv-a100": "NVIDIA A100 Tensor Core GPU datasheet (2021): 40 GB HBM2; max TDP 400 W (SXM4), 250 W (PCIe "
+               "40 GB); 312 TFLOPS dense BF16",
+    "nv-h100": "NVIDIA H100 Tensor Core GPU datasheet (2023): H100 SXM 80 GB, max TDP up to 700 W, 989 TFLOPS "
+               "dense BF16",
+    "nv-v100": "NVIDIA Tesla V100 GPU datasheet (2020): 16/32 GB HBM2; 300 W (SXM2), 250 W (PCIe); 125 TFLOPS "
+               "tensor (FP16)",
+    "nv-b200": "NVIDIA HGX B200 / DGX B200 specifications (2024): 180 GB HBM3e per GPU (1,440 GB per 8 GPUs), up to "
+               "1,000 W per GPU, 2.25 PFLOPS dense BF16 (HGX B200 at 1,000 W, as tabulated by G. Lockwood's "
+               "B200 notes)",
+    "smi-a100-sxm4": "nvidia-smi -q of an A100 SXM4 40 GB (HBM2 1215 MHz, 400 W) quoted in NVIDIA/nvidia-docker "
+                     "issue #1648: Min Power Limit 100 W, Max Power Limit 400 W",
+    "lent-h100": "read with nvidia-smi on this project's lent NVIDIA H100 80GB HBM3 on 2026-11-23 "
+                 "(power.min_limit 200 W, power.max_limit 700 W, default 700 W, 81559 MiB); see "
+                 "profiles/measured/h100-idle-2026-11-23/",
+    "lent-h100-idle": "measured on this project's lent NVIDIA H100 80GB HBM3 on 2026-11-23 with nvidia-smi at 4 Hz: "
+                      "70.2 W with no process; 120.1 W while a process held a CUDA context and 58 GB after a burst "
+                      "of matrix products (SM clock stays at 1980 MHz); see profiles/measured/h100-idle-2026-11-23/",
+    "wilkins-swing-idle": "nvidia-smi log at job start (no model loaded) in the authors' repository "
+                          "github.com/grantwilkins/energy-inference, cuda/falcon-40b/2024-04-18/10-13-05/"
+                          "nvidia-smi.csv: three A100 40 GB GPUs of Swing at 49.6, 55.1 and 51.3 W (mean 52.0 W)",
+    "m1-powermetrics": "powermetrics samples of an Apple M1 (MacBookAir10,1, macOS 12) in the shared data set "
+                       "powermetrics-samples (codecarbon test data, MIT): 'GPU Power' 9-153 mW at idle",
+    "apple-m1pro": "Apple MacBook Pro (14-inch, 2021) technical specifications: M1 Pro with 16 GB or 32 GB unified "
+                   "memory",
+    "kaplan2020": "Kaplan et al. 2020, 'Scaling Laws for Neural Language Models': a forward pass costs about "
+                  "2 x parameters FLOPs per token",
+}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One accelerator as the catalogue knows it; cap_* are nvidia-smi power-limit bounds per device."""
+
+    key: str
+    name: str
+    kind: str
+    memory_gb: float
+    tdp_w: float | None
+    peak_bf16_tflops: float | None
+    cap_min_w: float | None
+    cap_max_w: float | None
+    cap_default_w: float | None
+    deep_idle_w: float | None
+    serving_idle_w: float | None
+    cite: dict[str, str] = field(default_factory=dict)  # field -> key in CITES or free text
+
+    def citation(self, what: str) -> str:
+        ref = self.cite.get(what)
+        if ref is None:
+            return "no public figure found"
+        return CITES.get(ref, ref)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's shape, from its public Hugging Face config.json."""
+
+    key: str
+    hf_id: str
+    name: str
+    params_b: float
+    layers: int
+    hidden_size: int
+    kv_heads: int
+    head_dim: int
+    max_context: int
+    cite: str
+
+    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """K and V over all layers for one token."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value
+
+
+DEVICES: dict[str, DeviceSpec] = {
+    d.key: d
+    for d in (
+        DeviceSpec(
+            "m1-pro", "Apple M1 Pro (GPU of the SoC)", "soc", 32.0, None, None, None, None, None,
+            deep_idle_w=0.03, serving_idle_w=0.03,
+            cite={"memory_gb": "assumed 32 GB: a 16 GB M1 Pro could not keep the 13.5 GB fp16 weights of a 7B "
+                               "model on its GPU beside the OS; Apple sells it with 16 or 32 GB (apple-m1pro)",
+                  "deep_idle_w": "m1-powermetrics", "serving_idle_w": "m1-powermetrics"},
+        ),
+        DeviceSpec(
+            "v100-16gb", "NVIDIA Tesla V100 16GB (form factor not stated by the source)", "gpu", 16.0, 250.0, 125.0,
+            None, None, None, None, None,
+            cite={"memory_gb": "nv-v100", "tdp_w": "nv-v100 (PCIe figure; the source's measured draw stayed below "
+                                                   "250 W)", "peak_bf16_tflops": "nv-v100 (FP16 tensor; no BF16)"},
+        ),
+        DeviceSpec(
+            "a100-pcie-40gb", "NVIDIA A100 PCIe 40GB", "gpu", 40.0, 250.0, 312.0, None, 250.0, 250.0, None, None,
+            cite={"memory_gb": "nv-a100", "tdp_w": "nv-a100", "peak_bf16_tflops": "nv-a100",
+                  "cap_max_w": "nv-a100", "cap_default_w": "nv-a100"},
+        ),
+        DeviceSpec(
+            "a100-sxm4-40gb", "NVIDIA A100-SXM4-40GB", "gpu", 40.0, 400.0, 312.0, 100.0, 400.0, 400.0, 52.0, None,
+            cite={"memory_gb": "nv-a100", "tdp_w": "nv-a100", "peak_bf16_tflops": "nv-a100",
+                  "cap_min_w": "smi-a100-sxm4", "cap_max_w": "smi-a100-sxm4", "cap_default_w": "smi-a100-sxm4",
+                  "deep_idle_w": "wilkins-swing-idle"},
+        ),
+        DeviceSpec(
+            "h100-sxm-80gb", "NVIDIA H100 80GB HBM3 (SXM)", "gpu", 80.0, 700.0, 989.0, 200.0, 700.0, 700.0, 70.2, 120.1,
+            cite={"memory_gb": "nv-h100", "tdp_w": "nv-h100", "peak_bf16_tflops": "nv-h100",
+                  "cap_min_w": "lent-h100", "cap_max_w": "lent-h100", "cap_default_w": "lent-h100",
+                  "deep_idle_w": "lent-h100-idle", "serving_idle_w": "lent-h100-idle"},
+        ),
+        DeviceSpec(
+            "b200", "NVIDIA B200 (HGX, 180 GB)", "gpu", 180.0, 1000.0, 2250.0, None, 1000.0, 1000.0, None, None,
+            cite={"memory_gb": "nv-b200", "tdp_w": "nv-b200", "peak_bf16_tflops": "nv-b200",
+                  "cap_max_w": "nv-b200", "cap_default_w": "nv-b200"},
+        ),
+    )
+}
+
+_HF = "Hugging Face config.json of {}"
+MODELS: dict[str, ModelSpec] = {
+    m.key: m
+    for m in (
+        ModelSpec("llama-2-7b", "meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b-chat", 6.74, 32, 4096, 32, 128, 4096,
+                  _HF.format("meta-llama/Llama-2-7b-chat-hf") + " (32 layers, 32 KV heads of 128)"),
+        ModelSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", "Mistral-7B-v0.1", 7.24, 32, 4096, 8, 128, 32768,
+                  _HF.format("mistralai/Mistral-7B-v0.1") + " (32 layers, 8 KV heads of 128)"),
+        ModelSpec("falcon-7b", "tiiuae/falcon-7b", "Falcon-7B", 7.22, 32, 4544, 1, 64, 2048,
+                  _HF.format("tiiuae/falcon-7b") + " (32 layers, multi-query: 1 KV head of 64)"),
+        ModelSpec("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", 8.03, 32, 4096, 8, 128,
+                  131072, _HF.format("meta-llama/Llama-3.1-8B-Instruct") + " (32 layers, 8 KV heads of 128)"),
+        ModelSpec("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", "Llama-3.1-70B-Instruct", 70.6, 80, 8192, 8,
+                  128, 131072, _HF.format("meta-llama/Llama-3.1-70B-Instruct") + " (80 layers, 8 KV heads of 128)"),
+    )
+}
+
+
+def device(key: str) -> DeviceSpec:
+    try:
+        return DEVICES[key]
+    except KeyError:
+        raise UserError(f"unknown device {key!r}; known: {sorted(DEVICES)}", field="device") from None
+
+
+def model(key: str) -> ModelSpec:
+    try:
+        return MODELS[key]
+    except KeyError:
+        raise UserError(f"unknown model {key!r}; known: {sorted(MODELS)}", field="model") from None
