@@ -112,7 +112,8 @@ def load(data_dir: str | Path, system: str, model: str) -> tuple[pd.DataFrame, d
     meta = {
         "device": dev,
         "model": MODELS[model],
-        "engine": {"name": "hf-pipeline", "version": "transformers (version not stated)", "precision": precision},
+        "engine": {"name": "hf", "version": "transformers text-generation pipeline, use_cache=False (version not stated)",
+                   "precision": precision},
         "gpus_per_replica": 1,
         "citation": CITATION,
         "path": "wilkins2024-energy-inference/" + " + ".join(FILES),

@@ -1,0 +1,119 @@
+"""`dcsim fit`: fit a device profile to measurements (published sweeps, leaderboard files or our own runs).
+
+  dcsim fit --from wilkins2024 DATA_DIR --system M1-Pro --model "Llama-2 (7B)" -o profiles/X.yaml
+  dcsim fit --from mlenergy DATA_DIR --gpu H100 --model Llama-3.1-8B-Instruct [--task T] [--gpus N] -o ...
+  dcsim fit RUN_DIR -o ...            (a calibration run folder of `dcsim calibrate`)
+Writes the profile YAML and, beside it, a PNG of the measured points against the fitted curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import tempfile
+from pathlib import Path
+
+from dcsim.errors import UserError
+
+SOURCES = ("wilkins2024", "mlenergy", "run")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="fit a device profile to measurements", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", help="data folder of the published source, or a calibration run folder")
+    p.add_argument("--from", dest="source", choices=SOURCES, default="run",
+                   help="what PATH holds (default: a calibration run folder)")
+    p.add_argument("--system", help="wilkins2024: system, e.g. M1-Pro, 'Swing AMD+A100'")
+    p.add_argument("--model", help="model, e.g. 'Llama-2 (7B)' (wilkins2024) or Llama-3.1-8B-Instruct (mlenergy)")
+    p.add_argument("--gpu", help="mlenergy: GPU, e.g. A100, H100, B200")
+    p.add_argument("--task", help="mlenergy: task (default chat for v2, lm-arena-chat for v3)")
+    p.add_argument("--gpus", type=int, help="mlenergy: GPUs per replica where the data has several")
+    p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
+    p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.set_defaults(func=run)
+
+
+def load_source(args: argparse.Namespace):
+    """(measurement table, metadata dict) from the chosen importer."""
+    if args.source == "wilkins2024":
+        from dcsim.profiles.importers import wilkins2024
+        _need(args, "system", "model")
+        return wilkins2024.load(args.path, args.system, args.model)
+    if args.source == "mlenergy":
+        from dcsim.profiles.importers import mlenergy
+        _need(args, "gpu", "model")
+        return mlenergy.load(args.path, args.gpu, args.model, task=args.task, gpus=args.gpus)
+    try:
+        mod = importlib.import_module("dcsim.profiles.importers.calibrate_runs")
+    except ModuleNotFoundError as e:
+        if e.name != "dcsim.profiles.importers.calibrate_runs":
+            raise
+        raise UserError("reading calibration run folders needs dcsim/profiles/importers/calibrate_runs.py "
+                        "(load(run_dir) -> (table, metadata)), which this installation lacks; use --from for "
+                        "published data", args.path) from None
+    if not Path(args.path).is_dir():
+        raise UserError("calibration run folder not found", args.path)
+    return mod.load(args.path)
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = [f"--{n}" for n in names if not getattr(args, n)]
+    if missing:
+        raise UserError(f"--from {args.source} needs {' and '.join(missing)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dcsim.profiles.fit import fit_profile, meta_from_dict
+    from dcsim.profiles.plots import fit_figure
+
+    out = Path(args.out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise UserError("the profile file must end in .yaml", out)
+    if not out.parent.is_dir():
+        raise UserError("output folder does not exist", out.parent)
+    table, meta = load_source(args)
+    if args.name:
+        meta["name"] = args.name
+    elif "name" not in meta:
+        meta["name"] = out.stem
+    if meta.get("command"):
+        meta["command"] += f" -o {args.out if not os.path.isabs(args.out) else out.name}"
+    result = fit_profile(table, meta_from_dict(meta, args.path))
+    prof = result.profile
+    write_profile(prof, out)
+    msg = f"wrote {out}"
+    if not args.no_plot:
+        png = out.with_suffix(".png")
+        tmp = png.with_name(f".{png.stem}.tmp.png")
+        try:
+            fit_figure(prof, result.rows, tmp)
+            os.replace(tmp, png)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        msg += f" and {png}"
+    print(msg)
+    for k, v in prof.fit_error.items():
+        print(f"  {k:<24} median {v.median_ape_pct:6.2f}%  max {v.max_ape_pct:6.2f}%  ({v.n_points} points)")
+    if prof.not_covered:
+        print("  not covered by the source: " + "; ".join(prof.not_covered))
+    return 0
+
+
+def write_profile(prof, path: Path) -> None:
+    """Profile YAML via a temporary file and a rename, so a failed write leaves nothing half-written."""
+    import yaml
+
+    text = yaml.safe_dump(prof.model_dump(mode="json", exclude_none=True), sort_keys=False, width=110)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

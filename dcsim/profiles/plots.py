@@ -1,0 +1,129 @@
+"""Fit figure: measured points against the fitted curves, evaluated the way the simulator evaluates them.
+
+Run rows (whole requests) are drawn per sweep (the part of `source` before ':'), against whichever of n_in,
+n_out or batch the sweep varies: time, device energy and average power. Decode rows (steady-state decode) are
+drawn against batch: step time, power and energy per output token. The curves come from ProfileEvaluator,
+so the figure shows what a simulation would use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dcsim.profiles.profile import Profile  # noqa: E402
+
+
+def run_prediction(profile: Profile, batch: float, n_in: float, n_out: float) -> tuple[float, float]:
+    """(seconds, device joules) of one run of `batch` requests, as the simulator's evaluator computes them."""
+    ev = profile.evaluator()
+    t_pf, w_pf, _ = ev.prefill(batch * n_in, batch * n_in * n_in, int(batch))
+    t_dc, e_dc, _ = ev.decode_run(int(batch), batch * (n_in + 1), int(max(n_out - 1, 0)))
+    return t_pf + t_dc, t_pf * w_pf + e_dc
+
+
+def decode_prediction(profile: Profile, batch: float, context: float) -> tuple[float, float]:
+    """(step seconds, device watts) of one decode step."""
+    return profile.evaluator().decode_step(int(round(batch)), context)
+
+
+def fit_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
+    """Write the PNG; returns its path."""
+    runs = rows[rows["kind"] == "run"]
+    dec = rows[rows["kind"] == "decode"]
+    sweeps = sorted({str(s).split(":")[0] for s in runs["source"]}) if len(runs) else []
+    nrows = len(sweeps) + (1 if len(dec) else 0)
+    fig, axes = plt.subplots(nrows, 3, figsize=(13.5, 3.6 * nrows + 0.6), squeeze=False)
+    for i, sw in enumerate(sweeps):
+        _run_panels(profile, runs[runs["source"].astype(str).str.split(":").str[0] == sw], sw, axes[i])
+    if len(dec):
+        _decode_panels(profile, dec, axes[-1])
+    errs = [f"{k}: median {v.median_ape_pct:.1f}%, max {v.max_ape_pct:.1f}% (n={v.n_points})"
+            for k, v in profile.fit_error.items()]
+    lines = ["; ".join(errs[i:i + 3]) for i in range(0, len(errs), 3)]
+    fig.suptitle(f"{profile.name}  ({profile.gpus_per_replica} GPU{'s' if profile.gpus_per_replica > 1 else ''} "
+                 f"per replica; {profile.device.name}, {profile.model.name})\nfit error (absolute % error of shape "
+                 "means): " + "\n".join(lines), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 - 0.02 * len(lines)))
+    p = Path(path)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+def _axis_of(df: pd.DataFrame) -> str:
+    return max(("n_in", "n_out", "batch"), key=lambda c: df[c].nunique())
+
+
+def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray) -> None:
+    x = _axis_of(df)
+    label = {"n_in": "prompt tokens (n_in)", "n_out": "output tokens (n_out)", "batch": "batch (requests)"}[x]
+    means = df.groupby("source").agg(**{c: (c, "mean") for c in ("n_in", "n_out", "batch", "runtime_s",
+                                                                 "energy_device_j")}).sort_values(x)
+    fixed = {c: float(df[c].median()) for c in ("n_in", "n_out", "batch") if c != x}
+    grid = np.unique(np.geomspace(max(df[x].min(), 1), df[x].max(), 60))
+    pred = []
+    for g in grid:
+        v = dict(fixed, **{x: g})
+        pred.append(run_prediction(profile, v["batch"], v["n_in"], v["n_out"]))
+    pt = np.array([p[0] for p in pred])
+    pe = np.array([p[1] for p in pred])
+    other = ", ".join(f"{k}={v:g}" for k, v in fixed.items())
+    for ax, col, yl, curve in ((axes[0], "runtime_s", "run time (s)", pt),
+                               (axes[1], "energy_device_j", "device energy (J)", pe),
+                               (axes[2], None, "average device power (W)", pe / pt)):
+        if col is None:
+            y_all = df["energy_device_j"] / df["runtime_s"]
+            y_mean = means["energy_device_j"] / means["runtime_s"]
+        else:
+            y_all, y_mean = df[col], means[col]
+        ax.scatter(df[x], y_all, s=6, alpha=0.25, color="tab:blue", label="measured (each repeat)")
+        ax.scatter(means[x], y_mean, s=28, color="tab:blue", edgecolor="k", zorder=3, label="measured (mean)")
+        ax.plot(grid, curve, color="tab:red", lw=1.6, label="fitted profile")
+        ax.set_xscale("log")
+        if col is not None:
+            ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(f"{sweep} ({other})", fontsize=8)
+    axes[0].legend(fontsize=7, loc="best")
+
+
+def _decode_panels(profile: Profile, dec: pd.DataFrame, axes: np.ndarray) -> None:
+    dec = dec.sort_values("batch")
+    n_in, n_out = float(dec["n_in"].median()), float(dec["n_out"].median())
+    grid = np.unique(np.round(np.geomspace(max(dec["batch"].min(), 1), dec["batch"].max(), 60)))
+    pr = np.array([decode_prediction(profile, b, b * (n_in + n_out / 2.0)) for b in grid])
+    p_meas = dec["avg_power_w"].where(dec["avg_power_w"].notna(), dec["energy_device_j"] / dec["runtime_s"])
+    ax = axes[0]
+    ax.scatter(dec["batch"], dec["runtime_s"], color="tab:blue", edgecolor="k", zorder=3,
+               label="measured: batch / throughput")
+    if dec["tpot_s"].notna().any():
+        ax.scatter(dec["batch"], dec["tpot_s"], facecolor="none", edgecolor="tab:green", zorder=3,
+                   label="published TPOT / median ITL (not fitted)")
+    ax.plot(grid, pr[:, 0], color="tab:red", label="fitted decode_step_s")
+    ax.set_ylabel("decode step time (s)")
+    ax = axes[1]
+    ax.scatter(dec["batch"], p_meas, color="tab:blue", edgecolor="k", zorder=3, label="measured")
+    ax.plot(grid, pr[:, 1], color="tab:red", label="fitted decode_w")
+    ax.set_ylabel(f"device power, {profile.gpus_per_replica} GPU(s) (W)")
+    ax.set_ylim(bottom=0)
+    ax = axes[2]
+    ax.scatter(dec["batch"], p_meas * dec["runtime_s"] / dec["batch"], color="tab:blue", edgecolor="k", zorder=3,
+               label="measured")
+    ax.plot(grid, pr[:, 0] * pr[:, 1] / grid, color="tab:red", label="fitted")
+    ax.set_ylabel("device energy per output token (J)")
+    ax.set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("running batch (sequences)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+        ax.set_title(f"steady-state decode (context = batch x {n_in + n_out / 2:g} tokens)", fontsize=8)
