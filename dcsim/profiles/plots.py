@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from dcsim.profiles.profile import Profile  # noqa: E402
 
@@ -50,7 +51,10 @@ def fit_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
     fig.suptitle(f"{profile.name}  ({profile.gpus_per_replica} GPU{'s' if profile.gpus_per_replica > 1 else ''} "
                  f"per replica; {profile.device.name}, {profile.model.name})\nfit error (absolute % error of shape "
                  "means): " + "\n".join(lines), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93 - 0.02 * len(lines)))
+    for ax in axes.flat:
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.10 if nrows == 1 else 0.06)))
     p = Path(path)
     fig.savefig(p, dpi=100)
     plt.close(fig)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Rebuild every shipped profile (YAML + PNG) from the published data sets.
+# Usage: profiles/build.sh DATA   (DATA = the folder holding wilkins2024-energy-inference/, mlenergy-leaderboard-v2/, -v3/)
+set -euo pipefail
+DATA=${1:?usage: profiles/build.sh DATA}
+cd "$(dirname "$0")/.."
+W="$DATA/wilkins2024-energy-inference"
+fit() { python -m dcsim.cli fit "$@"; }
+# Wilkins, Keshav, Mortier 2024 (HF pipeline, batch 1)
+fit --from wilkins2024 "$W" --system M1-Pro --model "Llama-2 (7B)" -o profiles/m1-pro--llama-2-7b--hf-fp16.yaml
+fit --from wilkins2024 "$W" --system M1-Pro --model "Mistral (7B)" -o profiles/m1-pro--mistral-7b--hf-fp16.yaml
+for m in "Llama-2 (7B):llama-2-7b" "Mistral (7B):mistral-7b" "Falcon (7B):falcon-7b"; do
+  name=${m%%:*}; slug=${m##*:}
+  fit --from wilkins2024 "$W" --system "Swing AMD+A100" --model "$name" -o "profiles/a100-sxm4-40gb--$slug--hf-bf16.yaml"
+  fit --from wilkins2024 "$W" --system "Palmetto Intel+A100" --model "$name" -o "profiles/a100-pcie-40gb--$slug--hf-bf16.yaml"
+  fit --from wilkins2024 "$W" --system "Palmetto Intel+V100" --model "$name" -o "profiles/v100-16gb--$slug--hf-bf16.yaml"
+done
+# ML.ENERGY leaderboard (vLLM, continuous batching)
+V2="$DATA/mlenergy-leaderboard-v2"; V3="$DATA/mlenergy-leaderboard-v3"
+fit --from mlenergy "$V2" --gpu A100 --model Llama-3.1-8B-Instruct -o profiles/a100-sxm4-40gb--llama-3.1-8b--vllm-mlenergy-v2-bf16.yaml
+fit --from mlenergy "$V2" --gpu H100 --model Llama-3.1-8B-Instruct -o profiles/h100-sxm-80gb--llama-3.1-8b--vllm-mlenergy-v2-bf16.yaml
+fit --from mlenergy "$V3" --gpu H100 --model Llama-3.1-8B-Instruct -o profiles/h100-sxm-80gb--llama-3.1-8b--vllm-mlenergy-v3-bf16.yaml
+fit --from mlenergy "$V3" --gpu B200 --model Llama-3.1-8B-Instruct -o profiles/b200--llama-3.1-8b--vllm-mlenergy-v3-bf16.yaml
+fit --from mlenergy "$V2" --gpu A100 --model Llama-3.1-70B-Instruct -o profiles/a100-sxm4-40gb-x8--llama-3.1-70b--vllm-mlenergy-v2-bf16.yaml
+fit --from mlenergy "$V2" --gpu H100 --model Llama-3.1-70B-Instruct -o profiles/h100-sxm-80gb-x4--llama-3.1-70b--vllm-mlenergy-v2-bf16.yaml
+fit --from mlenergy "$V3" --gpu H100 --model Llama-3.1-70B-Instruct -o profiles/h100-sxm-80gb-x4--llama-3.1-70b--vllm-mlenergy-v3-bf16.yaml
+fit --from mlenergy "$V3" --gpu B200 --model Llama-3.1-70B-Instruct -o profiles/b200-x2--llama-3.1-70b--vllm-mlenergy-v3-bf16.yaml
