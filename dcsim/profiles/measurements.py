@@ -47,10 +47,17 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     for c, v in defaults.items():
         if c not in out.columns:
             out[c] = v
+        elif not (isinstance(v, float) and np.isnan(v)):
+            out[c] = out[c].where(out[c].notna(), v)  # rows from tables that lacked the column
     missing = [c for c in COLUMNS if c not in out.columns]
     if missing:
         raise UserError(f"measurement table lacks columns {missing}", file)
-    out = out[list(COLUMNS)].astype(COLUMNS)
+    out = out[list(COLUMNS)]
+    for c, t in COLUMNS.items():
+        try:
+            out[c] = out[c].astype(t)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"column {c!r} cannot be read as {t}: {e}", file, c) from None
     bad = ~out["kind"].isin(KINDS)
     if bad.any():
         raise UserError(f"unknown kind {out.loc[bad, 'kind'].iloc[0]!r}; expected one of {KINDS}", file, "kind")
