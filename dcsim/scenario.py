@@ -201,8 +201,9 @@ def resolve_path(ref: str, base: str | Path | None, shipped: str) -> Path:
     if not p.is_absolute():
         candidates.append(PROJECT_ROOT / p)
         candidates.append(PROJECT_ROOT / shipped / p)
-        if p.suffix == "":
-            candidates.append(PROJECT_ROOT / shipped / (p.name + (".yaml" if shipped == "profiles" else ".parquet")))
+        ext = ".yaml" if shipped == "profiles" else ".parquet"
+        if p.suffix != ext:  # a bare name; shipped names may hold dots, e.g. "...--llama-3.1-8b--..."
+            candidates.append(PROJECT_ROOT / shipped / (p.name + ext))
     for c in candidates:
         if c.is_file():
             return c
