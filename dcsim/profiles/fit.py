@@ -723,16 +723,16 @@ def _valid_range(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs) -> dict[str, tu
         bs.append(r.b)
         ctx += [r.b * (r.n + 1), r.b * (runs["n_in"] + runs["n_out"] - 1).to_numpy(float)]
         outs.append(runs["n_out"].to_numpy(float))
-    if len(dec):
+    if len(dec):  # decode rows carry average output lengths, not bounds on a request's: no output range
         bs.append(dec["batch"].to_numpy(float))
         ctx.append(dec["context"].to_numpy(float))
-        outs.append(dec["n_out"].to_numpy(float))
     b = np.concatenate(bs)
     vr["batch"] = (float(b.min()), float(b.max()))
     c = np.concatenate(ctx)
     vr["context"] = (float(c.min()), float(c.max()))
-    o = np.concatenate(outs)
-    vr["output_tokens"] = (float(o.min()), float(o.max()))
+    if outs:
+        o = np.concatenate(outs)
+        vr["output_tokens"] = (float(o.min()), float(o.max()))
     return vr
 
 
