@@ -25,13 +25,18 @@ def summarize(path: Path) -> dict:
 
     p = load_profile(path)
     sources = Counter(v.source for k, v in p.provenance.items() if k != "source")
-    worst = max(p.fit_error.values(), key=lambda e: e.median_ape_pct, default=None)
+    def worst(keys: tuple[str, ...]) -> float | None:
+        vals = [e.median_ape_pct for k, e in p.fit_error.items() if k.startswith(keys)]
+        return max(vals) if vals else None
+
     return {
         "file": path.name, "name": p.name, "device": p.device.name, "model": p.model.name,
         "engine": f"{p.engine.name} {p.engine.precision}", "gpus_per_replica": p.gpus_per_replica,
         "provenance": ", ".join(f"{n} {k}" for k, n in sorted(sources.items())),
         "fit_error": {k: [e.median_ape_pct, e.max_ape_pct] for k, e in p.fit_error.items()},
-        "worst_median_ape_pct": worst.median_ape_pct if worst else None,
+        "time_median_ape_pct": worst(("latency.",)),
+        "energy_median_ape_pct": worst(("energy.run_device", "power.decode")),
+        "host_median_ape_pct": worst(("energy.run_host",)),
         "serving_idle_w": p.power.serving_idle_w, "not_covered": len(p.not_covered),
     }
 
@@ -51,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
             json.dump(r, sys.stdout)
             sys.stdout.write("\n")
         return 0
-    hdr = f"{'name':<58} {'device':<34} {'model':<24} {'engine':<26} {'gpus':>4}  {'fit (worst median APE)':<22} provenance"
-    print(hdr)
+    def pct(v: float | None) -> str:
+        return f"{v:.1f}%" if v is not None else "-"
+
+    print("fit error: worst median absolute % error over the fitted points of time, device energy/power, host "
+          "energy\n")
+    print(f"{'name':<56} {'device':<28} {'model':<23} {'engine':<22} {'gpus':>4} {'time':>6} {'energy':>7} "
+          f"{'host':>6}  provenance of terms")
     for r in rows:
-        fit = f"{r['worst_median_ape_pct']:.1f}%" if r["worst_median_ape_pct"] is not None else "-"
-        print(f"{r['name']:<58} {r['device'][:34]:<34} {r['model'][:24]:<24} {r['engine'][:26]:<26} "
-              f"{r['gpus_per_replica']:>4}  {fit:<22} {r['provenance']}")
+        print(f"{r['name']:<56} {r['device'][:28]:<28} {r['model'][:23]:<23} {r['engine'][:22]:<22} "
+              f"{r['gpus_per_replica']:>4} {pct(r['time_median_ape_pct']):>6} {pct(r['energy_median_ape_pct']):>7} "
+              f"{pct(r['host_median_ape_pct']):>6}  {r['provenance']}")
     return 0

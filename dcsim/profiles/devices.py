@@ -58,6 +58,7 @@ class DeviceSpec:
     deep_idle_w: float | None
     serving_idle_w: float | None
     cite: dict[str, str] = field(default_factory=dict)  # field -> key in CITES or free text
+    idle_source: str = "published"  # provenance kind of the idle figures: measured | published | assumed
 
     def citation(self, what: str) -> str:
         ref = self.cite.get(what)
@@ -95,6 +96,7 @@ DEVICES: dict[str, DeviceSpec] = {
             cite={"memory_gb": "assumed 32 GB: a 16 GB M1 Pro could not keep the 13.5 GB fp16 weights of a 7B "
                                "model on its GPU beside the OS; Apple sells it with 16 or 32 GB (apple-m1pro)",
                   "deep_idle_w": "m1-powermetrics", "serving_idle_w": "m1-powermetrics"},
+            idle_source="assumed",  # the idle GPU of an M1 (MacBook Air) stands in for the M1 Pro's
         ),
         DeviceSpec(
             "v100-16gb", "NVIDIA Tesla V100 16GB (form factor not stated by the source)", "gpu", 16.0, 250.0, 125.0,
@@ -118,6 +120,7 @@ DEVICES: dict[str, DeviceSpec] = {
             cite={"memory_gb": "nv-h100", "tdp_w": "nv-h100", "peak_bf16_tflops": "nv-h100",
                   "cap_min_w": "lent-h100", "cap_max_w": "lent-h100", "cap_default_w": "lent-h100",
                   "deep_idle_w": "lent-h100-idle", "serving_idle_w": "lent-h100-idle"},
+            idle_source="measured",
         ),
         DeviceSpec(
             "b200", "NVIDIA B200 (HGX, 180 GB)", "gpu", 180.0, 1000.0, 2250.0, None, 1000.0, 1000.0, None, None,

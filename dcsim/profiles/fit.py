@@ -677,8 +677,7 @@ def _idle(t: pd.DataFrame, meta: FitMeta, prov: dict[str, Provenance], not_cover
             prov[key] = given[1]
         elif cat is not None:
             out[attr] = cat * g
-            prov[key] = Provenance(source="published" if "measured" not in dspec.citation(f"{attr}_w") else "measured",
-                                   citation=dspec.citation(f"{attr}_w"),
+            prov[key] = Provenance(source=dspec.idle_source, citation=dspec.citation(f"{attr}_w"),
                                    note=f"{cat:g} W per device x {g} (catalogue figure; not from this source)")
             not_covered.append(f"{label} power (from the device catalogue, not this source)")
         elif attr == "serving_idle" and "deep_idle" in out and dspec and dspec.deep_idle_w:

@@ -45,7 +45,10 @@ SYSTEMS = {
     "M1-Pro": ("m1-pro", "fp16", 2.0, "CPU power x the process's share (powermetrics)"),
     "Palmetto Intel+V100": ("v100-16gb", "bf16", 0.0, "RAPL of 2 packages minus 2 x 37.5 W"),
     "Palmetto Intel+A100": ("a100-pcie-40gb", "bf16", 0.0, "RAPL of 2 packages minus 2 x 37.5 W"),
-    "Swing AMD+A100": ("a100-sxm4-40gb", "bf16", 0.0, "AMD uProf, two cores' mean power x runtime"),
+    "Swing AMD+A100": ("a100-sxm4-40gb", "bf16", 0.0, "AMD uProf: the two busy cores' mean power over the whole job "
+                                                     "x runtime, one constant per job (e.g. 3.04 W in the input "
+                                                     "sweep, 7.64 W in the output sweep for Mistral), so it carries "
+                                                     "no per-run information"),
 }
 MODELS = {"Llama-2 (7B)": "llama-2-7b", "Mistral (7B)": "mistral-7b", "Falcon (7B)": "falcon-7b"}
 DEVICE_NOTES = {
