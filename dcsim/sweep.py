@@ -385,15 +385,21 @@ def _run_pool(base: str, todo: list[Point], workers: int, on_done: OnDone) -> No
     ex.shutdown(wait=True)
 
 
-def _run_dask(base: str, todo: list[Point], scheduler: str, on_done: OnDone) -> None:
+def connect_dask(scheduler: str):
+    """A dask.distributed Client of that scheduler; a missing package or an unreachable address is a UserError."""
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client
     except ImportError:
         raise UserError("--scheduler needs dask.distributed: pip install 'dcsim[dask]'", None, "--scheduler") from None
     try:
-        client = Client(scheduler, timeout="20s", set_as_default=False)
+        return Client(scheduler, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {e}", None, "--scheduler") from None
+
+
+def _run_dask(base: str, todo: list[Point], client, on_done: OnDone) -> None:
+    from dask.distributed import as_completed
+
     futures = []
     try:
         by_key = {}
@@ -412,8 +418,6 @@ def _run_dask(base: str, todo: list[Point], scheduler: str, on_done: OnDone) -> 
     except BaseException:
         client.cancel(futures)
         raise
-    finally:
-        client.close()
 
 
 @dataclass
@@ -436,7 +440,16 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int | None = None, sch
     t_start = time.perf_counter()
     fingerprints = validate_points(sweep)
     chosen = check_metrics(sweep, probe_metrics(sweep)) if sweep.metrics else None
-    out = Path(out_dir)
+    client = connect_dask(scheduler) if scheduler else None  # before writing anything
+    try:
+        return _run_and_collect(sweep, Path(out_dir), fingerprints, chosen, workers, client, progress, t_start)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _run_and_collect(sweep: Sweep, out: Path, fingerprints: dict[str, str], chosen: list[str] | None,
+                     workers: int | None, client, progress: bool, t_start: float) -> SweepRun:
     (out / "points").mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", sweep_info(sweep))
     done = finished_points(out, sweep, fingerprints)
@@ -463,8 +476,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int | None = None, sch
     try:
         if todo:
             base = str(sweep.base)
-            if scheduler:
-                _run_dask(base, todo, scheduler, on_done)
+            if client is not None:
+                _run_dask(base, todo, client, on_done)
             elif workers == 0:
                 _run_here(base, todo, on_done)
             else:

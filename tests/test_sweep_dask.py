@@ -66,3 +66,18 @@ def test_failed_point_on_dask_is_reported_and_others_kept(tmp_path, cluster):
     assert "empty.parquet" in e.value.message
     assert len(list((tmp_path / "out" / "points").glob("*.json"))) == 2
     assert not (tmp_path / "out" / "results.parquet").exists()
+
+
+def test_unreachable_scheduler_is_a_user_error_and_writes_nothing(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a local port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    make_case(tmp_path)
+    sw_file = write_sweep(tmp_path, GRID)
+    rc = main(["sweep", str(sw_file), "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "field '--scheduler': cannot reach the Dask scheduler" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
