@@ -52,6 +52,8 @@ def synthetic_runs(noise: float = 0.01, seed: int = 1, repeats: int = 3) -> pd.D
                                      energy_device_j=e * (1 + noise * rng.standard_normal()),
                                      ttft_s=(TRUE_PF["intercept"] + TRUE_PF["tokens"] * b * n)
                                      * (1 + noise * rng.standard_normal()),
+                                     tpot_s=(TRUE_DC["intercept"] + TRUE_DC["batch"] * b
+                                             + TRUE_DC["context"] * b * (n + 1 + (m - 2) / 2)),
                                      repeat=r, source=f"b{b}-n{n}-m{m}"))
     return pd.DataFrame(rows)
 
@@ -73,6 +75,8 @@ def test_recovers_known_coefficients_from_noisy_runs():
     assert p.fit_error["latency.run_s"].median_ape_pct < 1.0
     assert p.fit_error["energy.run_device_j"].median_ape_pct < 1.5
     assert p.fit_error["latency.run_s"].n_points == 36  # shapes, not rows
+    assert p.fit_error["latency.tpot_s"].median_ape_pct < 1.0  # mean decode step of each run
+    assert p.fit_error["latency.prefill_s"].median_ape_pct < 1.5  # time to first token
     assert 0.005 < p.spread_cv["latency.run_s"] < 0.02  # the 1% noise, measured back
     assert p.valid_range["batch"] == (1.0, 16.0)
     assert p.valid_range["prefill_tokens"] == (32.0, 16 * 1024.0)

@@ -424,8 +424,8 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         prefill_s, note = _assumed_prefill(meta, decode_s)
         prov["latency.prefill_s"] = Provenance(source="assumed", citation=catalogue.CITES["kaplan2020"], note=note)
         not_covered.append("prefill time: the source has no prefill sweep (" + note + ")")
-    prov["latency.decode_step_s"] = _src(src, "fitted" + (" to decode-only rows" if len(dec) else " jointly with prefill")
-                                         + floor_note
+    how = " to decode-only rows" if len(dec) else " jointly with prefill"
+    prov["latency.decode_step_s"] = _src(src, "fitted" + how + floor_note
                                          + ("; no context term: context is not separable from batch in this source"
                                             if "context" not in terms.dc else ""))
     if "context" not in terms.dc:
@@ -591,8 +591,6 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
     x = nnls_rel(a_all, y_all, w_all)
     npf = len(pf_cols)
     has_runs = len(runs) > 0
-    dc_dec = ({"1": np.ones(len(dec)), "batch": dec["batch"].to_numpy(float),
-               "context": dec["context"].to_numpy(float)} if len(dec) else None)
     e_meas = runs[energy_col].to_numpy(float) if has_runs else np.zeros(0)
     ok_e = np.isfinite(e_meas) & (e_meas > 0)
     p_meas = blocks_y[-1] if len(dec) else np.zeros(0)

@@ -147,7 +147,6 @@ def _compact_path(df: pd.DataFrame, ver: str, gpu: str, gpus: int) -> str:
 def _rows_v2(d: Path, task: str) -> list[dict]:
     out = []
     for p in sorted((d / task).glob("*/*/*/*.json")):
-        rel = str(p.relative_to(d.parent)) if d.parent != d else str(p)
         try:
             j = json.loads(p.read_text())
             out.append({

@@ -115,8 +115,8 @@ def load(data_dir: str | Path, system: str, model: str) -> tuple[pd.DataFrame, d
     meta = {
         "device": dev,
         "model": MODELS[model],
-        "engine": {"name": "hf", "version": "transformers text-generation pipeline, use_cache=False (version not stated)",
-                   "precision": precision},
+        "engine": {"name": "hf", "precision": precision,
+                   "version": "transformers text-generation pipeline, use_cache=False (version not stated)"},
         "gpus_per_replica": 1,
         "citation": CITATION,
         "path": "wilkins2024-energy-inference/" + " + ".join(FILES),
