@@ -1,0 +1,99 @@
+"""What the machine was, read-only: GPU name, driver, power limit and its range, clocks, persistence,
+library versions, CPU model. No serial numbers, UUIDs, bus ids or host names."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def gpu_facts(index: int) -> dict:
+    """NVML facts about one GPU (CUDA_VISIBLE_DEVICES-relative index); empty where NVML is absent.
+    Only getters are called."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:  # no driver
+        return {"nvml_error": str(e)}
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    phys = index
+    if vis:
+        try:
+            phys = [int(x) for x in vis.split(",")][index]
+        except (ValueError, IndexError):
+            pass
+    h = pynvml.nvmlDeviceGetHandleByIndex(phys)
+    out: dict = {}
+
+    def get(name: str, fn, *args, scale: float | None = None):
+        try:
+            v = fn(*args)
+            if isinstance(v, bytes):
+                v = v.decode()
+            out[name] = v / scale if scale else v
+        except Exception:
+            out[name] = None
+
+    get("name", pynvml.nvmlDeviceGetName, h)
+    get("driver_version", pynvml.nvmlSystemGetDriverVersion)
+    get("cuda_driver_version", pynvml.nvmlSystemGetCudaDriverVersion_v2)
+    get("memory_total_gb", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).total / 1e9)
+    get("power_limit_w", pynvml.nvmlDeviceGetPowerManagementLimit, h, scale=1000)
+    get("power_limit_enforced_w", pynvml.nvmlDeviceGetEnforcedPowerLimit, h, scale=1000)
+    get("power_limit_default_w", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, h, scale=1000)
+    get("power_limit_range_w", lambda: [x / 1000 for x in pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h)])
+    get("persistence_mode", lambda: bool(pynvml.nvmlDeviceGetPersistenceMode(h)))
+    get("compute_mode", pynvml.nvmlDeviceGetComputeMode, h)
+    get("pstate", pynvml.nvmlDeviceGetPerformanceState, h)
+    get("temperature_c", pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU)
+    get("clock_sm_mhz", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+    get("clock_mem_mhz", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM)
+    get("clock_sm_max_mhz", pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM)
+    get("clock_mem_max_mhz", pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM)
+    get("app_clock_sm_mhz", pynvml.nvmlDeviceGetApplicationsClock, h, pynvml.NVML_CLOCK_SM)
+    get("app_clock_mem_mhz", pynvml.nvmlDeviceGetApplicationsClock, h, pynvml.NVML_CLOCK_MEM)
+    get("power_now_w", pynvml.nvmlDeviceGetPowerUsage, h, scale=1000)
+    get("mig_mode", lambda: pynvml.nvmlDeviceGetMigMode(h)[0])
+    get("compute_processes", lambda: len(pynvml.nvmlDeviceGetComputeRunningProcesses(h)))
+    return out
+
+
+def capture(device: str) -> dict:
+    """Environment of this session for the manifest."""
+    env = {
+        "python": sys.version.split()[0],
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "packages": {p: _version(p) for p in ("dcsim", "torch", "transformers", "zeus", "nvidia-ml-py",
+                                              "zeus-apple-silicon", "numpy", "pydantic")},
+        "device": device,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+    if device.startswith("cuda"):
+        idx = int(device.partition(":")[2] or 0)
+        env["gpu"] = gpu_facts(idx)
+    return env

@@ -1,0 +1,1 @@
+"""One module per vendor meter: Zeus (NVIDIA, AMD, RAPL, Apple), our own RAPL reader, macOS powermetrics."""

@@ -1,0 +1,174 @@
+"""Calibration plans: which (input, output, batch) points to measure, how often, in which order.
+
+A plan YAML lists sweeps (each a cartesian product of n_in x n_out x batch lists) and off-axis points,
+the repeat/stopping rule, warm-ups and idle windows. `expand` turns it into the unique points; the
+schedule (which point runs in which round) lives in `schedule.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dcsim.errors import UserError, from_validation, load_yaml
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _axis(v: object) -> list[int]:
+    """An axis is a list of positive ints or {pow2: [lo, hi]} (every power of two from lo to hi)."""
+    if isinstance(v, int):
+        v = [v]
+    if isinstance(v, dict):
+        if set(v) != {"pow2"} or not isinstance(v["pow2"], (list, tuple)) or len(v["pow2"]) != 2:
+            raise ValueError("expected a list of ints or {pow2: [lo, hi]}")
+        lo, hi = (int(x) for x in v["pow2"])
+        if lo <= 0 or hi < lo or lo & (lo - 1) or hi & (hi - 1):
+            raise ValueError(f"pow2 bounds must be powers of two with lo <= hi, got [{lo}, {hi}]")
+        out, x = [], lo
+        while x <= hi:
+            out.append(x)
+            x *= 2
+        return out
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ValueError("expected a non-empty list of ints or {pow2: [lo, hi]}")
+    out = [int(x) for x in v]
+    if any(x <= 0 for x in out):
+        raise ValueError("values must be positive")
+    return out
+
+
+class Sweep(Strict):
+    """Every combination of the three axes."""
+
+    name: str
+    n_in: list[int]
+    n_out: list[int]
+    batch: list[int] = Field(default_factory=lambda: [1])
+
+    @field_validator("n_in", "n_out", "batch", mode="before")
+    @classmethod
+    def _parse_axis(cls, v: object) -> list[int]:
+        return _axis(v)
+
+
+class PointSpec(Strict):
+    n_in: int = Field(gt=0)
+    n_out: int = Field(gt=0)
+    batch: int = Field(default=1, gt=0)
+
+
+class Repeats(Strict):
+    """Stopping rule (Wilkins et al., E-Energy 2024, extended): repeat a point until the confidence
+    interval's half-width of every metric is within `rel_half_width` of its mean, at least `min` and at
+    most `max` times."""
+
+    min: int = Field(default=3, ge=1)
+    max: int = Field(default=10, ge=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    rel_half_width: float = Field(default=0.05, gt=0)
+    metrics: list[Literal["runtime_s", "energy_device_j", "ttft_s"]] = Field(
+        default_factory=lambda: ["runtime_s", "energy_device_j"])
+
+    @model_validator(mode="after")
+    def _order(self) -> "Repeats":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Warmup(Strict):
+    """Unmeasured-for-fitting runs at the start of every session (recorded with warmup=True)."""
+
+    runs: int = Field(default=2, ge=0)
+    n_in: int = Field(default=128, gt=0)
+    n_out: int = Field(default=32, gt=0)
+    batch: int = Field(default=1, gt=0)
+
+
+class Idle(Strict):
+    """Idle windows, seconds. deep: before the framework touches the device (no process holds it);
+    serving: model loaded, no request, right after the warm-ups so the decay from activity is visible."""
+
+    deep_s: float = Field(default=20.0, ge=0)
+    serving_s: float = Field(default=40.0, ge=0)
+
+
+class Plan(Strict):
+    name: str
+    description: str | None = None
+    seed: int = 0
+    order: Literal["random", "grouped_by_batch"] = Field(
+        default="random", description="random: every round shuffled; grouped_by_batch: one batch size at a time "
+        "(all its rounds), shuffled within; needed by backends that compile per batch size")
+    sweeps: list[Sweep] = Field(default_factory=list)
+    points: list[PointSpec] = Field(default_factory=list, description="off-axis points")
+    repeats: Repeats = Field(default_factory=Repeats)
+    warmup: Warmup = Field(default_factory=Warmup)
+    idle: Idle = Field(default_factory=Idle)
+    cooldown_s: float = Field(default=0.0, ge=0, description="pause between runs")
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> "Plan":
+        if not self.sweeps and not self.points:
+            raise ValueError("a plan needs at least one sweep or point")
+        return self
+
+
+class Point(Strict):
+    """One unique shape to measure and the sweeps it belongs to."""
+
+    n_in: int
+    n_out: int
+    batch: int
+    groups: list[str]
+
+    @property
+    def id(self) -> str:
+        return point_id(self.n_in, self.n_out, self.batch)
+
+
+def point_id(n_in: int, n_out: int, batch: int) -> str:
+    return f"i{n_in}-o{n_out}-b{batch}"
+
+
+def expand(plan: Plan) -> list[Point]:
+    """Unique points of the plan, in a stable order (sorted by batch, n_in, n_out); a shape listed by
+    several sweeps is measured once and lists every sweep in `groups`."""
+    seen: dict[tuple[int, int, int], list[str]] = {}
+    for sw in plan.sweeps:
+        for b in sw.batch:
+            for i in sw.n_in:
+                for o in sw.n_out:
+                    g = seen.setdefault((i, o, b), [])
+                    if sw.name not in g:
+                        g.append(sw.name)
+    for p in plan.points:
+        g = seen.setdefault((p.n_in, p.n_out, p.batch), [])
+        if "off_axis" not in g:
+            g.append("off_axis")
+    keys = sorted(seen, key=lambda k: (k[2], k[0], k[1]))
+    return [Point(n_in=i, n_out=o, batch=b, groups=seen[(i, o, b)]) for i, o, b in keys]
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan YAML; errors name the file and the field."""
+    data = load_yaml(path)
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as e:
+        raise from_validation(e, path) from None
+
+
+def check_fits(plan: Plan, max_tokens: int | None, file: str | Path | None = None) -> None:
+    """Refuse a plan whose longest point exceeds the model's context window."""
+    if max_tokens is None:
+        return
+    for p in expand(plan):
+        if p.n_in + p.n_out > max_tokens:
+            raise UserError(f"point {p.id} needs {p.n_in + p.n_out} tokens but the model's context is "
+                            f"{max_tokens}", file, "sweeps")

@@ -1,0 +1,370 @@
+"""The sweep driver: idle windows, warm-ups, then every (point, repeat) of the plan under each power
+cap, each run metered and appended to runs.csv the moment it completes. Running the same command on
+the same folder resumes: finished entries are skipped, decisions repeat exactly (see schedule.py).
+
+Session order: deep idle (before the framework touches the device) -> load the model -> warm-ups ->
+serving idle (right after activity, so the decay shows) -> runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dcsim.calibrate import store
+from dcsim.calibrate.backends.base import Backend
+from dcsim.calibrate.environment import capture
+from dcsim.calibrate.meter import Meter, parse_device, select_meter
+from dcsim.calibrate.plan import Plan, Point, check_fits, expand, load_plan, point_id
+from dcsim.calibrate.schedule import Schedule
+from dcsim.calibrate.timeline import PowerTimeline
+from dcsim.errors import UserError
+
+FORMAT = "dcsim-calibrate/1"
+
+
+@dataclass
+class Settings:
+    out: Path
+    plan_path: Path
+    device: str
+    identity: dict  # what must match for a resume: model, arch, backend, dtype, weights
+    latency_only: bool = False
+    power_caps: list[float] = field(default_factory=list)
+    allow_power_limit_changes: bool = False
+    max_minutes: float | None = None
+    command: str = ""
+    progress: bool = True
+    meter_device: str | None = None
+    timeline_hz: float = 20.0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little")
+
+
+def _work(n_in: int, n_out: int, batch: int) -> float:
+    """Rough cost of one run in decode-step units, for the progress bar and the time budget."""
+    return n_out + 1 + n_in * batch / 2048
+
+
+def plan_digest(plan: Plan) -> str:
+    return hashlib.sha256(json.dumps(plan.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _float(v: str) -> float:
+    try:
+        return float(v) if v not in ("", None) else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _cap_key(v: str | float | None) -> float | None:
+    if v in (None, ""):
+        return None
+    return float(v)
+
+
+class Sweep:
+    def __init__(self, s: Settings, backend: Backend, meter: Meter | None = None) -> None:
+        self.s = s
+        self.backend = backend
+        self.plan = load_plan(s.plan_path)
+        self.points = expand(self.plan)
+        self.caps: list[float | None] = [None, *s.power_caps]
+        if s.power_caps and not s.allow_power_limit_changes:
+            raise UserError("changing the GPU power limit needs --allow-power-limit-changes (the original limit "
+                            "is restored afterwards, also after an error or Ctrl-C)", None, "--power-caps")
+        if s.power_caps and parse_device(s.device)[0] != "cuda":
+            raise UserError("--power-caps needs a CUDA device", None, "--power-caps")
+        self.out = s.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.identity = {**s.identity, "device_kind": parse_device(s.device)[0], "plan": self.plan.name,
+                         "plan_sha256": plan_digest(self.plan), "power_caps_w": list(s.power_caps)}
+        man = store.read_manifest(self.out)
+        if man is not None:
+            old = man.get("identity", {})
+            diff = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
+            if diff:
+                raise UserError(f"this folder holds a different sweep (differs in {diff}); resume with the same "
+                                "command or choose another --out", self.out / store.MANIFEST)
+        else:
+            man = {"format": FORMAT, "identity": self.identity, "plan": self.plan.model_dump(mode="json"),
+                   "points": [p.id for p in self.points], "sessions": []}
+            store.write_atomic(self.out / store.PLAN, s.plan_path.read_text())
+        self.manifest = man
+        self.rows = store.read_rows(self.out / store.RUNS, repair=True)
+        self.schedules = {c: Schedule(self.plan, self.points) for c in self.caps}
+        for row in self.rows:
+            if row["phase"] != "run":
+                continue
+            cap = _cap_key(row["power_cap_w"])
+            if cap not in self.schedules:
+                continue
+            self.schedules[cap].record(row["point"], int(row["repeat"]), self._metrics(row))
+        self.done_phases = {r["phase"] for r in self.rows}
+        self.meter = meter
+        self.session = len(man["sessions"])
+        self.timeline: PowerTimeline | None = None
+        self._work_done = 0.0
+        self._time_in_runs = 0.0
+        self._warmup_s = 0.0  # longest warm-up seen (a compile, for compiled backends)
+
+    @staticmethod
+    def _metrics(row: dict) -> dict:
+        if row["status"] != "ok":
+            return {"failed": 1.0}
+        return {k: _float(row[k]) for k in ("runtime_s", "energy_device_j", "ttft_s")}
+
+    # ---- one window ---------------------------------------------------------------------------
+    def _timeline_stats(self, t0: float, t1: float) -> tuple[float, float]:
+        tl = self.timeline
+        if tl is None or not tl.active:
+            return math.nan, math.nan
+        e = tl.energy_j(t0, t1)
+        with tl._lock:
+            peaks = [max(p.values()) for t, p in tl.samples if t0 <= t <= t1 and p]
+        return (sum(e.values()) if e else math.nan), (max(peaks) if peaks else math.nan)
+
+    def _idle(self, phase: str, seconds: float) -> None:
+        m = self.meter
+        tail_s = seconds / 3.0
+        if self.timeline:
+            self.timeline.label = phase
+        t0 = time.time()
+        m.begin(phase, sync=False)
+        time.sleep(seconds - tail_s)
+        m.begin(phase + "/tail", sync=False)
+        time.sleep(tail_s)
+        tail = m.end(phase + "/tail", sync=False)
+        r = m.end(phase, sync=False)
+        t1 = time.time()
+        e_tl, peak = self._timeline_stats(t0, t1)
+        self.writer.write({
+            "entry": phase, "phase": phase, "n_in": 0, "n_out": 0, "batch": 0, "repeat": 0,
+            "session": self.session, "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": t1 - t0,
+            "energy_device_j": r.device_total, "energy_host_j": r.host_total, "energy_timeline_j": e_tl,
+            "avg_power_w": r.device_total / (t1 - t0), "peak_power_w": peak, "tail_s": tail_s,
+            "tail_power_w": tail.device_total / tail_s, "energy_by_device": {**r.device_j, **r.host_j},
+            "backend": self.backend.name, "meter": m.name, "status": "ok"})
+        self._log(f"{phase}: {r.device_total / (t1 - t0):.1f} W mean over {t1 - t0:.0f} s, "
+                  f"{tail.device_total / tail_s:.1f} W over the last {tail_s:.0f} s")
+
+    def _run(self, phase: str, entry: str, n_in: int, n_out: int, batch: int, repeat: int,
+             cap: float | None, seed: int) -> dict:
+        m = self.meter
+        st: dict = {}
+        if self.timeline:
+            self.timeline.label = entry
+
+        def on_start() -> None:
+            m.begin(entry)
+            m.begin(entry + "/prefill")
+            st["t0"] = time.time()
+
+        def on_first() -> None:
+            st["prefill"] = m.end(entry + "/prefill", sync=False)
+
+        row = {"entry": entry, "phase": phase, "point": point_id(n_in, n_out, batch), "n_in": n_in,
+               "n_out": n_out, "batch": batch, "repeat": repeat, "power_cap_w": cap, "session": self.session,
+               "backend": self.backend.name, "meter": m.name}
+        try:
+            tm = self.backend.run(n_in, n_out, batch, seed, on_start, on_first)
+        except Exception as e:  # out of memory, server error: record it, do not retry this point
+            for k in (entry + "/prefill", entry):
+                try:
+                    m.end(k, sync=False)
+                except Exception:
+                    pass
+            recover = getattr(self.backend, "recover", None)
+            if recover:
+                recover()
+            row.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}", t_start=st.get("t0"),
+                       t_end=round(time.time(), 3))
+            self.writer.write(row)
+            self._log(f"{entry}: FAILED {row['error']}")
+            return row
+        if "prefill" not in st:
+            st["prefill"] = m.end(entry + "/prefill", sync=False)
+        r = m.end(entry)
+        t1 = time.time()
+        t0 = st["t0"]
+        e_tl, peak = self._timeline_stats(t0, t1)
+        ok = tm.gen_tokens == n_out
+        dev = r.device_total
+        row.update({
+            "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": tm.runtime_s, "ttft_s": tm.ttft_s,
+            "tpot_s": (tm.runtime_s - tm.ttft_s) / (n_out - 1) if n_out > 1 else math.nan,
+            "gen_tokens": tm.gen_tokens, "energy_device_j": dev, "energy_host_j": r.host_total,
+            "energy_prefill_device_j": st["prefill"].device_total, "energy_timeline_j": e_tl,
+            "avg_power_w": dev / tm.runtime_s if not math.isnan(dev) else (e_tl / tm.runtime_s),
+            "peak_power_w": peak, "energy_by_device": {**r.device_j, **r.host_j} or None,
+            "extra": tm.extra or None, "status": "ok" if ok else "failed",
+            "error": None if ok else f"generated {tm.gen_tokens} tokens per sequence, expected {n_out}",
+        })
+        self.writer.write(row)
+        if not self.s.progress:
+            self._log(f"{entry}: {tm.runtime_s:.3f} s, ttft {tm.ttft_s * 1000:.1f} ms, "
+                      f"{dev:.1f} J, {row['avg_power_w']:.0f} W" + ("" if ok else f" {row['error']}"))
+        return row
+
+    # ---- the session --------------------------------------------------------------------------
+    def _log(self, msg: str) -> None:
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+    def _remaining_work(self) -> float:
+        pts = {p.id: p for p in self.points}
+        tot = 0.0
+        for sch in self.schedules.values():
+            for pid, n in sch.remaining_by_point().items():
+                p = pts[pid]
+                tot += n * _work(p.n_in, p.n_out, p.batch)
+        return tot
+
+    def _over_budget(self, t_session0: float, p: Point) -> bool:
+        if self.s.max_minutes is None:
+            return False
+        per_work = self._time_in_runs / self._work_done if self._work_done else 0.0
+        expected = per_work * _work(p.n_in, p.n_out, p.batch) * 1.2 + self.plan.cooldown_s
+        if self.backend.needs_warmup(p.n_in, p.n_out, p.batch):
+            expected += self._warmup_s * 1.2  # a compile for this shape is due first
+        return time.time() - t_session0 + expected > self.s.max_minutes * 60
+
+    def execute(self) -> dict:
+        t_session0 = time.time()
+        self._bar = None
+        self.writer = None
+        s, plan = self.s, self.plan
+        if self.meter is None:
+            self.meter = select_meter(s.device, s.latency_only, s.meter_device)
+        sess = {"id": self.session, "started": _now(), "command": s.command,
+                "environment": capture(s.meter_device or s.device), "meter": self.meter.describe(),
+                "status": "running"}
+        self.manifest["sessions"].append(sess)
+        store.write_manifest(self.out, self.manifest)
+        self.writer = store.RowWriter(self.out / store.RUNS)
+        self.timeline = PowerTimeline(self.meter.power_w, self.out / store.POWER, 1.0 / s.timeline_hz).start()
+        sess["power_timeline"] = self.timeline.active
+        guard = None
+        n_new = 0
+        try:
+            metered = self.meter.name != "none"
+            if metered and plan.idle.deep_s > 0 and "idle_deep" not in self.done_phases:
+                torch = sys.modules.get("torch")
+                held = bool(torch is not None and getattr(torch, "cuda", None) and torch.cuda.is_initialized())
+                sess["deep_idle_how"] = ("sampled by this process before it created any device context "
+                                         f"(framework device context initialised: {held}); no model loaded")
+                self._idle("idle_deep", plan.idle.deep_s)
+            sess["backend"] = self.backend.load()
+            store.write_manifest(self.out, self.manifest)
+            check_fits(plan, self.backend.max_context(), s.plan_path)
+            shapes = [(p.n_in, p.n_out, p.batch) for p in self.points]
+            w = plan.warmup
+            shapes.append((w.n_in, w.n_out, w.batch))
+            self.backend.prepare(shapes)
+            for k in range(w.runs):
+                t_w = time.time()
+                self._run("warmup", f"warmup-s{self.session}-{k}", w.n_in, w.n_out, w.batch, k, None,
+                          _seed(plan.seed, "warmup", self.session, k))
+                self._warmup_s = max(self._warmup_s, time.time() - t_w)
+            if metered and plan.idle.serving_s > 0 and "idle_serving" not in self.done_phases:
+                self._idle("idle_serving", plan.idle.serving_s)
+            self._bar = _progress(s.progress, self._remaining_work())
+            paused = False
+            for cap in self.caps:
+                sch = self.schedules[cap]
+                if sch.remaining() == 0:
+                    continue
+                if cap is not None and guard is None:
+                    from dcsim.calibrate.powercap import PowerLimitGuard
+                    from zeus.device import get_gpus
+
+                    guard = PowerLimitGuard(get_gpus(), parse_device(s.device)[1], log=self._log)
+                    guard.check(s.power_caps)
+                    guard.__enter__()
+                if cap is not None:
+                    guard.set(cap)
+                for p, r in sch:
+                    if self._over_budget(t_session0, p):
+                        paused = True
+                        break
+                    if self.backend.needs_warmup(p.n_in, p.n_out, p.batch):
+                        t_w = time.time()
+                        self._run("warmup", f"warmup-s{self.session}-{p.id}", p.n_in, p.n_out, p.batch, 0, cap,
+                                  _seed(plan.seed, "warmup", p.id))
+                        self._warmup_s = max(self._warmup_s, time.time() - t_w)
+                    if self._bar is not None:
+                        rb = sch.remaining_by_point()
+                        self._bar.set_postfix_str(f"{p.id} repeat {r + 1}" + (f" cap {cap:g}W" if cap else "")
+                                                  + f" | {sum(rb.values())} runs left", refresh=True)
+                    entry = f"{p.id}-r{r}" + (f"-cap{cap:g}" if cap is not None else "")
+                    t_run = time.time()
+                    row = self._run("run", entry, p.n_in, p.n_out, p.batch, r, cap,
+                                    _seed(plan.seed, p.id, r, cap))
+                    self._time_in_runs += time.time() - t_run
+                    self._work_done += _work(p.n_in, p.n_out, p.batch)
+                    sch.record(p.id, r, self._metrics({k: store._fmt(v) for k, v in row.items()}))
+                    n_new += 1
+                    if self._bar is not None:
+                        self._bar.total = self._bar.n + _work(p.n_in, p.n_out, p.batch) + self._remaining_work()
+                        self._bar.update(_work(p.n_in, p.n_out, p.batch))
+                    if plan.cooldown_s:
+                        time.sleep(plan.cooldown_s)
+                if paused:
+                    break
+            left = sum(sch.remaining() for sch in self.schedules.values())
+            sess["status"] = "complete" if left == 0 else "paused (time budget)"
+            if left:
+                self._log(f"stopped for the time budget with {left} runs left; the same command resumes")
+        except KeyboardInterrupt:
+            sess["status"] = "interrupted"
+            self._log(f"interrupted; {n_new} runs of this session are saved in {self.out}; "
+                      "the same command resumes")
+            raise
+        except BaseException as e:
+            sess["status"] = f"failed: {type(e).__name__}: {e}"[:500]
+            raise
+        finally:
+            try:
+                if guard is not None:
+                    guard.__exit__(None, None, None)
+                    sess["power_limit_restored"] = True
+            finally:
+                if self._bar is not None:
+                    self._bar.close()
+                self.timeline.stop()
+                self.meter.close()
+                self.writer.close()
+                self.backend.close()
+                sess["ended"] = _now()
+                sess["runs_this_session"] = n_new
+                store.write_manifest(self.out, self.manifest)
+        return {"status": sess["status"], "runs": n_new,
+                "left": sum(sch.remaining() for sch in self.schedules.values())}
+
+
+def _progress(enabled: bool, total: float):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=round(total), unit="step", desc="calibrate", file=sys.stderr, mininterval=1.0,
+                bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {elapsed}<{remaining} {postfix}")
+
+
+def calibrate(s: Settings, backend: Backend, meter: Meter | None = None) -> dict:
+    """Run (or resume) one sweep into s.out; returns {"status", "runs", "left"}."""
+    return Sweep(s, backend, meter).execute()

@@ -1,0 +1,108 @@
+"""`dcsim calibrate`: measure token sweeps (latency, energy, power timeline) on a real device.
+
+Examples:
+  dcsim calibrate --device cuda:0 --model meta-llama/Llama-2-7b-hf --plan calibrate/plans/standard.yaml \\
+      --out calibrate/runs/h100-llama2-7b-hf
+  dcsim calibrate --device cuda:0 --model-arch llama-2-7b --random-weights --backend hf-static ...
+  dcsim calibrate --device cpu --model-arch tiny-llama --plan calibrate/plans/smoke.yaml --out ... --latency-only
+  dcsim calibrate --endpoint http://127.0.0.1:8000/v1 --model NAME --meter-device cuda:0 --plan ... --out ...
+Interrupt with Ctrl-C at any time: finished runs are on disk and the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from dcsim.errors import UserError
+
+
+def add_parser(sub) -> None:  # noqa: ANN001
+    p = sub.add_parser("calibrate", help="measure a token sweep on a real device (resumable)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", required=True, help="plan YAML (calibrate/plans/*.yaml)")
+    p.add_argument("--out", required=True, help="run folder; an existing one is resumed")
+    p.add_argument("--device", default="cuda:0", help="cuda[:N], cpu or mps (default cuda:0)")
+    p.add_argument("--model", help="Hugging Face model id or local path; with --endpoint, the served model name")
+    p.add_argument("--model-arch", help="build a known architecture from its config (e.g. llama-2-7b) with "
+                   "random weights instead of loading weights")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights (implied by --model-arch; with --model, uses only its config)")
+    p.add_argument("--backend", default="hf", choices=("hf", "hf-static"),
+                   help="hf: transformers eager generate; hf-static: static KV cache + compiled decode step")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), measured "
+                   "from outside")
+    p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
+    p.add_argument("--latency-only", action="store_true", help="no energy meter: time only")
+    p.add_argument("--power-caps", help="watts, comma-separated (e.g. 150,200,250): repeat the plan under each "
+                   "GPU power limit; needs --allow-power-limit-changes")
+    p.add_argument("--allow-power-limit-changes", action="store_true",
+                   help="allow changing the GPU power limit (restored afterwards); only on your own hardware")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly before this many minutes (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from dcsim.calibrate.powercap import parse_caps
+    from dcsim.calibrate.run import Settings, calibrate
+
+    plan = Path(args.plan)
+    if not plan.is_file():
+        raise UserError("plan file not found", plan)
+    if args.endpoint:
+        from dcsim.calibrate.backends.endpoint import EndpointBackend
+
+        backend = EndpointBackend(args.endpoint, args.model)
+        device = args.meter_device or "endpoint"
+        identity = {"backend": "endpoint", "endpoint_model": args.model, "model": args.model, "arch": None,
+                    "dtype": None, "weights": "as served"}
+        if args.latency_only:
+            device = args.meter_device or "cpu"
+    else:
+        from dcsim.calibrate.backends.hf import HFBackend
+
+        if args.model_arch and args.model:
+            raise UserError("give either --model or --model-arch, not both", None, "--model-arch")
+        backend = HFBackend(args.device, model=args.model, arch=args.model_arch,
+                            random_weights=args.random_weights, dtype=args.dtype, static=args.backend == "hf-static")
+        device = args.device
+        identity = {"backend": backend.name, "model": args.model, "arch": args.model_arch, "dtype": args.dtype,
+                    "weights": "random" if backend.random_weights else "pretrained"}
+    cmd = argv if argv is not None else sys.argv[sys.argv.index("calibrate") + 1:] if "calibrate" in sys.argv else []
+    settings = Settings(
+        out=Path(args.out), plan_path=plan, device=device, identity=identity, latency_only=args.latency_only,
+        power_caps=parse_caps(args.power_caps), allow_power_limit_changes=args.allow_power_limit_changes,
+        max_minutes=args.max_minutes, command="dcsim calibrate " + shlex.join(cmd),
+        progress=not args.no_progress, meter_device=args.meter_device if args.endpoint else None)
+    res = calibrate(settings, backend)
+    print(f"{res['status']}: {res['runs']} runs this session, {res['left']} left -> {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (python -m dcsim.commands.calibrate ...): imports nothing of the simulator."""
+    p = argparse.ArgumentParser(prog="dcsim calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    try:
+        return handler(args, argv)
+    except UserError as e:
+        print(f"dcsim: error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dcsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
