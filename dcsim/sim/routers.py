@@ -109,6 +109,26 @@ def predicted_wait_s(rep: Replica) -> float:
     return rep.backlog_s / rep.parallel
 
 
+def predicted_finish(fleet: "Fleet", rep: Replica, r: Request, alone: tuple[float, float]) -> tuple[float, float]:
+    """(seconds until the request would finish on this replica, device joules it would be charged).
+
+    One-at-a-time replicas: the backlog, then the request alone. Batching replicas: the request shares
+    decode steps with the batch it would join (its outstanding requests), which slows each step but
+    divides the step's energy among the members."""
+    if rep.parallel == 1:
+        return rep.backlog_s + alone[0], alone[1]
+    b = min(rep.outstanding, rep.parallel - 1) + 1
+    if b == 1:
+        return predicted_wait_s(rep) + alone[0], alone[1]
+    ev = fleet.evaluators[rep.pool]
+    n_in, n_out = r.n_in, r.est_out
+    t_pf, w_pf, _ = ev.prefill(n_in, float(n_in) * n_in, 1)
+    step_t, step_w = ev.decode_step(b, b * (n_in + n_out / 2.0))
+    t = t_pf + (n_out - 1) * step_t
+    e = t_pf * w_pf + (n_out - 1) * step_t * step_w / b
+    return predicted_wait_s(rep) + t, e
+
+
 @router("round_robin")
 class RoundRobin(Router):
     def __init__(self, params: Params, fleet: Fleet, rng: np.random.Generator) -> None:
@@ -136,18 +156,19 @@ class LeastOutstanding(Router):
 
 @router("least_work")
 class LeastWork(Router):
-    """Earliest predicted finish: predicted wait on the replica plus the request's own service there."""
+    """Earliest predicted finish: predicted wait on the replica plus the request's own service there
+    (sharing decode steps with the batch it would join, on batching replicas)."""
 
     needs_work = True
 
     def choose(self, r: Request) -> Replica:
         best, bt = None, float("inf")
-        own = {}
+        alone = {}
         for rep in self.candidates:
-            s = own.get(rep.pool)
-            if s is None:
-                s = own[rep.pool] = self.fleet.predict(rep.pool, r)[0]
-            t = predicted_wait_s(rep) + s
+            a = alone.get(rep.pool)
+            if a is None:
+                a = alone[rep.pool] = self.fleet.predict(rep.pool, r)
+            t = predicted_finish(self.fleet, rep, r, a)[0]
             if t < bt:
                 best, bt = rep, t
         return best
@@ -193,14 +214,15 @@ class EnergyCost(Router):
     needs_work = True
 
     def choose(self, r: Request) -> Replica:
-        per_pool = {}
+        alone = {}
         es, ts = [], []
         for rep in self.candidates:
-            p = per_pool.get(rep.pool)
-            if p is None:
-                p = per_pool[rep.pool] = self.fleet.predict(rep.pool, r)
-            es.append(p[1])
-            ts.append(predicted_wait_s(rep) + p[0])
+            a = alone.get(rep.pool)
+            if a is None:
+                a = alone[rep.pool] = self.fleet.predict(rep.pool, r)
+            t, e = predicted_finish(self.fleet, rep, r, a)
+            es.append(e)
+            ts.append(t)
         e_max = max(es) or 1.0
         t_max = max(ts) or 1.0
         lam = self.params.lam
