@@ -18,7 +18,8 @@ def run_plots(raw, summary: dict, power: pd.DataFrame, out: Path) -> list[Path]:
 
     files = [power_plot(power, [p.name for p in raw.pools], out / "power.png", summary["scenario"])]
     req = requests_table(raw)
-    files.append(latency_cdf_plot(req[req["status"] == "done"], out / "latency_cdf.png", summary["scenario"]))
+    pools = [p.name for p in raw.pools]
+    files.append(latency_cdf_plot(req[req["status"] == "done"], pools, out / "latency_cdf.png", summary["scenario"]))
     files.append(energy_breakdown_plot(summary, out / "energy_breakdown.png"))
     return files
 
@@ -27,8 +28,8 @@ def power_plot(power: pd.DataFrame, pools: list[str], path: Path, title: str) ->
     fig, ax = plt.subplots(figsize=(8, 4))
     t = (power["t_start_s"] + power["t_end_s"]) / 2
     scale, unit = (60.0, "min") if t.max() > 1200 else (1.0, "s")
-    for name in pools:
-        ax.plot(t / scale, power[f"{name}_w"] / 1e3, label=name, lw=1.2)
+    for i, name in enumerate(pools):
+        ax.plot(t / scale, power[f"{name}_w"] / 1e3, label=name, lw=1.2, color=f"C{i}")
     if len(pools) > 1:
         ax.plot(t / scale, power["fleet_w"] / 1e3, label="fleet", color="k", lw=1.5)
     ax.set_xlabel(f"time ({unit})")
@@ -43,13 +44,14 @@ def power_plot(power: pd.DataFrame, pools: list[str], path: Path, title: str) ->
     return path
 
 
-def latency_cdf_plot(done: pd.DataFrame, path: Path, title: str) -> Path:
+def latency_cdf_plot(done: pd.DataFrame, pools: list[str], path: Path, title: str) -> Path:
+    """CDFs of queue wait, TTFT and end-to-end latency per pool (pool colours as in the power plot)."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     for ax, col, label in zip(axes, ("wait_s", "ttft_s", "e2e_s"), ("queue wait", "time to first token", "end-to-end")):
-        for pool, grp in done.groupby("pool", sort=True):
-            x = np.sort(grp[col].dropna().to_numpy())
+        for i, pool in enumerate(pools):
+            x = np.sort(done.loc[done["pool"] == pool, col].dropna().to_numpy())
             if x.size:
-                ax.plot(x, np.arange(1, x.size + 1) / x.size, label=str(pool))
+                ax.plot(x, np.arange(1, x.size + 1) / x.size, label=pool, color=f"C{i}")
         ax.set_xlabel(f"{label} (s)")
         ax.set_xscale("symlog", linthresh=1e-2)
         ax.set_ylabel("fraction of requests")
