@@ -42,7 +42,7 @@ def make_case(d: Path, n: int, policy: str) -> Path:
     b = {"fcfs": {"policy": "fcfs"}, "static": {"policy": "static", "max_batch": 8, "max_wait_s": 0.2},
          "continuous": {"policy": "continuous", "max_batch": 64}}[policy]
     # fcfs service ~ 0.1 + 90 * 0.02 s on mid: ~ 2 s; batched policies serve several at a time
-    rate = {"fcfs": 20.0, "static": 60.0, "continuous": 150.0}[policy]
+    rate = {"fcfs": 14.0, "static": 40.0, "continuous": 100.0}[policy]
     sc = {"name": f"bench-{policy}", "seed": 1, "trace": {"path": str(tr)},
           "arrivals": {"kind": "poisson", "rate_per_s": rate},
           "fleet": [{"name": "small", "profile": str(profs["small"]), "count": 16, "batching": b},

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generator
@@ -111,7 +109,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     rtr = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
 
     notes: list[str] = []
-    _range_warnings(pools, n_in, n_out, notes)
+    _range_warnings(pools, sc, n_in, n_out, notes)
     env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out))
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
@@ -174,11 +172,14 @@ def _segments(rep: Replica, end: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     return t0, t1, e, h
 
 
-def _range_warnings(pools: list[PoolInfo], n_in: np.ndarray, n_out: np.ndarray, notes: list[str]) -> None:
+def _range_warnings(pools: list[PoolInfo], sc: Scenario, n_in: np.ndarray, n_out: np.ndarray,
+                    notes: list[str]) -> None:
     """Say once per profile when the workload lies outside the range the profile was fitted on."""
-    for p in pools:
+    for p, spec in zip(pools, sc.fleet):
         vr = p.profile.valid_range
         msgs = []
+        if spec.batching.policy != "fcfs" and "batch" in vr and spec.batching.max_batch > vr["batch"][1]:
+            msgs.append(f"pool {p.name} batches up to {spec.batching.max_batch}, measured up to {vr['batch'][1]:g}")
         for key, arr in (("prefill_tokens", n_in), ("output_tokens", n_out)):
             if key in vr:
                 lo, hi = vr[key]
@@ -188,4 +189,3 @@ def _range_warnings(pools: list[PoolInfo], n_in: np.ndarray, n_out: np.ndarray, 
         if msgs:
             text = f"profile {p.profile.name} extrapolates: " + "; ".join(msgs)
             notes.append(text)
-            warnings.warn(text, stacklevel=2)
