@@ -37,6 +37,11 @@ class Curve(Strict):
     lo: float | None = None
     hi: float | None = None
 
+    def prefill_terms(self) -> tuple:
+        """(intercept, per token, per token squared, per prompt, lo, hi) for fast evaluation."""
+        c = self.coef
+        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0), self.lo, self.hi)
+
     def at(self, **features: float) -> float:
         v = self.intercept
         for name, c in self.coef.items():
@@ -271,8 +276,8 @@ class ProfileEvaluator:
         p = profile
         self.profile = p
         self.gpus = p.gpus_per_replica
-        self.pf_t = p.latency.prefill_s
-        self.pf_p = p.power.prefill_w
+        self.pf_t = p.latency.prefill_s.prefill_terms()
+        self.pf_p = p.power.prefill_w.prefill_terms()
         dt, dp = p.latency.decode_step_s, p.power.decode_w
         # decode linear terms: (intercept, per batch, per context token)
         self.dc_t = (dt.intercept, dt.coef.get("batch", 0.0), dt.coef.get("context", 0.0), dt.lo)
@@ -309,7 +314,7 @@ class ProfileEvaluator:
         if phase == "prefill":
             lo, hi = vr.get("prefill_tokens", (1, 512))
             n = math.sqrt(max(lo, 1) * hi)
-            return self.pf_p.at(tokens=n, tokens_sq=n * n, batch=1)
+            return self.profile.power.prefill_w.at(tokens=n, tokens_sq=n * n, batch=1)
         lo, hi = vr.get("batch", (1, 1))
         b = math.sqrt(max(lo, 1) * hi)
         c = b * 512
@@ -318,12 +323,24 @@ class ProfileEvaluator:
     # ---- prefill ------------------------------------------------------------------------------
     def prefill(self, tokens: float, tokens_sq: float, batch: int) -> tuple[float, float, float]:
         """(seconds, device watts, host watts) of one prefill step."""
-        t = self.pf_t.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch) * self.pf_tx
-        w = self.pf_p.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch) * self.pf_px
+        a, b, c, d, lo, hi = self.pf_t
+        t = a + b * tokens + c * tokens_sq + d * batch
+        if lo is not None and t < lo:
+            t = lo
+        if hi is not None and t > hi:
+            t = hi
+        a, b, c, d, lo, hi = self.pf_p
+        w = a + b * tokens + c * tokens_sq + d * batch
+        if lo is not None and w < lo:
+            w = lo
+        if hi is not None and w > hi:
+            w = hi
+        w *= self.pf_px
         if w > self.pf_ceiling:
             w = self.pf_ceiling
-        h = self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch) if self.host_pf else 0.0
-        return t, w, h
+        if self.host_pf is None:
+            return t * self.pf_tx, w, 0.0
+        return t * self.pf_tx, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch)
 
     # ---- decode -------------------------------------------------------------------------------
     def decode_step(self, batch: int, context: float) -> tuple[float, float]:

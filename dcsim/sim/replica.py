@@ -96,6 +96,8 @@ def predicted_service_s(ev: ProfileEvaluator, n_in: int, n_out: int) -> float:
 def fcfs(rep: Replica) -> Generator:
     """One request at a time, in arrival order, as the published sweeps measured."""
     env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
+    timeout, prefill, decode_run, segment, complete = env.timeout, ev.prefill, ev.decode_run, rep.segment, rep.complete
+    start, first = log.start, log.first
     while True:
         if not q:
             yield rep.idle_wait()
@@ -103,21 +105,19 @@ def fcfs(rep: Replica) -> Generator:
         r = q.popleft()
         now = env.now
         n_in = r.n_in
-        t_pf, w_pf, h_pf = ev.prefill(n_in, float(n_in) * n_in, 1)
-        t_dc, e_dc, h_dc = ev.decode_run(1, n_in + 1, r.n_out - 1)
+        t_pf, w_pf, h_pf = prefill(n_in, float(n_in) * n_in, 1)
+        t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)
         t = t_pf + t_dc
-        e = t_pf * w_pf + e_dc
-        h = t_pf * h_pf + h_dc
-        log.start[r.rid] = now
-        log.first[r.rid] = now + t_pf
-        rep.current = (now, now + t, e, h)
-        yield env.timeout(t)
-        rep.current = None
         end = now + t
-        rep.segment(now, end, e, h)
-        r.energy = e
-        r.host = h
-        rep.complete(r, end)
+        r.energy = e = t_pf * w_pf + e_dc
+        r.host = h = t_pf * h_pf + h_dc
+        start[r.rid] = now
+        first[r.rid] = now + t_pf
+        rep.current = (now, end, e, h)
+        yield timeout(t)
+        rep.current = None
+        segment(now, end, e, h)
+        complete(r, end)
 
 
 def static(rep: Replica) -> Generator:
