@@ -17,7 +17,7 @@ from dcsim.results import summarize
 from dcsim.scenario import load_scenario
 from dcsim.sim.engine import simulate
 from dcsim.study_plots import busy_seconds, fleet_table, pareto_front, request_energy_j
-from dcsim.sweep import load_sweep
+from dcsim.sweep import flatten, load_sweep
 from dcsim.traces.trace import load_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +69,16 @@ def test_hybrid_output_threshold_routes_by_known_output_and_short_outputs_save_e
     assert 0.02 < saving < 0.15
 
 
-def test_busy_seconds_and_request_energy_from_a_results_row():
-    d = pd.read_csv(STUDIES / "hybrid-threshold" / "hybrid-baseline.csv")
-    row = d.iloc[:1]
-    util, reps, span = row["pools.a100.utilisation"].iloc[0], row["pools.a100.replicas"].iloc[0], row["makespan_s"].iloc[0]
-    assert busy_seconds(row).iloc[0] == pytest.approx(util * reps * span)
-    assert request_energy_j(row).iloc[0] == pytest.approx(row["energy_j"].iloc[0] - row["idle_j"].iloc[0])
+def test_busy_seconds_is_the_sum_of_service_times_by_hand():
+    """Closed batch on the A100-only fleet: the study's 'busy time' (summed over replicas, the paper's runtime) is
+    the sum over requests of prefill + decode time from the profile, and request energy is active + host."""
+    s = run("hybrid-a100-only-base.yaml", "trace.limit=100")
+    row = pd.DataFrame([flatten(s)])
+    ev = profile("a100-sxm4-40gb--llama-2-7b--hf-bf16").evaluator()
+    t = load_trace(REPO / "traces" / "gsm8k-test.parquet").head(100)
+    by_hand = sum(ev.prefill(i, float(i) * i, 1)[0] + ev.decode_run(1, i + 1, o - 1)[0] for i, o in zip(t.n_in, t.n_out))
+    assert busy_seconds(row).iloc[0] == pytest.approx(by_hand, rel=1e-9)
+    assert request_energy_j(row).iloc[0] == pytest.approx(s["energy_j"] - s["idle_j"], rel=1e-12)
 
 
 def test_alpaca_shaped_trace_matches_published_means_and_rebuilds():
