@@ -236,7 +236,8 @@ def validate_points(sweep: Sweep) -> dict[str, str]:
             raise UserError(f"point {p.values} makes an invalid scenario: {e.message}", sweep.file, None) from None
         # the scenario as validated plus the bytes of its trace and profiles: a changed input is rerun on resume
         inputs = [content(sc.trace.path, "traces")] + [content(pool.profile, "profiles") for pool in sc.fleet]
-        fingerprints[p.id] = _hash({"scenario": sc.model_dump(mode="json"), "inputs": inputs})
+        fingerprints[p.id] = _hash({"scenario": sc.model_dump(mode="json"), "inputs": inputs,
+                                    "model_code": model_code_hash()})
     return fingerprints
 
 
@@ -323,6 +324,27 @@ def write_json(path: Path, obj: Any) -> None:
 
 def point_path(out: Path, p: Point) -> Path:
     return out / "points" / f"{p.id}.json"
+
+
+_MODEL_CODE: str | None = None
+
+
+def model_code_hash() -> str:
+    """Hash of the source files that decide a point's numbers (simulator, results, profile evaluation), so a
+    resumed sweep reruns its points after the model changes."""
+    global _MODEL_CODE
+    if _MODEL_CODE is None:
+        import hashlib
+
+        root = Path(__file__).resolve().parent
+        files = sorted((root / "sim").glob("*.py")) + [root / "results.py", root / "profiles" / "profile.py",
+                                                        root / "scenario.py", root / "traces" / "arrivals.py"]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        _MODEL_CODE = h.hexdigest()[:16]
+    return _MODEL_CODE
 
 
 def point_record(p: Point, fingerprint: str, result: dict) -> dict:

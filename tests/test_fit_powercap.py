@@ -47,8 +47,9 @@ def test_cap_slows_compute_bound_prefill_more_than_memory_bound_decode():
     prof = load_profile(PROFILES / "h100-sxm-80gb--llama-3.1-8b--vllm-mlenergy-v3-bf16.yaml")
     free = prof.evaluator()
     capped = prof.evaluator(cap_w=400.0)
-    assert capped.pf_tx > capped.dc_tx > 1.0
     t0, w0, _ = free.prefill(2048, 2048 ** 2, 1)
+    d_free = free.decode_step(128, 128 * 500)
+    assert capped.cap_effect(w0, "prefill")[0] > capped.cap_effect(d_free[1], "decode")[0] > 1.0
     t1, w1, _ = capped.prefill(2048, 2048 ** 2, 1)
     d0, p0 = free.decode_step(128, 128 * 500)
     d1, p1 = capped.decode_step(128, 128 * 500)
@@ -81,3 +82,15 @@ def test_device_limits_come_from_the_catalogue():
     fit = fit_samsi()
     assert pc.static_w == pytest.approx(fit.static_frac * 400.0, abs=0.1)
     assert prov.source == "derived" and "Samsi" in prov.citation
+
+
+def test_cap_below_the_models_static_floor_is_refused():
+    """The H100 range is 200-700 W, but the analytic model's static floor (fitted share of the limit) sits
+    higher: a cap under it would mean a near-zero clock, so it is refused with the floor named."""
+    prof = load_profile(PROFILES / "h100-sxm-80gb--llama-3.1-8b--vllm-mlenergy-v3-bf16.yaml")
+    floor = prof.power_cap.static_w
+    assert 200.0 < floor < 700.0
+    with pytest.raises(UserError, match="static floor") as e:
+        prof.evaluator(cap_w=floor - 1.0)
+    assert e.value.field == "power_cap_w"
+    prof.evaluator(cap_w=floor + 1.0)  # just above it is allowed

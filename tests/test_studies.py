@@ -97,21 +97,19 @@ def test_alpaca_shaped_trace_matches_published_means_and_rebuilds():
 
 
 # ---- study 2: power caps ----------------------------------------------------------------------
-def test_lower_cap_cuts_energy_and_stretches_time_by_the_cap_model():
-    """All at once on one A100 (HF, one request at a time): at 250 W of 400 W, prefill (reference draw 230 W)
-    is untouched and decode runs time_x slower at power_x of its draw, so the makespan grows by just under
-    time_x and the device energy shrinks by about time_x * power_x (Samsi et al. 2023: a cap to 70% of the
-    limit cut energy 23.2% for 6.7% more time)."""
-    ev = profile("a100-sxm4-40gb--llama-2-7b--hf-bf16").evaluator(250.0)
-    assert ev.pf_tx == 1.0 and ev.dc_tx > 1.0 and ev.dc_px < 1.0
-    cut = ("trace.limit=100", "arrivals={kind: all_at_once}")
-    lo = run("powercap-a100-base.yaml", *cut, "fleet.a100.power_cap_w=250")
-    hi = run("powercap-a100-base.yaml", *cut, "fleet.a100.power_cap_w=400")
-    t_ratio = lo["makespan_s"] / hi["makespan_s"]
-    e_ratio = lo["active_j"] / hi["active_j"]
-    assert 1 + 0.95 * (ev.dc_tx - 1) < t_ratio < ev.dc_tx
-    assert e_ratio == pytest.approx(ev.dc_tx * ev.dc_px, rel=0.02)
-    assert e_ratio < 0.8  # at least a fifth less energy
+def test_cap_acts_only_on_steps_that_draw_more_than_it():
+    """One A100 (HF, Llama-2-7B) capped at 250 W of 400 W: a short request whose steps all draw less than
+    250 W runs exactly as uncapped; a long one, whose late decode steps draw up to ~360 W (the published
+    output sweep), runs slower and never averages more than the cap on those steps (Samsi et al. 2023: caps
+    trade time for energy only where the GPU would otherwise draw more)."""
+    prof = profile("a100-sxm4-40gb--llama-2-7b--hf-bf16")
+    free, capped = prof.evaluator(), prof.evaluator(250.0)
+    short = (free.prefill(20, 400, 1), free.decode_run(1, 21, 7))
+    assert short[1][1] / short[1][0] < 250.0
+    assert (capped.prefill(20, 400, 1), capped.decode_run(1, 21, 7)) == short
+    t0, e0, _ = free.decode_run(1, 40, 2000)
+    t1, e1, _ = capped.decode_run(1, 40, 2000)
+    assert t1 > t0 and e1 < e0 and e1 / t1 <= 250.0 + 1e-9
 
 
 def test_h100_lower_cap_lower_energy_higher_latency_under_poisson_load():

@@ -263,12 +263,14 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
 class ProfileEvaluator:
     """Fast, cap-adjusted evaluation of a profile for the simulator's inner loop.
 
+    A power cap acts on each step by that step's own uncapped draw: a step drawing less than the cap is
+    untouched; one drawing more runs at the frequency the cap allows (the analytic model) and draws the cap.
     Decode terms are kept as plain floats so a run of k steps can be summed in closed form.
     """
 
     __slots__ = (
         "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc",
-        "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w",
+        "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling",
     )
 
@@ -290,35 +292,42 @@ class ProfileEvaluator:
         self.deep_idle_w = p.power.deep_idle_w
         self.kv_capacity = p.kv_capacity_tokens()
         self.cap_w = cap_w
+        self.pc = None  # analytic cap model in force (per-step scaling)
+        # measured cap points: constant multipliers per phase
         self.pf_tx = self.dc_tx = self.pf_px = self.dc_px = 1.0
         self.pf_ceiling = self.dc_ceiling = math.inf
-        if cap_w is not None:
-            pc = p.power_cap
-            if pc is None:
-                raise UserError("a power cap was set but the profile has no power_cap section", file, "power_cap")
-            if not pc.min_w <= cap_w <= pc.max_w:
-                raise UserError(
-                    f"cap {cap_w:g} W is outside the device's range {pc.min_w:g}-{pc.max_w:g} W", file, "power_cap_w"
-                )
-            g = self.gpus
-            # Representative uncapped per-device draw of each phase, at the middle of its valid range.
-            pf_ref = self._ref_power("prefill") / g
-            dc_ref = self._ref_power("decode") / g
-            s = cap_scaling(pc, cap_w, pf_ref, pc.compute_bound_prefill, "prefill")
-            self.pf_tx, self.pf_px, self.pf_ceiling = s.time_x, s.power_x, s.ceiling_w * g
-            s = cap_scaling(pc, cap_w, dc_ref, pc.compute_bound_decode, "decode")
-            self.dc_tx, self.dc_px, self.dc_ceiling = s.time_x, s.power_x, s.ceiling_w * g
+        if cap_w is None:
+            return
+        pc = p.power_cap
+        if pc is None:
+            raise UserError("a power cap was set but the profile has no power_cap section", file, "power_cap")
+        if not pc.min_w <= cap_w <= pc.max_w:
+            raise UserError(
+                f"cap {cap_w:g} W is outside the device's range {pc.min_w:g}-{pc.max_w:g} W", file, "power_cap_w"
+            )
+        if pc.method == "points":
+            s = cap_scaling(pc, cap_w, 0.0, pc.compute_bound_prefill, "prefill")
+            self.pf_tx, self.pf_px = s.time_x, s.power_x
+            s = cap_scaling(pc, cap_w, 0.0, pc.compute_bound_decode, "decode")
+            self.dc_tx, self.dc_px = s.time_x, s.power_x
+            return
+        if cap_w <= pc.static_w:
+            raise UserError(
+                f"cap {cap_w:g} W is at or below the power-cap model's static floor {pc.static_w:.1f} W, where it "
+                "describes nothing; use a higher cap or measured cap points", file, "power_cap_w"
+            )
+        self.pc = pc
+        self.pf_ceiling = self.dc_ceiling = cap_w * self.gpus
 
-    def _ref_power(self, phase: str) -> float:
-        vr = self.profile.valid_range
-        if phase == "prefill":
-            lo, hi = vr.get("prefill_tokens", (1, 512))
-            n = math.sqrt(max(lo, 1) * hi)
-            return self.profile.power.prefill_w.at(tokens=n, tokens_sq=n * n, batch=1)
-        lo, hi = vr.get("batch", (1, 1))
-        b = math.sqrt(max(lo, 1) * hi)
-        c = b * 512
-        return self.profile.power.decode_w.at(batch=b, context=c)
+    def cap_effect(self, draw_w: float, phase: str) -> tuple[float, float]:
+        """(time multiplier, power multiplier) the cap applies to a step whose uncapped replica draw is draw_w."""
+        if self.pc is None:
+            return (self.pf_tx, self.pf_px) if phase == "prefill" else (self.dc_tx, self.dc_px)
+        pc = self.pc
+        per_dev = draw_w / self.gpus
+        beta = pc.compute_bound_prefill if phase == "prefill" else pc.compute_bound_decode
+        s = cap_scaling(pc, self.cap_w, per_dev, beta, phase)
+        return s.time_x, s.power_x
 
     # ---- prefill ------------------------------------------------------------------------------
     def prefill(self, tokens: float, tokens_sq: float, batch: int) -> tuple[float, float, float]:
@@ -335,12 +344,16 @@ class ProfileEvaluator:
             w = lo
         if hi is not None and w > hi:
             w = hi
-        w *= self.pf_px
         if w > self.pf_ceiling:
-            w = self.pf_ceiling
+            tx, px = self.cap_effect(w, "prefill")
+            t *= tx
+            w *= px
+        else:
+            t *= self.pf_tx
+            w *= self.pf_px
         if self.host_pf is None:
-            return t * self.pf_tx, w, 0.0
-        return t * self.pf_tx, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch)
+            return t, w, 0.0
+        return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch)
 
     # ---- decode -------------------------------------------------------------------------------
     def decode_step(self, batch: int, context: float) -> tuple[float, float]:
@@ -355,10 +368,10 @@ class ProfileEvaluator:
             w = plo
         if phi is not None and w > phi:
             w = phi
-        w *= self.dc_px
         if w > self.dc_ceiling:
-            w = self.dc_ceiling
-        return t * self.dc_tx, w
+            tx, px = self.cap_effect(w, "decode")
+            return t * tx, w * px
+        return t * self.dc_tx, w * self.dc_px
 
     def decode_run(self, batch: int, context0: float, steps: int) -> tuple[float, float, float]:
         """Time, device energy and host energy of `steps` decode steps of a fixed batch whose context
@@ -380,9 +393,10 @@ class ProfileEvaluator:
             (lo is not None and min(t0, t_last) < lo)
             or (plo is not None and min(w0, w_last) < plo)
             or (phi is not None and max(w0, w_last) > phi)
-            or max(w0, w_last) * self.dc_px > self.dc_ceiling
         )
-        if clamped:
+        over = max(w0, w_last) > self.dc_ceiling
+        if clamped or (over and min(w0, w_last) <= self.dc_ceiling):
+            # clamps, or a run that crosses the cap: step by step
             total_t = total_e = 0.0
             ctx = context0
             for _ in range(k):
@@ -395,6 +409,11 @@ class ProfileEvaluator:
             s2 = (k - 1) * k * (2 * k - 1) / 6.0
             total_t = (k * t0 + dt * s1) * self.dc_tx
             total_e = (k * t0 * w0 + (t0 * dw + w0 * dt) * s1 + dt * dw * s2) * self.dc_tx * self.dc_px
+            if over:
+                # the whole run draws more than the cap: scale it by its mean uncapped draw
+                tx, _ = self.cap_effect(total_e / total_t, "decode")
+                total_t *= tx
+                total_e = total_t * self.dc_ceiling
         host_e = 0.0
         if self.host_dc is not None:
             hw = self.host_dc.at(batch=batch, context=context0 + batch * (k - 1) / 2.0)
