@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ class Sweep:
         if s.power_caps and parse_device(s.device)[0] != "cuda":
             raise UserError("--power-caps needs a CUDA device", None, "--power-caps")
         self.out = s.out
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._created = not self.out.exists()
         self.identity = {**s.identity, "device_kind": parse_device(s.device)[0], "plan": self.plan.name,
                          "plan_sha256": plan_digest(self.plan), "power_caps_w": list(s.power_caps)}
         man = store.read_manifest(self.out)
@@ -101,6 +102,7 @@ class Sweep:
         else:
             man = {"format": FORMAT, "identity": self.identity, "plan": self.plan.model_dump(mode="json"),
                    "points": [p.id for p in self.points], "sessions": []}
+            self.out.mkdir(parents=True, exist_ok=True)
             store.write_atomic(self.out / store.PLAN, s.plan_path.read_text())
         self.manifest = man
         self.rows = store.read_rows(self.out / store.RUNS, repair=True)
@@ -336,6 +338,8 @@ class Sweep:
             raise
         except BaseException as e:
             sess["status"] = f"failed: {type(e).__name__}: {e}"[:500]
+            if isinstance(e, UserError) and self._created and not n_new and not self.rows:
+                self._discard = True  # bad input before anything was measured: leave no folder behind
             raise
         finally:
             try:
@@ -351,7 +355,10 @@ class Sweep:
                 self.backend.close()
                 sess["ended"] = _now()
                 sess["runs_this_session"] = n_new
-                store.write_manifest(self.out, self.manifest)
+                if getattr(self, "_discard", False):
+                    shutil.rmtree(self.out, ignore_errors=True)
+                else:
+                    store.write_manifest(self.out, self.manifest)
         return {"status": sess["status"], "runs": n_new,
                 "left": sum(sch.remaining() for sch in self.schedules.values())}
 

@@ -4,6 +4,7 @@ memory so each run's energy can be cross-checked against the integral of sampled
 
 from __future__ import annotations
 
+import bisect
 import csv
 import threading
 import time
@@ -70,7 +71,12 @@ class PowerTimeline:
         """Trapezoid integral of sampled power over [t0, t1] per device (NaN-free only where samples
         bracket the window)."""
         with self._lock:
-            pts = [(t, p) for t, p in self.samples if t0 - 2 * self.interval_s <= t <= t1 + 2 * self.interval_s]
+            samples = list(self.samples)
+        # the samples inside the window plus the nearest one on each side of it
+        ts = [t for t, _ in samples]
+        lo = max(bisect.bisect_left(ts, t0) - 1, 0)
+        hi = bisect.bisect_right(ts, t1) + 1
+        pts = samples[lo:hi]
         out: dict[str, float] = {}
         if len(pts) < 2:
             return out

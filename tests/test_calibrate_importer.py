@@ -1,0 +1,81 @@
+"""The calibrate_runs importer on the raw runs committed under calibrate/runs/ (measured on the lent
+H100 and H200)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dcsim.errors import UserError
+from dcsim.profiles.importers.calibrate_runs import MIN_ENERGY_S, load
+
+RUNS = Path(__file__).resolve().parents[1] / "calibrate" / "runs"
+FOLDERS = sorted(p for p in RUNS.iterdir() if (p / "manifest.json").exists())
+
+
+def test_committed_runs_are_there():
+    assert {p.name for p in FOLDERS} >= {"h100-llama-2-7b-hf", "h100-llama-2-7b-hf-static", "h200-llama-2-7b-hf",
+                                         "h200-llama-2-7b-hf-static"}
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[p.name for p in FOLDERS])
+def test_every_ok_row_becomes_one_table_row(folder):
+    raw = list(csv.DictReader(open(folder / "runs.csv")))
+    table, meta = load(folder)
+    ok = [r for r in raw if r["status"] == "ok" and r["power_cap_w"] == ""]
+    assert len(table) == len(ok)
+    assert int(table["warmup"].sum()) == sum(r["phase"] == "warmup" for r in ok)
+    runs = table[table["kind"] == "run"]
+    assert (runs["batch"] >= 1).all() and (runs["n_out"] >= 1).all()
+    # energy kept exactly where the run is long enough, dropped where the counter is too coarse
+    long = runs["runtime_s"] >= MIN_ENERGY_S
+    assert runs.loc[~long, "energy_device_j"].isna().all()
+    assert runs.loc[long, "energy_device_j"].notna().all()
+    assert meta["source_kind"] == "measured" and meta["path"].endswith(folder.name)
+
+
+def test_hand_checked_rows_of_the_h100_eager_run():
+    table, meta = load(RUNS / "h100-llama-2-7b-hf")
+    r = table[(table["source"] == "h100-llama-2-7b-hf:i32-o1024-b1") & (table["repeat"] == 0)].iloc[0]
+    # printed by the device run: "i32-o1024-b1-r0: 82.721 s, ttft 40.1 ms, 12214.1 J, 148 W"
+    assert r["runtime_s"] == pytest.approx(82.721, abs=1e-3)
+    assert r["ttft_s"] == pytest.approx(0.0401, abs=1e-4)
+    assert r["energy_device_j"] == pytest.approx(12214.1, abs=0.1)
+    assert r["avg_power_w"] == pytest.approx(12214.1 / 82.721, rel=1e-4)
+    assert r["tpot_s"] == pytest.approx((82.721 - 0.0401) / 1023, rel=1e-3)
+    # idle: the last third of each window (printed: 124.5 W serving, 74.7 W deep)
+    assert meta["serving_idle_w"]["value"] == pytest.approx(124.49, abs=0.01)
+    assert meta["deep_idle_w"]["value"] == pytest.approx(74.66, abs=0.01)
+    assert meta["device"] == "h100-sxm-80gb" and meta["model"] == "llama-2-7b"
+    assert len(meta["notes"]) >= 3 and "2 session(s)" in meta["notes"][-1]
+
+
+def test_counter_and_power_timeline_agree_on_long_runs():
+    """Two independent meters in the raw files: the NVML energy counter (via Zeus) and the integral of the
+    20 Hz power timeline. On runs over 2 s they agree within a few percent."""
+    ratios = []
+    for f in FOLDERS:
+        for r in csv.DictReader(open(f / "runs.csv")):
+            if r["phase"] == "run" and r["status"] == "ok" and float(r["runtime_s"]) > 2:
+                ratios.append(float(r["energy_timeline_j"]) / float(r["energy_device_j"]))
+    assert len(ratios) > 50
+    assert np.median(ratios) == pytest.approx(1.0, abs=0.01)
+    assert np.percentile(ratios, 10) > 0.9 and np.percentile(ratios, 90) < 1.1
+
+
+def test_h200_metadata_describes_the_device_from_the_manifest():
+    table, meta = load(RUNS / "h200-llama-2-7b-hf-static")
+    dev = meta["device"]
+    assert dev["name"] == "NVIDIA H200" and dev["tdp_w"] == 700.0 and 140 < dev["memory_gb"] < 152
+    assert {"idle_serving", "idle_deep"} <= set(table["kind"])
+    assert all(math.isfinite(meta[k]["value"]) for k in ("serving_idle_w", "deep_idle_w"))
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(UserError) as e:
+        load(tmp_path)
+    assert "runs.csv and manifest.json" in e.value.message
