@@ -203,13 +203,23 @@ def hybrid_figures(res: Path, out: Path) -> list[Path]:
 POWERCAP_SLO = {"powercap-a100": 60.0, "powercap-h100": 5.0}  # p99 e2e SLO (s) drawn on the plots
 
 
+def energy_change_pct(d: pd.DataFrame, cap: str, pair: list[str]) -> pd.Series:
+    """Energy change (%) of each run against the run at the highest cap with the same rate and seed (paired:
+    same arrivals), so that rates whose energies differ 5x share one axis."""
+    ref = d.loc[d.groupby(pair)[cap].idxmax(), pair + ["energy_j"]].rename(columns={"energy_j": "_ref"})
+    m = d[pair].merge(ref, on=pair, how="left")
+    return pd.Series(100.0 * (d["energy_j"].to_numpy() / m["_ref"].to_numpy() - 1.0), index=d.index)
+
+
 def powercap_figures(res: Path, out: Path) -> list[Path]:
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), squeeze=False)
     for r, (sweep, dev) in enumerate((("powercap-a100", "a100"), ("powercap-h100", "h100"))):
         d = read(res / sweep)
         cap = f"fleet.{dev}.power_cap_w"
+        d["energy_change_pct"] = energy_change_pct(d, cap, ["arrivals.rate_per_s", "seed"])
         lab = (lambda k: f"{k:g} req/s")
-        for c, (col, ylab, sc, log) in enumerate((("energy_j", "fleet energy (MJ)", 1e-6, False),
+        for c, (col, ylab, sc, log) in enumerate((("energy_change_pct", "fleet energy vs the default limit (%)",
+                                                   1, False),
                                                   ("e2e_s.p99", "p99 end-to-end latency (s)", 1, True),
                                                   ("tokens_per_joule", "output tokens per joule", 1, False))):
             ax = axes[r][c]

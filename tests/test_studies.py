@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from dcsim.errors import UserError
 from dcsim.profiles.profile import Profile
 from dcsim.results import summarize
 from dcsim.scenario import load_scenario
@@ -117,6 +118,34 @@ def test_h100_lower_cap_lower_energy_higher_latency_under_poisson_load():
     hi = run("powercap-h100-base.yaml", "trace.limit=300", "fleet.h100.power_cap_w=700")
     assert lo["active_j"] < 0.85 * hi["active_j"]
     assert lo["e2e_s"]["p50"] > hi["e2e_s"]["p50"]
+
+
+def test_h100_cap_saves_less_at_light_load_where_steps_draw_below_it():
+    """At 450 W the H100's decode draw (484 W + 1.8 W per sequence in the batch) is capped at every batch, but
+    at 5 req/s (about 5 in flight) each step sits only ~43 W above the cap and at 20 req/s (about 30 in
+    flight) ~88 W above it, so the same cap saves a smaller share at light load (a single scaling from one
+    reference draw would save about the same share at both)."""
+    saving = {}
+    for rate in (5, 20):
+        lo, hi = (run("powercap-h100-base.yaml", "trace.limit=300", f"arrivals.rate_per_s={rate}",
+                      f"fleet.h100.power_cap_w={cap}") for cap in (450, 700))
+        saving[rate] = 1 - lo["active_j"] / hi["active_j"]
+    assert 0 < saving[5] < 0.7 * saving[20]
+
+
+@pytest.mark.parametrize("sweep,dev", [("powercap-a100.yaml", "a100"), ("powercap-h100.yaml", "h100")])
+def test_powercap_grids_start_above_the_static_floor_which_is_refused(sweep, dev):
+    """Every cap in the study's grid lies above the cap model's static floor (189.6 W A100, 331.8 W H100);
+    a cap at the floor is refused."""
+    sw = load_sweep(SC / sweep)
+    base = yaml.safe_load(sw.base.read_text())
+    prof = profile(base["fleet"][0]["profile"])
+    caps = sw.spec.grid[f"fleet.{dev}.power_cap_w"]
+    assert min(caps) > prof.power_cap.static_w
+    for c in caps:
+        prof.evaluator(float(c))
+    with pytest.raises(UserError):
+        prof.evaluator(prof.power_cap.static_w)
 
 
 # ---- study 3: batch size ----------------------------------------------------------------------
