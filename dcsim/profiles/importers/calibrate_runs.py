@@ -6,8 +6,8 @@ Reads runs.csv and manifest.json (format: calibrate/README.md). Rows:
 - idle_deep / idle_serving -> kinds idle_deep / idle_serving (the whole window); the metadata's idle powers are
   the window's last third, after the decay from activity.
 Failed runs are left out. Energy of a run shorter than `min_energy_s` is set to NaN: the NVML energy counter of
-the lent H100/H200 advances in steps, and on our runs it agreed with the integral of the 20 Hz power timeline
-only within about -20%/+20% below 0.5 s against +-8% from 0.5 to 2 s and +-4% above 2 s.
+the lent H100/H200 advances in steps: on our runs its ratio to the integral of the 20 Hz power timeline had a
+10-90% range of -40%/+50% at 0.1-0.2 s and -19%/+18% at 0.3-0.5 s, against -8%/+8% at 0.5-1 s and -3%/+4% above 2 s.
 """
 
 from __future__ import annotations
