@@ -5,7 +5,6 @@ per measurement. Usage: python3 calibrate/scripts/probe_static.py ARCH [DEVICE]"
 import sys
 import time
 
-import torch
 
 from dcsim.calibrate.backends.hf import HFBackend
 
