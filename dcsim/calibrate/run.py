@@ -90,6 +90,8 @@ class Sweep:
             raise UserError("--power-caps needs a CUDA device", None, "--power-caps")
         self.out = s.out
         self._created = not self.out.exists()
+        if meter is None:  # before anything is written: no meter, no folder
+            meter = select_meter(s.device, s.latency_only, s.meter_device)
         self.identity = {**s.identity, "device_kind": parse_device(s.device)[0], "plan": self.plan.name,
                          "plan_sha256": plan_digest(self.plan), "power_caps_w": list(s.power_caps)}
         man = store.read_manifest(self.out)
@@ -250,8 +252,6 @@ class Sweep:
         self._bar = None
         self.writer = None
         s, plan = self.s, self.plan
-        if self.meter is None:
-            self.meter = select_meter(s.device, s.latency_only, s.meter_device)
         sess = {"id": self.session, "started": _now(), "command": s.command,
                 "environment": capture(s.meter_device or s.device), "meter": self.meter.describe(),
                 "status": "running"}
