@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from dcsim.errors import UserError
+from dcsim.errors import guarded
 
 # One module per command under dcsim/commands; each has add_parser(subparsers) that sets func=handler.
 COMMANDS = ("run", "trace", "fit", "profiles", "calibrate", "sweep", "report", "validate")
@@ -34,13 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
-    except UserError as e:
-        print(f"dcsim: error: {e.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dcsim: interrupted", file=sys.stderr)
-        return 130
+        return guarded(args.func, args)
     except BrokenPipeError:
         # output piped into a reader that closed early (e.g. `| head`): not an error of ours
         import os
@@ -48,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    return int(rc or 0)
 
 
 if __name__ == "__main__":

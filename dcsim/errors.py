@@ -43,6 +43,33 @@ def from_validation(err: ValidationError, file: str | Path | None) -> UserError:
     return UserError("; ".join(parts), file, None)
 
 
+def validate_file(model: type, data: dict, path: str | Path):
+    """Validate data read from `path` against a pydantic model; errors name the file and the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation(e, path) from None
+
+
+def load_model(model: type, path: str | Path):
+    """Read a YAML file and validate it against a pydantic model."""
+    return validate_file(model, load_yaml(path), path)
+
+
+def guarded(call, *args) -> int:
+    """Run a command handler the way every CLI entry must: a UserError becomes one line and exit 2."""
+    import sys
+
+    try:
+        return int(call(*args) or 0)
+    except UserError as e:
+        print(f"dcsim: error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dcsim: interrupted", file=sys.stderr)
+        return 130
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, turning a missing file or malformed YAML into a UserError."""
     import yaml

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dcsim.errors import UserError, from_validation, load_yaml
+from dcsim.errors import UserError, load_yaml, validate_file
 
 
 class Strict(BaseModel):
@@ -182,11 +182,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     """Read, override and validate a scenario; errors name the file and the field."""
     data = load_yaml(path)
     data = apply_overrides(data, overrides or [], path)
-    try:
-        sc = Scenario.model_validate(data)
-    except ValidationError as e:
-        raise from_validation(e, path) from None
-    return sc
+    return validate_file(Scenario, data, path)
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dcsim.errors import UserError, from_validation, load_yaml
+from dcsim.errors import UserError, load_model
 
 
 class Strict(BaseModel):
@@ -157,11 +157,7 @@ def expand(plan: Plan) -> list[Point]:
 
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan YAML; errors name the file and the field."""
-    data = load_yaml(path)
-    try:
-        return Plan.model_validate(data)
-    except ValidationError as e:
-        raise from_validation(e, path) from None
+    return load_model(Plan, path)
 
 
 def check_fits(plan: Plan, max_tokens: int | None, file: str | Path | None = None) -> None:

@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dcsim.errors import UserError
+from dcsim.errors import UserError, guarded
 
 
 def add_parser(sub) -> None:  # noqa: ANN001
@@ -94,14 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(p)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    try:
-        return handler(args, argv)
-    except UserError as e:
-        print(f"dcsim: error: {e.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dcsim: interrupted", file=sys.stderr)
-        return 130
+    return guarded(handler, args, argv)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dcsim.errors import UserError, from_validation, load_yaml
+from dcsim.errors import UserError, load_model
 
 # Features a curve may use. Prefill curves see the prompt tokens of one step; decode curves see a step
 # of `batch` sequences holding `context` KV tokens in all.
@@ -216,11 +216,7 @@ class Profile(Strict):
 
 def load_profile(path: str | Path) -> Profile:
     """Load and validate a profile YAML; errors name the file and field."""
-    data = load_yaml(path)
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as e:
-        raise from_validation(e, path) from None
+    return load_model(Profile, path)
 
 
 class CapScaling:

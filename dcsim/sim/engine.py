@@ -13,7 +13,7 @@ from dcsim.errors import UserError
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
 from dcsim.scenario import Scenario, resolve_path
 from dcsim.sim.replica import Replica
-from dcsim.sim.requests import REJECTED, Request, RequestLog
+from dcsim.sim.requests import Request, RequestLog
 from dcsim.sim.routers import Fleet, make_router
 from dcsim.traces.trace import Trace, load_trace
 
