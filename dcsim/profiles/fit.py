@@ -248,9 +248,14 @@ def _group_weights(df: pd.DataFrame) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# latency: linear start, then a refinement with a floor on the decode step
+# latency: linear start, then refinements with floors on the decode step and the prefill
 class LatencyModel:
-    """Parameters <-> curves, and the predictions of every equation the data gives."""
+    """Parameters <-> curves, and the predictions of every equation the data gives.
+
+    Where runs give TTFT and TPOT at several output lengths, a fixed per-run overhead after the first token
+    (`overhead_s`) is fitted too: run = prefill_s + steps still holds (the overhead is part of prefill_s, so the
+    simulator's request time is right), while the measured TTFT is prefill_s - overhead and the measured TPOT
+    (runtime - TTFT) / (n_out - 1) is the mean step plus overhead / (n_out - 1)."""
 
     def __init__(self, runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, dec_ctx: np.ndarray, terms: Terms,
                  tie: bool, fit_prefill: bool) -> None:
@@ -265,13 +270,23 @@ class LatencyModel:
         wd = _group_weights(dec) if len(dec) else np.zeros(0)
         self.m_ttft = np.isfinite(self.has_ttft) & (self.has_ttft > 0) & bool(self.pf_cols or tie)
         self.m_tpot = np.isfinite(self.has_tpot) & (self.has_tpot > 0) & (r.k > 0)
+        both = self.m_ttft & self.m_tpot
+        self.with_overhead = bool(self.pf_cols) and len(np.unique(r.k[both])) >= 3
+        self.overhead_s = 0.0
         ys += [runs["runtime_s"].to_numpy(float), self.has_ttft[self.m_ttft], self.has_tpot[self.m_tpot],
                dec["runtime_s"].to_numpy(float)]
         ws += [wr, wr[self.m_ttft], wr[self.m_tpot], wd]
         self.y = np.concatenate(ys)
         self.w = np.concatenate(ws)
 
-    def curves(self, x: np.ndarray, floor: float | None) -> tuple[Curve | None, Curve]:
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """(curve coefficients, per-run overhead) of a parameter vector."""
+        if self.with_overhead:
+            return x[:-1], float(x[-1])
+        return x, 0.0
+
+    def curves(self, x: np.ndarray, floor: float | None, pf_floor: float | None = None) -> tuple[Curve | None, Curve]:
+        x, _ = self.split(x)
         npf = len(self.pf_cols)
         pf = dict(zip(self.pf_cols, x[:npf]))
         dc = dict(zip(self.dc_cols, x[npf:]))
@@ -281,26 +296,29 @@ class LatencyModel:
             return _tied(decode), decode
         if not pf:
             return None, decode
-        return Curve(intercept=float(pf["1"]), coef={k: float(pf[k]) for k in self.terms.pf}), decode
+        return Curve(intercept=float(pf["1"]), coef={k: float(pf[k]) for k in self.terms.pf},
+                     lo=float(pf_floor) if pf_floor else None), decode
 
-    def predict(self, prefill: Curve | None, decode: Curve) -> dict[str, np.ndarray]:
+    def predict(self, prefill: Curve | None, decode: Curve, overhead: float = 0.0) -> dict[str, np.ndarray]:
         r = self.r
         step = _lin(decode, r.step_b, r.step_ctx)
         pf = _lin(prefill, r.b, r.tokens, r.tokens_sq) if prefill is not None else np.zeros(len(r.b))
         dsum = r.per_row(step)
         dec_t = _lin(decode, self.dec["batch"].to_numpy(float), self.dec_ctx)
-        tpot = np.where(r.k > 0, dsum / np.maximum(r.k, 1), 0.0)
-        return {"run": pf + dsum, "prefill": pf, "tpot": tpot, "dec": dec_t, "step": step}
+        tpot = np.where(r.k > 0, (dsum + overhead) / np.maximum(r.k, 1), 0.0)
+        return {"run": pf + dsum, "prefill": pf, "ttft": pf - overhead, "tpot": tpot, "dec": dec_t, "step": step}
 
     def stack(self, p: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([p["run"], p["prefill"][self.m_ttft], p["tpot"][self.m_tpot], p["dec"]])
+        return np.concatenate([p["run"], p["ttft"][self.m_ttft], p["tpot"][self.m_tpot], p["dec"]])
 
-    def linear_design(self) -> np.ndarray:
-        """Columns of the unclamped model (for the linear start)."""
+    def linear_design(self, floored: np.ndarray | None = None) -> np.ndarray:
+        """Columns of the unclamped model (for the linear start). With `floored` (a mask of run rows), those
+        rows' prefill is one more parameter (a floor, last column) instead of the prefill curve."""
         r = self.r
         cols = []
+        keep = np.ones(len(r.b)) if floored is None else (~floored).astype(float)
         for c in self.pf_cols:
-            v = {"1": np.ones(len(r.b)), "tokens": r.tokens, "tokens_sq": r.tokens_sq, "batch": r.b}[c]
+            v = {"1": np.ones(len(r.b)), "tokens": r.tokens, "tokens_sq": r.tokens_sq, "batch": r.b}[c] * keep
             cols.append(np.concatenate([v, v[self.m_ttft], np.zeros(self.m_tpot.sum()), np.zeros(len(self.dec))]))
         for c in self.dc_cols:
             sv = {"1": np.ones(len(r.step_b)), "batch": r.step_b, "context": r.step_ctx}[c]
@@ -312,47 +330,110 @@ class LatencyModel:
             ttft_col = (np.zeros(len(r.b)) + pf_part)[self.m_ttft]
             tpot_col = (dsum / np.maximum(r.k, 1))[self.m_tpot]
             cols.append(np.concatenate([run_col, ttft_col, tpot_col, dv]))
+        if self.with_overhead:
+            cols.append(np.concatenate([np.zeros(len(r.b)), -np.ones(self.m_ttft.sum()),
+                                        1.0 / np.maximum(r.k, 1)[self.m_tpot], np.zeros(len(self.dec))]))
+        if floored is not None:
+            f = floored.astype(float)
+            cols.append(np.concatenate([f, f[self.m_ttft], np.zeros(self.m_tpot.sum()), np.zeros(len(self.dec))]))
         return np.column_stack(cols)
 
+    def floored_start(self, q: float) -> tuple[np.ndarray, float] | None:
+        """Linear start for a prefill floor: rows below the q-quantile of prompt tokens start on the floor; the
+        split is then moved to where the fitted line crosses the floor, a few times (an active-set iteration)."""
+        r = self.r
+        if not self.pf_cols or len(np.unique(r.tokens)) < 4:
+            return None
+        mask = r.tokens <= np.quantile(np.unique(r.tokens), q)
+        x = None
+        for _ in range(6):
+            v = nnls_rel(self.linear_design(mask), self.y, self.w)
+            x, floor = v[:-1], float(v[-1])
+            pf, _ = self.curves(x, None)
+            new = _lin(pf, r.b, r.tokens, r.tokens_sq) < floor
+            if np.array_equal(new, mask) or not new.any():
+                break
+            mask = new
+        return (x, floor) if x is not None and floor > 0 else None
+
+
+    def _resid(self, x: np.ndarray, floor: float | None, pf_floor: float | None) -> np.ndarray:
+        pf, dc = self.curves(x, floor, pf_floor)
+        return self.w * (self.stack(self.predict(pf, dc, self.split(x)[1])) / self.y - 1.0)
+
     def fit(self) -> tuple[Curve | None, Curve, float]:
-        """Linear NNLS, then a floor on the decode step (a memory-bound minimum) where it lowers the relative
-        error by at least 10%. Returns the curves and the weighted relative cost."""
+        """Linear NNLS, then floors (lo) on the decode step (a memory-bound minimum) and on the prefill (a fixed
+        launch cost that short prompts do not go below), each kept only where it lowers the robust relative
+        cost by at least 10%. Returns the curves and the weighted relative cost; sets overhead_s."""
         a = self.linear_design()
         x0 = nnls_rel(a, self.y, self.w)
-        best = (x0, None)
+        best: tuple[np.ndarray, float | None, float | None] = (x0, None, None)
         best_cost = cost0 = self.cost(x0, None)
-        p0 = self.predict(*self.curves(x0, None))
+        p0 = self.predict(*self.curves(x0, None), self.split(x0)[1])
         steps = np.concatenate([p0["step"], p0["dec"]])
+        ttft = self.has_ttft[self.m_ttft]
+        pf_seen = ttft if len(ttft) else p0["prefill"]
+        # parameter scales: the linear start, or for a coefficient it left at zero the value that would make its
+        # column reach the median measurement (so the refinement can still move it off the bound)
+        amax = np.abs(a).max(axis=0)
+        col = np.where(amax > 0, float(np.median(self.y)) / np.where(amax > 0, amax, 1.0), 1.0)
+        sc = np.where(x0 > 0, x0, col)
+        z0 = np.where(x0 > 0, 1.0, 0.0)
         if len(x0):  # robust refit without a floor
-            sc = np.maximum(np.abs(x0), 1e-12)
-            z = least_squares(lambda z: self.w * (self.stack(self.predict(*self.curves(z * sc, None))) / self.y - 1),
-                              np.ones(len(sc)), bounds=(0.0, np.inf), x_scale="jac", max_nfev=300, **ROBUST).x
+            z = least_squares(lambda z: self._resid(z * sc, None, None), z0, bounds=(0.0, np.inf),
+                              x_scale="jac", max_nfev=300, **ROBUST).x
             c = self.cost(z * sc, None)
             if c < 0.9 * cost0:
-                best, best_cost = (z * sc, None), c
-        for q in (0.1, 0.25, 0.5):  # a few starting floors; each refined with plain then robust loss
-            floor0 = float(np.quantile(steps, q)) if len(steps) else 0.0
-            if floor0 <= 0:
+                best, best_cost = (z * sc, None, None), c
+        dq = [float(np.quantile(steps, q)) for q in (0.1, 0.25, 0.5)] if len(steps) else []
+        pq = ([float(np.quantile(pf_seen, q)) for q in (0.1, 0.5)]
+              if self.pf_cols and len(pf_seen) else [])
+        starts = {}
+        for q in (0.25, 0.5, 0.75):
+            fs = self.floored_start(q)
+            if fs is not None:
+                starts[fs[1]] = fs[0]
+        pq = pq + list(starts)
+        trials = [(d, None) for d in dq] + [(None, p) for p in pq] + [(d, p) for d in dq for p in pq]
+        for d0, p0_ in trials:  # starting floors, fewer first; each refined with plain then robust loss
+            if (d0 is not None and d0 <= 0) or (p0_ is not None and p0_ <= 0):
                 continue
-            scale = np.concatenate([np.maximum(np.abs(x0), 1e-12), [floor0]])
+            extra = [v for v in (d0, p0_) if v is not None]
+            xs = starts.get(p0_, x0) if p0_ is not None else x0
+            sc_t = np.where(xs > 0, xs, col)
+            zs = np.where(xs > 0, 1.0, 0.0)
+            scale = np.concatenate([sc_t, extra])
+            n = len(x0)
 
-            def resid(z: np.ndarray) -> np.ndarray:
+            def unpack(z: np.ndarray, d0=d0, p0_=p0_, scale=scale, n=n) -> tuple:
                 v = z * scale
-                return self.w * (self.stack(self.predict(*self.curves(v[:-1], v[-1]))) / self.y - 1.0)
+                i = n
+                fd = fp = None
+                if d0 is not None:
+                    fd, i = float(v[i]), i + 1
+                if p0_ is not None:
+                    fp = float(v[i])
+                return v[:n], fd, fp
 
-            z = np.ones(len(scale))
+            def resid(z: np.ndarray, unpack=unpack) -> np.ndarray:
+                return self._resid(*unpack(z))
+
+            z = np.concatenate([zs, np.ones(len(extra))])
             for loss in ({}, ROBUST):
                 z = least_squares(resid, z, bounds=(0.0, np.inf), x_scale="jac", max_nfev=300, **loss).x
-            v = z * scale
-            c = self.cost(v[:-1], v[-1])
-            if c < 0.9 * best_cost and v[-1] > 0:
-                best, best_cost = (v[:-1], float(v[-1])), c
-        pf, dc = self.curves(*best)
+            v, fd, fp = unpack(z)
+            c = self.cost(v, fd, fp)
+            n_extra = (best[1] is not None) + (best[2] is not None)
+            better = c < 0.9 * best_cost if len(extra) > n_extra else c < best_cost
+            if better and all(f is None or f > 0 for f in (fd, fp)):
+                best, best_cost = (v, fd, fp), c
+        x, fd, fp = best
+        self.overhead_s = self.split(x)[1]
+        pf, dc = self.curves(x, fd, fp)
         return pf, dc, best_cost
 
-    def cost(self, x: np.ndarray, floor: float | None) -> float:
-        p = self.stack(self.predict(*self.curves(x, floor)))
-        return robust_cost(self.w * (p / self.y - 1.0))
+    def cost(self, x: np.ndarray, floor: float | None, pf_floor: float | None = None) -> float:
+        return robust_cost(self._resid(x, floor, pf_floor))
 
 
 def _lin(c: Curve, b: np.ndarray, x: np.ndarray, xsq: np.ndarray | None = None) -> np.ndarray:
@@ -418,8 +499,15 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         prov["latency.prefill_s"] = _src(src, "tied to the decode curve (no KV cache: a prefill of T tokens is a "
                                               "forward pass over context T), fitted with it to end-to-end run times")
     elif prefill_s is not None:
+        ov = lm.overhead_s
         prov["latency.prefill_s"] = _src(src, "fitted jointly with decode to end-to-end run times"
-                                         + (" and time to first token" if runs["ttft_s"].notna().any() else ""))
+                                         + (" and time to first token" if runs["ttft_s"].notna().any() else "")
+                                         + (f"; floor (lo) {prefill_s.lo:.4g} s: short prompts do not go below it"
+                                            if prefill_s.lo else "")
+                                         + (f"; includes a fixed {ov * 1000:.1f} ms per run that the runs spend after "
+                                            "the first token (TPOT falls with output length): the measured TTFT is "
+                                            "prefill_s minus it, so a simulated TTFT is that much late while the "
+                                            "request time is right" if ov > 1e-4 else ""))
     else:
         prefill_s, note = _assumed_prefill(meta, decode_s)
         prov["latency.prefill_s"] = Provenance(source="assumed", citation=catalogue.CITES["kaplan2020"], note=note)
@@ -433,13 +521,18 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     if "batch" not in terms.dc:
         not_covered.append("batching: every measured run had the same batch size, so decode_step_s and decode_w "
                            "do not depend on batch")
-    pl = lm.predict(prefill_s if has_prefill_info else None, decode_s)
-    runs = runs.assign(pred_runtime_s=pl["run"], pred_prefill_s=pl["prefill"], pred_tpot_s=pl["tpot"])
+    pl = lm.predict(prefill_s if has_prefill_info else None, decode_s, lm.overhead_s)
+    runs = runs.assign(pred_runtime_s=pl["run"], pred_prefill_s=pl["prefill"], pred_ttft_s=pl["ttft"],
+                       pred_tpot_s=pl["tpot"])
     dec = dec.assign(context=dec_ctx, pred_runtime_s=pl["dec"])
     if len(runs):
         errors["latency.run_s"] = _group_error(runs, "pred_runtime_s", "runtime_s")
         if runs["ttft_s"].notna().any():
-            errors["latency.prefill_s"] = _group_error(runs.dropna(subset=["ttft_s"]), "pred_prefill_s", "ttft_s")
+            # TTFT as the fit decomposes it (prefill_s less the per-run overhead, if any) ...
+            errors["latency.prefill_s"] = _group_error(runs.dropna(subset=["ttft_s"]), "pred_ttft_s", "ttft_s")
+            if lm.overhead_s > 1e-4:  # ... and as a simulation reports it (the whole prefill_s)
+                errors["latency.ttft_as_simulated_s"] = _group_error(runs.dropna(subset=["ttft_s"]),
+                                                                     "pred_prefill_s", "ttft_s")
         if runs["tpot_s"].notna().any():
             errors["latency.tpot_s"] = _group_error(runs.dropna(subset=["tpot_s"]), "pred_tpot_s", "tpot_s")
     if len(dec):

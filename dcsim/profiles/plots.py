@@ -1,7 +1,9 @@
 """Fit figure: measured points against the fitted curves, evaluated the way the simulator evaluates them.
 
 Run rows (whole requests) are drawn per sweep (the part of `source` before ':'), against whichever of n_in,
-n_out or batch the sweep varies: time, device energy and average power. Decode rows (steady-state decode) are
+n_out or batch the sweep varies: time, device energy and average power. A source that varies several of them
+(a calibration run: input, output and batch sweeps plus off-axis points in one folder) gets one row per sweep
+line, and its off-axis shapes a row of measured-against-predicted panels. Decode rows (steady-state decode) are
 drawn against batch: step time, power and energy per output token. The curves come from ProfileEvaluator,
 so the figure shows what a simulation would use.
 """
@@ -34,20 +36,67 @@ def decode_prediction(profile: Profile, batch: float, context: float) -> tuple[f
     return profile.evaluator().decode_step(int(round(batch)), context)
 
 
+AXES = ("n_in", "n_out", "batch")
+
+
+def sweep_lines(df: pd.DataFrame) -> tuple[list[tuple[str, dict[str, float], pd.DataFrame]], pd.DataFrame]:
+    """Split the run rows of one source that varies several of n_in, n_out, batch (a calibration run: three
+    sweeps and off-axis points in one file) into its sweep lines and the off-axis rest.
+
+    A line along axis x is the rows whose other two quantities equal the combination most shapes share
+    (at least 3 values of x); a shape may sit on two lines (the sweeps' common point). Returns
+    [(x, the fixed values, rows)], and the rows on no line."""
+    shapes = df.drop_duplicates(list(AXES))
+    lines, on_line = [], np.zeros(len(df), bool)
+    for x in AXES:
+        others = [c for c in AXES if c != x]
+        counts = shapes.groupby(others)[x].nunique()
+        if counts.empty or counts.max() < 3:
+            continue
+        fixed_vals = counts.idxmax()
+        fixed = {c: float(v) for c, v in zip(others, fixed_vals)}
+        m = np.ones(len(df), bool)
+        for c, v in fixed.items():
+            m &= np.isclose(df[c].to_numpy(float), v)
+        lines.append((x, fixed, df[m]))
+        on_line |= m
+    return lines, df[~on_line]
+
+
 def fit_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
     """Write the PNG; returns its path."""
     runs = rows[rows["kind"] == "run"]
     dec = rows[rows["kind"] == "decode"]
     sweeps = sorted({str(s).split(":")[0] for s in runs["source"]}) if len(runs) else []
-    nrows = len(sweeps) + (1 if len(dec) else 0)
+    # one row of panels per sweep; a source varying several quantities gets one row per sweep line, and its
+    # off-axis points one row of measured-against-predicted panels
+    panels: list[tuple] = []
+    for sw in sweeps:
+        df = runs[runs["source"].astype(str).str.split(":").str[0] == sw]
+        if sum(df[c].nunique() > 1 for c in AXES) <= 1:
+            panels.append(("sweep", df, sw, None, None))
+            continue
+        lines, off = sweep_lines(df)
+        panels += [("sweep", d, sw, x, fixed) for x, fixed, d in lines]
+        if len(off):
+            panels.append(("off", off, sw, None, None))
+    nrows = len(panels) + (1 if len(dec) else 0)
     fig, axes = plt.subplots(nrows, 3, figsize=(13.5, 3.6 * nrows + 0.6), squeeze=False)
-    for i, sw in enumerate(sweeps):
-        _run_panels(profile, runs[runs["source"].astype(str).str.split(":").str[0] == sw], sw, axes[i])
+    for i, (what, df, sw, x, fixed) in enumerate(panels):
+        if what == "sweep":
+            _run_panels(profile, df, sw, axes[i], x, fixed)
+        else:
+            _off_axis_panels(profile, df, sw, axes[i])
     if len(dec):
         _decode_panels(profile, dec, axes[-1])
     errs = [f"{k}: median {v.median_ape_pct:.1f}%, max {v.max_ape_pct:.1f}% (n={v.n_points})"
             for k, v in profile.fit_error.items()]
-    lines = ["; ".join(errs[i:i + 3]) for i in range(0, len(errs), 3)]
+    lines: list[str] = []  # three terms a line, fewer where a line would run past the figure's width
+    for e in errs:
+        if lines and lines[-1].count("; ") < 2 and len(lines[-1]) + len(e) < 170:
+            lines[-1] += "; " + e
+        else:
+            lines.append(e)
     fig.suptitle(f"{profile.name}  ({profile.gpus_per_replica} GPU{'s' if profile.gpus_per_replica > 1 else ''} "
                  f"per replica; {profile.device.name}, {profile.model.name})\nfit error (absolute % error of shape "
                  "means): " + "\n".join(lines), fontsize=9)
@@ -65,12 +114,16 @@ def _axis_of(df: pd.DataFrame) -> str:
     return max(("n_in", "n_out", "batch"), key=lambda c: df[c].nunique())
 
 
-def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray) -> None:
-    x = _axis_of(df)
+def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray, x: str | None = None,
+                fixed: dict[str, float] | None = None) -> None:
+    x = x or _axis_of(df)
     label = {"n_in": "prompt tokens (n_in)", "n_out": "output tokens (n_out)", "batch": "batch (requests)"}[x]
     means = df.groupby("source").agg(**{c: (c, "mean") for c in ("n_in", "n_out", "batch", "runtime_s",
                                                                  "energy_device_j")}).sort_values(x)
-    fixed = {c: float(df[c].median()) for c in ("n_in", "n_out", "batch") if c != x}
+    if fixed is None:
+        fixed = {c: float(df[c].median()) for c in ("n_in", "n_out", "batch") if c != x}
+    else:
+        sweep = f"{sweep}: {x} sweep"
     grid = np.unique(np.geomspace(max(df[x].min(), 1), df[x].max(), 60))
     pred = []
     for g in grid:
@@ -97,6 +150,32 @@ def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3, which="both")
         ax.set_title(f"{sweep} ({other})", fontsize=8)
+    axes[0].legend(fontsize=7, loc="best")
+
+
+def _off_axis_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray) -> None:
+    """Shapes on no sweep line: measured (mean of the repeats) against the profile's prediction."""
+    means = df.groupby("source").agg(**{c: (c, "mean") for c in ("n_in", "n_out", "batch", "runtime_s",
+                                                                 "energy_device_j")})
+    pred = np.array([run_prediction(profile, r["batch"], r["n_in"], r["n_out"]) for _, r in means.iterrows()])
+    p_meas = means["energy_device_j"] / means["runtime_s"]
+    for ax, meas, pr, what in ((axes[0], means["runtime_s"], pred[:, 0], "run time (s)"),
+                               (axes[1], means["energy_device_j"], pred[:, 1], "device energy (J)"),
+                               (axes[2], p_meas, pred[:, 1] / pred[:, 0], "average device power (W)")):
+        ok = np.isfinite(meas.to_numpy(float))
+        ax.scatter(meas[ok], pr[ok], s=28, color="tab:blue", edgecolor="k", zorder=3, label="off-axis shape (mean)")
+        for (_, r), m, q in zip(means[ok].iterrows(), meas[ok], pr[ok]):
+            ax.annotate(f"{r['n_in']:g}/{r['n_out']:g}/b{r['batch']:g}", (m, q), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        if ok.any():
+            lo, hi = float(min(meas[ok].min(), pr[ok].min())), float(max(meas[ok].max(), pr[ok].max()))
+            ax.plot([lo / 1.2, hi * 1.2], [lo / 1.2, hi * 1.2], color="tab:red", lw=1.0, label="predicted = measured")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"measured {what}")
+        ax.set_ylabel(f"fitted profile's {what}")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(f"{sweep}: off-axis shapes (n_in/n_out/batch)", fontsize=8)
     axes[0].legend(fontsize=7, loc="best")
 
 
