@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Rebuild every shipped profile (YAML + PNG) from the published data sets.
+# Rebuild every shipped profile (YAML + PNG) from the published data sets and our calibration runs.
 # Usage: profiles/build.sh DATA   (DATA = the folder holding wilkins2024-energy-inference/, mlenergy-leaderboard-v2/, -v3/)
+#        profiles/build.sh --calibrated   (only the profiles fitted to our own runs in calibrate/runs/; no DATA)
 set -euo pipefail
-DATA=${1:?usage: profiles/build.sh DATA}
 cd "$(dirname "$0")/.."
-W="$DATA/wilkins2024-energy-inference"
 fit() { python -m dcsim.cli fit "$@"; }
+calibrated() {
+  # dcsim calibrate on the lent H100/H200, random weights in the real architecture (calibrate/README.md)
+  fit calibrate/runs/h100-llama-2-7b-hf -o profiles/h100-sxm-80gb--llama-2-7b--hf-bf16.yaml
+  fit calibrate/runs/h100-llama-2-7b-hf-static -o profiles/h100-sxm-80gb--llama-2-7b--hf-static-bf16.yaml
+  fit calibrate/runs/h200-llama-2-7b-hf -o profiles/h200--llama-2-7b--hf-bf16.yaml
+  fit calibrate/runs/h200-llama-2-7b-hf-static -o profiles/h200--llama-2-7b--hf-static-bf16.yaml
+  fit calibrate/runs/h200-llama-2-13b-hf-static -o profiles/h200--llama-2-13b--hf-static-bf16.yaml
+}
+if [ "${1:-}" = "--calibrated" ]; then calibrated; exit 0; fi
+DATA=${1:?usage: profiles/build.sh DATA | --calibrated}
+W="$DATA/wilkins2024-energy-inference"
 # Wilkins, Keshav, Mortier 2024 (HF pipeline, batch 1)
 fit --from wilkins2024 "$W" --system M1-Pro --model "Llama-2 (7B)" -o profiles/m1-pro--llama-2-7b--hf-fp16.yaml
 fit --from wilkins2024 "$W" --system M1-Pro --model "Mistral (7B)" -o profiles/m1-pro--mistral-7b--hf-fp16.yaml
@@ -25,3 +35,5 @@ fit --from mlenergy "$V2" --gpu A100 --model Llama-3.1-70B-Instruct -o profiles/
 fit --from mlenergy "$V2" --gpu H100 --model Llama-3.1-70B-Instruct -o profiles/h100-sxm-80gb-x4--llama-3.1-70b--vllm-mlenergy-v2-bf16.yaml
 fit --from mlenergy "$V3" --gpu H100 --model Llama-3.1-70B-Instruct -o profiles/h100-sxm-80gb-x4--llama-3.1-70b--vllm-mlenergy-v3-bf16.yaml
 fit --from mlenergy "$V3" --gpu B200 --model Llama-3.1-70B-Instruct -o profiles/b200-x2--llama-3.1-70b--vllm-mlenergy-v3-bf16.yaml
+# our own calibration runs (in the repository)
+calibrated

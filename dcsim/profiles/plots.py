@@ -93,7 +93,7 @@ def fit_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
             for k, v in profile.fit_error.items()]
     lines: list[str] = []  # three terms a line, fewer where a line would run past the figure's width
     for e in errs:
-        if lines and lines[-1].count("; ") < 2 and len(lines[-1]) + len(e) < 170:
+        if lines and lines[-1].count("; ") < 2 and len(lines[-1]) + 2 + len(e) <= 150:
             lines[-1] += "; " + e
         else:
             lines.append(e)
