@@ -200,3 +200,45 @@ def test_explicit_identity_without_catalogue():
     p = fit_profile(synthetic_runs(noise=0.0, repeats=1), meta).profile
     assert p.power_cap is None
     assert p.power.deep_idle_w == pytest.approx(300 * 70.2 / 700, rel=1e-3)
+
+
+def test_per_run_overhead_after_the_first_token_is_found():
+    """Runs that spend a fixed 35 ms after their first token (TPOT falls with output length, as on the static-cache
+    GPU runs): the overhead goes into prefill_s, so run time is exact, and TTFT is compared without it."""
+    ov = 0.035
+    rows = []
+    for b in (1, 4, 16):
+        for n in (32, 128, 512, 1024):
+            for m in (8, 32, 128, 512):
+                t, _ = _truth_run(b, n, m)
+                ttft = TRUE_PF["intercept"] + TRUE_PF["tokens"] * b * n
+                _, e = _truth_run(b, n, m)
+                rows.append(dict(kind="run", n_in=n, n_out=m, batch=b, runtime_s=t + ov, energy_device_j=e,
+                                 ttft_s=ttft, tpot_s=(t + ov - ttft) / (m - 1), repeat=0, source=f"b{b}-n{n}-m{m}"))
+    res = fit_profile(pd.DataFrame(rows), _meta())
+    p = res.profile
+    assert p.latency.prefill_s.intercept == pytest.approx(TRUE_PF["intercept"] + ov, rel=0.02)
+    assert p.latency.decode_step_s.intercept == pytest.approx(TRUE_DC["intercept"], rel=0.02)
+    assert p.fit_error["latency.run_s"].max_ape_pct < 0.5
+    assert p.fit_error["latency.prefill_s"].max_ape_pct < 0.5      # TTFT = prefill_s - overhead
+    assert p.fit_error["latency.tpot_s"].max_ape_pct < 0.5
+    # a simulated TTFT is prefill_s: 35 ms late on a 46-ms TTFT (b1, n32) -> about 76% off
+    assert 70 < p.fit_error["latency.ttft_as_simulated_s"].max_ape_pct < 80
+    assert "35.0 ms per run" in p.provenance["latency.prefill_s"].note
+
+
+def test_floor_on_the_prefill_is_found():
+    """TTFT max(0.05, 0.002 + 3e-5 * tokens): flat for short prompts, linear in batch x n_in beyond ~1,600 tokens."""
+    rows = []
+    for b in (1, 4, 16, 64):
+        for n in (8, 64, 256, 1024):
+            for m in (16, 64):
+                ttft = max(0.05, 0.002 + 3e-5 * b * n)
+                t = ttft + sum(0.01 + 1e-4 * b for _ in range(m - 1))
+                rows.append(dict(kind="run", n_in=n, n_out=m, batch=b, runtime_s=t, energy_device_j=300.0 * t,
+                                 ttft_s=ttft, repeat=0, source=f"b{b}-n{n}-m{m}"))
+    p = fit_profile(pd.DataFrame(rows), _meta()).profile
+    pf = p.latency.prefill_s
+    assert pf.lo == pytest.approx(0.05, rel=0.02)
+    assert pf.coef["tokens"] == pytest.approx(3e-5, rel=0.05)
+    assert p.fit_error["latency.prefill_s"].max_ape_pct < 2.0

@@ -5,7 +5,9 @@ The fitted curves are exactly the ones the simulator evaluates (profile.py):
 A row of kind "run" (batch requests of n_in prompt and n_out output tokens, timed end to end) is
   runtime = prefill_s(B*n_in, B*n_in^2, B) + sum_{j=0}^{n_out-2} decode_step_s(B, B*(n_in+1+j)),
 which is linear in the coefficients, so time is fitted by non-negative linear least squares on relative
-errors; ttft_s and tpot_s, where given, add equations for the prefill and the mean decode step. A row of kind
+errors; ttft_s and tpot_s, where given, add equations for the prefill and the mean decode step (with a fixed
+per-run overhead after the first token where the output length varies: it is part of prefill_s, see LatencyModel),
+and the prefill and decode curves may get floors (lo). A row of kind
 "decode" gives one decode step (runtime_s) at context B*(n_in + n_out/2) and its average power. Energy is
 then fitted with the fitted times, so the simulator's energy (sum of power x time) is what is minimised.
 Every term gets a provenance, a fit error on the points it was fitted to, and terms the source cannot give
