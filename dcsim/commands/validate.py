@@ -1,0 +1,209 @@
+"""`dcsim validate`: replay a trace on a real device with the engine calibration measured, simulate the
+same requests and arrival times with a profile, and compare energy and latency.
+
+  dcsim validate --device cuda:0 --model-arch llama-2-7b --random-weights \\
+      --profile profiles/h100-sxm-80gb--llama-2-7b--hf-static-bf16.yaml \\
+      --trace traces/azure-code-2023.parquet --arrivals replay --utilisation 0.6 --limit 130 \\
+      --batching fcfs --out validation/h100-azure-code
+  dcsim validate --dry-run ...            the workload and its forecast, no device
+  dcsim validate --compare-only DIR       rerun the simulator side of a recorded replay
+
+Writes into --out: workload.csv (what was replayed), requests.csv and batches.csv (measured per request
+and per batch), power.csv (sampled device power), replay.json (window, energies, environment), and the
+comparison: comparison.csv/.json, sim_requests.csv, sim_power.csv, power.png, latency_cdf.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from dcsim.errors import UserError, guarded
+
+ENGINES = ("hf", "hf-static")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check forecasts against a real replay on a device", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    p.set_defaults(func=handler)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compare-only", metavar="DIR", help="rerun the simulator side of the replay recorded in DIR")
+    p.add_argument("--profile", help="profile YAML to forecast with (the calibrated one for this device and engine)")
+    p.add_argument("--trace", help="trace file (parquet or CSV)")
+    p.add_argument("--arrivals", default="replay", choices=("replay", "poisson"))
+    p.add_argument("--time-scale", type=float, help="replay: multiply the trace's gaps by this")
+    p.add_argument("--rate", type=float, help="poisson: requests per second")
+    p.add_argument("--utilisation", type=float, help="size the arrivals to this busy fraction of one replica "
+                                                     "(by the profile's isolated service times)")
+    p.add_argument("--limit", type=int, help="requests to replay (from --skip on)")
+    p.add_argument("--skip", type=int, default=0, help="leave out the trace's first N requests")
+    p.add_argument("--clip-in", type=int, help="cut prompts to this many tokens")
+    p.add_argument("--clip-out", type=int, help="cut outputs to this many tokens")
+    p.add_argument("--seed", type=int, default=0, help="poisson arrivals' seed")
+    p.add_argument("--batching", default="fcfs", choices=("fcfs", "static"))
+    p.add_argument("--max-batch", type=int, default=4, help="static: largest batch")
+    p.add_argument("--max-wait-s", type=float, default=1.0, help="static: wait at most this long to fill a batch")
+    p.add_argument("--device", default="cuda:0")
+    p.add_argument("--model", help="Hugging Face model id or path (pretrained weights)")
+    p.add_argument("--model-arch", help="a known architecture built from its config (e.g. llama-2-7b)")
+    p.add_argument("--random-weights", action="store_true", help="random weights in the real architecture")
+    p.add_argument("--backend", choices=ENGINES, help="engine (default: the profile's engine)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--plan", help="hf-static: the calibration plan, which sizes the static caches as calibration "
+                                  "did (default: the plan of the run folder the profile was fitted to)")
+    p.add_argument("--settle-s", type=float, default=10.0, help="idle before the window opens")
+    p.add_argument("--tail-s", type=float, default=10.0, help="idle kept in the window after the last request")
+    p.add_argument("--out", help="folder to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--dry-run", action="store_true", help="build the workload and forecast it; touch no device")
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    for n in names:
+        if getattr(args, n.replace("-", "_")) is None:
+            raise UserError(f"--{n} is required", None, f"--{n}")
+
+
+def _plan_shapes(args: argparse.Namespace, profile) -> tuple[list[tuple[int, int, int]], str | None]:  # noqa: ANN001
+    """(every calibrated shape incl. warm-up, plan path) for sizing static caches as calibration did."""
+    from dcsim.calibrate.plan import expand, load_plan
+
+    plan_path = args.plan
+    if plan_path is None:
+        for prov in profile.provenance.values():
+            path = getattr(prov, "path", None)
+            if path and (Path(path) / "plan.yaml").is_file():
+                plan_path = str(Path(path) / "plan.yaml")
+                break
+    if plan_path is None:
+        raise UserError("the hf-static engine needs the calibration plan to size its caches; pass --plan", None,
+                        "--plan")
+    if not Path(plan_path).is_file():
+        raise UserError("plan file not found", plan_path, "--plan")
+    plan = load_plan(Path(plan_path))
+    shapes = [(p.n_in, p.n_out, p.batch) for p in expand(plan)]
+    shapes.append((plan.warmup.n_in, plan.warmup.n_out, plan.warmup.batch))
+    return shapes, plan_path
+
+
+def handler(args: argparse.Namespace) -> int:
+    from dcsim.validate.compare import compare, format_table
+
+    if args.compare_only:
+        res = compare(Path(args.compare_only), Path(args.profile) if args.profile else None)
+        import pandas as pd
+
+        print(format_table(pd.read_csv(Path(args.compare_only) / "comparison.csv")))
+        return 0 if all(m["pass"] is not False for m in res["metrics"].values()) else 1
+    _need(args, "profile", "trace", "out")
+    from dcsim.profiles.profile import load_profile
+    from dcsim.validate import replay as R
+    from dcsim.validate import workload as W
+
+    prof_path = Path(args.profile)
+    if not prof_path.is_file():
+        raise UserError("profile not found", args.profile, "--profile")
+    profile = load_profile(prof_path)
+    spec = W.WorkloadSpec(trace=args.trace, arrivals=args.arrivals, time_scale=args.time_scale, rate_per_s=args.rate,
+                          utilisation=args.utilisation, limit=args.limit, skip=args.skip, clip_in=args.clip_in,
+                          clip_out=args.clip_out, seed=args.seed)
+    wl = W.build(spec, profile)
+    info = W.describe(wl, profile)
+    policy = R.ServePolicy(args.batching, 1 if args.batching == "fcfs" else args.max_batch,
+                           0.0 if args.batching == "fcfs" else args.max_wait_s)
+    backend_name = args.backend or profile.engine.name
+    if backend_name not in ENGINES:
+        raise UserError(f"the profile's engine {backend_name!r} is not one dcsim can replay ({ENGINES}); pass "
+                        "--backend", args.profile, "engine.name")
+    lengths: dict[int, int] = {}
+    plan_path = None
+    if backend_name == "hf-static":
+        shapes, plan_path = _plan_shapes(args, profile)
+        lengths = R.cache_lengths(shapes, policy.batch_sizes())
+        R.check_fits(wl, lengths, policy, args.trace)
+    out = Path(args.out)
+    if out.exists() and not args.force and not args.dry_run:
+        raise UserError("output folder exists; choose another --out or pass --force", out, "--out")
+    print(f"workload: {json.dumps(info)}", file=sys.stderr)
+    if args.dry_run:
+        return _dry_run(wl, profile, prof_path, policy, args)
+
+    from dcsim.calibrate.backends.hf import HFBackend
+    from dcsim.calibrate.environment import capture
+    from dcsim.calibrate.meter import select_meter
+
+    meter = select_meter(args.device)  # before anything is written: no meter, no folder
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    wl.to_csv(tmp / "workload.csv", index=False)
+    backend = HFBackend(args.device, model=args.model, arch=args.model_arch, random_weights=args.random_weights,
+                        dtype=args.dtype, static=backend_name == "hf-static")
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    load_info = backend.load()
+    if lengths:
+        backend.prepare([(1, n - 1, b) for b, n in lengths.items()])
+    warm_s = R.warm_up(backend, policy, lengths, log)
+    log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
+    env = capture(args.device)
+    res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=log)
+    meta = {
+        "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
+        "command": "dcsim validate " + shlex.join(sys.argv[sys.argv.index("validate") + 1:])
+        if "validate" in sys.argv else None,
+        "workload_spec": spec.__dict__, "workload": info, "policy": policy.__dict__, "engine": backend_name,
+        "plan": plan_path, "cache_lengths": lengths, "warmup_s": warm_s, **res,
+        "device_name": (env.get("gpu") or {}).get("name"), "environment": env, "meter": meter.describe(),
+        "model": load_info, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    R.write_json(tmp / "replay.json", meta)
+    backend.close()
+    meter.close()
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    compare(out, prof_path)
+    import pandas as pd
+
+    print(format_table(pd.read_csv(out / "comparison.csv")))
+    return 0
+
+
+def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """Forecast the workload alone (no device): what the replay should look like."""
+    import tempfile
+
+    from dcsim.validate.compare import forecast
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        wl.to_csv(folder / "workload.csv", index=False)
+        horizon = float(wl["arrival_s"].iloc[-1]) + 4 * len(wl) * 60.0
+        meta = {"policy": policy.__dict__, "window_s": horizon}
+        m, req, _, warnings = forecast(folder, meta, prof_path)
+    busy_end = float(req["done_s"].max())
+    print(json.dumps({"forecast_last_end_s": round(busy_end, 1), "energy_j_to_last_end": None,
+                      "wait_mean_s": round(m["wait_mean_s"], 3), "e2e_p50_s": round(m["e2e_p50_s"], 3),
+                      "e2e_p95_s": round(m["e2e_p95_s"], 3), "warnings": warnings}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dcsim validate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    return guarded(handler, p.parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

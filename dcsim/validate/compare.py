@@ -1,0 +1,131 @@
+"""The simulator side of a validation: simulate exactly the replayed requests and arrival times on one
+replica with the profile, over the same window, and compare with what the device measured.
+
+Targets (the validation issue's): total energy within 5%, p50 and p95 end-to-end latency within 10%,
+mean queue wait within 15%. Every forecast carries the run-to-run spread the profile's calibration
+measured (coefficient of variation of one run's time and energy), so a miss can be told apart from noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcsim.errors import UserError
+from dcsim.profiles.profile import load_profile
+from dcsim.scenario import Batching, Pool, ReplayArrivals, Scenario, TraceRef
+
+TARGETS = {"energy_j": 0.05, "e2e_p50_s": 0.10, "e2e_p95_s": 0.10, "wait_mean_s": 0.15}
+
+
+def measured_metrics(req: pd.DataFrame, meta: dict) -> dict[str, float]:
+    """Headline numbers of a replay from its per-request rows and its window energies."""
+    wait = req["start_s"] - req["arrival_s"]
+    e2e = req["end_s"] - req["arrival_s"]
+    ttft = req["first_token_s"] - req["arrival_s"]
+    return _metrics(wait, ttft, e2e, meta["energy_j"], meta["active_j"], meta["idle_j"], meta["window_s"])
+
+
+def _metrics(wait: pd.Series, ttft: pd.Series, e2e: pd.Series, energy: float, active: float, idle: float,
+             window: float) -> dict[str, float]:
+    q = np.percentile(e2e, [50, 90, 95, 99])
+    return {
+        "energy_j": energy, "active_j": active, "idle_j": idle, "mean_power_w": energy / window,
+        "wait_mean_s": float(wait.mean()), "ttft_p50_s": float(np.median(ttft)),
+        "e2e_mean_s": float(e2e.mean()), "e2e_p50_s": float(q[0]), "e2e_p90_s": float(q[1]),
+        "e2e_p95_s": float(q[2]), "e2e_p99_s": float(q[3]),
+    }
+
+
+def scenario_for(folder: Path, meta: dict, profile_path: Path) -> Scenario:
+    """One replica, the replayed batching, the workload's own arrivals, the measured window as horizon."""
+    pol = meta["policy"]
+    batching = Batching(policy=pol["policy"], max_batch=pol["max_batch"], max_wait_s=pol["max_wait_s"])
+    return Scenario(
+        name=f"validate-{folder.name}", seed=0,
+        trace=TraceRef(path=str((folder / "workload.csv").resolve())),
+        arrivals=ReplayArrivals(time_scale=1.0),
+        fleet=[Pool(name="replica", profile=str(profile_path.resolve()), count=1, batching=batching)],
+        horizon_s=float(meta["window_s"]),
+    )
+
+
+def forecast(folder: Path, meta: dict, profile_path: Path) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame,
+                                                                     list[str]]:
+    """(forecast metrics, simulated requests, simulated power timeline, warnings)."""
+    from dcsim.results import power_timeline, requests_table, summarize
+    from dcsim.sim.engine import simulate
+
+    sc = scenario_for(folder, meta, profile_path)
+    raw = simulate(sc, None)
+    s = summarize(raw)
+    req = requests_table(raw)
+    if (req["status"] != "done").any():
+        bad = req["status"].value_counts().to_dict()
+        raise UserError(f"the simulation did not finish every request inside the measured window: {bad}", folder)
+    m = _metrics(req["wait_s"], req["ttft_s"], req["e2e_s"], s["energy_j"], s["active_j"], s["idle_j"],
+                 float(meta["window_s"]))
+    return m, req, power_timeline(raw, bins=max(50, int(meta["window_s"]))), list(raw.warnings)
+
+
+def spread(profile_path: Path) -> dict[str, float]:
+    """Run-to-run CV of one run's time and energy measured during calibration (0 where not stored)."""
+    cv = load_profile(profile_path).spread_cv
+    return {"time": float(cv.get("latency.run_s", 0.0)), "energy": float(cv.get("energy.run_device_j", 0.0))}
+
+
+def compare(folder: Path, profile_path: Path | None = None) -> dict:
+    """Rerun the simulator on a replay folder and tabulate measured vs forecast; writes comparison.csv,
+    comparison.json, sim_requests.csv and plots into the folder."""
+    folder = Path(folder)
+    meta_path = folder / "replay.json"
+    if not meta_path.is_file():
+        raise UserError("not a replay folder (no replay.json)", folder)
+    meta = json.loads(meta_path.read_text())
+    profile_path = Path(profile_path or meta["profile"])
+    if not profile_path.is_file():
+        raise UserError("profile not found", profile_path, "--profile")
+    req = pd.read_csv(folder / "requests.csv").sort_values("id").reset_index(drop=True)
+    if len(req) != meta["workload"]["requests"]:
+        raise UserError(f"requests.csv holds {len(req)} rows, the workload {meta['workload']['requests']}",
+                        folder / "requests.csv")
+    meas = measured_metrics(req, meta)
+    fc, sim_req, sim_power, warnings = forecast(folder, meta, profile_path)
+    sp = spread(profile_path)
+    rows = []
+    for k in meas:
+        m, f = meas[k], fc[k]
+        err = (f - m) / m if m else float("nan")
+        band = sp["energy"] if k.endswith("_j") or k == "mean_power_w" else sp["time"]
+        tgt = TARGETS.get(k)
+        rows.append({"metric": k, "measured": m, "forecast": f, "rel_error": err, "target": tgt,
+                     "calibration_cv": band,
+                     "pass": None if tgt is None else bool(abs(err) <= tgt)})
+    table = pd.DataFrame(rows)
+    table.to_csv(folder / "comparison.csv", index=False)
+    sim_req.to_csv(folder / "sim_requests.csv", index=False)
+    sim_power.to_csv(folder / "sim_power.csv", index=False)
+    out = {"case": folder.name, "profile": str(profile_path), "device": meta.get("device_name"),
+           "policy": meta["policy"], "workload": meta["workload"], "window_s": meta["window_s"],
+           "metrics": {r["metric"]: {k: r[k] for k in ("measured", "forecast", "rel_error", "target", "pass")}
+                       for r in rows},
+           "calibration_cv": sp, "warnings": warnings}
+    (folder / "comparison.json").write_text(json.dumps(out, indent=2) + "\n")
+    from dcsim.validate.plots import validation_plots
+
+    validation_plots(folder, req, sim_req, sim_power, meta, table)
+    return out
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Console rendering of comparison.csv."""
+    lines = [f"{'metric':<14} {'measured':>12} {'forecast':>12} {'error':>8} {'target':>7} {'cal. CV':>7}"]
+    for r in table.itertuples():
+        tgt = "" if pd.isna(r.target) else f"{r.target * 100:.0f}%"
+        mark = "" if r._7 is None or pd.isna(r._7) else ("  ok" if r._7 else "  MISS")
+        lines.append(f"{r.metric:<14} {r.measured:>12.3f} {r.forecast:>12.3f} {r.rel_error * 100:>7.1f}% "
+                     f"{tgt:>7} {r.calibration_cv * 100:>6.1f}%{mark}")
+    return "\n".join(lines)

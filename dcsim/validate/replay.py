@@ -1,0 +1,218 @@
+"""The device side of a validation: serve a workload on a real device, one request batch at a time, with
+requests starting no earlier than their arrival times, and meter the whole window.
+
+One process plays both client and server, as a single-replica server with a FIFO queue does: the loop
+sleeps while the queue is empty (the idle gaps are real idle, the model stays loaded), takes requests
+in arrival order by the batching policy the simulator models (`fcfs`: one at a time; `static`: gather up
+to max_batch or wait max_wait_s once free, then run them padded to the longest prompt and output), and
+records for each request its arrival, start, first token and end. Energy: one meter window over the
+whole replay, one per batch run (active energy), and a sampled power timeline. Each request's row is
+appended to requests.csv as its batch completes, so a crash keeps what was measured; a replay cannot be
+resumed (the idle gaps would change), so a rerun starts over.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from dcsim.calibrate.backends.base import Backend
+from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.timeline import PowerTimeline
+from dcsim.errors import UserError
+
+REQUEST_FIELDS = ("id", "arrival_s", "n_in", "n_out", "batch_id", "batch_size", "batch_n_in", "batch_n_out",
+                  "start_s", "first_token_s", "end_s", "gen_tokens", "batch_energy_j")
+BATCH_FIELDS = ("batch_id", "batch_size", "batch_n_in", "batch_n_out", "start_s", "first_token_s", "end_s",
+                "energy_j", "prefill_energy_j")
+
+
+@dataclass(frozen=True)
+class ServePolicy:
+    """The batching the replay serves with; the same fields the scenario's Batching has."""
+
+    policy: str = "fcfs"  # fcfs | static
+    max_batch: int = 1
+    max_wait_s: float = 0.0
+
+    def batch_sizes(self) -> list[int]:
+        return [1] if self.policy == "fcfs" else list(range(1, self.max_batch + 1))
+
+
+def cache_lengths(plan_shapes: list[tuple[int, int, int]], sizes: list[int]) -> dict[int, int]:
+    """Static-cache length per batch size as calibration sized it (longest n_in + n_out of that batch size in
+    the plan); a batch size the plan lacks takes the next larger planned one's length (else the largest)."""
+    by_b: dict[int, int] = {}
+    for n_in, n_out, b in plan_shapes:
+        by_b[b] = max(by_b.get(b, 0), n_in + n_out)
+    if not by_b:
+        return {}
+    out = {}
+    for b in sizes:
+        larger = sorted(x for x in by_b if x >= b)
+        out[b] = by_b[larger[0]] if larger else by_b[max(by_b)]
+    return out
+
+
+def check_fits(wl: pd.DataFrame, lengths: dict[int, int], policy: ServePolicy, file: str | None) -> None:
+    """Every request must fit the smallest cache a batch it may join would have; else the engine would
+    re-size its cache (and recompile) in the middle of the window."""
+    if not lengths:
+        return
+    need = wl["n_in"] + wl["n_out"]
+    room = min(lengths[b] for b in policy.batch_sizes())
+    if policy.policy == "static":  # padded: the longest prompt plus the longest output of a batch
+        worst = int(wl["n_in"].max() + wl["n_out"].max())
+    else:
+        worst = int(need.max())
+    if worst > room:
+        raise UserError(f"requests need up to {worst} cache positions but the calibrated engine holds {room} "
+                        f"(cache lengths by batch size {lengths}); pass --clip-in / --clip-out so that the longest "
+                        "prompt plus the longest output fit", file, "--clip-in")
+
+
+class _Appender:
+    """CSV rows appended and flushed one at a time."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        self.fh = path.open("w", newline="")
+        self.w = csv.DictWriter(self.fh, fieldnames=fields)
+        self.w.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.w.writerow({k: row.get(k) for k in self.fields})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def warm_up(backend: Backend, policy: ServePolicy, lengths: dict[int, int], log) -> float:  # noqa: ANN001
+    """Run every batch size the replay may use until the backend has nothing left to compile, then once
+    more; returns seconds spent. Warm-up runs are not part of the window."""
+    t0 = time.perf_counter()
+    for b in policy.batch_sizes():
+        n_in = min(128, max(8, lengths.get(b, 160) - 32))
+        for _ in range(3):
+            backend.run(n_in, 32, b, seed=b, on_start=lambda: None, on_first_token=lambda: None)
+            if not backend.needs_warmup(n_in, 32, b):
+                break
+        backend.run(n_in, 32, b, seed=100 + b, on_start=lambda: None, on_first_token=lambda: None)
+        log(f"warm-up batch {b}: done at {time.perf_counter() - t0:.1f} s")
+    return time.perf_counter() - t0
+
+
+def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy, out: Path,
+          tail_s: float = 10.0, settle_s: float = 10.0, timeline_hz: float = 20.0,
+          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:  # noqa: ANN001
+    """Replay the workload; writes requests.csv, batches.csv and power.csv into `out` and returns the
+    window's facts (length, measured energies, timing of the window in wall-clock seconds)."""
+    arrival = wl["arrival_s"].to_numpy(float)
+    n_in = wl["n_in"].to_numpy(int)
+    n_out = wl["n_out"].to_numpy(int)
+    n = len(wl)
+    timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz).start()
+    reqs = _Appender(out / "requests.csv", REQUEST_FIELDS)
+    batches = _Appender(out / "batches.csv", BATCH_FIELDS)
+    time.sleep(settle_s)  # idle before the window, as a server between bursts
+    q: deque[int] = deque()
+    nxt = 0
+    done = 0
+    active_j = 0.0
+    bid = 0
+    last_report = 0.0
+    wall0 = time.time()
+    t0 = time.perf_counter()
+    meter.begin("window")
+
+    def now() -> float:
+        return time.perf_counter() - t0
+
+    def admit() -> None:
+        nonlocal nxt
+        t = now()
+        while nxt < n and arrival[nxt] <= t:
+            q.append(nxt)
+            nxt += 1
+
+    try:
+        while done < n:
+            admit()
+            if not q:
+                time.sleep(max(0.0, arrival[nxt] - now()))
+                continue
+            if policy.policy == "static" and len(q) < policy.max_batch and policy.max_wait_s > 0:
+                deadline = now() + policy.max_wait_s
+                while len(q) < policy.max_batch and now() < deadline:
+                    wake = deadline if nxt >= n else min(deadline, arrival[nxt])
+                    time.sleep(max(0.0, wake - now()))
+                    admit()
+            take = 1 if policy.policy == "fcfs" else policy.max_batch
+            batch = [q.popleft() for _ in range(min(take, len(q)))]
+            b_in = int(max(n_in[i] for i in batch))
+            b_out = int(max(n_out[i] for i in batch))
+            st: dict = {}
+            key = f"b{bid}"
+
+            def on_start() -> None:
+                meter.begin(key)
+                meter.begin(key + "/prefill")
+                st["start"] = now()
+                timeline.label = key
+
+            def on_first() -> None:
+                st["first"] = now()
+                st["prefill"] = meter.end(key + "/prefill", sync=False)
+
+            tm = backend.run(b_in, b_out, len(batch), seed=10_000 + bid, on_start=on_start, on_first_token=on_first)
+            if "prefill" not in st:
+                st["prefill"] = meter.end(key + "/prefill", sync=False)
+                st["first"] = now()
+            r = meter.end(key)
+            end = now()
+            timeline.label = ""
+            e = r.device_total
+            active_j += e
+            batches.write({"batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
+                           "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
+                           "end_s": round(end, 6), "energy_j": e, "prefill_energy_j": st["prefill"].device_total})
+            for i in batch:
+                reqs.write({"id": i, "arrival_s": arrival[i], "n_in": int(n_in[i]), "n_out": int(n_out[i]),
+                            "batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
+                            "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
+                            "end_s": round(end, 6), "gen_tokens": tm.gen_tokens, "batch_energy_j": e})
+            if tm.gen_tokens != b_out:
+                raise RuntimeError(f"batch {bid} generated {tm.gen_tokens} tokens, expected {b_out}")
+            done += len(batch)
+            bid += 1
+            if end - last_report > 15 or done == n:
+                last_report = end
+                log(f"replay: {done}/{n} requests at {end:.1f} s (arrivals span {arrival[-1]:.1f} s), "
+                    f"queue {len(q)}")
+        last_end = now()
+        time.sleep(tail_s)
+        total = meter.end("window")
+        window_s = now()
+    finally:
+        timeline.stop()
+        reqs.close()
+        batches.close()
+    return {
+        "window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,
+        "wall_start": wall0, "batches": bid,
+        "energy_j": total.device_total, "active_j": active_j, "idle_j": total.device_total - active_j,
+        "energy_by_device": total.device_j, "host_j": None if math.isnan(total.host_total) else total.host_total,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,125 @@
+"""The replay workload: which requests, with which token counts, arriving when.
+
+A validation replays exactly this table on the device and feeds exactly this table to the simulator, so
+it is built once, written to `workload.csv` (n_in, n_out, arrival_s; the first arrival at 0) and read
+back by both sides. Arrivals either follow the trace's own timestamps (stretched or compressed) or a
+Poisson process; either can be sized to a target utilisation of one replica, judged by the profile's
+isolated service time (this sizes the load; it tunes nothing the comparison judges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcsim.errors import UserError
+from dcsim.profiles.profile import Profile
+from dcsim.traces.trace import load_trace
+
+COLUMNS = ("n_in", "n_out", "arrival_s")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """How to cut a replay workload from a trace; `utilisation` overrides time_scale / rate_per_s."""
+
+    trace: str
+    arrivals: str = "replay"  # replay | poisson
+    time_scale: float | None = None
+    rate_per_s: float | None = None
+    utilisation: float | None = None
+    limit: int | None = None
+    skip: int = 0
+    clip_in: int | None = None
+    clip_out: int | None = None
+    seed: int = 0
+
+
+def isolated_service_s(profile: Profile, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    """Batch-1 service time of each request by the profile (prefill plus n_out - 1 decode steps)."""
+    ev = profile.evaluator()
+    out = np.empty(len(n_in))
+    for i, (a, b) in enumerate(zip(n_in.tolist(), n_out.tolist())):
+        t_pf = ev.prefill(a, float(a) * a, 1)[0]
+        out[i] = t_pf + ev.decode_run(1, a + 1, b - 1)[0]
+    return out
+
+
+def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
+    """The workload table for a spec; raises UserError naming the option that is wrong."""
+    path = Path(spec.trace)
+    if not path.is_file():
+        raise UserError("trace file not found", spec.trace, "--trace")
+    tr = load_trace(path)
+    lo = spec.skip
+    hi = len(tr) if spec.limit is None else min(len(tr), lo + spec.limit)
+    if hi <= lo:
+        raise UserError(f"no requests left after --skip {spec.skip} (the trace has {len(tr)})", spec.trace, "--skip")
+    n_in = tr.n_in[lo:hi].astype(np.int64)
+    n_out = tr.n_out[lo:hi].astype(np.int64)
+    if spec.clip_in:
+        n_in = np.minimum(n_in, spec.clip_in)
+    if spec.clip_out:
+        n_out = np.minimum(n_out, spec.clip_out)
+    n_out = np.maximum(n_out, 1)
+    service = isolated_service_s(profile, n_in, n_out)
+    n = len(n_in)
+    if spec.arrivals == "replay":
+        if tr.arrival_s is None:
+            raise UserError("this trace has no arrival times; use --arrivals poisson", spec.trace, "--arrivals")
+        a = np.asarray(tr.arrival_s[lo:hi], np.float64)
+        a = a - a[0]
+        scale = spec.time_scale if spec.time_scale is not None else 1.0
+        if spec.utilisation is not None:
+            span = a[-1] if n > 1 else 0.0
+            if span <= 0:
+                raise UserError("the chosen requests all arrive at once; cannot size a utilisation", spec.trace,
+                                "--utilisation")
+            # n requests over span*scale seconds: busy fraction = sum(service) / (span * scale)
+            scale = float(service.sum() / (spec.utilisation * span))
+        arrival = a * scale
+    elif spec.arrivals == "poisson":
+        rate = spec.rate_per_s
+        if spec.utilisation is not None:
+            rate = spec.utilisation / float(service.mean())
+        if rate is None or rate <= 0:
+            raise UserError("poisson arrivals need --rate or --utilisation", None, "--rate")
+        rng = np.random.default_rng(spec.seed)
+        gaps = rng.exponential(1.0 / rate, size=n)
+        gaps[0] = 0.0
+        arrival = np.cumsum(gaps)
+    else:
+        raise UserError(f"unknown arrivals {spec.arrivals!r}; expected replay or poisson", None, "--arrivals")
+    return pd.DataFrame({"n_in": n_in, "n_out": n_out, "arrival_s": np.round(arrival, 6)})
+
+
+def describe(wl: pd.DataFrame, profile: Profile) -> dict:
+    """Headline facts of a workload: size, span, offered utilisation by the profile."""
+    service = isolated_service_s(profile, wl["n_in"].to_numpy(), wl["n_out"].to_numpy())
+    span = float(wl["arrival_s"].iloc[-1]) if len(wl) else 0.0
+    return {
+        "requests": int(len(wl)),
+        "arrival_span_s": round(span, 3),
+        "n_in_mean": round(float(wl["n_in"].mean()), 1),
+        "n_out_mean": round(float(wl["n_out"].mean()), 1),
+        "predicted_busy_s": round(float(service.sum()), 2),
+        "offered_utilisation": round(float(service.sum() / span), 3) if span > 0 else None,
+    }
+
+
+def read(path: Path) -> pd.DataFrame:
+    """Read a workload.csv back, checking its columns."""
+    df = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"missing columns {missing}", path, missing[0])
+    if len(df) == 0:
+        raise UserError("the workload holds no requests", path)
+    if (df["n_in"] < 1).any() or (df["n_out"] < 1).any():
+        raise UserError("token counts must be at least 1", path, "n_in/n_out")
+    if (np.diff(df["arrival_s"].to_numpy()) < 0).any():
+        raise UserError("arrival times must be non-decreasing", path, "arrival_s")
+    return df[list(COLUMNS)]
