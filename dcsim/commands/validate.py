@@ -60,6 +60,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--plan", help="hf-static: the calibration plan, which sizes the static caches as calibration "
                                   "did (default: the plan of the run folder the profile was fitted to)")
+    p.add_argument("--no-length-warmup", action="store_true",
+                   help="skip the warm-up run per prompt length (see dcsim.validate.replay.warm_up)")
     p.add_argument("--settle-s", type=float, default=10.0, help="idle before the window opens")
     p.add_argument("--tail-s", type=float, default=10.0, help="idle kept in the window after the last request")
     p.add_argument("--out", help="folder to write (refused if it exists, unless --force)")
@@ -153,7 +155,8 @@ def handler(args: argparse.Namespace) -> int:
     load_info = backend.load()
     if lengths:
         backend.prepare([(1, n - 1, b) for b, n in lengths.items()])
-    warm_s = R.warm_up(backend, policy, lengths, log)
+    warm_s = R.warm_up(backend, policy, lengths, log,
+                       None if args.no_length_warmup else wl["n_in"].tolist())
     log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
     env = capture(args.device)
     res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=log)
@@ -162,7 +165,8 @@ def handler(args: argparse.Namespace) -> int:
         "command": "dcsim validate " + shlex.join(sys.argv[sys.argv.index("validate") + 1:])
         if "validate" in sys.argv else None,
         "workload_spec": spec.__dict__, "workload": info, "policy": policy.__dict__, "engine": backend_name,
-        "plan": plan_path, "cache_lengths": lengths, "warmup_s": warm_s, **res,
+        "plan": plan_path, "cache_lengths": lengths, "warmup_s": warm_s,
+        "length_warmup": not args.no_length_warmup, **res,
         "device_name": (env.get("gpu") or {}).get("name"), "environment": env, "meter": meter.describe(),
         "model": load_info, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

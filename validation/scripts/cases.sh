@@ -2,7 +2,7 @@
 # The validation cases, one function each: `case_<name> DEVICE_TAG PROFILE` runs `dcsim validate` for it.
 # Sized with `dcsim validate --dry-run` so each window lasts at least 3 minutes at about 60% utilisation
 # of one replica (static batching: offered at the isolated service rate, so batches form).
-V="python3 -m dcsim.commands.validate --device cuda:0 --model-arch llama-2-7b --random-weights"
+V="python3 -m dcsim.commands.validate --device cuda:0 --model-arch llama-2-7b --random-weights --settle-s 5"
 
 case_gsm8k_poisson() {  # GSM8K test prompts, Poisson arrivals, one request at a time
   $V --profile "$2" --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 0.6 --limit 92 --seed 1 \
@@ -17,7 +17,7 @@ case_azure_conv() {  # Azure conversation trace (decode-heavy), likewise
      --clip-in 1536 --clip-out 512 --batching fcfs --out validation/$1-azure-conv
 }
 case_gsm8k_static() {  # GSM8K under static batching (up to 4, wait at most 1 s); caches as calibrated (320 at b>1)
-  $V --profile "$2" --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 1.0 --limit 180 --skip 200 \
+  $V --profile "$2" --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 1.0 --limit 150 --skip 200 \
      --seed 2 --batching static --max-batch 4 --max-wait-s 1 --clip-in 128 --clip-out 192 \
      --out validation/$1-gsm8k-static
 }
