@@ -62,6 +62,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                                   "did (default: the plan of the run folder the profile was fitted to)")
     p.add_argument("--no-length-warmup", action="store_true",
                    help="skip the warm-up run per prompt length (see dcsim.validate.replay.warm_up)")
+    p.add_argument("--probe", help="after the window, run these calibration shapes on the same engine: "
+                                   "N_IN:N_OUT[:BATCH],... (written to probe.csv)")
+    p.add_argument("--probe-repeats", type=int, default=3)
     p.add_argument("--settle-s", type=float, default=10.0, help="idle before the window opens")
     p.add_argument("--tail-s", type=float, default=10.0, help="idle kept in the window after the last request")
     p.add_argument("--out", help="folder to write (refused if it exists, unless --force)")
@@ -132,6 +135,7 @@ def handler(args: argparse.Namespace) -> int:
         shapes, plan_path = _plan_shapes(args, profile)
         lengths = R.cache_lengths(shapes, policy.batch_sizes())
         R.check_fits(wl, lengths, policy, args.trace)
+    _parse_probe(args.probe)
     out = Path(args.out)
     if out.exists() and not args.force and not args.dry_run:
         raise UserError("output folder exists; choose another --out or pass --force", out, "--out")
@@ -160,6 +164,9 @@ def handler(args: argparse.Namespace) -> int:
     log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
     env = capture(args.device)
     res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=log)
+    probe_shapes = _parse_probe(args.probe)
+    if probe_shapes:
+        R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     meta = {
         "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
         "command": "dcsim validate " + shlex.join(sys.argv[sys.argv.index("validate") + 1:])
@@ -181,6 +188,22 @@ def handler(args: argparse.Namespace) -> int:
 
     print(format_table(pd.read_csv(out / "comparison.csv")))
     return 0
+
+
+def _parse_probe(text: str | None) -> list[tuple[int, int, int]]:
+    """'32:128,32:512:1' -> [(32, 128, 1), (32, 512, 1)]."""
+    shapes = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            nums = [int(x) for x in part.split(":")]
+        except ValueError:
+            raise UserError(f"bad probe shape {part!r}; expected N_IN:N_OUT[:BATCH]", None, "--probe") from None
+        if len(nums) not in (2, 3) or min(nums) < 1:
+            raise UserError(f"bad probe shape {part!r}; expected N_IN:N_OUT[:BATCH]", None, "--probe")
+        shapes.append((nums[0], nums[1], nums[2] if len(nums) == 3 else 1))
+    return shapes
 
 
 def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> int:  # noqa: ANN001

@@ -228,3 +228,24 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+PROBE_FIELDS = ("n_in", "n_out", "batch", "repeat", "runtime_s", "ttft_s", "energy_j")
+
+
+def probe(backend: Backend, meter: Meter, shapes: list[tuple[int, int, int]], repeats: int, out: Path) -> None:
+    """After the window: run calibration-plan shapes on the same loaded engine and write probe.csv, so the
+    engine's speed on this machine, today, can be set against the calibration's medians for those shapes
+    (tells a slower machine from a slower replay)."""
+    w = _Appender(out / "probe.csv", PROBE_FIELDS)
+    try:
+        for rep in range(repeats):
+            for n_in, n_out, b in shapes:
+                meter.begin("probe")
+                tm = backend.run(n_in, n_out, b, seed=50_000 + rep, on_start=lambda: None,
+                                 on_first_token=lambda: None)
+                r = meter.end("probe")
+                w.write({"n_in": n_in, "n_out": n_out, "batch": b, "repeat": rep, "runtime_s": tm.runtime_s,
+                         "ttft_s": tm.ttft_s, "energy_j": r.device_total})
+    finally:
+        w.close()

@@ -19,5 +19,5 @@ case_azure_conv() {  # Azure conversation trace (decode-heavy), likewise
 case_gsm8k_static() {  # GSM8K under static batching (up to 4, wait at most 1 s); caches as calibrated (320 at b>1)
   $V --profile "$2" --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 1.0 --limit 150 --skip 200 \
      --seed 2 --batching static --max-batch 4 --max-wait-s 1 --clip-in 128 --clip-out 192 \
-     --out validation/$1-gsm8k-static
+     --probe 32:64,32:128,32:256,32:512,256:64:4 --out validation/$1-gsm8k-static
 }
