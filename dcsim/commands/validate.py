@@ -169,8 +169,8 @@ def handler(args: argparse.Namespace) -> int:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     meta = {
         "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
-        "command": "dcsim validate " + shlex.join(sys.argv[sys.argv.index("validate") + 1:])
-        if "validate" in sys.argv else None,
+        "command": "dcsim validate " + shlex.join(getattr(args, "argv", None)
+                                                  or sys.argv[sys.argv.index("validate") + 1:]),
         "workload_spec": spec.__dict__, "workload": info, "policy": policy.__dict__, "engine": backend_name,
         "plan": plan_path, "cache_lengths": lengths, "warmup_s": warm_s,
         "length_warmup": not args.no_length_warmup, **res,
@@ -229,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dcsim validate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(p)
-    return guarded(handler, p.parse_args(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    args.argv = argv
+    return guarded(handler, args)
 
 
 if __name__ == "__main__":

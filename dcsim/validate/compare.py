@@ -23,17 +23,27 @@ TARGETS = {"energy_j": 0.05, "e2e_p50_s": 0.10, "e2e_p95_s": 0.10, "wait_mean_s"
 
 def measured_metrics(req: pd.DataFrame, meta: dict) -> dict[str, float]:
     """Headline numbers of a replay from its per-request rows and its window energies."""
+    req = req.rename(columns={"end_s": "done_s"})
+    return _metrics(req, meta["energy_j"], meta["active_j"], meta["idle_j"], meta["window_s"])
+
+
+def _metrics(req: pd.DataFrame, energy: float, active: float, idle: float, window: float) -> dict[str, float]:
+    """Totals, latency statistics and the parts of a request's service (per batch run: prefill to the
+    first token, then decode per output token; busy time and the power drawn while busy), so a miss can be
+    traced to the part of the model that is wrong. `req` has arrival_s, start_s, first_token_s, done_s."""
     wait = req["start_s"] - req["arrival_s"]
-    e2e = req["end_s"] - req["arrival_s"]
+    e2e = req["done_s"] - req["arrival_s"]
     ttft = req["first_token_s"] - req["arrival_s"]
-    return _metrics(wait, ttft, e2e, meta["energy_j"], meta["active_j"], meta["idle_j"], meta["window_s"])
-
-
-def _metrics(wait: pd.Series, ttft: pd.Series, e2e: pd.Series, energy: float, active: float, idle: float,
-             window: float) -> dict[str, float]:
     q = np.percentile(e2e, [50, 90, 95, 99])
+    runs = req.groupby("start_s").agg(first=("first_token_s", "first"), done=("done_s", "first"),
+                                      n_out=("n_out", "max")).reset_index()
+    busy = float((runs["done"] - runs["start_s"]).sum())
+    steps = float((runs["n_out"] - 1).clip(lower=0).sum())
     return {
         "energy_j": energy, "active_j": active, "idle_j": idle, "mean_power_w": energy / window,
+        "busy_s": busy, "busy_power_w": active / busy if busy > 0 else float("nan"),
+        "prefill_p50_s": float(np.median(runs["first"] - runs["start_s"])),
+        "decode_per_token_s": float((runs["done"] - runs["first"]).sum() / steps) if steps else float("nan"),
         "wait_mean_s": float(wait.mean()), "ttft_p50_s": float(np.median(ttft)),
         "e2e_mean_s": float(e2e.mean()), "e2e_p50_s": float(q[0]), "e2e_p90_s": float(q[1]),
         "e2e_p95_s": float(q[2]), "e2e_p99_s": float(q[3]),
@@ -66,8 +76,7 @@ def forecast(folder: Path, meta: dict, profile_path: Path) -> tuple[dict[str, fl
     if (req["status"] != "done").any():
         bad = req["status"].value_counts().to_dict()
         raise UserError(f"the simulation did not finish every request inside the measured window: {bad}", folder)
-    m = _metrics(req["wait_s"], req["ttft_s"], req["e2e_s"], s["energy_j"], s["active_j"], s["idle_j"],
-                 float(meta["window_s"]))
+    m = _metrics(req, s["energy_j"], s["active_j"], s["idle_j"], float(meta["window_s"]))
     return m, req, power_timeline(raw, bins=max(50, int(meta["window_s"]))), list(raw.warnings)
 
 
@@ -99,7 +108,7 @@ def compare(folder: Path, profile_path: Path | None = None) -> dict:
     for k in meas:
         m, f = meas[k], fc[k]
         err = (f - m) / m if m else float("nan")
-        band = sp["energy"] if k.endswith("_j") or k == "mean_power_w" else sp["time"]
+        band = sp["energy"] if k.endswith("_j") or k.endswith("power_w") else sp["time"]
         tgt = TARGETS.get(k)
         rows.append({"metric": k, "measured": m, "forecast": f, "rel_error": err, "target": tgt,
                      "calibration_cv": band,

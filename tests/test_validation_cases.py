@@ -1,0 +1,76 @@
+"""Regression over the committed validation cases: rerun the simulator side of every replay recorded under
+validation/ from its raw files, and fail if a forecast error grows past the limit validation/limits.yaml
+sets for it (the target where the case met it, the recorded miss where it did not)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from dcsim.validate.compare import TARGETS, compare
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = sorted(p.parent for p in (ROOT / "validation").glob("*/replay.json"))
+
+
+class CaseLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limits: dict[str, float]
+    misses_because: str | None = None
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cases: dict[str, CaseLimits]
+
+
+LIMITS = Limits.model_validate(yaml.safe_load((ROOT / "validation" / "limits.yaml").read_text()))
+
+
+def test_every_committed_case_has_limits_for_every_target():
+    assert CASES, "no committed validation case"
+    assert sorted(LIMITS.cases) == sorted(c.name for c in CASES)
+    for name, c in LIMITS.cases.items():
+        assert set(c.limits) == set(TARGETS), name
+        # a limit looser than the target must say why
+        assert all(v <= TARGETS[k] for k, v in c.limits.items()) or c.misses_because, name
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_forecast_errors_stay_within_their_limits(case, tmp_path):
+    work = tmp_path / case.name
+    shutil.copytree(case, work)
+    profile = ROOT / json.loads((case / "replay.json").read_text())["profile"]
+    out = compare(work, profile)
+    # every replayed request was simulated and finished inside the measured window (compare refuses otherwise)
+    assert out["workload"]["requests"] == len((work / "requests.csv").read_text().splitlines()) - 1
+    recorded = json.loads((case / "comparison.json").read_text())["metrics"]
+    for metric, limit in LIMITS.cases[case.name].limits.items():
+        err = out["metrics"][metric]["rel_error"]
+        assert abs(err) <= limit, f"{case.name} {metric}: error {err:+.1%} past its limit {limit:.0%}"
+        # the committed comparison is what this code computes from the committed raw files
+        assert err == pytest.approx(recorded[metric]["rel_error"], abs=1e-6), metric
+    # the measured side is the raw data: total energy = active + idle as the meter split it
+    m = out["metrics"]
+    assert m["energy_j"]["measured"] == pytest.approx(m["active_j"]["measured"] + m["idle_j"]["measured"])
+    assert m["energy_j"]["forecast"] == pytest.approx(m["active_j"]["forecast"] + m["idle_j"]["forecast"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_replayed_workload_is_rebuilt_from_the_shipped_trace(case):
+    """workload.csv is what the recorded options cut from the shipped trace: the case can be replayed again."""
+    import pandas as pd
+
+    from dcsim.profiles.profile import load_profile
+    from dcsim.validate import workload as W
+
+    meta = json.loads((case / "replay.json").read_text())
+    spec = W.WorkloadSpec(**{**meta["workload_spec"], "trace": str(ROOT / meta["workload_spec"]["trace"])})
+    rebuilt = W.build(spec, load_profile(ROOT / meta["profile"]))
+    committed = W.read(case / "workload.csv")
+    pd.testing.assert_frame_equal(rebuilt.reset_index(drop=True), committed, check_dtype=False, atol=1e-6)
