@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild every shipped profile (YAML + PNG) from the published data sets and our calibration runs.
 # Usage: profiles/build.sh DATA   (DATA = the folder holding wilkins2024-energy-inference/, mlenergy-leaderboard-v2/, -v3/)
-#        profiles/build.sh --calibrated   (only the profiles fitted to our own runs in calibrate/runs/; no DATA)
+#        profiles/build.sh --calibrated   (only the profiles fitted to our own runs in calibrate/runs/, and the
+#                                          profiles derived from them; no DATA)
+#        profiles/build.sh --derived      (only the datasheet transfers in profiles/derived/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fit() { python -m dcsim.cli fit "$@"; }
@@ -13,7 +15,16 @@ calibrated() {
   fit calibrate/runs/h200-llama-2-7b-hf-static -o profiles/h200--llama-2-7b--hf-static-bf16.yaml
   fit calibrate/runs/h200-llama-2-13b-hf-static -o profiles/h200--llama-2-13b--hf-static-bf16.yaml
 }
-if [ "${1:-}" = "--calibrated" ]; then calibrated; exit 0; fi
+derived() {
+  # datasheet transfer of the H100 profiles to the H200, checked against the H200's own runs (profiles/README.md)
+  for e in hf-static hf; do
+    fit --derive --from "profiles/h100-sxm-80gb--llama-2-7b--$e-bf16.yaml" --to h200 \
+      --check "calibrate/runs/h200-llama-2-7b-$e" --compare "profiles/h200--llama-2-7b--$e-bf16.yaml" \
+      -o "profiles/derived/h200--llama-2-7b--$e-bf16--from-h100-sxm-80gb.yaml"
+  done
+}
+if [ "${1:-}" = "--calibrated" ]; then calibrated; derived; exit 0; fi
+if [ "${1:-}" = "--derived" ]; then derived; exit 0; fi
 DATA=${1:?usage: profiles/build.sh DATA | --calibrated}
 W="$DATA/wilkins2024-energy-inference"
 # Wilkins, Keshav, Mortier 2024 (HF pipeline, batch 1)
@@ -35,5 +46,6 @@ fit --from mlenergy "$V2" --gpu A100 --model Llama-3.1-70B-Instruct -o profiles/
 fit --from mlenergy "$V2" --gpu H100 --model Llama-3.1-70B-Instruct -o profiles/h100-sxm-80gb-x4--llama-3.1-70b--vllm-mlenergy-v2-bf16.yaml
 fit --from mlenergy "$V3" --gpu H100 --model Llama-3.1-70B-Instruct -o profiles/h100-sxm-80gb-x4--llama-3.1-70b--vllm-mlenergy-v3-bf16.yaml
 fit --from mlenergy "$V3" --gpu B200 --model Llama-3.1-70B-Instruct -o profiles/b200-x2--llama-3.1-70b--vllm-mlenergy-v3-bf16.yaml
-# our own calibration runs (in the repository)
+# our own calibration runs (in the repository), then the profiles derived from them
 calibrated
+derived

@@ -15,6 +15,7 @@ from dcsim.profiles.profile import load_profile
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 SHIPPED = sorted(PROFILES.glob("*.yaml"))
+DERIVED = sorted((PROFILES / "derived").glob("*.yaml"))  # datasheet transfers: tests/test_derive.py
 
 
 def test_there_are_shipped_profiles_with_figures():
@@ -115,7 +116,7 @@ def test_dcsim_profiles_lists_the_shipped_ones(capsys):
 def test_dcsim_profiles_json_and_empty_folder(capsys, tmp_path):
     assert main(["profiles", str(PROFILES), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(SHIPPED)
+    assert len(lines) == len(SHIPPED) + len(DERIVED)
     assert main(["profiles", str(tmp_path)]) == 2
     assert "no profile YAMLs" in capsys.readouterr().err
 

@@ -3,6 +3,8 @@
   dcsim fit --from wilkins2024 DATA_DIR --system M1-Pro --model "Llama-2 (7B)" -o profiles/X.yaml
   dcsim fit --from mlenergy DATA_DIR --gpu H100 --model Llama-3.1-8B-Instruct [--task T] [--gpus N] -o ...
   dcsim fit RUN_DIR -o ...            (a calibration run folder of `dcsim calibrate`)
+  dcsim fit --derive --from PROFILE.yaml --to DEVICE [--check RUN_DIR] -o ...
+                                      (no measurement: datasheet transfer of a measured profile to DEVICE)
 Writes the profile YAML and, beside it, a PNG of the measured points against the fitted curves.
 """
 
@@ -14,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from dcsim.commands import fit_derive
 from dcsim.errors import UserError
 
 SOURCES = ("wilkins2024", "mlenergy", "run")
@@ -22,9 +25,9 @@ SOURCES = ("wilkins2024", "mlenergy", "run")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit a device profile to measurements", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", help="data folder of the published source, or a calibration run folder")
-    p.add_argument("--from", dest="source", choices=SOURCES, default="run",
-                   help="what PATH holds (default: a calibration run folder)")
+    p.add_argument("path", nargs="?", help="data folder of the published source, or a calibration run folder")
+    p.add_argument("--from", dest="source", default=None, metavar="{" + ",".join(SOURCES) + "}",
+                   help="what PATH holds (default: a calibration run folder); with --derive, the source profile")
     p.add_argument("--system", help="wilkins2024: system, e.g. M1-Pro, 'Swing AMD+A100'")
     p.add_argument("--model", help="model, e.g. 'Llama-2 (7B)' (wilkins2024) or Llama-3.1-8B-Instruct (mlenergy)")
     p.add_argument("--gpu", help="mlenergy: GPU, e.g. A100, H100, B200")
@@ -33,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
     p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    fit_derive.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -65,15 +69,32 @@ def _need(args: argparse.Namespace, *names: str) -> None:
         raise UserError(f"--from {args.source} needs {' and '.join(missing)}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from dcsim.profiles.fit import fit_profile, meta_from_dict
-    from dcsim.profiles.plots import fit_figure
-
-    out = Path(args.out)
+def check_out(path: str) -> Path:
+    """The profile path to write, refused before any work if it cannot be written."""
+    out = Path(path)
     if out.suffix not in (".yaml", ".yml"):
         raise UserError("the profile file must end in .yaml", out)
     if not out.parent.is_dir():
         raise UserError("output folder does not exist", out.parent)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.derive:
+        return fit_derive.run(args)
+    from dcsim.profiles.fit import fit_profile, meta_from_dict
+    from dcsim.profiles.plots import fit_figure
+
+    args.source = args.source or "run"
+    if args.source not in SOURCES:
+        raise UserError(f"unknown source {args.source!r}; choose from {', '.join(SOURCES)} (or give --derive to "
+                        "derive from a profile)", field="--from")
+    if args.path is None:
+        raise UserError("PATH is required (a data folder or a calibration run folder)", field="path")
+    for opt in ("to", "check", "source_device"):
+        if getattr(args, opt):
+            raise UserError(f"--{opt.replace('_', '-')} is for --derive only", field=f"--{opt.replace('_', '-')}")
+    out = check_out(args.out)
     table, meta = load_source(args)
     if args.name:
         meta["name"] = args.name

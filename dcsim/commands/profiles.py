@@ -1,5 +1,7 @@
 """`dcsim profiles [DIR]`: list device profiles (default: the shipped ones in profiles/) with their device,
-model, engine, replica size, where their terms came from and how well they fit."""
+model, engine, replica size, where their terms came from and how well they fit. Profiles in a `derived/`
+subfolder (datasheet transfers, `dcsim fit --derive`) are listed after them, marked derived: they were not
+fitted, so they have no fit error."""
 
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ def summarize(path: Path) -> dict:
         vals = [e.median_ape_pct for k, e in p.fit_error.items() if k.startswith(keys)]
         return max(vals) if vals else None
 
+    derived = bool(p.provenance.get("source")) and p.provenance["source"].source == "derived"
     return {
-        "file": path.name, "name": p.name, "device": p.device.name, "model": p.model.name,
+        "file": path.name, "derived": derived, "name": p.name, "device": p.device.name, "model": p.model.name,
         "engine": f"{p.engine.name} {p.engine.precision}", "gpus_per_replica": p.gpus_per_replica,
         "provenance": ", ".join(f"{n} {k}" for k, n in sorted(sources.items())),
         "fit_error": {k: [e.median_ape_pct, e.max_ape_pct] for k, e in p.fit_error.items()},
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     d = Path(args.dir) if args.dir else PROJECT_ROOT / "profiles"
     if not d.is_dir():
         raise UserError("profile folder not found", d)
-    files = sorted(d.glob("*.yaml"))
+    files = sorted(d.glob("*.yaml")) + sorted((d / "derived").glob("*.yaml"))
     if not files:
         raise UserError("no profile YAMLs here", d)
     rows = [summarize(f) for f in files]
@@ -66,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<56} {r['device'][:28]:<28} {r['model'][:23]:<23} {r['engine'][:22]:<22} "
               f"{r['gpus_per_replica']:>4} {pct(r['time_median_ape_pct']):>6} {pct(r['energy_median_ape_pct']):>7} "
-              f"{pct(r['host_median_ape_pct']):>6}  {r['provenance']}")
+              f"{pct(r['host_median_ape_pct']):>6}  "
+              f"{'DERIVED (datasheet transfer, not fitted): ' if r['derived'] else ''}{r['provenance']}")
     return 0

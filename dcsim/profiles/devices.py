@@ -1,7 +1,8 @@
 """Datasheet facts about devices and models, each number with where it came from.
 
 Fitting a profile needs facts a measurement sweep does not give: memory size, power-limit range, peak
-throughput for the roofline prefill estimate, the model's shape for its KV-cache size. They live here,
+throughput for the roofline prefill estimate, the model's shape for its KV-cache size; deriving a profile for
+an unmeasured device (derive.py) also needs its memory bandwidth and power limit. They live here,
 one entry per device or model, with a citation for every number; `None` means no public figure was found.
 """
 
@@ -22,6 +23,14 @@ CITES = {
     "nv-b200": "NVIDIA HGX B200 / DGX B200 specifications (2024): 180 GB HBM3e per GPU (1,440 GB per 8 GPUs), up to "
                "1,000 W per GPU, 2.25 PFLOPS dense BF16 (HGX B200 at 1,000 W, as tabulated by G. Lockwood's "
                "B200 notes)",
+    "nv-h200": "NVIDIA H200 Tensor Core GPU datasheet (2024): H200 SXM 141 GB HBM3e, 4.8 TB/s memory bandwidth, "
+               "989 TFLOPS dense BF16 (1,979 with sparsity), max TDP up to 700 W",
+    "nv-h100-bw": "NVIDIA H100 Tensor Core GPU datasheet (2023): H100 SXM memory bandwidth 3.35 TB/s (HBM3)",
+    "nv-a100-bw": "NVIDIA A100 Tensor Core GPU datasheet (2021): A100 40 GB PCIe and SXM4 memory bandwidth "
+                  "1,555 GB/s (HBM2)",
+    "nv-v100-bw": "NVIDIA Tesla V100 GPU datasheet (2020): memory bandwidth 900 GB/s (HBM2, PCIe and SXM2)",
+    "nv-b200-bw": "NVIDIA HGX B200 specifications (2024): 64 TB/s HBM3e bandwidth for 8 GPUs, 8 TB/s per GPU",
+    "apple-m1pro-bw": "Apple MacBook Pro (14-inch, 2021) technical specifications: M1 Pro, 200 GB/s memory bandwidth",
     "smi-a100-sxm4": "nvidia-smi -q of an A100 SXM4 40 GB (HBM2 1215 MHz, 400 W) quoted in NVIDIA/nvidia-docker "
                      "issue #1648: Min Power Limit 100 W, Max Power Limit 400 W",
     "lent-h100": "read with nvidia-smi on this project's lent NVIDIA H100 80GB HBM3 on 2026-11-23 "
@@ -30,6 +39,12 @@ CITES = {
     "lent-h100-idle": "measured on this project's lent NVIDIA H100 80GB HBM3 on 2026-11-23 with nvidia-smi at 4 Hz: "
                       "70.2 W with no process; 120.1 W while a process held a CUDA context and 58 GB after a burst "
                       "of matrix products (SM clock stays at 1980 MHz); see profiles/measured/h100-idle-2026-11-23/",
+    "lent-h200": "read with NVML by dcsim calibrate on this project's lent NVIDIA H200 on 2026-11-23 (power limit "
+                 "range 200-700 W, default 700 W); see calibrate/runs/h200-llama-2-7b-hf-static/manifest.json",
+    "lent-h200-idle": "measured by dcsim calibrate on this project's lent NVIDIA H200 on 2026-11-23, NVML energy over "
+                      "the tail of each idle window: 79.3 W with no process (last 5 s of 15 s), 120.2 W with the "
+                      "model loaded and no request (last 12 s of 36 s); see calibrate/runs/h200-llama-2-7b-hf/"
+                      "runs.csv, rows idle_deep and idle_serving",
     "wilkins-swing-idle": "nvidia-smi log at job start (no model loaded) in the authors' repository "
                           "github.com/grantwilkins/energy-inference, cuda/falcon-40b/2024-04-18/10-13-05/"
                           "nvidia-smi.csv: three A100 40 GB GPUs of Swing at 49.6, 55.1 and 51.3 W (mean 52.0 W)",
@@ -59,6 +74,7 @@ class DeviceSpec:
     serving_idle_w: float | None
     cite: dict[str, str] = field(default_factory=dict)  # field -> key in CITES or free text
     idle_source: str = "published"  # provenance kind of the idle figures: measured | published | assumed
+    mem_bw_tbs: float | None = None  # peak memory bandwidth per device, TB/s (datasheet)
 
     def citation(self, what: str) -> str:
         ref = self.cite.get(what)
@@ -95,37 +111,50 @@ DEVICES: dict[str, DeviceSpec] = {
             deep_idle_w=0.03, serving_idle_w=0.03,
             cite={"memory_gb": "assumed 32 GB: a 16 GB M1 Pro could not keep the 13.5 GB fp16 weights of a 7B "
                                "model on its GPU beside the OS; Apple sells it with 16 or 32 GB (apple-m1pro)",
-                  "deep_idle_w": "m1-powermetrics", "serving_idle_w": "m1-powermetrics"},
-            idle_source="assumed",  # the idle GPU of an M1 (MacBook Air) stands in for the M1 Pro's
+                  "deep_idle_w": "m1-powermetrics", "serving_idle_w": "m1-powermetrics",
+                  "mem_bw_tbs": "apple-m1pro-bw"},
+            idle_source="assumed", mem_bw_tbs=0.2,  # the idle GPU of an M1 (MacBook Air) stands in for the M1 Pro's
         ),
         DeviceSpec(
             "v100-16gb", "NVIDIA Tesla V100 16GB (form factor not stated by the source)", "gpu", 16.0, 250.0, 125.0,
             None, None, None, None, None,
             cite={"memory_gb": "nv-v100", "tdp_w": "nv-v100 (PCIe figure; the source's measured draw stayed below "
-                                                   "250 W)", "peak_bf16_tflops": "nv-v100 (FP16 tensor; no BF16)"},
+                                                   "250 W)", "peak_bf16_tflops": "nv-v100 (FP16 tensor; no BF16)",
+                  "mem_bw_tbs": "nv-v100-bw"},
+            mem_bw_tbs=0.9,
         ),
         DeviceSpec(
             "a100-pcie-40gb", "NVIDIA A100 PCIe 40GB", "gpu", 40.0, 250.0, 312.0, None, 250.0, 250.0, None, None,
             cite={"memory_gb": "nv-a100", "tdp_w": "nv-a100", "peak_bf16_tflops": "nv-a100",
-                  "cap_max_w": "nv-a100", "cap_default_w": "nv-a100"},
+                  "cap_max_w": "nv-a100", "cap_default_w": "nv-a100", "mem_bw_tbs": "nv-a100-bw"},
+            mem_bw_tbs=1.555,
         ),
         DeviceSpec(
             "a100-sxm4-40gb", "NVIDIA A100-SXM4-40GB", "gpu", 40.0, 400.0, 312.0, 100.0, 400.0, 400.0, 52.0, None,
             cite={"memory_gb": "nv-a100", "tdp_w": "nv-a100", "peak_bf16_tflops": "nv-a100",
                   "cap_min_w": "smi-a100-sxm4", "cap_max_w": "smi-a100-sxm4", "cap_default_w": "smi-a100-sxm4",
-                  "deep_idle_w": "wilkins-swing-idle"},
+                  "deep_idle_w": "wilkins-swing-idle", "mem_bw_tbs": "nv-a100-bw"},
+            mem_bw_tbs=1.555,
         ),
         DeviceSpec(
             "h100-sxm-80gb", "NVIDIA H100 80GB HBM3 (SXM)", "gpu", 80.0, 700.0, 989.0, 200.0, 700.0, 700.0, 70.2, 120.1,
             cite={"memory_gb": "nv-h100", "tdp_w": "nv-h100", "peak_bf16_tflops": "nv-h100",
                   "cap_min_w": "lent-h100", "cap_max_w": "lent-h100", "cap_default_w": "lent-h100",
-                  "deep_idle_w": "lent-h100-idle", "serving_idle_w": "lent-h100-idle"},
-            idle_source="measured",
+                  "deep_idle_w": "lent-h100-idle", "serving_idle_w": "lent-h100-idle", "mem_bw_tbs": "nv-h100-bw"},
+            idle_source="measured", mem_bw_tbs=3.35,
+        ),
+        DeviceSpec(
+            "h200", "NVIDIA H200 (SXM, 141 GB)", "gpu", 141.0, 700.0, 989.0, 200.0, 700.0, 700.0, 79.3, 120.2,
+            cite={"memory_gb": "nv-h200", "tdp_w": "nv-h200", "peak_bf16_tflops": "nv-h200", "mem_bw_tbs": "nv-h200",
+                  "cap_min_w": "lent-h200", "cap_max_w": "lent-h200", "cap_default_w": "lent-h200",
+                  "deep_idle_w": "lent-h200-idle", "serving_idle_w": "lent-h200-idle"},
+            idle_source="measured", mem_bw_tbs=4.8,
         ),
         DeviceSpec(
             "b200", "NVIDIA B200 (HGX, 180 GB)", "gpu", 180.0, 1000.0, 2250.0, None, 1000.0, 1000.0, None, None,
             cite={"memory_gb": "nv-b200", "tdp_w": "nv-b200", "peak_bf16_tflops": "nv-b200",
-                  "cap_max_w": "nv-b200", "cap_default_w": "nv-b200"},
+                  "cap_max_w": "nv-b200", "cap_default_w": "nv-b200", "mem_bw_tbs": "nv-b200-bw"},
+            mem_bw_tbs=8.0,
         ),
     )
 }
