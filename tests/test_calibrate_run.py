@@ -38,9 +38,9 @@ idle: {deep_s: IDLE, serving_s: IDLE}
 """
 
 
-def _plan(tmp_path: Path, idle: float = 0.0) -> Path:
+def _plan(tmp_path: Path, idle: float = 0.0, cooldown_s: float = 0.0) -> Path:
     p = tmp_path / "plan.yaml"
-    p.write_text(PLAN.replace("IDLE", str(idle)))
+    p.write_text(PLAN.replace("IDLE", str(idle)) + (f"cooldown_s: {cooldown_s}\n" if cooldown_s else ""))
     return p
 
 
@@ -142,7 +142,8 @@ def _wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 60) 
 
 
 def test_resume_after_ctrl_c_and_a_killed_process(tmp_path):
-    plan = _plan(tmp_path)
+    # a pause between runs, so a fast machine cannot finish the sweep between two polls of runs.csv
+    plan = _plan(tmp_path, cooldown_s=0.15)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     # 1) Ctrl-C after the warm-up and 3 runs
