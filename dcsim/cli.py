@@ -27,6 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def standalone(prog: str, doc: str | None, configure, handler, argv: list[str] | None = None) -> int:  # noqa: ANN001
+    """Entry for one command run as `python -m dcsim.commands.NAME` (as on a machine where only the measuring
+    side is installed): parse, run guarded; the handler finds its own argument list in args.argv to record."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    args.argv = argv
+    return guarded(handler, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dcsim.errors import UserError, guarded
+from dcsim.errors import UserError
 
 
 def add_parser(sub) -> None:  # noqa: ANN001
@@ -50,7 +50,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=handler)
 
 
-def handler(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+def handler(args: argparse.Namespace) -> int:
     from dcsim.calibrate.powercap import parse_caps
     from dcsim.calibrate.run import Settings, calibrate
 
@@ -76,6 +76,7 @@ def handler(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         device = args.device
         identity = {"backend": backend.name, "model": args.model, "arch": args.model_arch, "dtype": args.dtype,
                     "weights": "random" if backend.random_weights else "pretrained"}
+    argv = getattr(args, "argv", None)
     cmd = argv if argv is not None else sys.argv[sys.argv.index("calibrate") + 1:] if "calibrate" in sys.argv else []
     settings = Settings(
         out=Path(args.out), plan_path=plan, device=device, identity=identity, latency_only=args.latency_only,
@@ -89,12 +90,9 @@ def handler(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (python -m dcsim.commands.calibrate ...): imports nothing of the simulator."""
-    p = argparse.ArgumentParser(prog="dcsim calibrate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    configure(p)
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args(argv)
-    return guarded(handler, args, argv)
+    from dcsim.cli import standalone
+
+    return standalone("dcsim calibrate", __doc__, configure, handler, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from dcsim.errors import UserError, guarded
+from dcsim.errors import UserError
 
 ENGINES = ("hf", "hf-static")
 
@@ -219,20 +219,16 @@ def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> 
         meta = {"policy": policy.__dict__, "window_s": horizon}
         m, req, _, warnings = forecast(folder, meta, prof_path)
     busy_end = float(req["done_s"].max())
-    print(json.dumps({"forecast_last_end_s": round(busy_end, 1), "energy_j_to_last_end": None,
+    print(json.dumps({"forecast_last_end_s": round(busy_end, 1),
                       "wait_mean_s": round(m["wait_mean_s"], 3), "e2e_p50_s": round(m["e2e_p50_s"], 3),
                       "e2e_p95_s": round(m["e2e_p95_s"], 3), "warnings": warnings}, indent=1))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dcsim validate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    configure(p)
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args(argv)
-    args.argv = argv
-    return guarded(handler, args)
+    from dcsim.cli import standalone
+
+    return standalone("dcsim validate", __doc__, configure, handler, argv)
 
 
 if __name__ == "__main__":
