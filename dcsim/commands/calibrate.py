@@ -4,6 +4,7 @@ Examples:
   dcsim calibrate --device cuda:0 --model meta-llama/Llama-2-7b-hf --plan calibrate/plans/standard.yaml \\
       --out calibrate/runs/h100-llama2-7b-hf
   dcsim calibrate --device cuda:0 --model-arch llama-2-7b --random-weights --backend hf-static ...
+  dcsim calibrate --device cuda:0 --model-arch llama-2-7b --random-weights --backend hf-graph ...
   dcsim calibrate --device cpu --model-arch tiny-llama --plan calibrate/plans/smoke.yaml --out ... --latency-only
   dcsim calibrate --endpoint http://127.0.0.1:8000/v1 --model NAME --meter-device cuda:0 --plan ... --out ...
 Interrupt with Ctrl-C at any time: finished runs are on disk and the same command resumes.
@@ -16,6 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from dcsim.calibrate.backends.registry import ENGINES
+from dcsim.calibrate.backends.registry import HELP as ENGINE_HELP
 from dcsim.errors import UserError
 
 
@@ -34,8 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "random weights instead of loading weights")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights (implied by --model-arch; with --model, uses only its config)")
-    p.add_argument("--backend", default="hf", choices=("hf", "hf-static"),
-                   help="hf: transformers eager generate; hf-static: static KV cache + compiled decode step")
+    p.add_argument("--backend", default="hf", choices=ENGINES, help=ENGINE_HELP)
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), measured "
                    "from outside")
@@ -67,12 +69,11 @@ def handler(args: argparse.Namespace) -> int:
         if args.latency_only:
             device = args.meter_device or "cpu"
     else:
-        from dcsim.calibrate.backends.hf import HFBackend
+        from dcsim.calibrate.backends.registry import make
 
         if args.model_arch and args.model:
             raise UserError("give either --model or --model-arch, not both", None, "--model-arch")
-        backend = HFBackend(args.device, model=args.model, arch=args.model_arch,
-                            random_weights=args.random_weights, dtype=args.dtype, static=args.backend == "hf-static")
+        backend = make(args.backend, args.device, args.model, args.model_arch, args.random_weights, args.dtype)
         device = args.device
         identity = {"backend": backend.name, "model": args.model, "arch": args.model_arch, "dtype": args.dtype,
                     "weights": "random" if backend.random_weights else "pretrained"}

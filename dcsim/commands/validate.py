@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE
 from dcsim.errors import UserError
-
-ENGINES = ("hf", "hf-static")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +57,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="random weights in the real architecture")
     p.add_argument("--backend", choices=ENGINES, help="engine (default: the profile's engine)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
-    p.add_argument("--plan", help="hf-static: the calibration plan, which sizes the static caches as calibration "
-                                  "did (default: the plan of the run folder the profile was fitted to)")
+    p.add_argument("--plan", help="hf-static, hf-graph: the calibration plan, which sizes the static caches as "
+                                  "calibration did (default: the plan of the run folder the profile was fitted to)")
     p.add_argument("--no-length-warmup", action="store_true",
                    help="skip the warm-up run per prompt length (see dcsim.validate.replay.warm_up)")
     p.add_argument("--probe", help="after the window, run these calibration shapes on the same engine: "
@@ -90,8 +89,8 @@ def _plan_shapes(args: argparse.Namespace, profile) -> tuple[list[tuple[int, int
                 plan_path = str(Path(path) / "plan.yaml")
                 break
     if plan_path is None:
-        raise UserError("the hf-static engine needs the calibration plan to size its caches; pass --plan", None,
-                        "--plan")
+        raise UserError("static-cache engines (hf-static, hf-graph) need the calibration plan to size their "
+                        "caches; pass --plan", None, "--plan")
     if not Path(plan_path).is_file():
         raise UserError("plan file not found", plan_path, "--plan")
     plan = load_plan(Path(plan_path))
@@ -131,7 +130,7 @@ def handler(args: argparse.Namespace) -> int:
                         "--backend", args.profile, "engine.name")
     lengths: dict[int, int] = {}
     plan_path = None
-    if backend_name == "hf-static":
+    if backend_name in STATIC_CACHE:
         shapes, plan_path = _plan_shapes(args, profile)
         lengths = R.cache_lengths(shapes, policy.batch_sizes())
         R.check_fits(wl, lengths, policy, args.trace)
@@ -143,7 +142,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(wl, profile, prof_path, policy, args)
 
-    from dcsim.calibrate.backends.hf import HFBackend
+    from dcsim.calibrate.backends.registry import make
     from dcsim.calibrate.environment import capture
     from dcsim.calibrate.meter import select_meter
 
@@ -153,8 +152,7 @@ def handler(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     wl.to_csv(tmp / "workload.csv", index=False)
-    backend = HFBackend(args.device, model=args.model, arch=args.model_arch, random_weights=args.random_weights,
-                        dtype=args.dtype, static=backend_name == "hf-static")
+    backend = make(backend_name, args.device, args.model, args.model_arch, args.random_weights, args.dtype)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     load_info = backend.load()
     if lengths:

@@ -115,15 +115,19 @@ class HFBackend(Backend):
             "model_config": {k: v for k, v in self.cfg.to_dict().items()
                              if isinstance(v, (int, float, str, bool)) or v is None},
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "generate": {"do_sample": False, "min_new_tokens": "= n_out", "max_new_tokens": "= n_out",
-                         "cache_implementation": "static" if self.static else "dynamic (default)",
-                         "compile": "transformers auto-compile of the decode step (reduce-overhead)"
-                         if self.static else "none (eager)"},
+            **self._engine_facts(),
         }
         if self.device.startswith("cuda"):
             info["cuda_runtime"] = torch.version.cuda
             info["memory_allocated_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3)
         return info
+
+    def _engine_facts(self) -> dict:
+        """The manifest's description of how tokens are generated (subclasses describe their own loop)."""
+        return {"generate": {"do_sample": False, "min_new_tokens": "= n_out", "max_new_tokens": "= n_out",
+                             "cache_implementation": "static" if self.static else "dynamic (default)",
+                             "compile": "transformers auto-compile of the decode step (reduce-overhead)"
+                             if self.static else "none (eager)"}}
 
     def max_context(self) -> int | None:
         return int(getattr(self.cfg, "max_position_embeddings", 0)) or None
@@ -143,12 +147,16 @@ class HFBackend(Backend):
     def needs_warmup(self, n_in: int, n_out: int, batch: int) -> bool:
         return self.static and batch not in self._warm
 
+    def prompt(self, n_in: int, batch: int, seed: int):  # noqa: ANN201 - a torch tensor
+        """`batch` random prompts of n_in ids on the device; the same seed gives the same prompts."""
+        g = self.torch.Generator().manual_seed(seed)
+        # Random prompt ids, clear of the low special ids (unk/bos/eos of Llama tokenizers).
+        return self.torch.randint(3, self.vocab, (batch, n_in), generator=g).to(self.device)
+
     def run(self, n_in: int, n_out: int, batch: int, seed: int,
             on_start: Callable[[], None], on_first_token: Callable[[], None]) -> Timing:
         torch = self.torch
-        g = torch.Generator().manual_seed(seed)
-        # Random prompt ids, clear of the low special ids (unk/bos/eos of Llama tokenizers).
-        ids = torch.randint(3, self.vocab, (batch, n_in), generator=g).to(self.device)
+        ids = self.prompt(n_in, batch, seed)
         mask = torch.ones_like(ids)
         streamer = _FirstToken(on_first_token)
         kw = dict(max_new_tokens=n_out, min_new_tokens=n_out, do_sample=False, streamer=streamer,

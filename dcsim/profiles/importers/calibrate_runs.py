@@ -128,6 +128,11 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     elif be.get("backend") == "hf-static":
         notes.append("Transformers generate with a static KV cache sized to each batch size's longest shape and "
                      "the decode step compiled (torch.compile, CUDA graphs); prefill runs eagerly.")
+    elif be.get("backend") == "hf-graph":
+        notes.append("dcsim's own greedy loop over a transformers static KV cache sized to each batch size's longest "
+                     "shape: eager prefill, then one replay of a captured CUDA graph per decode step (no host work "
+                     "between steps)" + ("; CUDA graph capture failed for " + ", ".join(be["graph_capture_failures"])
+                                         + ", which decoded eagerly." if be.get("graph_capture_failures") else "."))
     if n_short:
         notes.append(f"{n_short} runs shorter than {min_energy_s:g} s kept their time but not their energy (the "
                      "NVML energy counter is too coarse there).")

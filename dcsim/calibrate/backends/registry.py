@@ -1,0 +1,27 @@
+"""The in-process engines by name, for the commands that choose one (`calibrate --backend`, `validate
+--backend`). Importing this module imports neither torch nor transformers."""
+
+from __future__ import annotations
+
+from dcsim.calibrate.backends.base import Backend
+
+ENGINES = ("hf", "hf-static", "hf-graph")
+HELP = ("hf: transformers eager generate; hf-static: generate with a static KV cache and compiled decode step; "
+        "hf-graph: our own greedy loop over a static cache, one CUDA graph replay per decode step")
+# engines whose static caches are sized from the calibration plan (validate replays size them the same way)
+STATIC_CACHE = ("hf-static", "hf-graph")
+
+
+def make(name: str, device: str, model: str | None, arch: str | None, random_weights: bool,
+         dtype: str) -> Backend:
+    """A not yet loaded backend of the named engine."""
+    if name == "hf-graph":
+        from dcsim.calibrate.backends.graph import GraphBackend
+
+        return GraphBackend(device, model=model, arch=arch, random_weights=random_weights, dtype=dtype)
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES}")
+    from dcsim.calibrate.backends.hf import HFBackend
+
+    return HFBackend(device, model=model, arch=arch, random_weights=random_weights, dtype=dtype,
+                     static=name == "hf-static")
