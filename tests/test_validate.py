@@ -148,6 +148,7 @@ def test_a_device_that_behaves_like_the_profile_gives_zero_error(tmp_path, polic
     out = compare(tmp_path / "case")
     for k, v in out["metrics"].items():
         assert abs(v["rel_error"]) < 1e-9, k
+        assert v["in_band"] and v["band_lo"] <= v["forecast"] <= v["band_hi"], k
     # joules are conserved: active + idle = total, and idle is serving-idle power over the idle time
     assert m["active_j"] + m["idle_j"] == pytest.approx(m["energy_j"])
     busy = pd.read_csv(tmp_path / "case" / "sim_requests.csv")
@@ -155,6 +156,24 @@ def test_a_device_that_behaves_like_the_profile_gives_zero_error(tmp_path, polic
     if policy["policy"] == "fcfs":
         idle_s = float(out["window_s"]) - (busy["done_s"] - busy["start_s"]).sum()
         assert m["idle_j"] == pytest.approx(prof.power.serving_idle_w * idle_s, rel=1e-6)
+        # the spread band: every service one calibration CV slower and costlier at its top end
+        cv = prof.spread_cv
+        b = out["metrics"]
+        assert b["busy_s"]["band_hi"] == pytest.approx(m["busy_s"] * (1 + cv["latency.run_s"]), rel=1e-9)
+        assert b["active_j"]["band_hi"] == pytest.approx(m["active_j"] * (1 + cv["energy.run_device_j"]), rel=1e-9)
+        assert b["busy_s"]["band_lo"] == pytest.approx(m["busy_s"] * (1 - cv["latency.run_s"]), rel=1e-9)
+
+
+def test_a_drifted_profile_scales_time_and_energy_of_every_step():
+    prof = load_profile(H100)
+    ev, dv = prof.evaluator(), prof.drifted(1.1, 1.05).evaluator()
+    for tokens, batch in ((64, 1), (1800, 1), (512, 4)):
+        t0, w0, _ = ev.prefill(tokens, tokens * tokens / batch, batch)
+        t1, w1, _ = dv.prefill(tokens, tokens * tokens / batch, batch)
+        assert t1 == pytest.approx(1.1 * t0) and t1 * w1 == pytest.approx(1.05 * t0 * w0)
+        d0, d1 = ev.decode_run(batch, tokens, 200), dv.decode_run(batch, tokens, 200)
+        assert d1[0] == pytest.approx(1.1 * d0[0]) and d1[1] == pytest.approx(1.05 * d0[1])
+    assert dv.idle_w == ev.idle_w
 
 
 def test_bad_input_is_refused_with_exit_2_and_nothing_written(tmp_path, capsys):

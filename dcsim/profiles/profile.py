@@ -52,6 +52,11 @@ class Curve(Strict):
             v = self.hi
         return v
 
+    def scaled(self, k: float) -> "Curve":
+        """The same curve with every value multiplied by k (clamps included)."""
+        return Curve(intercept=self.intercept * k, coef={f: v * k for f, v in self.coef.items()},
+                     lo=None if self.lo is None else self.lo * k, hi=None if self.hi is None else self.hi * k)
+
     def check_features(self, allowed: tuple[str, ...], where: str) -> None:
         bad = [k for k in self.coef if k not in allowed]
         if bad:
@@ -208,6 +213,18 @@ class Profile(Strict):
 
     def evaluator(self, cap_w: float | None = None, file: str | None = None) -> "ProfileEvaluator":
         return ProfileEvaluator(self, cap_w, file)
+
+    def drifted(self, time_x: float, energy_x: float) -> "Profile":
+        """This profile with every active step taking time_x as long and using energy_x as much energy (power
+        x energy_x / time_x); idle unchanged. Models a common-mode drift of the engine, e.g. by the run-to-run
+        spread its calibration measured."""
+        lat, pw = self.latency, self.power
+        w = energy_x / time_x
+        return self.model_copy(update={
+            "latency": lat.model_copy(update={"prefill_s": lat.prefill_s.scaled(time_x),
+                                              "decode_step_s": lat.decode_step_s.scaled(time_x)}),
+            "power": pw.model_copy(update={"prefill_w": pw.prefill_w.scaled(w), "decode_w": pw.decode_w.scaled(w)}),
+        })
 
     def to_yaml(self, path: str | Path) -> None:
         data = self.model_dump(mode="json", exclude_none=True)
