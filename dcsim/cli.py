@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from dcsim.errors import guarded
@@ -36,6 +37,14 @@ def standalone(prog: str, doc: str | None, configure, handler, argv: list[str] |
     args = p.parse_args(argv)
     args.argv = argv
     return guarded(handler, args)
+
+
+def command_line(args: argparse.Namespace, name: str) -> str:
+    """The command as the user typed it, for a manifest: `dcsim NAME ARGS...`."""
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        argv = sys.argv[sys.argv.index(name) + 1:] if name in sys.argv else []
+    return f"dcsim {name} " + shlex.join(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,3 +190,16 @@ def test_bad_input_is_refused_with_exit_2_and_nothing_written(tmp_path, capsys):
     assert cli(base + ["--arrivals", "replay"]) == 2  # GSM8K has no timestamps
     assert "poisson" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_recorded_command_is_what_was_typed(monkeypatch):
+    import argparse
+
+    from dcsim.cli import command_line
+
+    # run as `python -m dcsim.commands.validate ARGS`: the standalone entry hands its argv over
+    args = argparse.Namespace(argv=["--profile", "p q.yaml", "--limit", "5"])
+    assert command_line(args, "validate") == "dcsim validate --profile 'p q.yaml' --limit 5"
+    # run as `dcsim validate ARGS`: taken from the process's own argument list
+    monkeypatch.setattr("sys.argv", ["dcsim", "validate", "--dry-run"])
+    assert command_line(argparse.Namespace(), "validate") == "dcsim validate --dry-run"

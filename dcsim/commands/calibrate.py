@@ -13,7 +13,6 @@ Interrupt with Ctrl-C at any time: finished runs are on disk and the same comman
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -55,6 +54,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def handler(args: argparse.Namespace) -> int:
     from dcsim.calibrate.powercap import parse_caps
     from dcsim.calibrate.run import Settings, calibrate
+    from dcsim.cli import command_line
 
     plan = Path(args.plan)
     if not plan.is_file():
@@ -77,12 +77,10 @@ def handler(args: argparse.Namespace) -> int:
         device = args.device
         identity = {"backend": backend.name, "model": args.model, "arch": args.model_arch, "dtype": args.dtype,
                     "weights": "random" if backend.random_weights else "pretrained"}
-    argv = getattr(args, "argv", None)
-    cmd = argv if argv is not None else sys.argv[sys.argv.index("calibrate") + 1:] if "calibrate" in sys.argv else []
     settings = Settings(
         out=Path(args.out), plan_path=plan, device=device, identity=identity, latency_only=args.latency_only,
         power_caps=parse_caps(args.power_caps), allow_power_limit_changes=args.allow_power_limit_changes,
-        max_minutes=args.max_minutes, command="dcsim calibrate " + shlex.join(cmd),
+        max_minutes=args.max_minutes, command=command_line(args, "calibrate"),
         progress=not args.no_progress, meter_device=args.meter_device if args.endpoint else None)
     res = calibrate(settings, backend)
     print(f"{res['status']}: {res['runs']} runs this session, {res['left']} left -> {args.out}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -144,6 +143,7 @@ def handler(args: argparse.Namespace) -> int:
 
     from dcsim.calibrate.backends.registry import make
     from dcsim.calibrate.environment import capture
+    from dcsim.cli import command_line
     from dcsim.calibrate.meter import select_meter
 
     meter = select_meter(args.device)  # before anything is written: no meter, no folder
@@ -167,8 +167,7 @@ def handler(args: argparse.Namespace) -> int:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     meta = {
         "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
-        "command": "dcsim validate " + shlex.join(getattr(args, "argv", None)
-                                                  or sys.argv[sys.argv.index("validate") + 1:]),
+        "command": command_line(args, "validate"),
         "workload_spec": spec.__dict__, "workload": info, "policy": policy.__dict__, "engine": backend_name,
         "plan": plan_path, "cache_lengths": lengths, "warmup_s": warm_s,
         "length_warmup": not args.no_length_warmup, **res,
