@@ -29,7 +29,7 @@ def validation_plots(folder: Path, req: pd.DataFrame, sim_req: pd.DataFrame, sim
     """power.png (measured vs forecast over time, arrivals marked) and latency_cdf.png (e2e and wait)."""
     title = f"{folder.name} ({meta.get('device_name', 'device')})"
     files = []
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(11.5, 4))
     if (folder / "power.csv").is_file():
         mp = measured_power(folder, float(meta["wall_start"]), float(meta["window_s"]))
         ax.plot(mp["t_s"], mp["power_w"], lw=1.0, color="C0", label="measured (NVML, 1 s means)")
@@ -44,7 +44,7 @@ def validation_plots(folder: Path, req: pd.DataFrame, sim_req: pd.DataFrame, sim
     ax.set_ylabel("device power (W)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     files.append(folder / "power.png")
     fig.savefig(files[-1], dpi=110)
