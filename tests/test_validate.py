@@ -189,6 +189,12 @@ def test_bad_input_is_refused_with_exit_2_and_nothing_written(tmp_path, capsys):
     assert "--clip-in" in err and "320" in err
     assert cli(base + ["--arrivals", "replay"]) == 2  # GSM8K has no timestamps
     assert "poisson" in capsys.readouterr().err
+    # the Azure conversation trace holds prompts longer than Llama-2's 4,096-token context
+    conv = ["validate", "--profile", str(H100), "--trace", str(ROOT / "traces" / "azure-conv-2023.parquet"),
+            "--out", str(out), "--dry-run", "--utilisation", "0.5", "--backend", "hf"]
+    assert cli(conv) == 2
+    assert "4096" in capsys.readouterr().err
+    assert cli(conv + ["--clip-in", "3000", "--clip-out", "1000"]) == 0
     assert not out.exists()
 
 

@@ -65,6 +65,11 @@ def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
     if spec.clip_out:
         n_out = np.minimum(n_out, spec.clip_out)
     n_out = np.maximum(n_out, 1)
+    ctx = profile.model.max_context
+    if ctx and int((n_in + n_out).max()) > ctx:
+        worst = int((n_in + n_out).max())
+        raise UserError(f"a request needs {worst} tokens of context but the model holds {ctx}; pass --clip-in / "
+                        "--clip-out", spec.trace, "--clip-in")
     service = isolated_service_s(profile, n_in, n_out)
     n = len(n_in)
     if spec.arrivals == "replay":
