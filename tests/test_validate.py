@@ -209,3 +209,18 @@ def test_the_recorded_command_is_what_was_typed(monkeypatch):
     # run as `dcsim validate ARGS`: taken from the process's own argument list
     monkeypatch.setattr("sys.argv", ["dcsim", "validate", "--dry-run"])
     assert command_line(argparse.Namespace(), "validate") == "dcsim validate --dry-run"
+
+
+def test_a_forecast_slower_than_the_device_still_finishes_and_says_by_how_much(tmp_path):
+    # the device behaved like the profile; the profile judged is 1.5 x slower at the same energy per step, so
+    # its last requests run past the measured window: the comparison must carry them through, not fail
+    prof = load_profile(H100)
+    wl = W.build(W.WorkloadSpec(trace=str(GSM8K), arrivals="poisson", utilisation=0.8, limit=40, seed=7), prof)
+    _replay_from_simulation(tmp_path / "case", H100, wl, {"policy": "fcfs", "max_batch": 1, "max_wait_s": 0.0},
+                            float(wl["arrival_s"].iloc[-1]) + 5.0)
+    slow = tmp_path / "slow.yaml"
+    prof.drifted(1.5, 1.0).to_yaml(slow)
+    out = compare(tmp_path / "case", slow)["metrics"]
+    assert out["busy_s"]["rel_error"] == pytest.approx(0.5, rel=1e-9)
+    assert out["active_j"]["rel_error"] == pytest.approx(0.0, abs=1e-9)
+    assert out["wait_mean_s"]["rel_error"] > 0.5  # queueing amplifies a slower service

@@ -1,20 +1,23 @@
 #!/bin/bash
 # The validation cases, one function each: `case_<name> DEVICE_TAG PROFILE` runs `dcsim validate` for it.
+# The committed H100 cases ran these commands without the probe on the first three (see each replay.json).
 # Sized with `dcsim validate --dry-run` so each window lasts at least 3 minutes at about 60% utilisation
 # of one replica (static batching: offered at the isolated service rate, so batches form).
 V="python3 -m dcsim.commands.validate --device cuda:0 --model-arch llama-2-7b --random-weights --settle-s 5"
+# calibration shapes run after each window on the same engine: tells a slower machine from a wrong model
+PROBE="--probe 32:64,32:128,32:256,32:512 --probe-repeats 2"
 
 case_gsm8k_poisson() {  # GSM8K test prompts, Poisson arrivals, one request at a time
   $V --profile "$2" --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 0.6 --limit 92 --seed 1 \
-     --batching fcfs --out validation/$1-gsm8k-poisson
+     --batching fcfs $PROBE --out validation/$1-gsm8k-poisson
 }
 case_azure_code() {  # Azure code trace (prefill-heavy), its own timestamps stretched to 60% utilisation
   $V --profile "$2" --trace traces/azure-code-2023.parquet --arrivals replay --utilisation 0.6 --limit 280 \
-     --clip-in 1792 --clip-out 288 --batching fcfs --out validation/$1-azure-code
+     --clip-in 1792 --clip-out 288 --batching fcfs $PROBE --out validation/$1-azure-code
 }
 case_azure_conv() {  # Azure conversation trace (decode-heavy), likewise
   $V --profile "$2" --trace traces/azure-conv-2023.parquet --arrivals replay --utilisation 0.6 --limit 72 \
-     --clip-in 1536 --clip-out 512 --batching fcfs --out validation/$1-azure-conv
+     --clip-in 1536 --clip-out 512 --batching fcfs $PROBE --out validation/$1-azure-conv
 }
 case_gsm8k_static() {  # GSM8K under static batching (up to 4, wait at most 1 s); caches as calibrated (320 at b>1)
   $V --profile "$2" --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 1.0 --limit 150 --skip 200 \
