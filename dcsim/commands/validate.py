@@ -5,6 +5,9 @@ same requests and arrival times with a profile, and compare energy and latency.
       --profile profiles/h100-sxm-80gb--llama-2-7b--hf-static-bf16.yaml \\
       --trace traces/azure-code-2023.parquet --arrivals replay --utilisation 0.6 --limit 130 \\
       --batching fcfs --out validation/h100-azure-code
+  dcsim validate --endpoint http://127.0.0.1:8000/v1 --model NAME --meter-device cuda:0 \\
+      --profile PROFILE --trace ... --batching continuous --max-batch 256 --out ...
+                                          against a running OpenAI-compatible server (open loop)
   dcsim validate --dry-run ...            the workload and its forecast, no device
   dcsim validate --compare-only DIR       rerun the simulator side of a recorded replay
 
@@ -47,10 +50,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-in", type=int, help="cut prompts to this many tokens")
     p.add_argument("--clip-out", type=int, help="cut outputs to this many tokens")
     p.add_argument("--seed", type=int, default=0, help="poisson arrivals' seed")
-    p.add_argument("--batching", default="fcfs", choices=("fcfs", "static"))
-    p.add_argument("--max-batch", type=int, default=4, help="static: largest batch")
+    p.add_argument("--batching", default="fcfs", choices=("fcfs", "static", "continuous"),
+                   help="what the simulator models (and the in-process engine serves); continuous: a server's "
+                        "iteration-level batching, with --endpoint")
+    p.add_argument("--max-batch", type=int, default=4, help="static, continuous: largest batch")
     p.add_argument("--max-wait-s", type=float, default=1.0, help="static: wait at most this long to fill a batch")
     p.add_argument("--device", default="cuda:0")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL of a running server to replay against")
+    p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
+    p.add_argument("--latency-only", action="store_true", help="no energy meter (energy rows stay empty)")
     p.add_argument("--model", help="Hugging Face model id or path (pretrained weights)")
     p.add_argument("--model-arch", help="a known architecture built from its config (e.g. llama-2-7b)")
     p.add_argument("--random-weights", action="store_true", help="random weights in the real architecture")
@@ -99,9 +107,9 @@ def _plan_shapes(args: argparse.Namespace, profile) -> tuple[list[tuple[int, int
 
 
 def handler(args: argparse.Namespace) -> int:
-    from dcsim.validate.compare import compare, format_table
-
     if args.compare_only:
+        from dcsim.validate.compare import compare, format_table
+
         res = compare(Path(args.compare_only), Path(args.profile) if args.profile else None)
         import pandas as pd
 
@@ -122,17 +130,22 @@ def handler(args: argparse.Namespace) -> int:
     wl = W.build(spec, profile)
     info = W.describe(wl, profile)
     policy = R.ServePolicy(args.batching, 1 if args.batching == "fcfs" else args.max_batch,
-                           0.0 if args.batching == "fcfs" else args.max_wait_s)
-    backend_name = args.backend or profile.engine.name
-    if backend_name not in ENGINES:
-        raise UserError(f"the profile's engine {backend_name!r} is not one dcsim can replay ({ENGINES}); pass "
-                        "--backend", args.profile, "engine.name")
+                           args.max_wait_s if args.batching == "static" else 0.0)
     lengths: dict[int, int] = {}
     plan_path = None
-    if backend_name in STATIC_CACHE:
-        shapes, plan_path = _plan_shapes(args, profile)
-        lengths = R.cache_lengths(shapes, policy.batch_sizes())
-        R.check_fits(wl, lengths, policy, args.trace)
+    backend_name = "endpoint"
+    if not args.endpoint:
+        if args.batching == "continuous":
+            raise UserError("continuous batching is a serving engine's own: replay it against the server with "
+                            "--endpoint", None, "--batching")
+        backend_name = args.backend or profile.engine.name
+        if backend_name not in ENGINES:
+            raise UserError(f"the profile's engine {backend_name!r} is not one dcsim can replay ({ENGINES}); pass "
+                            "--backend", args.profile, "engine.name")
+        if backend_name in STATIC_CACHE:
+            shapes, plan_path = _plan_shapes(args, profile)
+            lengths = R.cache_lengths(shapes, policy.batch_sizes())
+            R.check_fits(wl, lengths, policy, args.trace)
     _parse_probe(args.probe)
     out = Path(args.out)
     if out.exists() and not args.force and not args.dry_run:
@@ -140,18 +153,15 @@ def handler(args: argparse.Namespace) -> int:
     print(f"workload: {json.dumps(info)}", file=sys.stderr)
     if args.dry_run:
         return _dry_run(wl, profile, prof_path, policy, args)
+    if args.endpoint:
+        return _endpoint(args, out, wl, info, spec, policy, prof_path)
 
     from dcsim.calibrate.backends.registry import make
     from dcsim.calibrate.environment import capture
-    from dcsim.cli import command_line
     from dcsim.calibrate.meter import select_meter
 
-    meter = select_meter(args.device)  # before anything is written: no meter, no folder
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    wl.to_csv(tmp / "workload.csv", index=False)
+    meter = select_meter(args.device, args.latency_only)  # before anything is written: no meter, no folder
+    tmp = _start_folder(out, wl)
     backend = make(backend_name, args.device, args.model, args.model_arch, args.random_weights, args.dtype)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     load_info = backend.load()
@@ -165,24 +175,73 @@ def handler(args: argparse.Namespace) -> int:
     probe_shapes = _parse_probe(args.probe)
     if probe_shapes:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
-    meta = {
-        "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
-        "command": command_line(args, "validate"),
-        "workload_spec": spec.__dict__, "workload": info, "policy": policy.__dict__, "engine": backend_name,
-        "plan": plan_path, "cache_lengths": lengths, "warmup_s": warm_s,
-        "length_warmup": not args.no_length_warmup, **res,
-        "device_name": (env.get("gpu") or {}).get("name"), "environment": env, "meter": meter.describe(),
-        "model": load_info, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    R.write_json(tmp / "replay.json", meta)
     backend.close()
+    meta = _meta(args, spec, info, policy, prof_path, backend_name, warm_s, res, env, meter, load_info,
+                 plan=plan_path, cache_lengths=lengths, length_warmup=not args.no_length_warmup)
+    return _finish(tmp, out, meta, prof_path, meter)
+
+
+def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,  # noqa: ANN001
+              prof_path: Path) -> int:
+    """Open-loop replay against a running server (dcsim.validate.open_loop), then the comparison."""
+    from dcsim.calibrate.backends.endpoint import EndpointBackend
+    from dcsim.calibrate.environment import capture
+    from dcsim.calibrate.meter import select_meter
+    from dcsim.validate import open_loop
+
+    backend = EndpointBackend(args.endpoint, args.model)
+    meter = select_meter("endpoint", args.latency_only, args.meter_device)
+    facts = backend.load()  # refuses an unreachable server or a model it does not serve, before writing
+    tmp = _start_folder(out, wl)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    t_warm = time.perf_counter()
+    for n_in in (128, 512):  # wake the server up: the first requests after a start pay one-off costs
+        backend.run(n_in, 16, 1, seed=n_in, on_start=lambda: None, on_first_token=lambda: None)
+    warm_s = time.perf_counter() - t_warm
+    res = open_loop.serve(wl, backend, meter, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=log)
+    env = capture(args.meter_device or "cpu")
+    meta = _meta(args, spec, info, policy, prof_path, "endpoint", warm_s, res, env, meter, facts)
+    return _finish(tmp, out, meta, prof_path, meter)
+
+
+def _start_folder(out: Path, wl) -> Path:  # noqa: ANN001
+    """The replay's working folder (out.partial, fresh), holding the workload; renamed to `out` when done, so a
+    crash leaves what was measured there and no folder that looks complete."""
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    wl.to_csv(tmp / "workload.csv", index=False)
+    return tmp
+
+
+def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, engine: str, warm_s: float,  # noqa: ANN001
+          res: dict, env: dict, meter, model: dict, **extra) -> dict:  # noqa: ANN001
+    """replay.json: what was replayed, how, where, and the window's measured facts."""
+    from dcsim.cli import command_line
+
+    return {
+        "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
+        "command": command_line(args, "validate"), "workload_spec": spec.__dict__, "workload": info,
+        "policy": policy.__dict__, "engine": engine, "warmup_s": warm_s, **extra, **res,
+        "device_name": (env.get("gpu") or {}).get("name"), "environment": env, "meter": meter.describe(),
+        "model": model, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _finish(tmp: Path, out: Path, meta: dict, prof_path: Path, meter) -> int:  # noqa: ANN001
+    """Write replay.json, put the folder in place, run the comparison and print it."""
+    import pandas as pd
+
+    from dcsim.validate.compare import compare, format_table
+    from dcsim.validate.replay import write_json
+
+    write_json(tmp / "replay.json", meta)
     meter.close()
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     compare(out, prof_path)
-    import pandas as pd
-
     print(format_table(pd.read_csv(out / "comparison.csv")))
     return 0
 

@@ -79,7 +79,7 @@ def check_fits(wl: pd.DataFrame, lengths: dict[int, int], policy: ServePolicy, f
                         "prompt plus the longest output fit", file, "--clip-in")
 
 
-class _Appender:
+class Appender:
     """CSV rows appended and flushed one at a time."""
 
     def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
@@ -133,8 +133,8 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
     n_out = wl["n_out"].to_numpy(int)
     n = len(wl)
     timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz).start()
-    reqs = _Appender(out / "requests.csv", REQUEST_FIELDS)
-    batches = _Appender(out / "batches.csv", BATCH_FIELDS)
+    reqs = Appender(out / "requests.csv", REQUEST_FIELDS)
+    batches = Appender(out / "batches.csv", BATCH_FIELDS)
     time.sleep(settle_s)  # idle before the window, as a server between bursts
     q: deque[int] = deque()
     nxt = 0
@@ -237,7 +237,7 @@ def probe(backend: Backend, meter: Meter, shapes: list[tuple[int, int, int]], re
     """After the window: run calibration-plan shapes on the same loaded engine and write probe.csv, so the
     engine's speed on this machine, today, can be set against the calibration's medians for those shapes
     (tells a slower machine from a slower replay)."""
-    w = _Appender(out / "probe.csv", PROBE_FIELDS)
+    w = Appender(out / "probe.csv", PROBE_FIELDS)
     try:
         for rep in range(repeats):
             for n_in, n_out, b in shapes:

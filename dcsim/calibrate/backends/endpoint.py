@@ -52,7 +52,14 @@ class EndpointBackend(Backend):
                 "request": {"prompt": "n_in random token ids", "max_tokens": "= n_out", "min_tokens": "= n_out",
                             "ignore_eos": True, "temperature": 0, "stream": True}}
 
-    def _one(self, prompt: list[int], n_out: int, t0: float, out: dict) -> None:
+    def prompts(self, n_in: int, batch: int, seed: int) -> list[list[int]]:
+        """`batch` prompts of n_in random token ids (the same seed gives the same prompts)."""
+        rng = random.Random(seed)
+        return [[rng.randrange(*self.token_range) for _ in range(n_in)] for _ in range(batch)]
+
+    def stream(self, prompt: list[int], n_out: int, t0: float, out: dict) -> None:
+        """One streaming request forcing n_out tokens; fills out["first"] and out["end"] (seconds since t0),
+        out["tokens"], out["error"] on failure, and sets out["first_event"] once the first token is in."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out,
                 "ignore_eos": True, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
@@ -83,12 +90,11 @@ class EndpointBackend(Backend):
 
     def run(self, n_in: int, n_out: int, batch: int, seed: int,
             on_start: Callable[[], None], on_first_token: Callable[[], None]) -> Timing:
-        rng = random.Random(seed)
-        prompts = [[rng.randrange(*self.token_range) for _ in range(n_in)] for _ in range(batch)]
+        prompts = self.prompts(n_in, batch, seed)
         outs = [{"first_event": threading.Event()} for _ in range(batch)]
         on_start()
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=self._one, args=(p, n_out, t0, o), daemon=True)
+        threads = [threading.Thread(target=self.stream, args=(p, n_out, t0, o), daemon=True)
                    for p, o in zip(prompts, outs)]
         for t in threads:
             t.start()

@@ -1,0 +1,104 @@
+"""The device side of a validation against a running OpenAI-compatible server (vLLM, SGLang, TGI, ...): each
+request is sent at its arrival time on its own connection (open loop: the server queues and batches them as it
+does in production) and streamed; the client records when it sent it, its first token and its end, while the
+meter reads the device the server runs on.
+
+From outside, a request's queue wait and prefill cannot be told apart: both are in its time to first token. The
+busy time is the union of the intervals in which at least one request was in flight; the active energy is the
+sampled device power integrated over that union, and the idle energy the rest of the metered window.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from dcsim.calibrate.backends.endpoint import EndpointBackend
+from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.timeline import PowerTimeline
+from dcsim.validate.replay import Appender
+
+FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s", "gen_tokens", "error")
+
+
+def merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of intervals, as disjoint sorted intervals."""
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, tail_s: float = 10.0,
+          settle_s: float = 10.0, timeline_hz: float = 20.0,
+          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:  # noqa: ANN001
+    """Replay the workload against the server; writes requests.csv and power.csv into `out` and returns the
+    window's facts (as replay.serve does). Raises RuntimeError, after writing every row, if a request failed."""
+    arrival = wl["arrival_s"].to_numpy(float)
+    n_in = wl["n_in"].to_numpy(int)
+    n_out = wl["n_out"].to_numpy(int)
+    n = len(wl)
+    prompts = [backend.prompts(int(n_in[i]), 1, 10_000 + i)[0] for i in range(n)]
+    keep = max(900.0, float(arrival[-1]) + settle_s + tail_s + 600.0)
+    timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz, keep_s=keep).start()
+    rows = Appender(out / "requests.csv", FIELDS)
+    lock = threading.Lock()
+    done: list[dict] = []
+    time.sleep(settle_s)
+    wall0 = time.time()
+    t0 = time.perf_counter()
+    meter.begin("window")
+
+    def one(i: int) -> None:
+        o: dict = {"first_event": threading.Event()}
+        sent = time.perf_counter() - t0
+        backend.stream(prompts[i], int(n_out[i]), t0, o)
+        row = {"id": i, "arrival_s": arrival[i], "n_in": int(n_in[i]), "n_out": int(n_out[i]),
+               "start_s": round(sent, 6), "first_token_s": round(o.get("first", math.nan), 6),
+               "end_s": round(o["end"], 6), "gen_tokens": o.get("tokens"), "error": o.get("error")}
+        with lock:
+            rows.write(row)
+            done.append(row)
+
+    threads = []
+    try:
+        last_report = 0.0
+        for i in range(n):
+            time.sleep(max(0.0, arrival[i] - (time.perf_counter() - t0)))
+            th = threading.Thread(target=one, args=(i,), daemon=True, name=f"request-{i}")
+            th.start()
+            threads.append(th)
+            now = time.perf_counter() - t0
+            if now - last_report > 15 or i == n - 1:
+                last_report = now
+                log(f"replay: {i + 1}/{n} requests sent at {now:.1f} s, {len(done)} finished")
+        for th in threads:
+            th.join(backend.timeout_s)
+        last_end = max(r["end_s"] for r in done) if done else time.perf_counter() - t0
+        time.sleep(tail_s)
+        total = meter.end("window")
+        window_s = time.perf_counter() - t0
+        busy = merge([(r["start_s"], r["end_s"]) for r in done])
+        sampled = [sum(timeline.energy_j(wall0 + a, wall0 + b).values()) for a, b in busy] if timeline.active else []
+    finally:
+        timeline.stop()
+        rows.close()
+    failed = [r for r in done if r["error"] or r["gen_tokens"] != r["n_out"]]
+    if len(done) < n or failed:
+        bad = failed[0] if failed else {"id": "?", "error": f"{n - len(done)} requests never returned"}
+        raise RuntimeError(f"request {bad['id']} failed: {bad['error'] or 'wrong number of tokens'}")
+    active = float(sum(sampled)) if sampled else math.nan
+    return {
+        "window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s, "wall_start": wall0,
+        "open_loop": True, "busy_s": sum(b - a for a, b in busy),
+        "energy_j": total.device_total, "active_j": active, "idle_j": total.device_total - active,
+        "energy_by_device": total.device_j, "host_j": None if math.isnan(total.host_total) else total.host_total,
+    }
