@@ -15,11 +15,13 @@ from test_validate import GSM8K, H100, _meter
 from dcsim.calibrate.backends.endpoint import EndpointBackend
 from dcsim.cli import main as cli
 from dcsim.validate import open_loop
+from dcsim.validate.intervals import covered_s, merge
 from dcsim.validate.compare import compare
 
 
 def test_merge_gives_the_union_of_intervals():
-    assert open_loop.merge([(3, 4), (0, 1), (0.5, 2), (2, 2.5), (5, 6)]) == [(0, 2.5), (3, 4), (5, 6)]
+    assert merge([(3, 4), (0, 1), (0.5, 2), (2, 2.5), (5, 6)]) == [(0, 2.5), (3, 4), (5, 6)]
+    assert covered_s([(3, 4), (0, 1), (0.5, 2), (2, 2.5), (5, 6)]) == 4.5
 
 
 def test_requests_are_sent_at_their_arrivals_and_overlap(server, tmp_path):  # noqa: F811
@@ -39,7 +41,7 @@ def test_requests_are_sent_at_their_arrivals_and_overlap(server, tmp_path):  # n
     assert ((req["end_s"] - req["first_token_s"]) >= (req["n_out"] - 1) * STEP_S).all()
     # busy = union of the in-flight intervals (requests 0-2 overlap, 3-4 overlap, 5 alone)
     spans = [(a, b) for a, b in zip(req["start_s"], req["end_s"])]
-    assert res["busy_s"] == pytest.approx(sum(b - a for a, b in open_loop.merge(spans)), rel=1e-6)
+    assert res["busy_s"] == pytest.approx(sum(b - a for a, b in merge(spans)), rel=1e-6)
     assert res["busy_s"] < (req["end_s"] - req["start_s"]).sum() - 0.1
     # a constant 50 W meter: total = 50 W x window; active = 50 W x busy (from the sampled timeline)
     assert res["energy_j"] == pytest.approx(50.0 * res["window_s"], rel=1e-3)

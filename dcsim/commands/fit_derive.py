@@ -38,16 +38,6 @@ def _shown(path: str | Path) -> str:
         return p.name
 
 
-def _target(key: str | None):
-    from dcsim.profiles import devices as catalogue
-
-    if not key:
-        raise UserError("--derive needs --to DEVICE", field="--to")
-    if key not in catalogue.DEVICES:
-        raise UserError(f"unknown device {key!r}; known: {', '.join(sorted(catalogue.DEVICES))}", field="--to")
-    return catalogue.DEVICES[key]
-
-
 def run(args: argparse.Namespace) -> int:
     from dcsim.commands.fit import check_out, write_profile
     from dcsim.profiles import devices as catalogue
@@ -61,17 +51,14 @@ def run(args: argparse.Namespace) -> int:
                         field="path")
     if not args.source or not Path(args.source).is_file():
         raise UserError("source profile not found (--derive needs --from PROFILE.yaml)", args.source, "--from")
-    target = _target(args.to)
+    if not args.to:
+        raise UserError("--derive needs --to DEVICE", field="--to")
+    target = catalogue.device(args.to, "--to")
     if args.compare and not args.check:
         raise UserError("--compare needs --check RUN_DIR", field="--compare")
     src = load_profile(args.source)
-    if args.source_device:
-        if args.source_device not in catalogue.DEVICES:
-            raise UserError(f"unknown device {args.source_device!r}; known: {', '.join(sorted(catalogue.DEVICES))}",
-                            field="--source-device")
-        sdev = catalogue.DEVICES[args.source_device]
-    else:
-        sdev = source_device(src, args.source)
+    sdev = catalogue.device(args.source_device, "--source-device") if args.source_device else \
+        source_device(src, args.source)
     t = transfer_between(sdev, target, args.step_overhead_ms / 1000.0, args.idle)
     cmd = ["dcsim", "fit", "--derive", "--from", _shown(args.source), "--to", target.key]
     if args.source_device:

@@ -177,11 +177,12 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def device(key: str) -> DeviceSpec:
+def device(key: str, field: str = "device") -> DeviceSpec:
+    """The catalogue entry of `key`; an unknown key is a UserError naming `field` and the known keys."""
     try:
         return DEVICES[key]
     except KeyError:
-        raise UserError(f"unknown device {key!r}; known: {sorted(DEVICES)}", field="device") from None
+        raise UserError(f"unknown device {key!r}; known: {', '.join(sorted(DEVICES))}", field=field) from None
 
 
 def model(key: str) -> ModelSpec:

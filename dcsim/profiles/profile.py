@@ -38,9 +38,12 @@ class Curve(Strict):
     hi: float | None = None
 
     def prefill_terms(self) -> tuple:
-        """(intercept, per token, per token squared, per prompt, lo, hi) for fast evaluation."""
+        """(intercept, per token, per token squared, per prompt, lo, hi) for fast evaluation; a missing bound
+        is infinite, so clamping needs no None checks."""
         c = self.coef
-        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0), self.lo, self.hi)
+        lo = -math.inf if self.lo is None else self.lo
+        hi = math.inf if self.hi is None else self.hi
+        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0), lo, hi)
 
     def at(self, **features: float) -> float:
         v = self.intercept
@@ -347,15 +350,15 @@ class ProfileEvaluator:
         """(seconds, device watts, host watts) of one prefill step."""
         a, b, c, d, lo, hi = self.pf_t
         t = a + b * tokens + c * tokens_sq + d * batch
-        if lo is not None and t < lo:
+        if t < lo:
             t = lo
-        if hi is not None and t > hi:
+        elif t > hi:
             t = hi
         a, b, c, d, lo, hi = self.pf_p
         w = a + b * tokens + c * tokens_sq + d * batch
-        if lo is not None and w < lo:
+        if w < lo:
             w = lo
-        if hi is not None and w > hi:
+        elif w > hi:
             w = hi
         if w > self.pf_ceiling:
             tx, px = self.cap_effect(w, "prefill")

@@ -19,6 +19,7 @@ import pandas as pd
 from dcsim.errors import UserError
 from dcsim.profiles.profile import load_profile
 from dcsim.scenario import Batching, Pool, ReplayArrivals, Scenario, TraceRef
+from dcsim.validate.intervals import covered_s
 
 TARGETS = {"energy_j": 0.05, "e2e_p50_s": 0.10, "e2e_p95_s": 0.10, "wait_mean_s": 0.15}
 
@@ -33,20 +34,6 @@ def measured_metrics(req: pd.DataFrame, meta: dict) -> dict[str, float]:
     if open_loop:
         m["wait_mean_s"] = m["prefill_p50_s"] = float("nan")
     return m
-
-
-def _busy_s(start: np.ndarray, done: np.ndarray) -> float:
-    """Length of the union of the [start, done] intervals: time with at least one request being served."""
-    order = np.argsort(start, kind="stable")
-    total, hi = 0.0, -np.inf
-    for a, b in zip(start[order], done[order]):
-        if a > hi:
-            total += b - a
-            hi = b
-        elif b > hi:
-            total += b - hi
-            hi = b
-    return float(total)
 
 
 def _metrics(req: pd.DataFrame, energy: float, active: float, idle: float, window: float,
@@ -64,7 +51,7 @@ def _metrics(req: pd.DataFrame, energy: float, active: float, idle: float, windo
     else:
         runs = req.groupby("start_s").agg(first=("first_token_s", "first"), done=("done_s", "first"),
                                           n_out=("n_out", "max")).reset_index()
-    busy = _busy_s(req["start_s"].to_numpy(float), req["done_s"].to_numpy(float))
+    busy = covered_s(zip(req["start_s"].to_numpy(float), req["done_s"].to_numpy(float)))
     steps = float((runs["n_out"] - 1).clip(lower=0).sum())
     return {
         "energy_j": energy, "active_j": active, "idle_j": idle, "mean_power_w": energy / window,

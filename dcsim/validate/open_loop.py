@@ -21,20 +21,10 @@ import pandas as pd
 from dcsim.calibrate.backends.endpoint import EndpointBackend
 from dcsim.calibrate.meter import Meter
 from dcsim.calibrate.timeline import PowerTimeline
+from dcsim.validate.intervals import merge
 from dcsim.validate.replay import Appender
 
 FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s", "gen_tokens", "error")
-
-
-def merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The union of intervals, as disjoint sorted intervals."""
-    out: list[list[float]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
 
 
 def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, tail_s: float = 10.0,

@@ -39,13 +39,11 @@ class WorkloadSpec:
 
 
 def isolated_service_s(profile: Profile, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
-    """Batch-1 service time of each request by the profile (prefill plus n_out - 1 decode steps)."""
+    """Batch-1 service time of each request by the profile: what the simulator's routers predict."""
+    from dcsim.sim.replica import predicted_service_s
+
     ev = profile.evaluator()
-    out = np.empty(len(n_in))
-    for i, (a, b) in enumerate(zip(n_in.tolist(), n_out.tolist())):
-        t_pf = ev.prefill(a, float(a) * a, 1)[0]
-        out[i] = t_pf + ev.decode_run(1, a + 1, b - 1)[0]
-    return out
+    return np.array([predicted_service_s(ev, a, b) for a, b in zip(n_in.tolist(), n_out.tolist())], dtype=float)
 
 
 def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
