@@ -23,6 +23,9 @@ derived() {
       --check "calibrate/runs/h200-llama-2-7b-$e" --compare "profiles/h200--llama-2-7b--$e-bf16.yaml" \
       -o "profiles/derived/h200--llama-2-7b--$e-bf16--from-h100-sxm-80gb.yaml"
   done
+  # hf-graph: no H200 run to check against yet; the H200 validation replays are sized with it
+  fit --derive --from profiles/h100-sxm-80gb--llama-2-7b--hf-graph-bf16.yaml --to h200 \
+    -o profiles/derived/h200--llama-2-7b--hf-graph-bf16--from-h100-sxm-80gb.yaml
 }
 if [ "${1:-}" = "--calibrated" ]; then calibrated; derived; exit 0; fi
 if [ "${1:-}" = "--derived" ]; then derived; exit 0; fi

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One device call: DEVICE_TAG PROFILE CASE [CASE ...]. Installs the carried wheels, runs each case and packs
+# One device call: DEVICE_TAG PROFILE CASE[:LIMIT] [CASE[:LIMIT] ...]. Installs the carried wheels, runs each case and packs
 # its folder into $OUT as a .tgz (the raw files come back whatever happens to a later case).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
@@ -8,10 +8,11 @@ source validation/scripts/cases.sh
 tag=$1; prof=$2; shift 2
 nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mode,clocks.sm,pstate,temperature.gpu \
   --format=csv 2>&1 | tee $OUT/log.txt
-for c in "$@"; do
-  echo "== case $c at ${SECONDS}s" | tee -a $OUT/log.txt
+for spec in "$@"; do
+  c=${spec%%:*}; lim=""; [ "$c" != "$spec" ] && lim=${spec#*:}
+  echo "== case $c ${lim:+(limit $lim) }at ${SECONDS}s" | tee -a $OUT/log.txt
   left=$(( 585 - SECONDS )); [ $left -gt ${CASE_TIMEOUT:-300} ] && left=${CASE_TIMEOUT:-300}
-  timeout $left bash -c "source validation/scripts/cases.sh; case_$c $tag $prof" 2>&1 | grep -v -i warn | tee -a $OUT/log.txt
+  timeout $left bash -c "source validation/scripts/cases.sh; case_$c $tag $prof $lim" 2>&1 | grep -v -i warn | tee -a $OUT/log.txt
   d=validation/$tag-${c//_/-}
   tar czf $OUT/$c.tgz $(ls -d $d $d.partial 2>/dev/null)
 done
