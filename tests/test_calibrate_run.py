@@ -78,6 +78,29 @@ def test_tiny_model_latency_only_end_to_end(tmp_path):
     assert table["energy_device_j"].isna().all()
 
 
+def test_per_prompt_warm_ups_precede_the_first_run_of_each_prompt_length_and_batch(tmp_path):
+    """`warmup.per_prompt`: one unmeasured 2-token run of each new (prompt length, batch size), right before its
+    first measured run; (8, 1) is already warm from the session's warm-up, so only (24, 1) and (8, 3) get one."""
+    plan = _plan(tmp_path)
+    plan.write_text(plan.read_text().replace("batch: 1}\n", "batch: 1, per_prompt: true}\n"))
+    out = tmp_path / "run"
+    s = Settings(out=out, plan_path=plan, device="cpu", identity={"backend": "hf", "arch": "tiny-llama"},
+                 latency_only=True, progress=False)
+    assert calibrate(s, HFBackend("cpu", arch="tiny-llama", dtype="fp32"))["runs"] == 12
+    rows = _rows(out)
+    warm = [(i, r) for i, r in enumerate(rows) if r["entry"].endswith("-prompt")]
+    assert sorted((int(r["n_in"]), int(r["batch"])) for _, r in warm) == [(8, 3), (24, 1)]
+    for i, r in warm:
+        assert r["phase"] == "warmup" and int(r["n_out"]) == int(r["gen_tokens"]) == 2
+        first = min(j for j, x in enumerate(rows)
+                    if x["phase"] == "run" and (x["n_in"], x["batch"]) == (r["n_in"], r["batch"]))
+        assert i == first - 1
+    from dcsim.profiles.importers.calibrate_runs import load
+
+    table, _ = load(out)  # the fit leaves them out like every warm-up
+    assert table["warmup"].sum() == 3 and (~table["warmup"]).sum() == 12
+
+
 class StandInMeter(Meter):
     """No meter is readable on this machine (no GPU, no RAPL): a stand-in that draws a constant 50 W, so every
     window's energy must be 50 W x its length."""

@@ -88,6 +88,11 @@ class Warmup(Strict):
     n_in: int = Field(default=128, gt=0)
     n_out: int = Field(default=32, gt=0)
     batch: int = Field(default=1, gt=0)
+    per_prompt: bool = Field(
+        default=False, description="before the first measured run of each (prompt length, batch size) in a "
+        "session, one unmeasured run of that prompt with 2 output tokens: engines pay a one-off cost the first "
+        "time they see a prompt length (about 60-90 ms on the H100), which a server that has run for a while "
+        "no longer pays, and `dcsim validate` warms every prompt length the same way")
 
 
 class Idle(Strict):

@@ -123,6 +123,7 @@ class Sweep:
         self._work_done = 0.0
         self._time_in_runs = 0.0
         self._warmup_s = 0.0  # longest warm-up seen (a compile, for compiled backends)
+        self._warm_prompts: set[tuple[int, int]] = set()  # (n_in, batch) this process has run
 
     @staticmethod
     def _metrics(row: dict) -> dict:
@@ -282,6 +283,7 @@ class Sweep:
                 self._run("warmup", f"warmup-s{self.session}-{k}", w.n_in, w.n_out, w.batch, k, None,
                           _seed(plan.seed, "warmup", self.session, k))
                 self._warmup_s = max(self._warmup_s, time.time() - t_w)
+                self._warm_prompts.add((w.n_in, w.batch))
             if metered and plan.idle.serving_s > 0 and "idle_serving" not in self.done_phases:
                 self._idle("idle_serving", plan.idle.serving_s)
             self._bar = _progress(s.progress, self._remaining_work())
@@ -308,6 +310,11 @@ class Sweep:
                         self._run("warmup", f"warmup-s{self.session}-{p.id}", p.n_in, p.n_out, p.batch, 0, cap,
                                   _seed(plan.seed, "warmup", p.id))
                         self._warmup_s = max(self._warmup_s, time.time() - t_w)
+                        self._warm_prompts.add((p.n_in, p.batch))
+                    if plan.warmup.per_prompt and (p.n_in, p.batch) not in self._warm_prompts:
+                        self._run("warmup", f"warmup-s{self.session}-{p.id}-prompt", p.n_in, min(2, p.n_out),
+                                  p.batch, 0, cap, _seed(plan.seed, "warmup-prompt", self.session, p.id))
+                    self._warm_prompts.add((p.n_in, p.batch))
                     if self._bar is not None:
                         rb = sch.remaining_by_point()
                         self._bar.set_postfix_str(f"{p.id} repeat {r + 1}" + (f" cap {cap:g}W" if cap else "")
