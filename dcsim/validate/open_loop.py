@@ -20,9 +20,9 @@ import pandas as pd
 
 from dcsim.calibrate.backends.endpoint import EndpointBackend
 from dcsim.calibrate.meter import Meter
-from dcsim.calibrate.timeline import PowerTimeline
 from dcsim.validate.intervals import merge
 from dcsim.validate.replay import Appender
+from dcsim.validate.window import Window
 
 FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s", "gen_tokens", "error")
 
@@ -38,57 +38,45 @@ def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, t
     n = len(wl)
     prompts = [backend.prompts(int(n_in[i]), 1, 10_000 + i)[0] for i in range(n)]
     keep = max(900.0, float(arrival[-1]) + settle_s + tail_s + 600.0)
-    timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz, keep_s=keep).start()
     rows = Appender(out / "requests.csv", FIELDS)
     lock = threading.Lock()
     done: list[dict] = []
-    time.sleep(settle_s)
-    wall0 = time.time()
-    t0 = time.perf_counter()
-    meter.begin("window")
-
-    def one(i: int) -> None:
-        o: dict = {"first_event": threading.Event()}
-        sent = time.perf_counter() - t0
-        backend.stream(prompts[i], int(n_out[i]), t0, o)
-        row = {"id": i, "arrival_s": arrival[i], "n_in": int(n_in[i]), "n_out": int(n_out[i]),
-               "start_s": round(sent, 6), "first_token_s": round(o.get("first", math.nan), 6),
-               "end_s": round(o["end"], 6), "gen_tokens": o.get("tokens"), "error": o.get("error")}
-        with lock:
-            rows.write(row)
-            done.append(row)
-
     threads = []
     try:
-        last_report = 0.0
-        for i in range(n):
-            time.sleep(max(0.0, arrival[i] - (time.perf_counter() - t0)))
-            th = threading.Thread(target=one, args=(i,), daemon=True, name=f"request-{i}")
-            th.start()
-            threads.append(th)
-            now = time.perf_counter() - t0
-            if now - last_report > 15 or i == n - 1:
-                last_report = now
-                log(f"replay: {i + 1}/{n} requests sent at {now:.1f} s, {len(done)} finished")
-        for th in threads:
-            th.join(backend.timeout_s)
-        last_end = max(r["end_s"] for r in done) if done else time.perf_counter() - t0
-        time.sleep(tail_s)
-        total = meter.end("window")
-        window_s = time.perf_counter() - t0
-        busy = merge([(r["start_s"], r["end_s"]) for r in done])
-        sampled = [sum(timeline.energy_j(wall0 + a, wall0 + b).values()) for a, b in busy] if timeline.active else []
+        with Window(meter, out, tail_s, settle_s, timeline_hz, keep_s=keep) as w:
+
+            def one(i: int) -> None:
+                o: dict = {"first_event": threading.Event()}
+                sent = w.now()
+                backend.stream(prompts[i], int(n_out[i]), w.t0, o)
+                row = {"id": i, "arrival_s": arrival[i], "n_in": int(n_in[i]), "n_out": int(n_out[i]),
+                       "start_s": round(sent, 6), "first_token_s": round(o.get("first", math.nan), 6),
+                       "end_s": round(o["end"], 6), "gen_tokens": o.get("tokens"), "error": o.get("error")}
+                with lock:
+                    rows.write(row)
+                    done.append(row)
+
+            last_report = 0.0
+            for i in range(n):
+                time.sleep(max(0.0, arrival[i] - w.now()))
+                th = threading.Thread(target=one, args=(i,), daemon=True, name=f"request-{i}")
+                th.start()
+                threads.append(th)
+                now = w.now()
+                if now - last_report > 15 or i == n - 1:
+                    last_report = now
+                    log(f"replay: {i + 1}/{n} requests sent at {now:.1f} s, {len(done)} finished")
+            for th in threads:
+                th.join(backend.timeout_s)
+            w.close(max(r["end_s"] for r in done) if done else w.now())
+            busy = merge([(r["start_s"], r["end_s"]) for r in done])
+            tl = w.timeline
+            sampled = [sum(tl.energy_j(w.wall0 + a, w.wall0 + b).values()) for a, b in busy] if tl.active else []
     finally:
-        timeline.stop()
         rows.close()
     failed = [r for r in done if r["error"] or r["gen_tokens"] != r["n_out"]]
     if len(done) < n or failed:
         bad = failed[0] if failed else {"id": "?", "error": f"{n - len(done)} requests never returned"}
         raise RuntimeError(f"request {bad['id']} failed: {bad['error'] or 'wrong number of tokens'}")
     active = float(sum(sampled)) if sampled else math.nan
-    return {
-        "window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s, "wall_start": wall0,
-        "open_loop": True, "busy_s": sum(b - a for a, b in busy),
-        "energy_j": total.device_total, "active_j": active, "idle_j": total.device_total - active,
-        "energy_by_device": total.device_j, "host_j": None if math.isnan(total.host_total) else total.host_total,
-    }
+    return w.facts(active, open_loop=True, busy_s=sum(b - a for a, b in busy))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 import time
 from collections import deque
@@ -26,8 +25,8 @@ import pandas as pd
 
 from dcsim.calibrate.backends.base import Backend
 from dcsim.calibrate.meter import Meter
-from dcsim.calibrate.timeline import PowerTimeline
 from dcsim.errors import UserError
+from dcsim.validate.window import Window
 
 REQUEST_FIELDS = ("id", "arrival_s", "n_in", "n_out", "batch_id", "batch_size", "batch_n_in", "batch_n_out",
                   "start_s", "first_token_s", "end_s", "gen_tokens", "batch_energy_j")
@@ -132,98 +131,84 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
     n_in = wl["n_in"].to_numpy(int)
     n_out = wl["n_out"].to_numpy(int)
     n = len(wl)
-    timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz).start()
     reqs = Appender(out / "requests.csv", REQUEST_FIELDS)
     batches = Appender(out / "batches.csv", BATCH_FIELDS)
-    time.sleep(settle_s)  # idle before the window, as a server between bursts
     q: deque[int] = deque()
     nxt = 0
     done = 0
     active_j = 0.0
     bid = 0
     last_report = 0.0
-    wall0 = time.time()
-    t0 = time.perf_counter()
-    meter.begin("window")
-
-    def now() -> float:
-        return time.perf_counter() - t0
-
-    def admit() -> None:
-        nonlocal nxt
-        t = now()
-        while nxt < n and arrival[nxt] <= t:
-            q.append(nxt)
-            nxt += 1
-
     try:
-        while done < n:
-            admit()
-            if not q:
-                time.sleep(max(0.0, arrival[nxt] - now()))
-                continue
-            if policy.policy == "static" and len(q) < policy.max_batch and policy.max_wait_s > 0:
-                deadline = now() + policy.max_wait_s
-                while len(q) < policy.max_batch and now() < deadline:
-                    wake = deadline if nxt >= n else min(deadline, arrival[nxt])
-                    time.sleep(max(0.0, wake - now()))
-                    admit()
-            take = 1 if policy.policy == "fcfs" else policy.max_batch
-            batch = [q.popleft() for _ in range(min(take, len(q)))]
-            b_in = int(max(n_in[i] for i in batch))
-            b_out = int(max(n_out[i] for i in batch))
-            st: dict = {}
-            key = f"b{bid}"
+        with Window(meter, out, tail_s, settle_s, timeline_hz) as w:
+            now, timeline = w.now, w.timeline
 
-            def on_start() -> None:
-                meter.begin(key)
-                meter.begin(key + "/prefill")
-                st["start"] = now()
-                timeline.label = key
+            def admit() -> None:
+                nonlocal nxt
+                t = now()
+                while nxt < n and arrival[nxt] <= t:
+                    q.append(nxt)
+                    nxt += 1
 
-            def on_first() -> None:
-                st["first"] = now()
-                st["prefill"] = meter.end(key + "/prefill", sync=False)
+            while done < n:
+                admit()
+                if not q:
+                    time.sleep(max(0.0, arrival[nxt] - now()))
+                    continue
+                if policy.policy == "static" and len(q) < policy.max_batch and policy.max_wait_s > 0:
+                    deadline = now() + policy.max_wait_s
+                    while len(q) < policy.max_batch and now() < deadline:
+                        wake = deadline if nxt >= n else min(deadline, arrival[nxt])
+                        time.sleep(max(0.0, wake - now()))
+                        admit()
+                take = 1 if policy.policy == "fcfs" else policy.max_batch
+                batch = [q.popleft() for _ in range(min(take, len(q)))]
+                b_in = int(max(n_in[i] for i in batch))
+                b_out = int(max(n_out[i] for i in batch))
+                st: dict = {}
+                key = f"b{bid}"
 
-            tm = backend.run(b_in, b_out, len(batch), seed=10_000 + bid, on_start=on_start, on_first_token=on_first)
-            if "prefill" not in st:
-                st["prefill"] = meter.end(key + "/prefill", sync=False)
-                st["first"] = now()
-            r = meter.end(key)
-            end = now()
-            timeline.label = ""
-            e = r.device_total
-            active_j += e
-            batches.write({"batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
-                           "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
-                           "end_s": round(end, 6), "energy_j": e, "prefill_energy_j": st["prefill"].device_total})
-            for i in batch:
-                reqs.write({"id": i, "arrival_s": arrival[i], "n_in": int(n_in[i]), "n_out": int(n_out[i]),
-                            "batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
-                            "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
-                            "end_s": round(end, 6), "gen_tokens": tm.gen_tokens, "batch_energy_j": e})
-            if tm.gen_tokens != b_out:
-                raise RuntimeError(f"batch {bid} generated {tm.gen_tokens} tokens, expected {b_out}")
-            done += len(batch)
-            bid += 1
-            if end - last_report > 15 or done == n:
-                last_report = end
-                log(f"replay: {done}/{n} requests at {end:.1f} s (arrivals span {arrival[-1]:.1f} s), "
-                    f"queue {len(q)}")
-        last_end = now()
-        time.sleep(tail_s)
-        total = meter.end("window")
-        window_s = now()
+                def on_start() -> None:
+                    meter.begin(key)
+                    meter.begin(key + "/prefill")
+                    st["start"] = now()
+                    timeline.label = key
+
+                def on_first() -> None:
+                    st["first"] = now()
+                    st["prefill"] = meter.end(key + "/prefill", sync=False)
+
+                tm = backend.run(b_in, b_out, len(batch), seed=10_000 + bid, on_start=on_start,
+                                 on_first_token=on_first)
+                if "prefill" not in st:
+                    st["prefill"] = meter.end(key + "/prefill", sync=False)
+                    st["first"] = now()
+                r = meter.end(key)
+                end = now()
+                timeline.label = ""
+                e = r.device_total
+                active_j += e
+                batches.write({"batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
+                               "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
+                               "end_s": round(end, 6), "energy_j": e, "prefill_energy_j": st["prefill"].device_total})
+                for i in batch:
+                    reqs.write({"id": i, "arrival_s": arrival[i], "n_in": int(n_in[i]), "n_out": int(n_out[i]),
+                                "batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
+                                "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
+                                "end_s": round(end, 6), "gen_tokens": tm.gen_tokens, "batch_energy_j": e})
+                if tm.gen_tokens != b_out:
+                    raise RuntimeError(f"batch {bid} generated {tm.gen_tokens} tokens, expected {b_out}")
+                done += len(batch)
+                bid += 1
+                if end - last_report > 15 or done == n:
+                    last_report = end
+                    log(f"replay: {done}/{n} requests at {end:.1f} s (arrivals span {arrival[-1]:.1f} s), "
+                        f"queue {len(q)}")
+            w.close(now())
     finally:
-        timeline.stop()
         reqs.close()
         batches.close()
-    return {
-        "window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,
-        "wall_start": wall0, "batches": bid,
-        "energy_j": total.device_total, "active_j": active_j, "idle_j": total.device_total - active_j,
-        "energy_by_device": total.device_j, "host_j": None if math.isnan(total.host_total) else total.host_total,
-    }
+    return w.facts(active_j, batches=bid)
 
 
 def write_json(path: Path, data: dict) -> None:

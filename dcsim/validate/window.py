@@ -1,0 +1,55 @@
+"""The metered window both replays share (in-process and against an endpoint): idle before it, one meter window
+from the first arrival to `tail_s` after the last request, a sampled power timeline, and the facts a
+comparison reads from replay.json."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from dcsim.calibrate.meter import Meter, Reading
+from dcsim.calibrate.timeline import PowerTimeline
+
+
+class Window:
+    """`with Window(...) as w:` settles, starts the timeline and opens the meter window; `w.now()` is seconds
+    since the window opened; `w.close(last_end_s)` idles the tail and reads the window's energy. The timeline
+    stops however the block ends."""
+
+    def __init__(self, meter: Meter, out: Path, tail_s: float, settle_s: float, timeline_hz: float,
+                 keep_s: float = 900.0) -> None:
+        self.meter, self.tail_s, self.settle_s = meter, tail_s, settle_s
+        self.timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz, keep_s=keep_s)
+        self.total: Reading | None = None
+        self.window_s = self.last_end_s = math.nan
+
+    def __enter__(self) -> "Window":
+        self.timeline.start()
+        time.sleep(self.settle_s)  # idle before the window, as a server between bursts
+        self.wall0 = time.time()
+        self.t0 = time.perf_counter()
+        self.meter.begin("window")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timeline.stop()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def close(self, last_end_s: float) -> None:
+        """The last request ended at `last_end_s`: idle the tail, then read the whole window's energy."""
+        self.last_end_s = last_end_s
+        time.sleep(self.tail_s)
+        self.total = self.meter.end("window")
+        self.window_s = self.now()
+
+    def facts(self, active_j: float, **extra: object) -> dict:
+        """The window's facts for replay.json: length, timing, and the measured total/active/idle energy."""
+        assert self.total is not None, "close() the window first"
+        t = self.total
+        return {"window_s": self.window_s, "last_end_s": self.last_end_s, "tail_s": self.tail_s,
+                "settle_s": self.settle_s, "wall_start": self.wall0, **extra,
+                "energy_j": t.device_total, "active_j": active_j, "idle_j": t.device_total - active_j,
+                "energy_by_device": t.device_j, "host_j": None if math.isnan(t.host_total) else t.host_total}
