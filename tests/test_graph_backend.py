@@ -204,3 +204,18 @@ def test_cuda_graph_decode_matches_generate_and_never_syncs():
     torch.cuda.synchronize()
     assert int(st.pos[0, 0]) == 4 + 5
     be.close()
+
+
+def test_room_for_a_batch_size_covers_its_cache_and_its_prefill():
+    """Llama-2-7B shapes (32 layers, 32 KV heads of 128, hidden 4096, MLP 11008), bf16, by hand: batch 256 with
+    384 positions needs a 2 x 32 x 256 x 32 x 384 x 128 x 2 B = 51.54 GB cache plus 256 x 384 x (8 x 4096 +
+    3 x 11008) x 2 B = 12.94 GB of prefill activations; batch 1 with 4096 positions needs 2.15 GB plus the 2 GiB
+    floor, its activations (0.54 GB) being smaller."""
+    from types import SimpleNamespace
+
+    from dcsim.calibrate.backends.graph import room_needed
+
+    cfg = SimpleNamespace(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, head_dim=128,
+                          hidden_size=4096, intermediate_size=11008)
+    assert room_needed(cfg, 256, 384, 2) == 51_539_607_552 + 12_935_233_536
+    assert room_needed(cfg, 1, 4096, 2) == 2_147_483_648 + (2 << 30)

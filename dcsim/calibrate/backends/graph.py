@@ -16,15 +16,29 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from dcsim.calibrate.backends.base import Timing
 from dcsim.calibrate.backends.cudagraph import capture
 from dcsim.calibrate.backends.decode import DecodeState
 from dcsim.calibrate.backends.hf import HFBackend
 
-# free device memory kept beyond a new cache's own size before older batch sizes' caches are dropped
+# free device memory kept beyond a new cache's own size before older batch sizes' caches are dropped: at least
+# this, and at least what a prefill of the whole cache's positions holds at its peak (room_needed)
 _HEADROOM_BYTES = 2 << 30
+
+
+def room_needed(cfg: Any, batch: int, length: int, elem: int) -> int:
+    """Free device bytes a batch size's state needs: its KV cache (K and V, every layer) plus the larger of
+    2 GiB and a prefill's peak activations over batch x length tokens (hidden states of the residual stream,
+    q/k/v/o, and the MLP's gate, up and product: 8 x hidden + 3 x intermediate values per token). Without the
+    second term a batch of 256 prompts of 256 tokens (Llama-2-7B) would run out of memory in its prefill
+    after its 51.5 GB cache was made to fit with 2 GiB to spare."""
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    cache = 2 * cfg.num_hidden_layers * batch * kv_heads * length * hd * elem
+    act = batch * length * (8 * cfg.hidden_size + 3 * cfg.intermediate_size) * elem
+    return cache + max(_HEADROOM_BYTES, act)
 
 
 class GraphBackend(HFBackend):
@@ -93,11 +107,8 @@ class GraphBackend(HFBackend):
         the new cache; they are rebuilt, and recaptured, when next used (needs_warmup says so)."""
         if not self.device.startswith("cuda") or not self._states:
             return
-        torch, cfg = self.torch, self.cfg
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        elem = torch.finfo(self.model.dtype).bits // 8
-        need = 2 * cfg.num_hidden_layers * batch * kv_heads * length * hd * elem + _HEADROOM_BYTES
+        torch = self.torch
+        need = room_needed(self.cfg, batch, length, torch.finfo(self.model.dtype).bits // 8)
         while self._states and torch.cuda.mem_get_info(self.device)[0] < need:
             old = next(iter(self._states))
             self._states.pop(old).release()
