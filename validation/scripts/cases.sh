@@ -9,6 +9,7 @@
 # of one replica (static batching: offered at the isolated service rate, so batches form).
 V="python3 -m dcsim.commands.validate --device cuda:0 --model-arch llama-2-7b --random-weights --settle-s 5"
 [ -n "${PLAN:-}" ] && V="$V --plan $PLAN"
+V="$V ${VALIDATE_FLAGS:-}"  # e.g. VALIDATE_FLAGS=--dry-run rehearses a device call on any machine
 # calibration shapes run after each window on the same engine: tells a slower machine from a wrong model
 PROBE="--probe 32:64,32:128,32:256,32:512 --probe-repeats 2"
 
