@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mo
   --format=csv 2>&1 | tee $OUT/log.txt
 R=calibrate/runs/$tag-llama-2-7b-hf-graph-standard
 python3 -m dcsim.commands.calibrate --device cuda:0 --model-arch llama-2-7b --no-progress --backend hf-graph \
-  --plan calibrate/plans/standard-grouped.yaml --out $R --max-minutes ${MINUTES:-8.6} 2>&1 | grep -v -i warn \
+  --plan calibrate/plans/standard-grouped.yaml --out $R --max-minutes ${MINUTES:-7.5} 2>&1 | grep -v -i warn \
   | tee -a $OUT/log.txt
 tar czf $OUT/$tag-hf-graph-standard.tgz $R
 echo "total ${SECONDS}s" | tee -a $OUT/log.txt
