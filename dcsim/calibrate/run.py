@@ -258,7 +258,7 @@ class Sweep:
                 "status": "running"}
         self.manifest["sessions"].append(sess)
         store.write_manifest(self.out, self.manifest)
-        self.writer = store.RowWriter(self.out / store.RUNS)
+        self.writer = store.RowWriter(self.out / store.RUNS, fmt=store._fmt)
         self.timeline = PowerTimeline(self.meter.power_w, self.out / store.POWER, 1.0 / s.timeline_hz).start()
         sess["power_timeline"] = self.timeline.active
         guard = None

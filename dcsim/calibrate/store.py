@@ -64,22 +64,27 @@ def read_rows(path: Path, repair: bool = False) -> list[dict[str, str]]:
 
 
 class RowWriter:
-    """Appends rows to runs.csv, each flushed and fsync'd before the call returns."""
+    """Appends rows to a CSV (runs.csv by default), each written out before the call returns: fsync'd where
+    `durable` (a crash loses no finished measurement), flushed only where not (a replay's per-request rows,
+    whose loop should not wait on the disk). `fmt` renders each value (None: as csv writes it)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fields: tuple[str, ...] = COLUMNS, fmt=None, durable: bool = True) -> None:  # noqa: ANN001
         new = not path.exists() or path.stat().st_size == 0
+        self.fields, self.fmt, self.durable = fields, fmt, durable
         self.f = path.open("a", newline="")
-        self.w = csv.DictWriter(self.f, fieldnames=COLUMNS, extrasaction="raise")
+        self.w = csv.DictWriter(self.f, fieldnames=fields, extrasaction="raise")
         if new:
             self.w.writeheader()
             self._sync()
 
     def _sync(self) -> None:
         self.f.flush()
-        os.fsync(self.f.fileno())
+        if self.durable:
+            os.fsync(self.f.fileno())
 
     def write(self, row: dict) -> None:
-        self.w.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+        fmt = self.fmt
+        self.w.writerow({k: fmt(row.get(k)) if fmt else row.get(k) for k in self.fields})
         self._sync()
 
     def close(self) -> None:

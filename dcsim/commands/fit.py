@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     if args.derive:
         return fit_derive.run(args)
     from dcsim.profiles.fit import fit_profile, meta_from_dict
-    from dcsim.profiles.plots import fit_figure
 
     args.source = args.source or "run"
     if args.source not in SOURCES:
@@ -107,21 +106,29 @@ def run(args: argparse.Namespace) -> int:
     write_profile(prof, out)
     msg = f"wrote {out}"
     if not args.no_plot:
-        png = out.with_suffix(".png")
-        tmp = png.with_name(f".{png.stem}.tmp.png")
-        try:
-            fit_figure(prof, result.rows, tmp)
-            os.replace(tmp, png)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        msg += f" and {png}"
+        msg += f" and {write_figure(prof, result.rows, out)}"
     print(msg)
     for k, v in prof.fit_error.items():
         print(f"  {k:<24} median {v.median_ape_pct:6.2f}%  max {v.max_ape_pct:6.2f}%  ({v.n_points} points)")
     if prof.not_covered:
         print("  not covered by the source: " + "; ".join(prof.not_covered))
     return 0
+
+
+def write_figure(prof, rows, out: Path) -> Path:  # noqa: ANN001
+    """The profile's curves against its measured points, as a PNG beside the YAML `out` (via a temporary file:
+    a failed plot leaves no half-written PNG)."""
+    from dcsim.profiles.plots import fit_figure
+
+    png = out.with_suffix(".png")
+    tmp = png.with_name(f".{png.stem}.tmp.png")
+    try:
+        fit_figure(prof, rows, tmp)
+        os.replace(tmp, png)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return png
 
 
 def write_profile(prof, path: Path) -> None:

@@ -6,7 +6,6 @@ points in a PNG beside the YAML."""
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from pathlib import Path
 
@@ -97,17 +96,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _figure(prof, rows, errs, out: Path) -> Path:
+def _figure(prof, rows, errs, out: Path) -> Path:  # noqa: ANN001
     """The derived curves against the target's measured points (the check's errors in the title)."""
-    from dcsim.profiles.plots import fit_figure
+    from dcsim.commands.fit import write_figure
 
-    shown = prof.model_copy(update={"fit_error": {f"check {k}": v for k, v in errs.items()}})
-    png = out.with_suffix(".png")
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    try:
-        fit_figure(shown, rows, tmp)
-        os.replace(tmp, png)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return png
+    return write_figure(prof.model_copy(update={"fit_error": {f"check {k}": v for k, v in errs.items()}}), rows, out)

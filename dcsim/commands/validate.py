@@ -78,6 +78,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="build the workload and forecast it; touch no device")
 
 
+def _log(message: str) -> None:
+    """Progress on stderr, flushed at once (a device call's log is read as it runs)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _need(args: argparse.Namespace, *names: str) -> None:
     for n in names:
         if getattr(args, n.replace("-", "_")) is None:
@@ -146,7 +151,7 @@ def handler(args: argparse.Namespace) -> int:
             shapes, plan_path = _plan_shapes(args, profile)
             lengths = R.cache_lengths(shapes, policy.batch_sizes())
             R.check_fits(wl, lengths, policy, args.trace)
-    _parse_probe(args.probe)
+    probe_shapes = _parse_probe(args.probe)
     out = Path(args.out)
     if out.exists() and not args.force and not args.dry_run:
         raise UserError("output folder exists; choose another --out or pass --force", out, "--out")
@@ -163,16 +168,14 @@ def handler(args: argparse.Namespace) -> int:
     meter = select_meter(args.device, args.latency_only)  # before anything is written: no meter, no folder
     tmp = _start_folder(out, wl)
     backend = make(backend_name, args.device, args.model, args.model_arch, args.random_weights, args.dtype)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     load_info = backend.load()
     if lengths:
         backend.prepare([(1, n - 1, b) for b, n in lengths.items()])
-    warm_s = R.warm_up(backend, policy, lengths, log,
+    warm_s = R.warm_up(backend, policy, lengths, _log,
                        None if args.no_length_warmup else wl["n_in"].tolist())
-    log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
+    _log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
     env = capture(args.device)
-    res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=log)
-    probe_shapes = _parse_probe(args.probe)
+    res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
     if probe_shapes:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     backend.close()
@@ -193,12 +196,11 @@ def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
     meter = select_meter("endpoint", args.latency_only, args.meter_device)
     facts = backend.load()  # refuses an unreachable server or a model it does not serve, before writing
     tmp = _start_folder(out, wl)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t_warm = time.perf_counter()
     for n_in in (128, 512):  # wake the server up: the first requests after a start pay one-off costs
         backend.run(n_in, 16, 1, seed=n_in, on_start=lambda: None, on_first_token=lambda: None)
     warm_s = time.perf_counter() - t_warm
-    res = open_loop.serve(wl, backend, meter, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=log)
+    res = open_loop.serve(wl, backend, meter, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
     env = capture(args.meter_device or "cpu")
     meta = _meta(args, spec, info, policy, prof_path, "endpoint", warm_s, res, env, meter, facts)
     return _finish(tmp, out, meta, prof_path, meter)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from dcsim.errors import UserError
-from dcsim.profiles.fit import fit_error
+from dcsim.profiles.fit import shape_mean_error
 from dcsim.profiles.measurements import normalise
 from dcsim.profiles.profile import FitError, Profile
 
@@ -53,11 +52,9 @@ def run_errors(profile: Profile, runs: pd.DataFrame) -> dict[str, FitError]:
     out = {}
     for key, pred, meas in (("latency.run_s", "pred_runtime_s", "runtime_s"),
                             ("energy.run_device_j", "pred_energy_device_j", "energy_device_j")):
-        sub = p.dropna(subset=[meas])
-        g = sub.groupby(["kind", "batch", "source"], sort=False)[[pred, meas]].mean()
-        g = g[np.isfinite(g[meas]) & (g[meas] != 0)]
-        if len(g):
-            out[key] = fit_error(g[pred].to_numpy(), g[meas].to_numpy())
+        sub = p.dropna(subset=[meas])  # as the fit does: energy only where the run was long enough
+        if len(sub):
+            out[key] = shape_mean_error(sub, pred, meas)
     return out
 
 

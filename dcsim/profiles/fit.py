@@ -528,17 +528,17 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
                        pred_tpot_s=pl["tpot"])
     dec = dec.assign(context=dec_ctx, pred_runtime_s=pl["dec"])
     if len(runs):
-        errors["latency.run_s"] = _group_error(runs, "pred_runtime_s", "runtime_s")
+        errors["latency.run_s"] = shape_mean_error(runs, "pred_runtime_s", "runtime_s")
         if runs["ttft_s"].notna().any():
             # TTFT as the fit decomposes it (prefill_s less the per-run overhead, if any) ...
-            errors["latency.prefill_s"] = _group_error(runs.dropna(subset=["ttft_s"]), "pred_ttft_s", "ttft_s")
+            errors["latency.prefill_s"] = shape_mean_error(runs.dropna(subset=["ttft_s"]), "pred_ttft_s", "ttft_s")
             if lm.overhead_s > 1e-4:  # ... and as a simulation reports it (the whole prefill_s)
-                errors["latency.ttft_as_simulated_s"] = _group_error(runs.dropna(subset=["ttft_s"]),
+                errors["latency.ttft_as_simulated_s"] = shape_mean_error(runs.dropna(subset=["ttft_s"]),
                                                                      "pred_prefill_s", "ttft_s")
         if runs["tpot_s"].notna().any():
-            errors["latency.tpot_s"] = _group_error(runs.dropna(subset=["tpot_s"]), "pred_tpot_s", "tpot_s")
+            errors["latency.tpot_s"] = shape_mean_error(runs.dropna(subset=["tpot_s"]), "pred_tpot_s", "tpot_s")
     if len(dec):
-        errors["latency.decode_step_s"] = _group_error(dec, "pred_runtime_s", "runtime_s")
+        errors["latency.decode_step_s"] = shape_mean_error(dec, "pred_runtime_s", "runtime_s")
 
     # ---- power ----------------------------------------------------------------------------------------
     cap_hi = meta.device.tdp_w * meta.gpus_per_replica if meta.device.tdp_w else None
@@ -569,10 +569,10 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     prov["power.decode_w"] = _src(src, "fitted to " + ("decode-row average power" if len(dec) else
                                                        "run energy with the fitted times"))
     if len(runs) and runs["energy_device_j"].notna().any():
-        errors["energy.run_device_j"] = _group_error(runs.dropna(subset=["energy_device_j"]),
+        errors["energy.run_device_j"] = shape_mean_error(runs.dropna(subset=["energy_device_j"]),
                                                      "pred_energy_device_j", "energy_device_j")
     if len(dec):
-        errors["power.decode_w"] = _group_error(dec, "pred_avg_power_w", "meas_avg_power_w")
+        errors["power.decode_w"] = shape_mean_error(dec, "pred_avg_power_w", "meas_avg_power_w")
 
     # ---- host -------------------------------------------------------------------------------------------
     host = None
@@ -582,7 +582,7 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
             host = HostPower(prefill_w=hw[0], decode_w=hw[1], idle_w=meta.host_idle_w[0])
             prov["power.host"] = _src(src, "fitted to host (CPU) energy of the runs; idle: " + meta.host_idle_w[1])
             runs = runs.assign(pred_energy_host_j=hw[2])
-            errors["energy.run_host_j"] = _group_error(runs.dropna(subset=["energy_host_j"]),
+            errors["energy.run_host_j"] = shape_mean_error(runs.dropna(subset=["energy_host_j"]),
                                                        "pred_energy_host_j", "energy_host_j")
     if host is None:
         not_covered.append("host (CPU, DRAM) power")
@@ -630,7 +630,7 @@ def _dedupe(items: list[str]) -> list[str]:
     return out
 
 
-def _group_error(df: pd.DataFrame, pred: str, meas: str) -> FitError:
+def shape_mean_error(df: pd.DataFrame, pred: str, meas: str) -> FitError:
     """APE of the shape means (repeats of a shape averaged), so a shape measured 100 times counts once."""
     g = df.groupby(["kind", "batch", "source"], sort=False)[[pred, meas]].mean()
     g = g[np.isfinite(g[meas]) & (g[meas] != 0)]

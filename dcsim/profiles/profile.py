@@ -37,13 +37,19 @@ class Curve(Strict):
     lo: float | None = None
     hi: float | None = None
 
+    def bounds(self) -> tuple[float, float]:
+        """(lo, hi) with a missing bound infinite, so the evaluator's clamps need no None checks."""
+        return (-math.inf if self.lo is None else self.lo, math.inf if self.hi is None else self.hi)
+
     def prefill_terms(self) -> tuple:
-        """(intercept, per token, per token squared, per prompt, lo, hi) for fast evaluation; a missing bound
-        is infinite, so clamping needs no None checks."""
+        """(intercept, per token, per token squared, per prompt, lo, hi) for fast evaluation."""
         c = self.coef
-        lo = -math.inf if self.lo is None else self.lo
-        hi = math.inf if self.hi is None else self.hi
-        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0), lo, hi)
+        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0), *self.bounds())
+
+    def decode_terms(self) -> tuple:
+        """(intercept, per sequence, per context token, lo, hi) for fast evaluation."""
+        c = self.coef
+        return (self.intercept, c.get("batch", 0.0), c.get("context", 0.0), *self.bounds())
 
     def at(self, **features: float) -> float:
         v = self.intercept
@@ -287,7 +293,7 @@ class ProfileEvaluator:
     __slots__ = (
         "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
-        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling",
+        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None) -> None:
@@ -296,10 +302,11 @@ class ProfileEvaluator:
         self.gpus = p.gpus_per_replica
         self.pf_t = p.latency.prefill_s.prefill_terms()
         self.pf_p = p.power.prefill_w.prefill_terms()
-        dt, dp = p.latency.decode_step_s, p.power.decode_w
-        # decode linear terms: (intercept, per batch, per context token)
-        self.dc_t = (dt.intercept, dt.coef.get("batch", 0.0), dt.coef.get("context", 0.0), dt.lo)
-        self.dc_p = (dp.intercept, dp.coef.get("batch", 0.0), dp.coef.get("context", 0.0), dp.lo, dp.hi)
+        # decode linear terms: (intercept, per batch, per context token, lo[, hi]); step time has no ceiling
+        self.dc_t = p.latency.decode_step_s.decode_terms()[:4]
+        self.dc_p = p.power.decode_w.decode_terms()
+        # whether any decode clamp is finite: an unbounded profile skips the clamp test of a whole run
+        self.dc_bounded = max(self.dc_t[3], self.dc_p[3]) > -math.inf or self.dc_p[4] < math.inf
         host = p.power.host
         self.host_pf = host.prefill_w if host else None
         self.host_dc = host.decode_w if host else None
@@ -376,13 +383,13 @@ class ProfileEvaluator:
         """(seconds, device watts) of one decode step."""
         a, b, c, lo = self.dc_t
         t = a + b * batch + c * context
-        if lo is not None and t < lo:
+        if t < lo:
             t = lo
         pa, pb, pc, plo, phi = self.dc_p
         w = pa + pb * batch + pc * context
-        if plo is not None and w < plo:
+        if w < plo:
             w = plo
-        if phi is not None and w > phi:
+        elif w > phi:
             w = phi
         if w > self.dc_ceiling:
             tx, px = self.cap_effect(w, "decode")
@@ -405,11 +412,7 @@ class ProfileEvaluator:
         dw = pc * batch
         t_last = t0 + dt * (k - 1)
         w_last = w0 + dw * (k - 1)
-        clamped = (
-            (lo is not None and min(t0, t_last) < lo)
-            or (plo is not None and min(w0, w_last) < plo)
-            or (phi is not None and max(w0, w_last) > phi)
-        )
+        clamped = self.dc_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
         over = max(w0, w_last) > self.dc_ceiling
         if clamped or (over and min(w0, w_last) <= self.dc_ceiling):
             # clamps, or a run that crosses the cap: step by step

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dcsim.errors import UserError
-from dcsim.profiles.profile import load_profile
+from dcsim.profiles.profile import Profile, load_profile
 from dcsim.scenario import Batching, Pool, ReplayArrivals, Scenario, TraceRef
 from dcsim.validate.intervals import covered_s
 
@@ -98,27 +98,24 @@ def forecast(folder: Path, meta: dict, profile_path: Path) -> tuple[dict[str, fl
     return m, req, power_timeline(raw, bins=max(50, int(raw.end_s))), list(raw.warnings)
 
 
-def spread_band(folder: Path, meta: dict, profile_path: Path, sp: dict[str, float]) -> dict[str, tuple[float, float]]:
+def spread_band(folder: Path, meta: dict, profile: Profile, sp: dict[str, float]) -> dict[str, tuple[float, float]]:
     """Per metric, the forecasts with the engine one calibration spread slower and costlier, and one faster and
     cheaper (every active step's time x (1 -/+ time CV), its energy x (1 -/+ energy CV)): how far run-to-run noise
     of the size calibration saw moves each forecast. A measurement outside this band is a model error."""
     import tempfile
 
-    from dcsim.profiles.profile import load_profile
-
-    prof = load_profile(profile_path)
     runs = []
     with tempfile.TemporaryDirectory() as d:
         for sign in (-1.0, 1.0):
             path = Path(d) / f"drift{int(sign)}.yaml"
-            prof.drifted(1.0 + sign * sp["time"], 1.0 + sign * sp["energy"]).to_yaml(path)
+            profile.drifted(1.0 + sign * sp["time"], 1.0 + sign * sp["energy"]).to_yaml(path)
             runs.append(forecast(folder, meta, path)[0])
     return {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in runs[0]}
 
 
-def spread(profile_path: Path) -> dict[str, float]:
+def spread(profile: Profile) -> dict[str, float]:
     """Run-to-run CV of one run's time and energy measured during calibration (0 where not stored)."""
-    cv = load_profile(profile_path).spread_cv
+    cv = profile.spread_cv
     return {"time": float(cv.get("latency.run_s", 0.0)), "energy": float(cv.get("energy.run_device_j", 0.0))}
 
 
@@ -139,8 +136,9 @@ def compare(folder: Path, profile_path: Path | None = None) -> dict:
                         folder / "requests.csv")
     meas = measured_metrics(req, meta)
     fc, sim_req, sim_power, warnings = forecast(folder, meta, profile_path)
-    sp = spread(profile_path)
-    bands = spread_band(folder, meta, profile_path, sp)
+    profile = load_profile(profile_path)
+    sp = spread(profile)
+    bands = spread_band(folder, meta, profile, sp)
     rows = []
     for k in meas:
         m, f = meas[k], fc[k]

@@ -20,8 +20,8 @@ import pandas as pd
 
 from dcsim.calibrate.backends.endpoint import EndpointBackend
 from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.store import RowWriter
 from dcsim.validate.intervals import merge
-from dcsim.validate.replay import Appender
 from dcsim.validate.window import Window
 
 FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s", "gen_tokens", "error")
@@ -38,7 +38,7 @@ def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, t
     n = len(wl)
     prompts = [backend.prompts(int(n_in[i]), 1, 10_000 + i)[0] for i in range(n)]
     keep = max(900.0, float(arrival[-1]) + settle_s + tail_s + 600.0)
-    rows = Appender(out / "requests.csv", FIELDS)
+    rows = RowWriter(out / "requests.csv", FIELDS, durable=False)
     lock = threading.Lock()
     done: list[dict] = []
     threads = []

@@ -13,7 +13,6 @@ resumed (the idle gaps would change), so a rerun starts over.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ import pandas as pd
 
 from dcsim.calibrate.backends.base import Backend
 from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.store import RowWriter
 from dcsim.errors import UserError
 from dcsim.validate.window import Window
 
@@ -78,23 +78,6 @@ def check_fits(wl: pd.DataFrame, lengths: dict[int, int], policy: ServePolicy, f
                         "prompt plus the longest output fit", file, "--clip-in")
 
 
-class Appender:
-    """CSV rows appended and flushed one at a time."""
-
-    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
-        self.fields = fields
-        self.fh = path.open("w", newline="")
-        self.w = csv.DictWriter(self.fh, fieldnames=fields)
-        self.w.writeheader()
-
-    def write(self, row: dict) -> None:
-        self.w.writerow({k: row.get(k) for k in self.fields})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 def warm_up(backend: Backend, policy: ServePolicy, lengths: dict[int, int], log,  # noqa: ANN001
             prompt_lengths: list[int] | None = None) -> float:
     """Run every batch size the replay may use until the backend has nothing left to compile, then once
@@ -131,8 +114,8 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
     n_in = wl["n_in"].to_numpy(int)
     n_out = wl["n_out"].to_numpy(int)
     n = len(wl)
-    reqs = Appender(out / "requests.csv", REQUEST_FIELDS)
-    batches = Appender(out / "batches.csv", BATCH_FIELDS)
+    reqs = RowWriter(out / "requests.csv", REQUEST_FIELDS, durable=False)
+    batches = RowWriter(out / "batches.csv", BATCH_FIELDS, durable=False)
     q: deque[int] = deque()
     nxt = 0
     done = 0
@@ -222,7 +205,7 @@ def probe(backend: Backend, meter: Meter, shapes: list[tuple[int, int, int]], re
     """After the window: run calibration-plan shapes on the same loaded engine and write probe.csv, so the
     engine's speed on this machine, today, can be set against the calibration's medians for those shapes
     (tells a slower machine from a slower replay)."""
-    w = Appender(out / "probe.csv", PROBE_FIELDS)
+    w = RowWriter(out / "probe.csv", PROBE_FIELDS, durable=False)
     try:
         for rep in range(repeats):
             for n_in, n_out, b in shapes:
