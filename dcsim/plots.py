@@ -48,12 +48,19 @@ def latency_cdf_plot(done: pd.DataFrame, pools: list[str], path: Path, title: st
     """CDFs of queue wait, TTFT and end-to-end latency per pool (pool colours as in the power plot)."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     for ax, col, label in zip(axes, ("wait_s", "ttft_s", "e2e_s"), ("queue wait", "time to first token", "end-to-end")):
+        top = 0.0
         for i, pool in enumerate(pools):
             x = np.sort(done.loc[done["pool"] == pool, col].dropna().to_numpy())
             if x.size:
                 ax.plot(x, np.arange(1, x.size + 1) / x.size, label=pool, color=f"C{i}")
+                top = max(top, float(x[-1]))
         ax.set_xlabel(f"{label} (s)")
-        ax.set_xscale("symlog", linthresh=1e-2)
+        # log beyond 10 ms where the values reach it (waits and latencies span decades); a linear axis from 0
+        # where every value is below (symlog there only labelled the data limits, e.g. a few ms of queue wait)
+        if top > 1e-2:
+            ax.set_xscale("symlog", linthresh=1e-2)
+        else:
+            ax.set_xlim(left=0)
         ax.set_ylabel("fraction of requests")
         ax.set_ylim(0, 1.01)
         ax.grid(alpha=0.3)
