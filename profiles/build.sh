@@ -15,6 +15,7 @@ calibrated() {
   fit calibrate/runs/h200-llama-2-7b-hf -o profiles/h200--llama-2-7b--hf-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-static -o profiles/h200--llama-2-7b--hf-static-bf16.yaml
   fit calibrate/runs/h200-llama-2-13b-hf-static -o profiles/h200--llama-2-13b--hf-static-bf16.yaml
+  fit calibrate/runs/h200-llama-2-7b-hf-graph-standard -o profiles/h200--llama-2-7b--hf-graph-bf16.yaml
 }
 derived() {
   # datasheet transfer of the H100 profiles to the H200, checked against the H200's own runs (profiles/README.md)
@@ -23,8 +24,9 @@ derived() {
       --check "calibrate/runs/h200-llama-2-7b-$e" --compare "profiles/h200--llama-2-7b--$e-bf16.yaml" \
       -o "profiles/derived/h200--llama-2-7b--$e-bf16--from-h100-sxm-80gb.yaml"
   done
-  # hf-graph: no H200 run to check against yet; the H200 validation replays are sized with it
+  # hf-graph: the H200 validation replays were sized with this one (validation/h200g-*/replay.json)
   fit --derive --from profiles/h100-sxm-80gb--llama-2-7b--hf-graph-bf16.yaml --to h200 \
+    --check calibrate/runs/h200-llama-2-7b-hf-graph-standard --compare profiles/h200--llama-2-7b--hf-graph-bf16.yaml \
     -o profiles/derived/h200--llama-2-7b--hf-graph-bf16--from-h100-sxm-80gb.yaml
 }
 if [ "${1:-}" = "--calibrated" ]; then calibrated; derived; exit 0; fi
