@@ -10,6 +10,8 @@ same requests and arrival times with a profile, and compare energy and latency.
                                           against a running OpenAI-compatible server (open loop)
   dcsim validate --dry-run ...            the workload and its forecast, no device
   dcsim validate --compare-only DIR       rerun the simulator side of a recorded replay
+  dcsim validate ... --recover            the same command again after it died past its window (e.g. in the
+                                          probe): finish it from OUT.partial's raw files, no device
 
 Writes into --out: workload.csv (what was replayed), requests.csv and batches.csv (measured per request
 and per batch), power.csv (sampled device power), replay.json (window, energies, environment), and the
@@ -76,6 +78,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder to write (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--dry-run", action="store_true", help="build the workload and forecast it; touch no device")
+    p.add_argument("--recover", action="store_true",
+                   help="the same command again, after one that measured its whole window but ended before it "
+                        "wrote replay.json: rebuild that from OUT.partial's raw files (window energy from the "
+                        "power timeline) and compare; touches no device")
 
 
 def _log(message: str) -> None:
@@ -158,6 +164,8 @@ def handler(args: argparse.Namespace) -> int:
     print(f"workload: {json.dumps(info)}", file=sys.stderr)
     if args.dry_run:
         return _dry_run(wl, profile, prof_path, policy, args)
+    if args.recover:
+        return _recover(args, out, wl, info, spec, policy, prof_path, profile, backend_name, plan_path, lengths)
     if args.endpoint:
         return _endpoint(args, out, wl, info, spec, policy, prof_path)
 
@@ -179,9 +187,10 @@ def handler(args: argparse.Namespace) -> int:
     if probe_shapes:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     backend.close()
-    meta = _meta(args, spec, info, policy, prof_path, backend_name, warm_s, res, env, meter, load_info,
+    meta = _meta(args, spec, info, policy, prof_path, backend_name, warm_s, res, env, meter.describe(), load_info,
                  plan=plan_path, cache_lengths=lengths, length_warmup=not args.no_length_warmup)
-    return _finish(tmp, out, meta, prof_path, meter)
+    meter.close()
+    return _finish(tmp, out, meta, prof_path)
 
 
 def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,  # noqa: ANN001
@@ -202,8 +211,37 @@ def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
     warm_s = time.perf_counter() - t_warm
     res = open_loop.serve(wl, backend, meter, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
     env = capture(args.meter_device or "cpu")
-    meta = _meta(args, spec, info, policy, prof_path, "endpoint", warm_s, res, env, meter, facts)
-    return _finish(tmp, out, meta, prof_path, meter)
+    meta = _meta(args, spec, info, policy, prof_path, "endpoint", warm_s, res, env, meter.describe(), facts)
+    meter.close()
+    return _finish(tmp, out, meta, prof_path)
+
+
+def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, prof_path: Path,  # noqa: ANN001
+             profile, engine: str, plan_path: str | None, lengths: dict) -> int:  # noqa: ANN001
+    """--recover: the window in OUT.partial was measured in full; rebuild replay.json from its raw files (the
+    workload it holds must be the one this command builds) and finish as a replay would."""
+    import numpy as np
+
+    from dcsim.validate import workload as W
+    from dcsim.validate.recover import window_facts
+
+    tmp = out.with_name(out.name + ".partial")
+    if not tmp.is_dir():
+        raise UserError("no such folder to recover; --recover finishes a replay that died after its window", tmp,
+                        "--out")
+    done = W.read(tmp / "workload.csv")
+    same = len(done) == len(wl) and all(np.allclose(done[c].to_numpy(float), wl[c].to_numpy(float), rtol=0,
+                                                    atol=1e-6) for c in W.COLUMNS)
+    if not same:
+        raise UserError("the workload this command builds differs from the one replayed; give the replay's own "
+                        "arguments", tmp / "workload.csv")
+    res = window_facts(tmp, len(wl), args.tail_s, args.settle_s)
+    env = {"recovered": "the replay's process ended before it recorded its environment; device name from the "
+                        "profile", "gpu": {"name": profile.device.name}}
+    meter = {"meter": "recovered", "energy_source": res["energy_source"]}
+    meta = _meta(args, spec, info, policy, prof_path, engine, None, res, env, meter, {}, plan=plan_path,
+                 cache_lengths=lengths, length_warmup=not args.no_length_warmup)
+    return _finish(tmp, out, meta, prof_path)
 
 
 def _start_folder(out: Path, wl) -> Path:  # noqa: ANN001
@@ -217,8 +255,8 @@ def _start_folder(out: Path, wl) -> Path:  # noqa: ANN001
     return tmp
 
 
-def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, engine: str, warm_s: float,  # noqa: ANN001
-          res: dict, env: dict, meter, model: dict, **extra) -> dict:  # noqa: ANN001
+def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, engine: str,  # noqa: ANN001
+          warm_s: float | None, res: dict, env: dict, meter: dict, model: dict, **extra) -> dict:  # noqa: ANN001
     """replay.json: what was replayed, how, where, and the window's measured facts."""
     from dcsim.cli import command_line
 
@@ -226,12 +264,12 @@ def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, e
         "format": "dcsim-validate/1", "profile": str(prof_path), "trace": args.trace,
         "command": command_line(args, "validate"), "workload_spec": spec.__dict__, "workload": info,
         "policy": policy.__dict__, "engine": engine, "warmup_s": warm_s, **extra, **res,
-        "device_name": (env.get("gpu") or {}).get("name"), "environment": env, "meter": meter.describe(),
+        "device_name": (env.get("gpu") or {}).get("name"), "environment": env, "meter": meter,
         "model": model, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def _finish(tmp: Path, out: Path, meta: dict, prof_path: Path, meter) -> int:  # noqa: ANN001
+def _finish(tmp: Path, out: Path, meta: dict, prof_path: Path) -> int:
     """Write replay.json, put the folder in place, run the comparison and print it."""
     import pandas as pd
 
@@ -239,7 +277,6 @@ def _finish(tmp: Path, out: Path, meta: dict, prof_path: Path, meter) -> int:  #
     from dcsim.validate.replay import write_json
 
     write_json(tmp / "replay.json", meta)
-    meter.close()
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

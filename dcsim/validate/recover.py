@@ -1,0 +1,75 @@
+"""Recover a replay whose window was measured in full but whose process ended before it wrote replay.json (killed
+during the probe, a lost session): the raw files in OUT.partial hold every request and batch, and the power
+timeline covers the window, so the window's facts are rebuilt from them. The window's total energy then comes
+from integrating the sampled power, not from the energy counter, whose closing reading was lost; each batch's
+energy (batches.csv) is still the counter's. The recovered replay.json says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcsim.errors import UserError
+
+SOURCE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
+          "lost with the process. Batch energies (active_j) are the counter's; idle_j is the difference")
+
+
+def window_start(power: pd.DataFrame, batches: pd.DataFrame, file: Path | None = None) -> tuple[float, float]:
+    """(wall-clock time the window opened, width of the interval it is known to lie in). The timeline labels
+    each sample with the batch that was running, and a batch ran from start_s to end_s after the window
+    opened, so every labelled sample at wall time t bounds the opening to [t - end_s, t - start_s]."""
+    lab = power[power["label"].fillna("").astype(str).str.match(r"^b\d+$")]
+    if lab.empty:
+        raise UserError("no power sample is labelled with a batch; cannot place the window in time",
+                        file, "label")
+    ids = lab["label"].str[1:].astype(int).to_numpy()
+    by_id = batches.set_index("batch_id")
+    known = np.isin(ids, by_id.index.to_numpy())
+    if not known.all():
+        raise UserError(f"power samples name batch b{ids[~known][0]}, which batches.csv does not hold",
+                        file, "label")
+    t = lab["t"].to_numpy(float)
+    lo = float(np.max(t - by_id.loc[ids, "end_s"].to_numpy(float)))
+    hi = float(np.min(t - by_id.loc[ids, "start_s"].to_numpy(float)))
+    return (lo + hi) / 2.0, hi - lo
+
+
+def integrate(power: pd.DataFrame, t0: float, t1: float) -> dict[str, float]:
+    """Joules per device between wall times t0 and t1: each sample's watts held until the next sample."""
+    out: dict[str, float] = {}
+    for dev, g in power.groupby("device", sort=True):
+        g = g.sort_values("t")
+        t = np.clip(g["t"].to_numpy(float), t0, t1)
+        w = g["power_w"].to_numpy(float)
+        out[str(dev)] = float(np.sum(w[:-1] * np.diff(t)))
+    return out
+
+
+def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) -> dict:
+    """The facts Window.facts would have written, rebuilt from OUT.partial's raw files (checked complete)."""
+    folder = Path(folder)
+    for name in ("requests.csv", "batches.csv", "power.csv", "workload.csv"):
+        if not (folder / name).is_file():
+            raise UserError(f"cannot recover without {name}", folder / name)
+    req = pd.read_csv(folder / "requests.csv")
+    if len(req) != n_requests or req["id"].nunique() != n_requests:
+        raise UserError(f"holds {req['id'].nunique()} of the workload's {n_requests} requests: the window did not "
+                        "finish, so there is nothing to recover (run the replay again)", folder / "requests.csv")
+    batches = pd.read_csv(folder / "batches.csv")
+    power = pd.read_csv(folder / "power.csv")
+    wall0, uncertainty = window_start(power, batches, folder / "power.csv")
+    last_end = float(batches["end_s"].max())
+    window_s = last_end + tail_s
+    if float(power["t"].max()) < wall0 + window_s - 1.0:
+        raise UserError(f"the power timeline ends {wall0 + window_s - float(power['t'].max()):.1f} s before the "
+                        "window's tail does", folder / "power.csv", "t")
+    by_dev = integrate(power, wall0, wall0 + window_s)
+    total = sum(by_dev.values())
+    active = float(batches["energy_j"].sum())
+    return {"window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,
+            "wall_start": wall0, "wall_start_uncertainty_s": uncertainty, "batches": int(len(batches)),
+            "energy_j": total, "active_j": active, "idle_j": total - active, "energy_by_device": by_dev,
+            "host_j": None, "energy_source": SOURCE}
