@@ -19,8 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source-device", help="catalogue key of the source's device, where its name does not say")
     g.add_argument("--idle", choices=("catalogue", "tdp-ratio"), default="catalogue",
                    help="target idle power: its catalogue figure (default) or the source's times the TDP ratio")
-    g.add_argument("--step-overhead-ms", type=float, default=0.0,
-                   help="fixed host time per decode step kept unscaled (default 0)")
+    g.add_argument("--step-overhead-ms", default="0",
+                   help="fixed time per decode step kept unscaled: milliseconds (default 0), or 'roofline': the "
+                        "source's step above its weights' read time at the datasheet bandwidth (for an engine "
+                        "paced by the GPU's kernel sequence, e.g. hf-graph, between devices of one compute die)")
     g.add_argument("--check", metavar="RUN_DIR", help="calibration run folder of the target to measure the error on")
     g.add_argument("--compare", metavar="PROFILE", action="append", default=[],
                    help="with --check: also report this profile's error on the run (repeatable)")
@@ -35,6 +37,19 @@ def _shown(path: str | Path) -> str:
         return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return p.name
+
+
+def _step_overhead_s(text: str, src, sdev) -> float:  # noqa: ANN001
+    """--step-overhead-ms: a number of milliseconds, or 'roofline' (derive.roofline_overhead_s)."""
+    from dcsim.profiles.derive import roofline_overhead_s
+
+    if text == "roofline":
+        return roofline_overhead_s(src, sdev)
+    try:
+        return float(text) / 1000.0
+    except ValueError:
+        raise UserError(f"{text!r} is neither a number of milliseconds nor 'roofline'",
+                        field="--step-overhead-ms") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,14 +73,14 @@ def run(args: argparse.Namespace) -> int:
     src = load_profile(args.source)
     sdev = catalogue.device(args.source_device, "--source-device") if args.source_device else \
         source_device(src, args.source)
-    t = transfer_between(sdev, target, args.step_overhead_ms / 1000.0, args.idle)
+    t = transfer_between(sdev, target, _step_overhead_s(args.step_overhead_ms, src, sdev), args.idle)
     cmd = ["dcsim", "fit", "--derive", "--from", _shown(args.source), "--to", target.key]
     if args.source_device:
         cmd += ["--source-device", args.source_device]
     if args.idle != "catalogue":
         cmd += ["--idle", args.idle]
-    if args.step_overhead_ms:
-        cmd += ["--step-overhead-ms", f"{args.step_overhead_ms:g}"]
+    if args.step_overhead_ms not in ("0", "0.0"):
+        cmd += ["--step-overhead-ms", args.step_overhead_ms]
     if args.check:
         cmd += ["--check", _shown(args.check)]
     for c in args.compare:

@@ -6,9 +6,12 @@ k_fl = source / target peak dense BF16 throughput and r = target / source power 
 
 - decode_step_s: a decode step reads the weights and the KV cache once; below the ridge point (batch under
   peak FLOPS / bandwidth, about 200-300 on H100/H200) it is bound by memory bandwidth. Every term (intercept,
-  batch, context, floor) is multiplied by k_bw, except a fixed per-step host overhead `step_overhead_s`
-  (default 0: a compiled, CUDA-graph decode step launches in microseconds), which is kept as measured. So the
-  source's achieved bandwidth (bytes per step / step time) is carried, not the datasheet's peak.
+  batch, context, floor) is multiplied by k_bw, except a fixed per-step overhead `step_overhead_s`, which is
+  kept as measured (default 0: the source's achieved bandwidth, bytes per step / step time, is carried, not the
+  datasheet's peak). `roofline_overhead_s` offers one from the source alone: the part of its decode step above
+  the time its weights take to read at the datasheet bandwidth. That suits an engine whose step is paced by the
+  GPU's own kernel sequence (CUDA graphs) when source and target share the compute die (H100 and H200: same
+  GH100, same clocks); a host-bound engine's overhead follows its host, which a datasheet does not give.
 - prefill_s: prompt work is bound by compute: the per-token, per-token-squared and per-prompt terms are
   multiplied by k_fl. The intercept and the floor (lo) are the fixed cost of an empty prompt (launches, the
   per-run overhead the fit folds into prefill_s) and are kept.
@@ -88,6 +91,16 @@ def source_device(profile: Profile, file: str | Path | None = None) -> DeviceSpe
         return catalogue.DEVICES[key]
     raise UserError(f"device {profile.device.name!r} of the source profile is not in the device catalogue; "
                     f"known: {sorted(catalogue.DEVICES)} (give --source-device)", file, "device.name")
+
+
+def roofline_overhead_s(src: Profile, source: DeviceSpec) -> float:
+    """The source's decode-step intercept above its weights' read time at the datasheet bandwidth (>= 0): the
+    per-step time that memory bandwidth does not explain."""
+    if source.mem_bw_tbs is None:
+        raise UserError(f"device {source.key!r} has no mem_bw_tbs in the device catalogue; the roofline overhead "
+                        "needs it", field="mem_bw_tbs")
+    floor_s = src.memory.weights_gb / src.gpus_per_replica / (source.mem_bw_tbs * 1000.0)
+    return max(0.0, src.latency.decode_step_s.intercept - floor_s)
 
 
 # ---- the transfer rules, one per kind of term ------------------------------------------------------------
