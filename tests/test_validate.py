@@ -66,6 +66,39 @@ def test_fcfs_replay_serves_each_request_once_in_order_from_its_arrival(tiny, tm
     assert res["idle_j"] == pytest.approx(res["energy_j"] - res["active_j"])
 
 
+def test_batch_energy_from_the_counter_per_batch_or_from_the_timeline(tiny, tmp_path):
+    wl = pd.DataFrame({"n_in": [8, 16, 8], "n_out": [6, 9, 3], "arrival_s": [0.0, 0.0, 0.4]})
+    pol = R.ServePolicy("fcfs", 1, 0.0)
+    R.warm_up(tiny, pol, {}, lambda m: None)
+    for mode in ("counter", "timeline"):
+        out = tmp_path / mode
+        out.mkdir()
+        res = R.serve(wl, tiny, _meter(), pol, out, tail_s=0.2, settle_s=0.1, batch_energy=mode)
+        b = pd.read_csv(out / "batches.csv")
+        busy = (b["end_s"] - b["start_s"]).sum()
+        assert res["batch_energy"] == mode
+        # 50 W while a batch runs either way; the counter windows open a little before start_s and close a
+        # little after end_s (the meter calls), the timeline integral is over [start_s, end_s] exactly
+        if mode == "counter":
+            assert res["active_j"] == pytest.approx(b["energy_j"].sum(), rel=1e-12)
+            assert ((b["energy_j"] >= 50.0 * (b["end_s"] - b["start_s"]) - 1e-3)
+                    & (b["energy_j"] <= 50.0 * (b["end_s"] - b["start_s"] + 0.005))).all()
+        else:
+            assert b["energy_j"].isna().all() and b["prefill_energy_j"].isna().all()
+            assert res["active_j"] == pytest.approx(50.0 * busy, rel=1e-4)  # the rows hold microseconds
+
+    class Blind(type(_meter())):  # a meter that cannot sample power (a CPU's RAPL counter): no timeline
+        def power_w(self):
+            return {}
+
+    said = []
+    out = tmp_path / "blind"
+    out.mkdir()
+    res = R.serve(wl, tiny, Blind(), pol, out, tail_s=0.1, settle_s=0.0, batch_energy="timeline", log=said.append)
+    assert res["batch_energy"] == "counter" and any("per batch instead" in m for m in said)
+    assert res["active_j"] == pytest.approx(pd.read_csv(out / "batches.csv")["energy_j"].sum())
+
+
 def test_static_replay_gathers_waits_and_pads_as_the_simulator_does(tiny, tmp_path):
     wl = pd.DataFrame({"n_in": [8, 16, 8, 32, 8, 8], "n_out": [4, 8, 4, 6, 4, 5],
                        "arrival_s": [0.0, 0.0, 0.0, 1.0, 2.0, 2.1]})

@@ -9,12 +9,14 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from dcsim.cli import main as cli
 from dcsim.errors import UserError
-from dcsim.validate.recover import integrate, window_facts, window_start
+from dcsim.calibrate.timeline import csv_energy_j
+from dcsim.validate.recover import window_facts, window_start
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = sorted(p for p in (ROOT / "validation").iterdir()  # those whose own process wrote replay.json
@@ -22,11 +24,14 @@ CASES = sorted(p for p in (ROOT / "validation").iterdir()  # those whose own pro
                and "energy_source" not in json.loads((p / "replay.json").read_text()))
 
 
-def test_integration_holds_each_sample_until_the_next_and_sums_per_device():
-    p = pd.DataFrame({"t": [0.0, 1.0, 2.0, 4.0, 0.0, 3.0, 4.0], "device": ["gpu0"] * 4 + ["gpu1"] * 3,
-                      "power_w": [100.0, 200.0, 50.0, 999.0, 10.0, 20.0, 999.0], "label": [""] * 7})
-    # gpu0 over [0.5, 3]: 100 W x 0.5 s + 200 W x 1 s + 50 W x 1 s; gpu1: 10 W x 2.5 s
-    assert integrate(p, 0.5, 3.0) == pytest.approx({"gpu0": 300.0, "gpu1": 25.0})
+def test_a_power_csv_is_integrated_per_device_and_summed(tmp_path):
+    pd.DataFrame({"t": [0.0, 1.0, 2.0, 4.0, 0.0, 3.0, 4.0], "device": ["gpu0"] * 4 + ["gpu1"] * 3,
+                  "power_w": [100.0, 200.0, 50.0, 50.0, 10.0, 40.0, 40.0], "label": ""}).to_csv(tmp_path / "p.csv")
+    # gpu0 over [0.5, 3]: trapezoids 150 W-avg x 0.5 s (100 -> 150 -> 200) + (200 + 50) / 2 x 1 s + 50 x 1 s
+    #   = 87.5 + 125 + 50; gpu1: 10 -> 40 W linear over [0, 3], from 0.5: (15 + 40) / 2 x 2.5 = 68.75;
+    # before the first sample and after the last the end values hold: gpu0 over [4, 6] = 100 J, gpu1 80 J
+    got = csv_energy_j(tmp_path / "p.csv", np.array([0.5, 4.0]), np.array([3.0, 6.0]))
+    assert got == pytest.approx([87.5 + 125.0 + 50.0 + 68.75, 100.0 + 80.0])
 
 
 def test_window_start_is_placed_by_the_batches_the_samples_name():

@@ -12,6 +12,41 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+
+def integrate(t: np.ndarray, w: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """Joules over each window [t0[k], t1[k]] of one device's samples (times `t` ascending, watts `w`): power
+    linear between samples (trapezoids), held at the first / last sample's value beyond them."""
+    t, w = np.asarray(t, float), np.asarray(w, float)
+    cum = np.concatenate(([0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * np.diff(t))))
+
+    def at(x: np.ndarray) -> np.ndarray:  # the integral from t[0] to x
+        x = np.asarray(x, float)
+        xc = np.clip(x, t[0], t[-1])
+        i = np.clip(np.searchsorted(t, xc, side="right") - 1, 0, len(t) - 2) if len(t) > 1 else np.zeros_like(xc, int)
+        if len(t) == 1:
+            return (x - t[0]) * w[0]
+        dt = t[i + 1] - t[i]
+        u = xc - t[i]
+        slope = np.divide(w[i + 1] - w[i], dt, out=np.zeros_like(dt), where=dt > 0)
+        inside = cum[i] + w[i] * u + 0.5 * slope * u * u
+        return inside + np.minimum(x - t[0], 0.0) * w[0] + np.maximum(x - t[-1], 0.0) * w[-1]
+
+    return at(t1) - at(t0)
+
+
+def csv_energy_j(path: Path, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """Joules over each window [t0[k], t1[k]] (Unix times) from a power.csv, all devices summed."""
+    import pandas as pd
+
+    p = pd.read_csv(path)
+    total = np.zeros(len(np.atleast_1d(t0)))
+    for _, g in p.groupby("device", sort=True):
+        g = g.sort_values("t", kind="stable")
+        total += integrate(g["t"].to_numpy(float), g["power_w"].to_numpy(float), t0, t1)
+    return total
+
 
 class PowerTimeline:
     """Samples `read()` (device label -> watts) every `interval_s` in a daemon thread."""
@@ -68,8 +103,8 @@ class PowerTimeline:
             self._stop.wait(max(0.0, nxt - time.time()))
 
     def energy_j(self, t0: float, t1: float) -> dict[str, float]:
-        """Trapezoid integral of sampled power over [t0, t1] per device (NaN-free only where samples
-        bracket the window)."""
+        """Integral of sampled power over [t0, t1] per device (`integrate`: a window between or beyond the
+        samples takes the nearest ones' values); empty before the first sample."""
         with self._lock:
             samples = list(self.samples)
         # the samples inside the window plus the nearest one on each side of it
@@ -78,25 +113,11 @@ class PowerTimeline:
         hi = bisect.bisect_right(ts, t1) + 1
         pts = samples[lo:hi]
         out: dict[str, float] = {}
-        if len(pts) < 2:
+        if not pts:
             return out
         for dev in pts[0][1]:
-            series = [(t, p[dev]) for t, p in pts if dev in p]
-            # hold the first/last sample's value out to the window's edges where sampling lagged
-            if series[0][0] > t0:
-                series.insert(0, (t0, series[0][1]))
-            if series[-1][0] < t1:
-                series.append((t1, series[-1][1]))
-            e = 0.0
-            for (ta, wa), (tb, wb) in zip(series, series[1:]):
-                a, b = max(ta, t0), min(tb, t1)
-                if b <= a:
-                    continue
-                # linear interpolation of power at the clipped ends
-                fa = wa + (wb - wa) * (a - ta) / (tb - ta)
-                fb = wa + (wb - wa) * (b - ta) / (tb - ta)
-                e += 0.5 * (fa + fb) * (b - a)
-            out[dev] = e
+            series = np.array([(t, p[dev]) for t, p in pts if dev in p])
+            out[dev] = float(integrate(series[:, 0], series[:, 1], np.array([t0]), np.array([t1]))[0])
         return out
 
     def mean_w(self, t0: float, t1: float) -> dict[str, float]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dcsim.calibrate.timeline import integrate
 from dcsim.errors import UserError
 
 SOURCE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
@@ -37,17 +38,6 @@ def window_start(power: pd.DataFrame, batches: pd.DataFrame, file: Path | None =
     return (lo + hi) / 2.0, hi - lo
 
 
-def integrate(power: pd.DataFrame, t0: float, t1: float) -> dict[str, float]:
-    """Joules per device between wall times t0 and t1: each sample's watts held until the next sample."""
-    out: dict[str, float] = {}
-    for dev, g in power.groupby("device", sort=True):
-        g = g.sort_values("t")
-        t = np.clip(g["t"].to_numpy(float), t0, t1)
-        w = g["power_w"].to_numpy(float)
-        out[str(dev)] = float(np.sum(w[:-1] * np.diff(t)))
-    return out
-
-
 def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) -> dict:
     """The facts Window.facts would have written, rebuilt from OUT.partial's raw files (checked complete)."""
     folder = Path(folder)
@@ -66,7 +56,9 @@ def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) 
     if float(power["t"].max()) < wall0 + window_s - 1.0:
         raise UserError(f"the power timeline ends {wall0 + window_s - float(power['t'].max()):.1f} s before the "
                         "window's tail does", folder / "power.csv", "t")
-    by_dev = integrate(power, wall0, wall0 + window_s)
+    by_dev = {str(dev): float(integrate(g["t"].to_numpy(float), g["power_w"].to_numpy(float),
+                                        np.array([wall0]), np.array([wall0 + window_s]))[0])
+              for dev, g in power.sort_values("t", kind="stable").groupby("device", sort=True)}
     total = sum(by_dev.values())
     active = float(batches["energy_j"].sum())
     return {"window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,

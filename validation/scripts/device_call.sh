@@ -8,6 +8,8 @@ source validation/scripts/cases.sh
 tag=$1; prof=$2; shift 2
 nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mode,clocks.sm,pstate,temperature.gpu \
   --format=csv 2>&1 | tee $OUT/log.txt
+# BENCH_METER=1: first time one meter read on this GPU (benchmarks/bench_meter_overhead.py, a few seconds)
+[ -n "${BENCH_METER:-}" ] && python3 benchmarks/bench_meter_overhead.py --csv $OUT/meter_overhead.csv 2>&1 | tee -a $OUT/log.txt
 for spec in "$@"; do
   c=${spec%%:*}; lim=""; [ "$c" != "$spec" ] && lim=${spec#*:}
   echo "== case $c ${lim:+(limit $lim) }at ${SECONDS}s" | tee -a $OUT/log.txt
