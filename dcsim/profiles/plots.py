@@ -110,6 +110,12 @@ def fit_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
     return p
 
 
+def _kind(profile: Profile) -> str:
+    """'fitted' for a profile fitted to measurements, 'derived' for a datasheet transfer (nothing fitted)."""
+    src = profile.provenance.get("source")
+    return "derived" if src is not None and src.source == "derived" else "fitted"
+
+
 def _axis_of(df: pd.DataFrame) -> str:
     return max(("n_in", "n_out", "batch"), key=lambda c: df[c].nunique())
 
@@ -142,7 +148,7 @@ def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray
             y_all, y_mean = df[col], means[col]
         ax.scatter(df[x], y_all, s=6, alpha=0.25, color="tab:blue", label="measured (each repeat)")
         ax.scatter(means[x], y_mean, s=28, color="tab:blue", edgecolor="k", zorder=3, label="measured (mean)")
-        ax.plot(grid, curve, color="tab:red", lw=1.6, label="fitted profile")
+        ax.plot(grid, curve, color="tab:red", lw=1.6, label=f"{_kind(profile)} profile")
         ax.set_xscale("log")
         if col is not None:
             ax.set_yscale("log")
@@ -173,7 +179,7 @@ def _off_axis_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.nd
             ax.set_xscale("log")
             ax.set_yscale("log")
         ax.set_xlabel(f"measured {what}")
-        ax.set_ylabel(f"fitted profile's {what}")
+        ax.set_ylabel(f"{_kind(profile)} profile's {what}")
         ax.grid(alpha=0.3, which="both")
         ax.set_title(f"{sweep}: off-axis shapes (n_in/n_out/batch)", fontsize=8)
     axes[0].legend(fontsize=7, loc="best")
