@@ -164,7 +164,7 @@ def _wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 60) 
     raise AssertionError("no progress")
 
 
-def test_resume_after_ctrl_c_and_a_killed_process(tmp_path):
+def test_resume_after_ctrl_c_and_a_killed_process(tmp_path, capsys):
     # a pause between runs, so a fast machine cannot finish the sweep between two polls of runs.csv
     plan = _plan(tmp_path, cooldown_s=0.15)
     out = tmp_path / "run"
@@ -204,4 +204,11 @@ def test_resume_after_ctrl_c_and_a_killed_process(tmp_path):
     # 4) a different sweep in the same folder is refused, nothing written
     assert main(["--device", "cpu", "--model-arch", "llama-2-7b", "--plan", str(plan), "--out", str(out),
                  "--latency-only"]) == 2
+    assert (out / "runs.csv").read_text() == final
+    # 5) so is a folder whose runs read the prefill's energy from the counter inside the timed run (recorded
+    # before that read moved out): its runs are 3-4 ms longer and would not mix
+    man["identity"].pop("prefill_energy")
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert main(_cmd(out, plan)[3:]) == 2
+    assert "prefill_energy" in capsys.readouterr().err
     assert (out / "runs.csv").read_text() == final

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One device call (prepared, not yet run): calibrate the hf-graph engine with the standard plan, one batch size at
+# One device call: calibrate the hf-graph engine with the standard plan, one batch size at
 # a time (calibrate/plans/standard-grouped.yaml), time-boxed so the call ends inside its 600 s; the same command
 # resumes in a later call. Usage: bash calibrate/scripts/standard_graph_call.sh TAG (h200 or h100); raw files
 # land in $OUT. On the H200 the validation replays follow, sized by the datasheet transfer of the H100 profile
@@ -8,6 +8,8 @@
 #   PLAN=calibrate/plans/standard-grouped.yaml CASE_TIMEOUT=300 bash validation/scripts/device_call.sh h200g \
 #     profiles/derived/h200--llama-2-7b--hf-graph-bf16--from-h100-sxm-80gb.yaml gsm8k_poisson:130 azure_conv:100
 #   ... azure_code:520 gsm8k_static:235
+# To resume, the paused folder must be in the tree the call runs from: unpack the call's .tgz here first (a call
+# that started without it began a new sweep: runs/h200-llama-2-7b-hf-graph-standard-rerun).
 tag=${1:?usage: standard_graph_call.sh TAG}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
@@ -15,7 +17,9 @@ export PYTHONUNBUFFERED=1
 chmod -R u+w calibrate/runs 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mode,clocks.sm,pstate,temperature.gpu \
   --format=csv 2>&1 | tee $OUT/log.txt
-R=calibrate/runs/$tag-llama-2-7b-hf-graph-standard
+# RUN names another folder: calibrate/runs/h200-llama-2-7b-hf-graph-standard was recorded with the prefill's
+# counter read inside the timed run, so this version of dcsim refuses to resume it (identity 'prefill_energy')
+R=calibrate/runs/${RUN:-$tag-llama-2-7b-hf-graph-standard}
 python3 -m dcsim.commands.calibrate --device cuda:0 --model-arch llama-2-7b --no-progress --backend hf-graph \
   --plan calibrate/plans/standard-grouped.yaml --out $R --max-minutes ${MINUTES:-7.5} 2>&1 | grep -v -i warn \
   | tee -a $OUT/log.txt

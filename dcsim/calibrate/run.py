@@ -92,8 +92,11 @@ class Sweep:
         self._created = not self.out.exists()
         if meter is None:  # before anything is written: no meter, no folder
             meter = select_meter(s.device, s.latency_only, s.meter_device)
+        # prefill_energy: how a run's prefill energy is read; folders from before "timeline" read the counter
+        # inside the timed run (3-4 ms longer runs), so their runs do not mix with these
         self.identity = {**s.identity, "device_kind": parse_device(s.device)[0], "plan": self.plan.name,
-                         "plan_sha256": plan_digest(self.plan), "power_caps_w": list(s.power_caps)}
+                         "plan_sha256": plan_digest(self.plan), "power_caps_w": list(s.power_caps),
+                         "prefill_energy": "timeline"}
         man = store.read_manifest(self.out)
         if man is not None:
             old = man.get("identity", {})
