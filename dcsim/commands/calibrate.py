@@ -41,6 +41,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), measured "
                    "from outside")
     p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
+    p.add_argument("--endpoint-dialect", default="vllm", choices=("vllm", "openai"),
+                   help="with --endpoint: vllm (token-id prompts, min_tokens, ignore_eos: vLLM, SGLang) or openai (word "
+                        "prompts, lengths checked against the server's usage counts: e.g. transformers serve)")
     p.add_argument("--latency-only", action="store_true", help="no energy meter: time only")
     p.add_argument("--power-caps", help="watts, comma-separated (e.g. 150,200,250): repeat the plan under each "
                    "GPU power limit; needs --allow-power-limit-changes")
@@ -62,10 +65,10 @@ def handler(args: argparse.Namespace) -> int:
     if args.endpoint:
         from dcsim.calibrate.backends.endpoint import EndpointBackend
 
-        backend = EndpointBackend(args.endpoint, args.model)
+        backend = EndpointBackend(args.endpoint, args.model, dialect=args.endpoint_dialect)
         device = args.meter_device or "endpoint"
         identity = {"backend": "endpoint", "endpoint_model": args.model, "model": args.model, "arch": None,
-                    "dtype": None, "weights": "as served"}
+                    "dtype": None, "weights": "as served", "dialect": args.endpoint_dialect}
         if args.latency_only:
             device = args.meter_device or "cpu"
     else:

@@ -60,6 +60,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL of a running server to replay against")
     p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
+    p.add_argument("--endpoint-dialect", default="vllm", choices=("vllm", "openai"),
+                   help="with --endpoint: vllm (token-id prompts, min_tokens, ignore_eos: vLLM, SGLang) or openai (word "
+                        "prompts, lengths checked against the server's usage counts: e.g. transformers serve)")
     p.add_argument("--latency-only", action="store_true", help="no energy meter (energy rows stay empty)")
     p.add_argument("--model", help="Hugging Face model id or path (pretrained weights)")
     p.add_argument("--model-arch", help="a known architecture built from its config (e.g. llama-2-7b)")
@@ -206,7 +209,7 @@ def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
     from dcsim.calibrate.meter import select_meter
     from dcsim.validate import open_loop
 
-    backend = EndpointBackend(args.endpoint, args.model)
+    backend = EndpointBackend(args.endpoint, args.model, dialect=args.endpoint_dialect)
     meter = select_meter("endpoint", args.latency_only, args.meter_device)
     facts = backend.load()  # refuses an unreachable server or a model it does not serve, before writing
     tmp = _start_folder(out, wl)

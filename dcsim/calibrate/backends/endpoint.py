@@ -1,9 +1,12 @@
 """OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp server, ...), measured from outside while the
 meter reads the device the server runs on.
 
-One run sends `batch` concurrent streaming /v1/completions requests whose prompt is a list of n_in random
-token ids and forces n_out output tokens (max_tokens = min_tokens = n_out, ignore_eos). TTFT is when every
-request has streamed its first token; the run ends when every request has finished.
+One run sends `batch` concurrent streaming /v1/completions requests and forces n_out output tokens. Two dialects:
+`vllm` (vLLM, SGLang): the prompt is a list of n_in random token ids, and max_tokens = min_tokens = n_out with
+ignore_eos; `openai` (servers that take text only and know no min_tokens, e.g. `transformers serve`): the prompt is
+n_in random common English words, each one token in the usual tokenizers, and max_tokens = n_out; the server's
+own token counts (usage) must then say n_in (or n_in + 1, a BOS) prompt and n_out output tokens, else the run
+fails. TTFT is when every request has streamed its first token; the run ends when every request has finished.
 """
 
 from __future__ import annotations
@@ -20,14 +23,23 @@ from dcsim.calibrate.backends.base import Backend, Timing
 from dcsim.errors import UserError
 
 
+DIALECTS = ("vllm", "openai")
+# one token each, with their leading space, in the Llama (SentencePiece) and GPT-2/Llama-3 (BPE) vocabularies
+WORDS = ("the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
+         "his", "it", "an", "are", "were", "be", "this", "which", "or", "had", "not", "but", "have", "one", "all")
+
+
 class EndpointBackend(Backend):
     name = "endpoint"
     local_device = False
 
     def __init__(self, url: str, model: str, timeout_s: float = 600.0, token_range: tuple[int, int] = (1000, 20000),
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, dialect: str = "vllm") -> None:
         if not model:
             raise UserError("an endpoint run needs --model NAME (the name the server serves)", None, "--model")
+        if dialect not in DIALECTS:
+            raise UserError(f"unknown dialect {dialect!r}; use one of {DIALECTS}", None, "--endpoint-dialect")
+        self.dialect = dialect
         self.url = url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
@@ -48,21 +60,31 @@ class EndpointBackend(Backend):
             raise UserError(f"cannot reach {self.url}/models: {e}", None, "--endpoint") from None
         if models and self.model not in models:
             raise UserError(f"the server serves {models}, not {self.model!r}", None, "--model")
+        if self.dialect == "vllm":
+            request = {"prompt": "n_in random token ids", "max_tokens": "= n_out", "min_tokens": "= n_out",
+                       "ignore_eos": True, "temperature": 0, "stream": True}
+        else:
+            request = {"prompt": "n_in random common words, checked against the server's prompt_tokens",
+                       "max_tokens": "= n_out, checked against its completion_tokens", "temperature": 0,
+                       "stream": True}
         return {"backend": self.name, "endpoint": self.url, "model": self.model, "served_models": models,
-                "request": {"prompt": "n_in random token ids", "max_tokens": "= n_out", "min_tokens": "= n_out",
-                            "ignore_eos": True, "temperature": 0, "stream": True}}
+                "dialect": self.dialect, "request": request}
 
-    def prompts(self, n_in: int, batch: int, seed: int) -> list[list[int]]:
-        """`batch` prompts of n_in random token ids (the same seed gives the same prompts)."""
+    def prompts(self, n_in: int, batch: int, seed: int) -> list:
+        """`batch` prompts of n_in random token ids, or (dialect openai) of n_in random words; the same seed
+        gives the same prompts."""
         rng = random.Random(seed)
+        if self.dialect == "openai":
+            return [" ".join(rng.choice(WORDS) for _ in range(n_in)) for _ in range(batch)]
         return [[rng.randrange(*self.token_range) for _ in range(n_in)] for _ in range(batch)]
 
-    def stream(self, prompt: list[int], n_out: int, t0: float, out: dict) -> None:
+    def stream(self, prompt: list[int] | str, n_out: int, t0: float, out: dict) -> None:
         """One streaming request forcing n_out tokens; fills out["first"] and out["end"] (seconds since t0),
         out["tokens"], out["error"] on failure, and sets out["first_event"] once the first token is in."""
-        body = {"model": self.model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out,
-                "ignore_eos": True, "temperature": 0, "stream": True,
+        body = {"model": self.model, "prompt": prompt, "max_tokens": n_out, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
+        if self.dialect == "vllm":
+            body.update(min_tokens=n_out, ignore_eos=True)
         chunks = 0
         usage = None
         try:
@@ -87,6 +109,12 @@ class EndpointBackend(Backend):
         out["end"] = time.perf_counter() - t0
         out["first_event"].set()  # never leave the caller waiting on a request that failed early
         out["tokens"] = int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else chunks
+        if usage and "prompt_tokens" in usage:
+            out["prompt_tokens"] = int(usage["prompt_tokens"])
+        n_in = len(prompt) if isinstance(prompt, list) else len(prompt.split())
+        if self.dialect == "openai" and "error" not in out and out.get("prompt_tokens") not in (n_in, n_in + 1):
+            out["error"] = (f"the server counted {out.get('prompt_tokens')} prompt tokens for {n_in} words: its "
+                            "tokenizer does not take each word as one token, so the run's length is not n_in")
 
     def run(self, n_in: int, n_out: int, batch: int, seed: int,
             on_start: Callable[[], None], on_first_token: Callable[[], None]) -> Timing:
