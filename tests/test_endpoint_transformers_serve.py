@@ -25,7 +25,9 @@ pytest.importorskip("uvicorn", reason='transformers serve needs its serving extr
 pytest.importorskip("transformers.cli.serving", reason="this transformers has no `transformers serve`")
 
 from dcsim.calibrate.backends.endpoint import EndpointBackend  # noqa: E402
+from dcsim.cli import main as fit  # noqa: E402
 from dcsim.commands.calibrate import main as calibrate  # noqa: E402
+from dcsim.profiles.importers import calibrate_runs  # noqa: E402
 from dcsim.validate import open_loop  # noqa: E402
 
 VOCAB = 4096
@@ -93,7 +95,7 @@ def served(tmp_path_factory):
     log.close()
 
 
-def test_calibrate_against_the_server_counts_every_token(served, tmp_path):
+def test_calibrate_against_the_server_counts_every_token(served, tmp_path, capsys):
     url, model = served
     plan = tmp_path / "plan.yaml"
     plan.write_text("name: ep\nsweeps: [{name: out, n_in: [16], n_out: [4, 64], batch: [1]},"
@@ -114,6 +116,19 @@ def test_calibrate_against_the_server_counts_every_token(served, tmp_path):
                                                                          if p == "i16-o4-b1")
     man = json.loads((out / "manifest.json").read_text())
     assert man["identity"]["dialect"] == "openai"
+    # fitting it needs the served model's shapes, which a server does not show: --model-config gives them
+    assert fit(["fit", str(out), "-o", str(tmp_path / "p.yaml")]) == 2
+    assert "--model-config" in capsys.readouterr().err and not (tmp_path / "p.yaml").exists()
+    _, meta = calibrate_runs.load(out, model_config=model)
+    # 2 layers x 4 KV heads x 16 per head x (K and V) x 2 bytes; parameters: 2 x 4096 x 64 (embeddings and head)
+    # + 2 layers x (4 x 64 x 64 attention + 3 x 64 x 128 MLP + 2 x 64 norms) + 64 (final norm)
+    assert meta["model"]["kv_bytes_per_token"] == 2 * 4 * 16 * 2 * 2
+    assert meta["model"]["params_b"] == pytest.approx((2 * 4096 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 128) + 64)
+                                                      / 1e9, rel=1e-5)
+    assert meta["command"].endswith(f"--model-config {model}/config.json")
+    # with the shapes given, the fit goes on to the measurements, and these 3 shapes are too few: it says so
+    assert fit(["fit", str(out), "--model-config", model, "-o", str(tmp_path / "p.yaml")]) == 2
+    assert "3 measured shapes cannot fix 5 latency coefficients" in capsys.readouterr().err
 
 
 def test_a_server_whose_tokenizer_splits_the_words_fails_the_run(served):

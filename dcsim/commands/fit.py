@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", help="mlenergy: GPU, e.g. A100, H100, B200")
     p.add_argument("--task", help="mlenergy: task (default chat for v2, lm-arena-chat for v3)")
     p.add_argument("--gpus", type=int, help="mlenergy: GPUs per replica where the data has several")
+    p.add_argument("--model-config", help="a run folder whose manifest records no model (an endpoint run): the "
+                   "served model's config.json, or the folder holding it")
     p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
     p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -60,7 +62,7 @@ def load_source(args: argparse.Namespace):
                         "published data", args.path) from None
     if not Path(args.path).is_dir():
         raise UserError("calibration run folder not found", args.path)
-    return mod.load(args.path)
+    return mod.load(args.path, model_config=args.model_config)
 
 
 def _need(args: argparse.Namespace, *names: str) -> None:

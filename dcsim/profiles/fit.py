@@ -544,7 +544,8 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     cap_hi = meta.device.tdp_w * meta.gpus_per_replica if meta.device.tdp_w else None
     pw = _fit_power(runs, dec, r, pl, terms, has_prefill_info, tie, "energy_device_j", cap_hi)
     if pw is None:
-        raise UserError("no energy or power measured on run or decode rows; cannot fit power",
+        raise UserError("no energy or power measured on run or decode rows (a --latency-only run, or runs too "
+                        "short for the energy counter); cannot fit power",
                         field="energy_device_j")
     power_pf, power_dc, pred_e, pred_p = pw
     if len(runs):

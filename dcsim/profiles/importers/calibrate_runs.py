@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dcsim.calibrate.backends.archs import params_b
 from dcsim.errors import UserError
 from dcsim.profiles.measurements import normalise
 
@@ -54,9 +56,10 @@ def read_raw(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 
 
 def load(run_dir: str | Path, cap_w: float | None = None,
-         min_energy_s: float = MIN_ENERGY_S) -> tuple[pd.DataFrame, dict]:
+         min_energy_s: float = MIN_ENERGY_S, model_config: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """(measurement table, fit metadata) of one run folder; `cap_w` picks the rows run under that power limit
-    (default: the device's own limit)."""
+    (default: the device's own limit). `model_config`: the model's config.json (or its folder), for a run whose
+    manifest holds none (an endpoint run: the served model's shapes are not visible from outside)."""
     d = Path(run_dir)
     raw, man = read_raw(d)
     caps = raw["power_cap_w"]
@@ -80,7 +83,22 @@ def load(run_dir: str | Path, cap_w: float | None = None,
         "avg_power_w": idle["avg_power_w"], "repeat": 0, "warmup": False, "source": name + ":" + idle["phase"],
     })
     table = normalise(pd.concat([table, idle_t], ignore_index=True), str(d / "runs.csv"))
-    return table, _meta(d, raw, man, cap_w, int(short.sum()), min_energy_s)
+    return table, _meta(d, raw, man, cap_w, int(short.sum()), min_energy_s, model_config)
+
+
+def _config(d: Path, be: dict, model_config: str | Path | None) -> tuple[dict, str | None]:
+    """The model's config: the one the run recorded, else --model-config's; (config, the file it came from)."""
+    if model_config is None:
+        return be.get("model_config") or {}, None
+    p = Path(model_config)
+    p = p / "config.json" if p.is_dir() else p
+    if not p.is_file():
+        raise UserError("model config not found (a config.json or the model folder holding one)", p,
+                        "--model-config")
+    try:
+        return json.loads(p.read_text()), str(p)
+    except ValueError as e:
+        raise UserError(f"not JSON: {e}", p, "--model-config") from None
 
 
 def _session_info(man: dict) -> tuple[dict, dict]:
@@ -91,7 +109,8 @@ def _session_info(man: dict) -> tuple[dict, dict]:
     return env, backend
 
 
-def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: int, min_energy_s: float) -> dict:
+def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: int, min_energy_s: float,
+          model_config: str | Path | None = None) -> dict:
     env, be = _session_info(man)
     ident = man.get("identity", {})
     gpu = env.get("gpu", {})
@@ -104,16 +123,26 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     else:
         device = {"name": env.get("cpu_model") or env.get("device", "unknown"),
                   "kind": "cpu" if ident.get("device_kind") == "cpu" else "soc", "memory_gb": 1.0}
-    cfg = be.get("model_config", {})
+    cfg, cfg_file = _config(d, be, model_config)
     arch = ident.get("arch")
-    if arch in MODEL_KEYS:
+    if arch in MODEL_KEYS and cfg_file is None:
         model: object = MODEL_KEYS[arch]
     else:
+        if not cfg:
+            raise UserError("the run records no model configuration (an endpoint run: the served model's shapes "
+                            "are not visible from outside); give the served model's config.json with "
+                            "--model-config", d / "manifest.json", "model_config")
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                               "vocab_size") if k not in cfg]
+        if missing:
+            raise UserError(f"the model config lacks {missing}", cfg_file or d / "manifest.json", missing[0])
         hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         bpv = 4 if ident.get("dtype") == "fp32" else 2
-        model = {"name": arch or ident.get("model") or "model", "params_b": be.get("params_b"),
+        params = be.get("params_b") or float(f"{params_b(SimpleNamespace(**{'num_key_value_heads': cfg['num_attention_heads'], **cfg})):.6g}")
+        model = {"name": arch or ident.get("model") or "model", "params_b": params,
                  "layers": cfg["num_hidden_layers"], "hidden_size": cfg["hidden_size"],
-                 "kv_bytes_per_token": 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * hd * bpv,
+                 "kv_bytes_per_token": 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads",
+                                                                              cfg["num_attention_heads"]) * hd * bpv,
                  "max_context": cfg.get("max_position_embeddings", 4096)}
     rel = d.as_posix()
     cites = f"measured with dcsim calibrate; raw data {rel} (runs.csv, manifest.json, power.csv)"
@@ -143,7 +172,8 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "engine": {"name": be.get("backend", ident.get("backend", "hf")),
                    "version": f"transformers {be.get('transformers')}, torch {be.get('torch')}",
                    "precision": ident.get("dtype") or "bf16"},
-        "gpus_per_replica": 1, "citation": cites, "path": rel, "command": f"dcsim fit {rel}",
+        "gpus_per_replica": 1, "citation": cites, "path": rel,
+        "command": f"dcsim fit {rel}" + (f" --model-config {Path(cfg_file).as_posix()}" if cfg_file else ""),
         "source_kind": "measured", "notes": notes, "not_covered": [],
         "environment": env, "plan": man.get("plan", {}).get("name"), "power_cap_w": cap_w,
         "power_caps_measured_w": sorted({float(c) for c in raw["power_cap_w"].dropna()}),
