@@ -1,5 +1,6 @@
 """The endpoint backend against a real OpenAI-compatible server: `transformers serve` (pip install
-"transformers[serving]") on the CPU, serving a tiny Llama with random weights saved to a folder. It takes text
+"transformers[serving]") on the CPU, serving a tiny Llama with random weights saved to a folder by
+dcsim.calibrate.random_model. It takes text
 prompts only and knows no min_tokens / ignore_eos, so these runs use the `openai` dialect: word prompts whose
 length the server's own token counts confirm. Latency only: no energy meter is readable on a CPU-only machine."""
 
@@ -25,36 +26,30 @@ pytest.importorskip("uvicorn", reason='transformers serve needs its serving extr
 pytest.importorskip("transformers.cli.serving", reason="this transformers has no `transformers serve`")
 
 from dcsim.calibrate.backends.endpoint import EndpointBackend  # noqa: E402
+from dcsim.calibrate.random_model import main as random_model  # noqa: E402
+from dcsim.calibrate.random_model import save  # noqa: E402
 from dcsim.cli import main as fit  # noqa: E402
 from dcsim.commands.calibrate import main as calibrate  # noqa: E402
 from dcsim.profiles.importers import calibrate_runs  # noqa: E402
 from dcsim.validate import open_loop  # noqa: E402
 
-VOCAB = 4096
+TINY = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=1024)
 
 
 def _tiny_model(folder: Path, by_character: bool = False) -> None:
-    """A 2-layer Llama with random weights and a word-level tokenizer (every word one token: unknown words map
-    to <unk>; with by_character, every character one token). Its EOS row of the output layer is zeroed, so
-    greedy decoding never picks EOS (the largest of 4,096 random logits is above 0) and every request runs to
-    max_tokens, as a forced length would."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """dcsim's random-weight model folder for a 2-layer Llama (random_model.save: word-level tokenizer, EOS never
+    picked, so every request runs to max_tokens as a forced length would); with by_character, a tokenizer that
+    takes every character as a token instead."""
+    save(TINY, folder, dtype="fp32")
+    if by_character:
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"w{i}": i for i in range(3, VOCAB)} | {"<unk>": 0, "<s>": 1, "</s>": 2}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = (pre_tokenizers.Split(Regex(r"\S"), "isolated") if by_character
-                         else pre_tokenizers.WhitespaceSplit())
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(folder)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                      bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight[2].zero_()
-    model.save_pretrained(folder)
+        tok = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\S"), "isolated")
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                eos_token="</s>").save_pretrained(folder)
 
 
 def _free_port() -> int:
@@ -158,3 +153,26 @@ def test_open_loop_replay_against_the_server(served, tmp_path):
     assert np.allclose(req["start_s"], req["arrival_s"], atol=0.05)
     assert (req["first_token_s"] > req["start_s"]).all() and (req["end_s"] > req["first_token_s"]).all()
     assert res["window_s"] >= float(req["end_s"].max()) + 0.2 - 1e-6
+
+
+def test_random_model_folder_is_refused_for_an_unknown_arch_or_a_full_folder(tmp_path, capsys):
+    assert random_model(["llama-9", str(tmp_path / "m")]) == 2
+    assert "unknown architecture 'llama-9'" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert random_model(["tiny-llama", str(tmp_path / "full")]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_random_model_folder_never_ends_early_and_counts_words_as_tokens(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert random_model(["tiny-llama", str(tmp_path / "m"), "--dtype", "fp32"]) == 0
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert len(tok("the of and w17 zebra")["input_ids"]) == 5  # one token per word, known or not
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == 512  # the tiny-llama shapes
+    assert float(model.lm_head.weight[model.config.eos_token_id].detach().abs().sum()) == 0.0
+    ids = torch.tensor([tok("w5 w6 w7")["input_ids"]])
+    out = model.generate(ids, max_new_tokens=40, do_sample=False)
+    assert out.shape[1] == 3 + 40 and model.config.eos_token_id not in out[0, 3:].tolist()
