@@ -110,3 +110,26 @@ def test_recover_refuses_an_unfinished_window_or_another_workload(tmp_path, caps
     shutil.rmtree(part)
     assert cli(["validate", *argv, "--recover"]) == 2
     assert "no such folder to recover" in capsys.readouterr().err
+
+
+def test_a_replay_whose_batches_carry_no_counter_energy_takes_active_from_the_timeline(tmp_path):
+    # --batch-energy timeline writes no per-batch energy: a recovered window integrates the runs, as serve does.
+    # Power 100 W from wall time 1000 to 1010, 300 W while batch 0 runs (1001.0-1001.5 s), 50 W after 1008 s;
+    # the window opened at 1000.0 (batch 0 starts 1.0 s in), its last batch ends at 2.0 s, the tail is 1 s
+    part = tmp_path / "case.partial"
+    part.mkdir()
+    pd.DataFrame({"n_in": [8, 8], "n_out": [4, 4], "arrival_s": [0.0, 1.9]}).to_csv(part / "workload.csv", index=False)
+    pd.DataFrame({"id": [0, 1], "arrival_s": [0.0, 1.9]}).to_csv(part / "requests.csv", index=False)
+    pd.DataFrame({"batch_id": [0, 1], "start_s": [1.0, 1.9], "end_s": [1.5, 2.0], "energy_j": [np.nan, np.nan]}
+                 ).to_csv(part / "batches.csv", index=False)
+    t = np.round(np.arange(1000.0, 1010.0001, 0.05), 3)
+    w = np.where((t >= 1001.0) & (t < 1001.5), 300.0, 100.0)
+    lab = np.where((t >= 1001.0) & (t <= 1001.5), "b0", np.where((t >= 1001.9) & (t <= 1002.0), "b1", ""))
+    pd.DataFrame({"t": t, "device": "gpu0", "power_w": w, "label": lab}).to_csv(part / "power.csv", index=False)
+    got = window_facts(part, 2, tail_s=1.0, settle_s=0.0)
+    assert got["batch_energy"] == "timeline" and "over the batch runs" in got["energy_source"]
+    assert got["wall_start"] == pytest.approx(1000.0, abs=0.01)
+    # the samples are trapezoids: the 100 -> 300 W step at 1001.0 and back at 1001.5 each spread over 50 ms
+    tl = csv_energy_j(part / "power.csv", np.array([1001.0, 1001.9, 1000.0]), np.array([1001.5, 1002.0, 1003.0]))
+    assert got["active_j"] == pytest.approx(tl[0] + tl[1]) and got["energy_j"] == pytest.approx(tl[2])
+    assert got["active_j"] == pytest.approx(300.0 * 0.5 - 0.5 * 200 * 0.05 + 100.0 * 0.1, abs=1e-6)

@@ -1,5 +1,5 @@
-"""Recover a replay whose window was measured in full but whose process ended before it wrote replay.json (killed
-during the probe, a lost session): the raw files in OUT.partial hold every request and batch, and the power
+"""Recover an in-process replay whose window was measured in full but whose process ended before it wrote
+replay.json (killed during the probe, a lost session): the raw files in OUT.partial hold every request and batch, and the power
 timeline covers the window, so the window's facts are rebuilt from them. The window's total energy then comes
 from integrating the sampled power, not from the energy counter, whose closing reading was lost; each batch's
 energy (batches.csv) is still the counter's. The recovered replay.json says so."""
@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcsim.calibrate.timeline import integrate
+from dcsim.calibrate.timeline import csv_energy_j, integrate
 from dcsim.errors import UserError
 
 SOURCE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
           "lost with the process. Batch energies (active_j) are the counter's; idle_j is the difference")
+SOURCE_TIMELINE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing "
+                   "reading was lost with the process. Active energy is the timeline's integral over the batch runs "
+                   "(--batch-energy timeline); idle_j is the difference")
 
 
 def window_start(power: pd.DataFrame, batches: pd.DataFrame, file: Path | None = None) -> tuple[float, float]:
@@ -60,8 +63,11 @@ def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) 
                                         np.array([wall0]), np.array([wall0 + window_s]))[0])
               for dev, g in power.sort_values("t", kind="stable").groupby("device", sort=True)}
     total = sum(by_dev.values())
-    active = float(batches["energy_j"].sum())
+    per_batch = bool(batches["energy_j"].notna().all())  # --batch-energy counter; else the timeline's, as serve
+    active = float(batches["energy_j"].sum()) if per_batch else float(csv_energy_j(
+        folder / "power.csv", wall0 + batches["start_s"].to_numpy(float), wall0 + batches["end_s"].to_numpy(float)).sum())
     return {"window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,
             "wall_start": wall0, "wall_start_uncertainty_s": uncertainty, "batches": int(len(batches)),
             "energy_j": total, "active_j": active, "idle_j": total - active, "energy_by_device": by_dev,
-            "host_j": None, "energy_source": SOURCE}
+            "host_j": None, "batch_energy": "counter" if per_batch else "timeline",
+            "energy_source": SOURCE if per_batch else SOURCE_TIMELINE}
