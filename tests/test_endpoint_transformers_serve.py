@@ -105,10 +105,10 @@ def test_calibrate_against_the_server_counts_every_token(served, tmp_path, capsy
     assert all(int(r["gen_tokens"]) == int(r["n_out"]) for r in rows)
     for r in rows:
         assert 0 < float(r["ttft_s"]) < float(r["runtime_s"])
-    # 60 more decode steps take time: the 64-token runs are the longest of batch 1
-    rt = {(r["point"], r["repeat"]): float(r["runtime_s"]) for r in rows}
-    assert min(v for (p, _), v in rt.items() if p == "i16-o64-b1") > max(v for (p, _), v in rt.items()
-                                                                         if p == "i16-o4-b1")
+    # 60 more decode steps take time: the 64-token runs take over twice as long as the 4-token ones (medians;
+    # here about 7x)
+    rt = pd.DataFrame(rows).astype({"runtime_s": float}).groupby("point")["runtime_s"].median()
+    assert rt["i16-o64-b1"] > 2.0 * rt["i16-o4-b1"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["identity"]["dialect"] == "openai"
     # fitting it needs the served model's shapes, which a server does not show: --model-config gives them
