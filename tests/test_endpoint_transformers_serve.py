@@ -106,7 +106,7 @@ def test_calibrate_against_the_server_counts_every_token(served, tmp_path, capsy
     for r in rows:
         assert 0 < float(r["ttft_s"]) < float(r["runtime_s"])
     # 60 more decode steps take time: the 64-token runs take over twice as long as the 4-token ones (medians;
-    # here about 7x)
+    # 0.099 against 0.013 s on a 2-core CPU)
     rt = pd.DataFrame(rows).astype({"runtime_s": float}).groupby("point")["runtime_s"].median()
     assert rt["i16-o64-b1"] > 2.0 * rt["i16-o4-b1"]
     man = json.loads((out / "manifest.json").read_text())
