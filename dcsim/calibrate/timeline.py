@@ -36,16 +36,17 @@ def integrate(t: np.ndarray, w: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> n
     return at(t1) - at(t0)
 
 
+def frame_energy_j(power, t0: np.ndarray, t1: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Joules per device over each window [t0[k], t1[k]] (Unix times) from a power.csv's rows (a DataFrame)."""
+    return {str(dev): integrate(g["t"].to_numpy(float), g["power_w"].to_numpy(float), t0, t1)
+            for dev, g in power.sort_values("t", kind="stable").groupby("device", sort=True)}
+
+
 def csv_energy_j(path: Path, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
     """Joules over each window [t0[k], t1[k]] (Unix times) from a power.csv, all devices summed."""
     import pandas as pd
 
-    p = pd.read_csv(path)
-    total = np.zeros(len(np.atleast_1d(t0)))
-    for _, g in p.groupby("device", sort=True):
-        g = g.sort_values("t", kind="stable")
-        total += integrate(g["t"].to_numpy(float), g["power_w"].to_numpy(float), t0, t1)
-    return total
+    return sum(frame_energy_j(pd.read_csv(path), t0, t1).values(), np.zeros(len(np.atleast_1d(t0))))
 
 
 class PowerTimeline:

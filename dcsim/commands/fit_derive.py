@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         cmd += ["--source-device", args.source_device]
     if args.idle != "catalogue":
         cmd += ["--idle", args.idle]
-    if args.step_overhead_ms not in ("0", "0.0"):
+    if args.step_overhead_ms == "roofline" or t.step_overhead_s:
         cmd += ["--step-overhead-ms", args.step_overhead_ms]
     if args.check:
         cmd += ["--check", _shown(args.check)]

@@ -1,8 +1,9 @@
 """Recover an in-process replay whose window was measured in full but whose process ended before it wrote
-replay.json (killed during the probe, a lost session): the raw files in OUT.partial hold every request and batch, and the power
-timeline covers the window, so the window's facts are rebuilt from them. The window's total energy then comes
-from integrating the sampled power, not from the energy counter, whose closing reading was lost; each batch's
-energy (batches.csv) is still the counter's. The recovered replay.json says so."""
+replay.json (killed during the probe, a lost session): the raw files in OUT.partial hold every request and batch,
+and the power timeline covers the window, so the window's facts are rebuilt from them. The window's total energy
+then comes from integrating the sampled power, not from the energy counter, whose closing reading was lost; active
+energy is the batches' counter readings where batches.csv has them (--batch-energy counter), else the timeline's
+integral over the runs, as the replay itself computes it. The recovered replay.json says which."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcsim.calibrate.timeline import csv_energy_j, integrate
+from dcsim.calibrate.timeline import frame_energy_j
 from dcsim.errors import UserError
 
 SOURCE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
@@ -59,13 +60,16 @@ def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) 
     if float(power["t"].max()) < wall0 + window_s - 1.0:
         raise UserError(f"the power timeline ends {wall0 + window_s - float(power['t'].max()):.1f} s before the "
                         "window's tail does", folder / "power.csv", "t")
-    by_dev = {str(dev): float(integrate(g["t"].to_numpy(float), g["power_w"].to_numpy(float),
-                                        np.array([wall0]), np.array([wall0 + window_s]))[0])
-              for dev, g in power.sort_values("t", kind="stable").groupby("device", sort=True)}
+    by_dev = {d: float(e[0]) for d, e in frame_energy_j(power, np.array([wall0]),
+                                                         np.array([wall0 + window_s])).items()}
     total = sum(by_dev.values())
     per_batch = bool(batches["energy_j"].notna().all())  # --batch-energy counter; else the timeline's, as serve
-    active = float(batches["energy_j"].sum()) if per_batch else float(csv_energy_j(
-        folder / "power.csv", wall0 + batches["start_s"].to_numpy(float), wall0 + batches["end_s"].to_numpy(float)).sum())
+    if per_batch:
+        active = float(batches["energy_j"].sum())
+    else:
+        runs = frame_energy_j(power, wall0 + batches["start_s"].to_numpy(float),
+                              wall0 + batches["end_s"].to_numpy(float))
+        active = float(sum(e.sum() for e in runs.values()))
     return {"window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,
             "wall_start": wall0, "wall_start_uncertainty_s": uncertainty, "batches": int(len(batches)),
             "energy_j": total, "active_j": active, "idle_j": total - active, "energy_by_device": by_dev,
