@@ -23,10 +23,10 @@ def integrate(t: np.ndarray, w: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> n
 
     def at(x: np.ndarray) -> np.ndarray:  # the integral from t[0] to x
         x = np.asarray(x, float)
-        xc = np.clip(x, t[0], t[-1])
-        i = np.clip(np.searchsorted(t, xc, side="right") - 1, 0, len(t) - 2) if len(t) > 1 else np.zeros_like(xc, int)
         if len(t) == 1:
             return (x - t[0]) * w[0]
+        xc = np.clip(x, t[0], t[-1])
+        i = np.clip(np.searchsorted(t, xc, side="right") - 1, 0, len(t) - 2)
         dt = t[i + 1] - t[i]
         u = xc - t[i]
         slope = np.divide(w[i + 1] - w[i], dt, out=np.zeros_like(dt), where=dt > 0)

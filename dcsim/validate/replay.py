@@ -192,7 +192,8 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
                 end = now()
                 timeline.label = ""
                 runs.append((st["start"], end))
-                active_j += e if per_batch else 0.0
+                if per_batch:
+                    active_j += e
                 batches.write({"batch_id": bid, "batch_size": len(batch), "batch_n_in": b_in, "batch_n_out": b_out,
                                "start_s": round(st["start"], 6), "first_token_s": round(st["first"], 6),
                                "end_s": round(end, 6), "energy_j": e, "prefill_energy_j": st.get("prefill", math.nan)})

@@ -138,11 +138,11 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
             raise UserError(f"the model config lacks {missing}", cfg_file or d / "manifest.json", missing[0])
         hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         bpv = 4 if ident.get("dtype") == "fp32" else 2
-        params = be.get("params_b") or float(f"{params_b(SimpleNamespace(**{'num_key_value_heads': cfg['num_attention_heads'], **cfg})):.6g}")
+        cfg = {"num_key_value_heads": cfg["num_attention_heads"], **cfg}  # no grouped-query attention if unsaid
+        params = be.get("params_b") or float(f"{params_b(SimpleNamespace(**cfg)):.6g}")
         model = {"name": arch or ident.get("model") or "model", "params_b": params,
                  "layers": cfg["num_hidden_layers"], "hidden_size": cfg["hidden_size"],
-                 "kv_bytes_per_token": 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads",
-                                                                              cfg["num_attention_heads"]) * hd * bpv,
+                 "kv_bytes_per_token": 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * hd * bpv,
                  "max_context": cfg.get("max_position_embeddings", 4096)}
     rel = d.as_posix()
     cites = f"measured with dcsim calibrate; raw data {rel} (runs.csv, manifest.json, power.csv)"
