@@ -95,6 +95,10 @@ class Pool(Strict):
     idle: Literal["serving", "deep"] = Field(
         default="serving", description="power between requests: serving-idle (model loaded) or deep idle"
     )
+    cache_lengths: dict[int, int] | None = Field(
+        default=None, description="static-KV-cache engines only: tokens of cache per sequence at each batch size "
+        "(default: the lengths the profile was calibrated with); every decode step reads the whole cache"
+    )
 
 
 class RouterSpec(BaseModel):

@@ -53,7 +53,13 @@ def test_committed_cases_are_recovered_from_their_raw_files(case):
     # the opening is placed to a few ms (the timeline samples every 50 ms; labels bound it from both sides)
     assert got["wall_start"] == pytest.approx(meta["wall_start"], abs=0.01)
     assert got["window_s"] == pytest.approx(meta["window_s"], abs=0.01)
-    assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-9)
+    if pd.read_csv(case / "batches.csv")["energy_j"].notna().all():
+        # counter mode: the batches' own counter energies, summed again
+        assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-9)
+    else:
+        # timeline mode: both integrate power.csv over the runs, the replay at its own clock's offsets, the
+        # recovery at offsets placed from the labels (to a few ms): 0.3-2.8 J apart on 35-49 kJ
+        assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-4)
     assert got["batches"] == meta["batches"]
     # the integral of the sampled power against the energy counter over the same window: within 0.72% on
     # every committed case (median 0.09%)

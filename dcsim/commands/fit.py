@@ -38,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
     p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--kv-cache", choices=("auto", "live"), default="auto",
+                   help="calibration runs: auto (default) fits a static-cache engine's decode step to the cache it "
+                        "held (recorded per run), read whole at every step; live fits every step to its live context "
+                        "instead (how profiles were fitted before cache lengths were modelled)")
     fit_derive.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -101,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
         meta["name"] = args.name
     elif "name" not in meta:
         meta["name"] = out.stem
+    if args.kv_cache == "live" and "cache_len" in table and table["cache_len"].notna().any():
+        table = table.assign(cache_len=float("nan"))
+        meta.setdefault("notes", []).append(
+            "Fitted with --kv-cache live: each decode step's context is its live tokens, although the engine held a "
+            "static cache (a step's cost then follows the live context, not the cache it read)")
+        if meta.get("command"):
+            meta["command"] += " --kv-cache live"
     if meta.get("command"):
         meta["command"] += f" -o {args.out if not os.path.isabs(args.out) else out.name}"
     result = fit_profile(table, meta_from_dict(meta, args.path))

@@ -180,7 +180,8 @@ def fit_error(pred: np.ndarray, meas: np.ndarray) -> FitError:
 # runs expanded into decode steps
 @dataclass
 class Runs:
-    """Per-row arrays of the run rows and their decode steps (step j of row i at context B*(n_in+1+j))."""
+    """Per-row arrays of the run rows and their decode steps (step j of row i at context B*(n_in+1+j), or
+    B*cache_len for a row measured on a static KV cache)."""
 
     b: np.ndarray
     n: np.ndarray
@@ -204,6 +205,11 @@ class Runs:
         sb = b[row]
         ctx = sb * (n[row] + 1.0 + j)
         mean_ctx = np.where(k > 0, b * (n + 1.0 + (k - 1) / 2.0), b * (n + 1.0))
+        cache = runs["cache_len"].to_numpy(float) if "cache_len" in runs else np.full(len(b), np.nan)
+        static = np.isfinite(cache)
+        if static.any():  # a static cache is read whole at every step: context = batch x allocated length
+            ctx = np.where(static[row], sb * np.nan_to_num(cache)[row], ctx)
+            mean_ctx = np.where(static, b * np.nan_to_num(cache), mean_ctx)
         return Runs(b, n, k.astype(float), b * n, b * n * n, mean_ctx, row, sb, ctx)
 
     def per_row(self, v: np.ndarray) -> np.ndarray:
@@ -479,6 +485,7 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     if runs.empty and dec.empty:
         raise UserError("no run or decode rows to fit (only idle or warm-up rows)", field="kind")
     r = Runs.of(runs)
+    engine = _static_cache(runs, meta.engine)
     dec_ctx = (dec["batch"] * (dec["n_in"] + dec["n_out"] / 2.0)).to_numpy(float)
     terms = _choose_terms(runs, dec, r, dec_ctx)
     prov: dict[str, Provenance] = {}
@@ -596,7 +603,7 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     if meta.power_cap is not None and meta.power_cap_provenance is not None:
         prov["power_cap"] = meta.power_cap_provenance
     profile = Profile(
-        name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=meta.engine,
+        name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=engine,
         gpus_per_replica=meta.gpus_per_replica, latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s),
         power=Power(prefill_w=power_pf, decode_w=power_dc, serving_idle_w=round(serving, 2),
                     deep_idle_w=round(deep, 2), host=host),
@@ -605,6 +612,20 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         notes="\n".join(notes) if notes else None,
     )
     return FitResult(profile=profile, rows=pd.concat([runs, dec], ignore_index=True), terms=terms)
+
+
+def _static_cache(runs: pd.DataFrame, engine: EngineInfo) -> EngineInfo:
+    """The engine with the static cache lengths its runs held (longest per batch size), where every run row
+    recorded one; a table mixing static and dynamic rows is refused: one profile describes one engine."""
+    cache = runs["cache_len"] if "cache_len" in runs else pd.Series(np.nan, index=runs.index)
+    known = cache.notna()
+    if not known.any():
+        return engine
+    if not known.all():
+        raise UserError(f"{int((~known).sum())} of {len(runs)} run rows record no static cache length while the "
+                        "others do: fit one engine at a time", field="cache_len")
+    lengths = cache.groupby(runs["batch"]).max()
+    return engine.model_copy(update={"cache_lengths": {int(b): int(v) for b, v in lengths.items()}})
 
 
 # ---------------------------------------------------------------------------------------------------------

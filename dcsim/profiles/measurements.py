@@ -18,6 +18,8 @@ Columns
 - repeat: repeat index of this shape (0 for published means)
 - warmup: True for warm-up runs that fitting must skip
 - source: short id of where the row came from (file name or run name)
+- cache_len: for a static-KV-cache engine, the tokens of cache each sequence held (allocated up front and read
+    whole at every decode step); NaN for a dynamic cache, whose steps read the live context only
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dcsim.errors import UserError
 COLUMNS = {
     "kind": object, "n_in": "int64", "n_out": "int64", "batch": "int64", "runtime_s": "float64",
     "ttft_s": "float64", "tpot_s": "float64", "energy_device_j": "float64", "energy_host_j": "float64",
-    "avg_power_w": "float64", "repeat": "int64", "warmup": bool, "source": object,
+    "avg_power_w": "float64", "repeat": "int64", "warmup": bool, "source": object, "cache_len": "float64",
 }
 KINDS = ("run", "decode", "idle_serving", "idle_deep")
 
@@ -43,7 +45,8 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     """Fill optional columns with their defaults, order and type them, and check the values."""
     out = df.copy()
     defaults = {"ttft_s": np.nan, "tpot_s": np.nan, "energy_device_j": np.nan, "energy_host_j": np.nan,
-                "avg_power_w": np.nan, "repeat": 0, "warmup": False, "source": "", "batch": 1}
+                "avg_power_w": np.nan, "repeat": 0, "warmup": False, "source": "", "batch": 1,
+                "cache_len": np.nan}
     for c, v in defaults.items():
         if c not in out.columns:
             out[c] = v

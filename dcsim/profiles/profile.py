@@ -89,9 +89,25 @@ class ModelInfo(Strict):
 
 
 class EngineInfo(Strict):
+    """The serving engine. `cache_lengths`, where set, marks a static KV cache: at each batch size (key) every
+    sequence holds a cache of that many tokens, allocated up front and read whole at every decode step, so the
+    step's `context` is batch x that length whatever the live context (HF static cache, CUDA-graph engines)."""
+
     name: str
     version: str | None = None
     precision: str = "bf16"
+    cache_lengths: dict[int, int] | None = None
+
+    def cache_length(self, batch: int) -> int | None:
+        """Static cache tokens per sequence at `batch` (None for a dynamic cache): the batch size's own entry,
+        else the nearest listed batch size above it, else the largest listed one."""
+        lengths = self.cache_lengths
+        if not lengths:
+            return None
+        if batch in lengths:
+            return lengths[batch]
+        above = [b for b in lengths if b > batch]
+        return lengths[min(above)] if above else lengths[max(lengths)]
 
 
 class Latency(Strict):
@@ -293,7 +309,7 @@ class ProfileEvaluator:
     __slots__ = (
         "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
-        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded",
+        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None) -> None:
@@ -314,6 +330,8 @@ class ProfileEvaluator:
         self.idle_w = p.power.serving_idle_w
         self.deep_idle_w = p.power.deep_idle_w
         self.kv_capacity = p.kv_capacity_tokens()
+        # a static-cache engine reads its whole allocated cache at every step (EngineInfo.cache_lengths)
+        self.engine = p.engine if p.engine.cache_lengths else None
         self.cap_w = cap_w
         self.pc = None  # analytic cap model in force (per-step scaling)
         # measured cap points: constant multipliers per phase
@@ -381,6 +399,8 @@ class ProfileEvaluator:
     # ---- decode -------------------------------------------------------------------------------
     def decode_step(self, batch: int, context: float) -> tuple[float, float]:
         """(seconds, device watts) of one decode step."""
+        if self.engine is not None:
+            context = batch * self.engine.cache_length(batch)
         a, b, c, lo = self.dc_t
         t = a + b * batch + c * context
         if t < lo:
@@ -405,11 +425,14 @@ class ProfileEvaluator:
         a, b, c, lo = self.dc_t
         pa, pb, pc, plo, phi = self.dc_p
         k = steps
+        grow = float(batch)
+        if self.engine is not None:  # static cache: every step attends over the same allocated cache
+            context0, grow = batch * self.engine.cache_length(batch), 0.0
         # t_j = T0 + c*B*j ; w_j = W0 + pc*B*j for j = 0..k-1
         t0 = (a + b * batch + c * context0)
         w0 = (pa + pb * batch + pc * context0)
-        dt = c * batch
-        dw = pc * batch
+        dt = c * grow
+        dw = pc * grow
         t_last = t0 + dt * (k - 1)
         w_last = w0 + dw * (k - 1)
         clamped = self.dc_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
@@ -435,6 +458,6 @@ class ProfileEvaluator:
                 total_e = total_t * self.dc_ceiling
         host_e = 0.0
         if self.host_dc is not None:
-            hw = self.host_dc.at(batch=batch, context=context0 + batch * (k - 1) / 2.0)
+            hw = self.host_dc.at(batch=batch, context=context0 + grow * (k - 1) / 2.0)
             host_e = hw * total_t
         return total_t, total_e, host_e

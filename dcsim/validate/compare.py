@@ -69,11 +69,15 @@ def scenario_for(folder: Path, meta: dict, profile_path: Path) -> Scenario:
     accounts idle up to the end of the measured window)."""
     pol = meta["policy"]
     batching = Batching(policy=pol["policy"], max_batch=pol["max_batch"], max_wait_s=pol["max_wait_s"])
+    # a static-cache profile is simulated with the caches the replay's engine held (replay.json), not its own
+    static = load_profile(profile_path).engine.cache_lengths and meta.get("cache_lengths")
+    lengths = {int(b): int(n) for b, n in meta["cache_lengths"].items()} if static else None
     return Scenario(
         name=f"validate-{folder.name}", seed=0,
         trace=TraceRef(path=str((folder / "workload.csv").resolve())),
         arrivals=ReplayArrivals(time_scale=1.0),
-        fleet=[Pool(name="replica", profile=str(profile_path.resolve()), count=1, batching=batching)],
+        fleet=[Pool(name="replica", profile=str(profile_path.resolve()), count=1, batching=batching,
+                    cache_lengths=lengths)],
     )
 
 

@@ -35,6 +35,15 @@ def _num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce")
 
 
+def _cache_len(extra: str) -> float:
+    """The static KV cache length a run's backend recorded in its `extra` JSON (NaN: a dynamic cache)."""
+    try:
+        v = json.loads(extra).get("cache_len") if extra else None
+    except (ValueError, AttributeError):
+        return float("nan")
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
 def read_raw(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """runs.csv as a typed DataFrame and the manifest."""
     d = Path(run_dir)
@@ -75,6 +84,7 @@ def load(run_dir: str | Path, cap_w: float | None = None,
         "energy_device_j": runs["energy_device_j"], "energy_host_j": runs["energy_host_j"],
         "avg_power_w": runs["avg_power_w"], "repeat": runs["repeat"].fillna(0),
         "warmup": runs["phase"] == "warmup", "source": name + ":" + runs["point"],
+        "cache_len": runs["extra"].map(_cache_len),
     })
     idle = raw[raw["phase"].isin(["idle_deep", "idle_serving"]) & ok]
     idle_t = pd.DataFrame({
