@@ -34,6 +34,11 @@ derived() {
   fit --derive --from profiles/h100-sxm-80gb--llama-2-7b--hf-graph-bf16.yaml --to h200 --step-overhead-ms roofline \
     --check calibrate/runs/h200-llama-2-7b-hf-graph-standard --compare profiles/h200--llama-2-7b--hf-graph-bf16.yaml \
     -o profiles/derived/h200--llama-2-7b--hf-graph-bf16--from-h100-sxm-80gb--roofline.yaml
+  # the same plan measured on both devices (standard-grouped, the same caches): the like-for-like transfer
+  fit --derive --from profiles/h100-sxm-80gb--llama-2-7b--hf-graph-standard-bf16.yaml --to h200 \
+    --step-overhead-ms roofline --check calibrate/runs/h200-llama-2-7b-hf-graph-standard \
+    --compare profiles/h200--llama-2-7b--hf-graph-bf16.yaml \
+    -o profiles/derived/h200--llama-2-7b--hf-graph-standard-bf16--from-h100-sxm-80gb--roofline.yaml
 }
 if [ "${1:-}" = "--calibrated" ]; then calibrated; derived; exit 0; fi
 if [ "${1:-}" = "--derived" ]; then derived; exit 0; fi
