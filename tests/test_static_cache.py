@@ -113,3 +113,15 @@ def test_cache_lengths_on_a_dynamic_profile_are_refused(tmp_path):
     with pytest.raises(UserError, match="dynamic KV cache") as e:
         simulate(load_scenario(sc), str(sc))
     assert e.value.field == "fleet.0.cache_lengths"
+
+
+def test_a_check_against_another_run_uses_that_runs_caches():
+    """The standard profile checked against the older H100 run (2,080 tokens at batch 1, 320 above): its long
+    batch-1 runs come within 1.5% with their own caches, 5.4% off with the profile's 4,096."""
+    from dcsim.profiles.check import load_run_rows, run_errors
+
+    runs = load_run_rows(ROOT / "calibrate/runs/h100-llama-2-7b-hf-graph")
+    long_b1 = runs[(runs["batch"] == 1) & (runs["n_out"] >= 512)]
+    profile = load_profile(STANDARD)
+    assert run_errors(profile, long_b1)["latency.run_s"].max_ape_pct < 2.0
+    assert run_errors(profile, long_b1.drop(columns="cache_len"))["latency.run_s"].median_ape_pct > 5.0

@@ -33,7 +33,12 @@ def load_run_rows(run_dir: str | Path) -> pd.DataFrame:
 
 
 def predict_runs(profile: Profile, runs: pd.DataFrame) -> pd.DataFrame:
-    """`runs` with pred_runtime_s and pred_energy_device_j as the simulator would compute them."""
+    """`runs` with pred_runtime_s and pred_energy_device_j as the simulator would compute them; a static-cache
+    profile is evaluated with the caches the checked runs held (their longest per batch size), not its own."""
+    cache = runs["cache_len"] if "cache_len" in runs else pd.Series(dtype=float)
+    if profile.engine.cache_lengths and len(cache) and cache.notna().all():
+        held = {int(b): int(n) for b, n in cache.groupby(runs["batch"]).max().items()}
+        profile = profile.model_copy(update={"engine": profile.engine.model_copy(update={"cache_lengths": held})})
     ev = profile.evaluator()
     t_out, e_out = [], []
     for b, n_in, n_out in runs[["batch", "n_in", "n_out"]].itertuples(index=False):
