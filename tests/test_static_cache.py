@@ -39,6 +39,11 @@ def test_a_static_cache_step_costs_the_same_at_any_live_context():
     t_long, e_long, _ = ev.decode_run(1, 3000, 500)
     assert t_short == pytest.approx(t_long) and e_short == pytest.approx(e_long)
     assert t_short == pytest.approx(500 * (a + b + c * 4096))
+    # a sequence longer than the cache gets a cache of its full length (the engine grows it): 33 + 1000 tokens
+    small = _with_cache({1: 512}).evaluator()
+    assert small.decode_run(1, 33, 1000)[0] == pytest.approx(1000 * (a + b + c * 1033))
+    assert small.decode_step(1, 900.0)[0] == pytest.approx(a + b + c * 900)
+    assert small.decode_step(1, 100.0)[0] == pytest.approx(a + b + c * 512)
     # a dynamic cache (no lengths) grows with the live context instead
     dyn = _with_cache(None).evaluator()
     assert dyn.decode_run(1, 3000, 500)[0] > dyn.decode_run(1, 33, 500)[0]

@@ -91,7 +91,8 @@ class ModelInfo(Strict):
 class EngineInfo(Strict):
     """The serving engine. `cache_lengths`, where set, marks a static KV cache: at each batch size (key) every
     sequence holds a cache of that many tokens, allocated up front and read whole at every decode step, so the
-    step's `context` is batch x that length whatever the live context (HF static cache, CUDA-graph engines)."""
+    step's `context` is batch x that length whatever the live context (HF static cache, CUDA-graph engines). A
+    batch whose sequences need more gets a cache of their full length, as the calibration engines do."""
 
     name: str
     version: str | None = None
@@ -399,8 +400,8 @@ class ProfileEvaluator:
     # ---- decode -------------------------------------------------------------------------------
     def decode_step(self, batch: int, context: float) -> tuple[float, float]:
         """(seconds, device watts) of one decode step."""
-        if self.engine is not None:
-            context = batch * self.engine.cache_length(batch)
+        if self.engine is not None:  # the cache, grown to the live context where that is longer (as the engine does)
+            context = batch * max(self.engine.cache_length(batch), context / batch)
         a, b, c, lo = self.dc_t
         t = a + b * batch + c * context
         if t < lo:
@@ -426,8 +427,9 @@ class ProfileEvaluator:
         pa, pb, pc, plo, phi = self.dc_p
         k = steps
         grow = float(batch)
-        if self.engine is not None:  # static cache: every step attends over the same allocated cache
-            context0, grow = batch * self.engine.cache_length(batch), 0.0
+        if self.engine is not None:  # static cache: every step attends over the same allocated cache, which the
+            # engine grows to the sequence's full length when that is longer
+            context0, grow = batch * max(self.engine.cache_length(batch), context0 / batch + k), 0.0
         # t_j = T0 + c*B*j ; w_j = W0 + pc*B*j for j = 0..k-1
         t0 = (a + b * batch + c * context0)
         w0 = (pa + pb * batch + pc * context0)
