@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     instant = getattr(pynvml, "NVML_FI_DEV_POWER_INSTANT", None)
     if instant is not None:
         cases["nvml power (instant field)"] = lambda: pynvml.nvmlDeviceGetFieldValues(h, [instant])
+        cases["nvml temperature"] = lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
     try:
         import torch
 

@@ -113,3 +113,32 @@ def test_calibrate_never_imports_the_simulator():
             "dcsim.calibrate.backends.endpoint, dcsim.calibrate.meters.zeus_meter, dcsim.calibrate.powercap\n"
             "assert not any(m.startswith('dcsim.sim') for m in sys.modules), sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_timeline_keeps_temperature_beside_power_once_a_second(tmp_path):
+    """A meter that reads a temperature gets temperature.csv at temp_interval_s, labelled like power.csv; one that
+    reads none (RAPL, powermetrics, no meter) writes no such file. The read functions stand in for a GPU's NVML
+    fields, which this machine lacks."""
+    import time
+
+    import pandas as pd
+
+    temps = iter(range(40, 1000))
+    tl = PowerTimeline(lambda: {"gpu0": 100.0}, tmp_path / "power.csv", 0.01,
+                       read_temp=lambda: {"gpu0": float(next(temps))}, temp_interval_s=0.1).start()
+    tl.label = "run-a"
+    time.sleep(0.55)
+    tl.stop()
+    t = pd.read_csv(tmp_path / "temperature.csv")
+    p = pd.read_csv(tmp_path / "power.csv")
+    assert list(t.columns) == ["t", "device", "temp_c", "label"]
+    # one reading at start() (to see whether there is a sensor), then one per 0.1 s: 5 or 6 rows in 0.55 s
+    assert 4 <= len(t) <= 7 and len(p) >= 4 * len(t)
+    assert t["temp_c"].tolist() == [41.0 + i for i in range(len(t))]
+    assert set(t["label"].fillna("")) <= {"", "run-a"}
+    assert (t["t"].diff().dropna() >= 0.095).all()
+    none = PowerTimeline(lambda: {"gpu0": 100.0}, tmp_path / "b" / "power.csv", 0.01, read_temp=lambda: {})
+    (tmp_path / "b").mkdir()
+    none.start()
+    none.stop()
+    assert not (tmp_path / "b" / "temperature.csv").exists()

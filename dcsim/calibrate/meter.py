@@ -44,6 +44,11 @@ class Meter:
         """Instantaneous power per device label; empty where the meter cannot sample power."""
         return {}
 
+    def temperature_c(self) -> dict[str, float]:
+        """Device temperature per label (degrees C); empty where the meter cannot read one. Power at a fixed
+        load rises as the die warms, so the timeline keeps it beside the power."""
+        return {}
+
     def describe(self) -> dict:
         return {"meter": self.name}
 

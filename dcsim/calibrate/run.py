@@ -261,7 +261,8 @@ class Sweep:
         self.manifest["sessions"].append(sess)
         store.write_manifest(self.out, self.manifest)
         self.writer = store.RowWriter(self.out / store.RUNS, fmt=store._fmt)
-        self.timeline = PowerTimeline(self.meter.power_w, self.out / store.POWER, 1.0 / s.timeline_hz).start()
+        self.timeline = PowerTimeline(self.meter.power_w, self.out / store.POWER, 1.0 / s.timeline_hz,
+                                      read_temp=self.meter.temperature_c).start()
         sess["power_timeline"] = self.timeline.active
         guard = None
         n_new = 0

@@ -1,6 +1,7 @@
 """Power timeline: a thread samples the meter's instantaneous power at ~20 Hz for the whole session,
 appends it to power.csv (t, device, watts, label of what was running) and keeps recent samples in
-memory so each run's energy can be cross-checked against the integral of sampled power."""
+memory so each run's energy can be cross-checked against the integral of sampled power. Where the meter
+reads a temperature, the same thread appends it once a second to temperature.csv (t, device, temp_c, label)."""
 
 from __future__ import annotations
 
@@ -54,10 +55,16 @@ class PowerTimeline:
 
     FIELDS = ("t", "device", "power_w", "label")
 
+    TEMP_FIELDS = ("t", "device", "temp_c", "label")
+
     def __init__(self, read: Callable[[], dict[str, float]], path: Path, interval_s: float = 0.05,
-                 keep_s: float = 900.0) -> None:
+                 keep_s: float = 900.0, read_temp: Callable[[], dict[str, float]] | None = None,
+                 temp_interval_s: float = 1.0) -> None:
         self.read = read
         self.path = path
+        self.read_temp = read_temp
+        self.temp_interval_s = temp_interval_s
+        self._tw = None
         self.interval_s = interval_s
         self.label = ""
         self.samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=int(keep_s / interval_s) + 1)
@@ -74,6 +81,13 @@ class PowerTimeline:
         self._w = csv.writer(self._fh)
         if new:
             self._w.writerow(self.FIELDS)
+        if self.read_temp is not None and self.read_temp():
+            tpath = self.path.with_name("temperature.csv")
+            new_t = not tpath.exists()
+            self._tfh = tpath.open("a", newline="")
+            self._tw = csv.writer(self._tfh)
+            if new_t:
+                self._tw.writerow(self.TEMP_FIELDS)
         self._thread = threading.Thread(target=self._run, daemon=True, name="power-timeline")
         self._thread.start()
         return self
@@ -85,6 +99,7 @@ class PowerTimeline:
     def _run(self) -> None:
         nxt = time.time()
         last_flush = nxt
+        next_temp = nxt
         while not self._stop.is_set():
             t = time.time()
             try:
@@ -97,8 +112,17 @@ class PowerTimeline:
                     self.samples.append((t, p))
                 for dev, w in p.items():
                     self._w.writerow((f"{t:.3f}", dev, f"{w:.2f}", self.label))
+            if self._tw is not None and t >= next_temp:
+                next_temp = t + self.temp_interval_s
+                try:
+                    for dev, c in self.read_temp().items():
+                        self._tw.writerow((f"{t:.3f}", dev, f"{c:.1f}", self.label))
+                except Exception:
+                    self.errors += 1
             if t - last_flush > 1.0:
                 self._fh.flush()
+                if self._tw is not None:
+                    self._tfh.flush()
                 last_flush = t
             nxt += self.interval_s
             self._stop.wait(max(0.0, nxt - time.time()))
@@ -131,3 +155,5 @@ class PowerTimeline:
             self._thread.join(timeout=2)
             self._fh.flush()
             self._fh.close()
+            if self._tw is not None:
+                self._tfh.close()

@@ -20,7 +20,8 @@ class Window:
     def __init__(self, meter: Meter, out: Path, tail_s: float, settle_s: float, timeline_hz: float,
                  keep_s: float = 900.0) -> None:
         self.meter, self.tail_s, self.settle_s = meter, tail_s, settle_s
-        self.timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz, keep_s=keep_s)
+        self.timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz, keep_s=keep_s,
+                                      read_temp=meter.temperature_c)
         self.total: Reading | None = None
         self.window_s = self.last_end_s = math.nan
 
