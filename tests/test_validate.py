@@ -4,7 +4,6 @@ cache sizing as calibrated, the comparison's bookkeeping, and bad input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,6 @@ from dcsim.calibrate.backends.endpoint import EndpointBackend
 from dcsim.cli import main as cli
 from dcsim.validate import open_loop
 from dcsim.validate.intervals import covered_s, merge
-from dcsim.validate.compare import compare
 
 
 def test_merge_gives_the_union_of_intervals():
