@@ -6,12 +6,7 @@
 #   e.g. bash calibrate/scripts/plans_call.sh h100 calibrate/plans/busy-power-hot-4096.yaml \
 #          calibrate/plans/busy-power-cool-4096.yaml
 tag=${1:?usage: plans_call.sh TAG PLAN [PLAN ...]}; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
-chmod -R u+w calibrate/runs 2>/dev/null
-nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mode,clocks.sm,pstate,temperature.gpu \
-  --format=csv 2>&1 | tee $OUT/log.txt
+source calibrate/scripts/device_setup.sh
 for plan in "$@"; do
   name=$(basename "$plan" .yaml)
   R=calibrate/runs/$tag-llama-2-7b-hf-graph-$name

@@ -11,12 +11,7 @@
 # To resume, the paused folder must be in the tree the call runs from: unpack the call's .tgz here first (a call
 # that started without it began a new sweep: runs/h200-llama-2-7b-hf-graph-standard-rerun).
 tag=${1:?usage: standard_graph_call.sh TAG}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
-chmod -R u+w calibrate/runs 2>/dev/null
-nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mode,clocks.sm,pstate,temperature.gpu \
-  --format=csv 2>&1 | tee $OUT/log.txt
+source calibrate/scripts/device_setup.sh
 # RUN names another folder: calibrate/runs/h200-llama-2-7b-hf-graph-standard was recorded with the prefill's
 # counter read inside the timed run, so this version of dcsim refuses to resume it (identity 'prefill_energy')
 R=calibrate/runs/${RUN:-$tag-llama-2-7b-hf-graph-standard}

@@ -1,13 +1,9 @@
 #!/bin/bash
 # One device call: DEVICE_TAG PROFILE CASE[:LIMIT] [CASE[:LIMIT] ...]. Installs the carried wheels, runs each case and packs
 # its folder into $OUT as a .tgz (the raw files come back whatever happens to a later case).
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
+source calibrate/scripts/device_setup.sh
 source validation/scripts/cases.sh
 tag=$1; prof=$2; shift 2
-nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,persistence_mode,clocks.sm,pstate,temperature.gpu \
-  --format=csv 2>&1 | tee $OUT/log.txt
 # BENCH_METER=1: first time one meter read on this GPU (benchmarks/bench_meter_overhead.py, a few seconds)
 [ -n "${BENCH_METER:-}" ] && python3 benchmarks/bench_meter_overhead.py --csv $OUT/meter_overhead.csv 2>&1 | tee -a $OUT/log.txt
 for spec in "$@"; do
