@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from dcsim.errors import UserError, load_yaml, validate_file
 
@@ -95,7 +95,7 @@ class Pool(Strict):
     idle: Literal["serving", "deep"] = Field(
         default="serving", description="power between requests: serving-idle (model loaded) or deep idle"
     )
-    cache_lengths: dict[int, int] | None = Field(
+    cache_lengths: dict[PositiveInt, PositiveInt] | None = Field(
         default=None, description="static-KV-cache engines only: tokens of cache per sequence at each batch size "
         "(default: the lengths the profile was calibrated with); every decode step reads the whole cache"
     )

@@ -260,7 +260,7 @@ class Sweep:
                 "status": "running"}
         self.manifest["sessions"].append(sess)
         store.write_manifest(self.out, self.manifest)
-        self.writer = store.RowWriter(self.out / store.RUNS, fmt=store._fmt)
+        self.writer = store.RowWriter(self.out / store.RUNS, fmt=store.format_value)
         self.timeline = PowerTimeline(self.meter.power_w, self.out / store.POWER, 1.0 / s.timeline_hz,
                                       read_temp=self.meter.temperature_c).start()
         sess["power_timeline"] = self.timeline.active
@@ -328,7 +328,7 @@ class Sweep:
                                     _seed(plan.seed, p.id, r, cap))
                     self._time_in_runs += time.time() - t_run
                     self._work_done += _work(p.n_in, p.n_out, p.batch)
-                    sch.record(p.id, r, self._metrics({k: store._fmt(v) for k, v in row.items()}))
+                    sch.record(p.id, r, self._metrics({k: store.format_value(v) for k, v in row.items()}))
                     n_new += 1
                     if self._bar is not None:
                         self._bar.total = self._bar.n + _work(p.n_in, p.n_out, p.batch) + self._remaining_work()

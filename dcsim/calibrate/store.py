@@ -91,7 +91,8 @@ class RowWriter:
         self.f.close()
 
 
-def _fmt(v: object) -> str:
+def format_value(v: object) -> str:
+    """One runs.csv cell: empty for None and NaN, floats to 6 significant digits, dicts as compact JSON."""
     if v is None:
         return ""
     if isinstance(v, float):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dcsim.calibrate.backends.registry import ENGINES
 from dcsim.calibrate.backends.registry import HELP as ENGINE_HELP
+from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
 from dcsim.errors import UserError
 
 
@@ -41,9 +42,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), measured "
                    "from outside")
     p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
-    p.add_argument("--endpoint-dialect", default="vllm", choices=("vllm", "openai"),
-                   help="with --endpoint: vllm (token-id prompts, min_tokens, ignore_eos: vLLM, SGLang) or openai (word "
-                        "prompts, lengths checked against the server's usage counts: e.g. transformers serve)")
+    p.add_argument("--endpoint-dialect", default="vllm", choices=DIALECTS, help=DIALECT_HELP)
     p.add_argument("--latency-only", action="store_true", help="no energy meter: time only")
     p.add_argument("--power-caps", help="watts, comma-separated (e.g. 150,200,250): repeat the plan under each "
                    "GPU power limit; needs --allow-power-limit-changes")

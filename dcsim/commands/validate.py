@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE
+from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
 from dcsim.errors import UserError
 
 
@@ -60,9 +61,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL of a running server to replay against")
     p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
-    p.add_argument("--endpoint-dialect", default="vllm", choices=("vllm", "openai"),
-                   help="with --endpoint: vllm (token-id prompts, min_tokens, ignore_eos: vLLM, SGLang) or openai (word "
-                        "prompts, lengths checked against the server's usage counts: e.g. transformers serve)")
+    p.add_argument("--endpoint-dialect", default="vllm", choices=DIALECTS, help=DIALECT_HELP)
     p.add_argument("--latency-only", action="store_true", help="no energy meter (energy rows stay empty)")
     p.add_argument("--model", help="Hugging Face model id or path (pretrained weights)")
     p.add_argument("--model-arch", help="a known architecture built from its config (e.g. llama-2-7b)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcsim.errors import UserError
-from dcsim.profiles.fit import shape_mean_error
+from dcsim.profiles.fit import held_cache_lengths, shape_mean_error
 from dcsim.profiles.measurements import normalise
 from dcsim.profiles.profile import FitError, Profile
 
@@ -35,9 +35,8 @@ def load_run_rows(run_dir: str | Path) -> pd.DataFrame:
 def predict_runs(profile: Profile, runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` with pred_runtime_s and pred_energy_device_j as the simulator would compute them; a static-cache
     profile is evaluated with the caches the checked runs held (their longest per batch size), not its own."""
-    cache = runs["cache_len"] if "cache_len" in runs else pd.Series(dtype=float)
-    if profile.engine.cache_lengths and len(cache) and cache.notna().all():
-        held = {int(b): int(n) for b, n in cache.groupby(runs["batch"]).max().items()}
+    held = held_cache_lengths(runs) if profile.engine.cache_lengths and len(runs) else None
+    if held:
         profile = profile.model_copy(update={"engine": profile.engine.model_copy(update={"cache_lengths": held})})
     ev = profile.evaluator()
     t_out, e_out = [], []

@@ -614,18 +614,23 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     return FitResult(profile=profile, rows=pd.concat([runs, dec], ignore_index=True), terms=terms)
 
 
-def _static_cache(runs: pd.DataFrame, engine: EngineInfo) -> EngineInfo:
-    """The engine with the static cache lengths its runs held (longest per batch size), where every run row
-    recorded one; a table mixing static and dynamic rows is refused: one profile describes one engine."""
+def held_cache_lengths(runs: pd.DataFrame) -> dict[int, int] | None:
+    """The static cache each batch size of the runs held (its longest), or None where no run row records one
+    (a dynamic cache); a table mixing the two is refused: one profile describes one engine."""
     cache = runs["cache_len"] if "cache_len" in runs else pd.Series(np.nan, index=runs.index)
     known = cache.notna()
     if not known.any():
-        return engine
+        return None
     if not known.all():
         raise UserError(f"{int((~known).sum())} of {len(runs)} run rows record no static cache length while the "
                         "others do: fit one engine at a time", field="cache_len")
-    lengths = cache.groupby(runs["batch"]).max()
-    return engine.model_copy(update={"cache_lengths": {int(b): int(v) for b, v in lengths.items()}})
+    return {int(b): int(v) for b, v in cache.groupby(runs["batch"]).max().items()}
+
+
+def _static_cache(runs: pd.DataFrame, engine: EngineInfo) -> EngineInfo:
+    """The engine with the static cache lengths its runs held, where they held one."""
+    lengths = held_cache_lengths(runs)
+    return engine if lengths is None else engine.model_copy(update={"cache_lengths": lengths})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -310,7 +310,7 @@ class ProfileEvaluator:
     __slots__ = (
         "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
-        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine",
+        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None) -> None:
@@ -331,8 +331,10 @@ class ProfileEvaluator:
         self.idle_w = p.power.serving_idle_w
         self.deep_idle_w = p.power.deep_idle_w
         self.kv_capacity = p.kv_capacity_tokens()
-        # a static-cache engine reads its whole allocated cache at every step (EngineInfo.cache_lengths)
+        # a static-cache engine reads its whole allocated cache at every step (EngineInfo.cache_lengths); the
+        # length per batch size is looked up once and kept (the inner loop asks for it at every batch)
         self.engine = p.engine if p.engine.cache_lengths else None
+        self._cache: dict[int, int] = {}
         self.cap_w = cap_w
         self.pc = None  # analytic cap model in force (per-step scaling)
         # measured cap points: constant multipliers per phase
@@ -398,10 +400,17 @@ class ProfileEvaluator:
         return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch)
 
     # ---- decode -------------------------------------------------------------------------------
+    def cache_tokens(self, batch: int) -> int:
+        """Static cache tokens per sequence at `batch` (EngineInfo.cache_length), memoised."""
+        n = self._cache.get(batch)
+        if n is None:
+            n = self._cache[batch] = self.engine.cache_length(batch)
+        return n
+
     def decode_step(self, batch: int, context: float) -> tuple[float, float]:
         """(seconds, device watts) of one decode step."""
         if self.engine is not None:  # the cache, grown to the live context where that is longer (as the engine does)
-            context = batch * max(self.engine.cache_length(batch), context / batch)
+            context = batch * max(self.cache_tokens(batch), context / batch)
         a, b, c, lo = self.dc_t
         t = a + b * batch + c * context
         if t < lo:
@@ -429,7 +438,7 @@ class ProfileEvaluator:
         grow = float(batch)
         if self.engine is not None:  # static cache: every step attends over the same allocated cache, which the
             # engine grows to the sequence's full length when that is longer
-            context0, grow = batch * max(self.engine.cache_length(batch), context0 / batch + k), 0.0
+            context0, grow = batch * max(self.cache_tokens(batch), context0 / batch + k), 0.0
         # t_j = T0 + c*B*j ; w_j = W0 + pc*B*j for j = 0..k-1
         t0 = (a + b * batch + c * context0)
         w0 = (pa + pb * batch + pc * context0)

@@ -72,9 +72,6 @@ def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, 
                 raise UserError(f"profile {ppath.name} describes a dynamic KV cache (its engine has no "
                                 "cache_lengths); cache_lengths applies to static-cache engines only",
                                 scenario_file, f"fleet.{i}.cache_lengths")
-            if any(b <= 0 or n <= 0 for b, n in pool.cache_lengths.items()):
-                raise UserError("batch sizes and cache lengths must be positive", scenario_file,
-                                f"fleet.{i}.cache_lengths")
             prof = prof.model_copy(update={"engine": prof.engine.model_copy(
                 update={"cache_lengths": dict(pool.cache_lengths)})})
         try:

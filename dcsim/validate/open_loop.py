@@ -37,13 +37,12 @@ def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, t
     n_out = wl["n_out"].to_numpy(int)
     n = len(wl)
     prompts = [backend.prompts(int(n_in[i]), 1, 10_000 + i)[0] for i in range(n)]
-    keep = max(900.0, float(arrival[-1]) + settle_s + tail_s + 600.0)
     rows = RowWriter(out / "requests.csv", FIELDS, durable=False)
     lock = threading.Lock()
     done: list[dict] = []
     threads = []
     try:
-        with Window(meter, out, tail_s, settle_s, timeline_hz, keep_s=keep) as w:
+        with Window(meter, out, tail_s, settle_s, timeline_hz) as w:
 
             def one(i: int) -> None:
                 o: dict = {"first_event": threading.Event()}
@@ -70,13 +69,12 @@ def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, t
                 th.join(backend.timeout_s)
             w.close(max(r["end_s"] for r in done) if done else w.now())
             busy = merge([(r["start_s"], r["end_s"]) for r in done])
-            tl = w.timeline
-            sampled = [sum(tl.energy_j(w.wall0 + a, w.wall0 + b).values()) for a, b in busy] if tl.active else []
+            sampled = w.timeline.active
     finally:
         rows.close()
     failed = [r for r in done if r["error"] or r["gen_tokens"] != r["n_out"]]
     if len(done) < n or failed:
         bad = failed[0] if failed else {"id": "?", "error": f"{n - len(done)} requests never returned"}
         raise RuntimeError(f"request {bad['id']} failed: {bad['error'] or 'wrong number of tokens'}")
-    active = float(sum(sampled)) if sampled else math.nan
+    active = w.timeline_energy_j(busy) if sampled else math.nan
     return w.facts(active, open_loop=True, busy_s=sum(b - a for a, b in busy))

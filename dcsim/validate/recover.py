@@ -15,11 +15,11 @@ import pandas as pd
 from dcsim.calibrate.timeline import frame_energy_j
 from dcsim.errors import UserError
 
-SOURCE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
-          "lost with the process. Batch energies (active_j) are the counter's; idle_j is the difference")
-SOURCE_TIMELINE = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing "
-                   "reading was lost with the process. Active energy is the timeline's integral over the batch runs "
-                   "(--batch-energy timeline); idle_j is the difference")
+_WINDOW = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
+           "lost with the process. ")
+SOURCE = _WINDOW + "Batch energies (active_j) are the counter's; idle_j is the difference"
+SOURCE_TIMELINE = (_WINDOW + "Active energy is the timeline's integral over the batch runs (--batch-energy "
+                   "timeline); idle_j is the difference")
 
 
 def window_start(power: pd.DataFrame, batches: pd.DataFrame, file: Path | None = None) -> tuple[float, float]:

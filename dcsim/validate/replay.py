@@ -25,13 +25,11 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from dcsim.calibrate.backends.base import Backend
 from dcsim.calibrate.meter import Meter
 from dcsim.calibrate.store import RowWriter
-from dcsim.calibrate.timeline import csv_energy_j
 from dcsim.errors import UserError
 from dcsim.validate.window import Window
 
@@ -214,9 +212,8 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
     finally:
         reqs.close()
         batches.close()
-    if not per_batch:  # the timeline has stopped and power.csv holds every sample: integrate over the runs
-        a, b = np.array(runs, float).reshape(-1, 2).T
-        active_j = float(csv_energy_j(out / "power.csv", w.wall0 + a, w.wall0 + b).sum())
+    if not per_batch:  # the timeline's integral over the runs
+        active_j = w.timeline_energy_j(runs)
     return w.facts(active_j, batches=bid, batch_energy=batch_energy)
 
 

@@ -8,8 +8,10 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from dcsim.calibrate.meter import Meter, Reading
-from dcsim.calibrate.timeline import PowerTimeline
+from dcsim.calibrate.timeline import PowerTimeline, csv_energy_j
 
 
 class Window:
@@ -17,10 +19,9 @@ class Window:
     since the window opened; `w.close(last_end_s)` idles the tail and reads the window's energy. The timeline
     stops however the block ends."""
 
-    def __init__(self, meter: Meter, out: Path, tail_s: float, settle_s: float, timeline_hz: float,
-                 keep_s: float = 900.0) -> None:
+    def __init__(self, meter: Meter, out: Path, tail_s: float, settle_s: float, timeline_hz: float) -> None:
         self.meter, self.tail_s, self.settle_s = meter, tail_s, settle_s
-        self.timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz, keep_s=keep_s,
+        self.timeline = PowerTimeline(meter.power_w, out / "power.csv", 1.0 / timeline_hz,
                                       read_temp=meter.temperature_c)
         self.total: Reading | None = None
         self.window_s = self.last_end_s = math.nan
@@ -45,6 +46,12 @@ class Window:
         time.sleep(self.tail_s)
         self.total = self.meter.end("window")
         self.window_s = self.now()
+
+    def timeline_energy_j(self, intervals: list[tuple[float, float]]) -> float:
+        """Joules the sampled power holds over `intervals` (seconds since the window opened), all devices: read
+        from power.csv once the block has ended and the timeline has written every sample."""
+        a, b = np.array(intervals, float).reshape(-1, 2).T
+        return float(csv_energy_j(self.timeline.path, self.wall0 + a, self.wall0 + b).sum())
 
     def facts(self, active_j: float, **extra: object) -> dict:
         """The window's facts for replay.json: length, timing, and the measured total/active/idle energy."""

@@ -24,6 +24,8 @@ from dcsim.errors import UserError
 
 
 DIALECTS = ("vllm", "openai")
+DIALECT_HELP = ("with --endpoint: vllm (token-id prompts, min_tokens, ignore_eos: vLLM, SGLang) or openai (word "
+                "prompts, lengths checked against the server's usage counts: e.g. transformers serve)")
 # one token each, with their leading space, in the Llama (SentencePiece) and GPT-2/Llama-3 (BPE) vocabularies
 WORDS = ("the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
          "his", "it", "an", "are", "were", "be", "this", "which", "or", "had", "not", "but", "have", "one", "all")
