@@ -17,6 +17,7 @@ calibrated() {
   fit calibrate/runs/h200-llama-2-7b-hf-static -o profiles/h200--llama-2-7b--hf-static-bf16.yaml
   fit calibrate/runs/h200-llama-2-13b-hf-static -o profiles/h200--llama-2-13b--hf-static-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-graph-standard -o profiles/h200--llama-2-7b--hf-graph-bf16.yaml
+  fit calibrate/runs/h200-llama-2-7b-hf-graph-standard-b -o profiles/h200--llama-2-7b--hf-graph-standard-bf16.yaml
 }
 derived() {
   # datasheet transfer of the H100 profiles to the H200, checked against the H200's own runs (profiles/README.md)
@@ -34,10 +35,11 @@ derived() {
   fit --derive --from profiles/h100-sxm-80gb--llama-2-7b--hf-graph-bf16.yaml --to h200 --step-overhead-ms roofline \
     --check calibrate/runs/h200-llama-2-7b-hf-graph-standard --compare profiles/h200--llama-2-7b--hf-graph-bf16.yaml \
     -o profiles/derived/h200--llama-2-7b--hf-graph-bf16--from-h100-sxm-80gb--roofline.yaml
-  # the same plan measured on both devices (standard-grouped, the same caches): the like-for-like transfer
+  # the same plan measured on both devices (standard-grouped, the same caches, both complete): the like-for-like
+  # transfer
   fit --derive --from profiles/h100-sxm-80gb--llama-2-7b--hf-graph-standard-bf16.yaml --to h200 \
-    --step-overhead-ms roofline --check calibrate/runs/h200-llama-2-7b-hf-graph-standard \
-    --compare profiles/h200--llama-2-7b--hf-graph-bf16.yaml \
+    --step-overhead-ms roofline --check calibrate/runs/h200-llama-2-7b-hf-graph-standard-b \
+    --compare profiles/h200--llama-2-7b--hf-graph-standard-bf16.yaml \
     -o profiles/derived/h200--llama-2-7b--hf-graph-standard-bf16--from-h100-sxm-80gb--roofline.yaml
 }
 if [ "${1:-}" = "--calibrated" ]; then calibrated; derived; exit 0; fi

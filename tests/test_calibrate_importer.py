@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,24 @@ def test_not_a_run_folder(tmp_path):
     with pytest.raises(UserError) as e:
         load(tmp_path)
     assert "runs.csv and manifest.json" in e.value.message
+
+
+def test_the_temperature_note_reads_only_the_measured_runs(tmp_path):
+    """temperature.csv samples inside a measured run count, the idle windows and warm-ups between them do not."""
+    d = tmp_path / "run"
+    shutil.copytree(RUNS / "h100-llama-2-7b-hf-graph-busy-power-cool-2080", d)
+    raw = list(csv.DictReader(open(d / "runs.csv")))
+    runs = [(float(r["t_start"]), float(r["t_end"])) for r in raw if r["phase"] == "run" and r["status"] == "ok"]
+    t0, t1 = min(a for a, _ in runs) - 60, max(b for _, b in runs) + 60
+    rows = ["t,device,temp_c,label"]
+    for i in range(int(t1 - t0)):
+        t = t0 + i
+        inside = any(a - 0.5 <= t <= b + 0.5 for a, b in runs)
+        rows.append(f"{t:.3f},gpu0,{(50 + i % 3) if inside else 90},")  # 50, 51, 52 inside; 90 between runs
+    (d / "temperature.csv").write_text("\n".join(rows) + "\n")
+    note = next(n for n in load(d)[1]["notes"] if n.startswith("Device temperature"))
+    assert "median 51 C," in note and "range 50-52 C." in note
+    (d / "temperature.csv").write_text("t,device\n1,gpu0\n")
+    with pytest.raises(UserError) as e:
+        load(d)
+    assert e.value.file.endswith("temperature.csv") and "unreadable temperature timeline" in e.value.message

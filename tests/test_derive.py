@@ -152,21 +152,28 @@ def test_roofline_overhead_carries_the_graph_engine_to_the_h200():
 
 
 def test_the_standard_plan_transfer_carries_the_cache_read_by_bandwidth():
-    """Both devices ran the same plan with the same caches, both profiles fitted with them: the transferred cache
-    read term lands within 2% of the H200's own fit, and the run errors stay below the older profile's."""
+    """Both devices ran the whole standard plan with the same caches, both profiles fitted with them: the
+    transferred cache read term lands within 2% of the H200's own fit, and the run errors stay near the figures
+    measured when the H200 run completed (profiles/README.md: 4.3 / 11.4 % run time, 6.0 % energy median; the H100 profile unchanged: 23.6 and 14.9 %)."""
     path = PROFILES / "h100-sxm-80gb--llama-2-7b--hf-graph-standard-bf16.yaml"
     src = load_profile(path)
     h100, h200 = catalogue.DEVICES["h100-sxm-80gb"], catalogue.DEVICES["h200"]
     got = derive_profile(src, transfer_between(h100, h200, roofline_overhead_s(src, h100)), str(path))
-    own = load_profile(PROFILES / "h200--llama-2-7b--hf-graph-bf16.yaml")
-    # the same caches per batch size (the H200 run paused before batch 2 and 4)
-    assert own.engine.cache_lengths.items() <= got.engine.cache_lengths.items()
+    own = load_profile(PROFILES / "h200--llama-2-7b--hf-graph-standard-bf16.yaml")
+    assert own.engine.cache_lengths == got.engine.cache_lengths
     c_src, c_own = src.latency.decode_step_s.coef["context"], own.latency.decode_step_s.coef["context"]
     assert got.latency.decode_step_s.coef["context"] == pytest.approx(c_src * 3.35 / 4.8)
     assert got.latency.decode_step_s.coef["context"] == pytest.approx(c_own, rel=0.02)
-    err = run_errors(got, load_run_rows(REPO / "calibrate" / "runs" / "h200-llama-2-7b-hf-graph-standard"))
-    assert err["latency.run_s"].median_ape_pct < 5.0 and err["latency.run_s"].max_ape_pct < 10.0
-    assert err["energy.run_device_j"].median_ape_pct < 7.0
+    run = load_run_rows(REPO / "calibrate" / "runs" / "h200-llama-2-7b-hf-graph-standard-b")
+    err, floor, naive = run_errors(got, run), run_errors(own, run), run_errors(src, run)
+    assert err["latency.run_s"].n_points == 31 and err["energy.run_device_j"].n_points == 19
+    assert err["latency.run_s"].median_ape_pct < 5.0 and err["latency.run_s"].max_ape_pct < 12.5
+    assert err["energy.run_device_j"].median_ape_pct < 6.5
+    for k in ("latency.run_s", "energy.run_device_j"):
+        assert floor[k].median_ape_pct < err[k].median_ape_pct < naive[k].median_ape_pct / 2
+        # the check evaluates runs as the simulator does, the fit with its own arrays: both agree, batch 256
+        # (decode power at its ceiling, summed step by step) included
+        assert floor[k] == own.fit_error[k]
 
 
 @pytest.mark.parametrize("path", DERIVED, ids=[p.stem for p in DERIVED])

@@ -111,7 +111,15 @@ def test_calibrate_against_the_server_counts_every_token(served, tmp_path, capsy
     assert rt["i16-o64-b1"] > 2.0 * rt["i16-o4-b1"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["identity"]["dialect"] == "openai"
-    # fitting it needs the served model's shapes, which a server does not show: --model-config gives them
+    # the model was served from a local folder, so the run recorded its config.json; the fit goes on to the
+    # measurements, and these 3 shapes are too few: it says so
+    backend = man["sessions"][0]["backend"]
+    assert backend["model_config"]["hidden_size"] == 64 and backend["model_config"]["num_hidden_layers"] == 2
+    assert fit(["fit", str(out), "-o", str(tmp_path / "p.yaml")]) == 2
+    assert "3 measured shapes cannot fix 5 latency coefficients" in capsys.readouterr().err
+    # a server whose model is not readable from here shows no shapes: without a config the fit stops and says how
+    del backend["model_config"]
+    (out / "manifest.json").write_text(json.dumps(man))
     assert fit(["fit", str(out), "-o", str(tmp_path / "p.yaml")]) == 2
     assert "--model-config" in capsys.readouterr().err and not (tmp_path / "p.yaml").exists()
     _, meta = calibrate_runs.load(out, model_config=model)
@@ -121,9 +129,10 @@ def test_calibrate_against_the_server_counts_every_token(served, tmp_path, capsy
     assert meta["model"]["params_b"] == pytest.approx((2 * 4096 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 128) + 64)
                                                       / 1e9, rel=1e-5)
     assert meta["command"].endswith(f"--model-config {model}/config.json")
-    # with the shapes given, the fit goes on to the measurements, and these 3 shapes are too few: it says so
-    assert fit(["fit", str(out), "--model-config", model, "-o", str(tmp_path / "p.yaml")]) == 2
-    assert "3 measured shapes cannot fix 5 latency coefficients" in capsys.readouterr().err
+    # ... or the served config.json shipped in the run folder: the same shapes
+    shutil.copy(Path(model) / "config.json", out / "config.json")
+    _, shipped = calibrate_runs.load(out)
+    assert shipped["model"] == meta["model"]
 
 
 def test_a_server_whose_tokenizer_splits_the_words_fails_the_run(served):

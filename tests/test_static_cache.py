@@ -49,6 +49,20 @@ def test_a_static_cache_step_costs_the_same_at_any_live_context():
     assert dyn.decode_run(1, 3000, 500)[0] > dyn.decode_run(1, 33, 500)[0]
 
 
+def test_a_clamped_static_cache_run_holds_its_cache():
+    """Where the power curve meets its ceiling the run is summed step by step; the cache stays the allocated one
+    there too (it once grew by the batch each step, 5% long at batch 256 on the H200 standard-plan profile)."""
+    p = _with_cache({256: 384})
+    p = p.model_copy(update={"power": p.power.model_copy(update={"decode_w": p.power.decode_w.model_copy(
+        update={"hi": 500.0})})})
+    ev = p.evaluator()
+    a, b, c, _ = ev.dc_t
+    step = a + 256 * b + c * 256 * 384
+    assert ev.decode_step(256, 256 * 257.0)[1] == 500.0  # the ceiling binds: the step-by-step branch
+    t, e, _ = ev.decode_run(256, 256 * 257, 127)
+    assert t == pytest.approx(127 * step) and e == pytest.approx(127 * step * 500.0)
+
+
 def test_cache_length_lookup():
     e = _with_cache({1: 4096, 8: 1280, 64: 384}).engine
     assert [e.cache_length(b) for b in (1, 8, 64)] == [4096, 1280, 384]

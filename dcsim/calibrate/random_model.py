@@ -20,13 +20,22 @@ from dcsim.errors import UserError, guarded
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+def llama_config(config: dict) -> "LlamaConfig":  # noqa: F821 (transformers is imported lazily)
+    """The transformers config of the served model: the architecture's sizes, BOS 1 and EOS 2 (Llama's ids)."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(**{"bos_token_id": 1, "eos_token_id": 2, **config})
+    cfg.architectures = ["LlamaForCausalLM"]
+    return cfg
+
+
 def save(config: dict, folder: Path, device: str = "cpu", dtype: str = "bf16", seed: int = 0) -> Path:
     """Write config.json, the weights (safetensors) and the word-level tokenizer into `folder`."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    cfg = LlamaConfig(**{"bos_token_id": 1, "eos_token_id": 2, **config})
+    cfg = llama_config(config)
     specials = {"<unk>": 0, "<s>": cfg.bos_token_id, "</s>": cfg.eos_token_id}
     vocab = {f"w{i}": i for i in range(cfg.vocab_size) if i not in specials.values()} | specials
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -456,7 +456,7 @@ class ProfileEvaluator:
                 t, w = self.decode_step(batch, ctx)
                 total_t += t
                 total_e += t * w
-                ctx += batch
+                ctx += grow
         else:
             s1 = k * (k - 1) / 2.0
             s2 = (k - 1) * k * (2 * k - 1) / 6.0

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Callable
 
 from dcsim.calibrate.backends.base import Backend, Timing
@@ -69,8 +70,12 @@ class EndpointBackend(Backend):
             request = {"prompt": "n_in random common words, checked against the server's prompt_tokens",
                        "max_tokens": "= n_out, checked against its completion_tokens", "temperature": 0,
                        "stream": True}
-        return {"backend": self.name, "endpoint": self.url, "model": self.model, "served_models": models,
+        info = {"backend": self.name, "endpoint": self.url, "model": self.model, "served_models": models,
                 "dialect": self.dialect, "request": request}
+        cfg = _local_config(self.model)
+        if cfg:  # a model served from a local folder: its shapes are visible after all, so the run records them
+            info["model_config"] = cfg
+        return info
 
     def prompts(self, n_in: int, batch: int, seed: int) -> list:
         """`batch` prompts of n_in random token ids, or (dialect openai) of n_in random words; the same seed
@@ -141,3 +146,14 @@ class EndpointBackend(Backend):
                       ttft_s=max(o.get("first", float("nan")) for o in outs),
                       gen_tokens=min(o["tokens"] for o in outs),
                       extra={"ttft_mean_s": sum(o.get("first", 0.0) for o in outs) / batch})
+
+
+def _local_config(model: str) -> dict | None:
+    """The scalar fields of `model`/config.json where the model name is a local folder holding one (as
+    `python -m dcsim.calibrate.random_model` writes), else None."""
+    path = Path(model) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool)) or v is None}

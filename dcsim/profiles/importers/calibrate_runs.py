@@ -96,10 +96,40 @@ def load(run_dir: str | Path, cap_w: float | None = None,
     return table, _meta(d, raw, man, cap_w, int(short.sum()), min_energy_s, model_config)
 
 
+def _run_temperatures(d: Path, raw: pd.DataFrame) -> str | None:
+    """A note on the device temperature during the measured runs (temperature.csv, 1 Hz), or None without one:
+    busy power rises with temperature, and a profile's power holds for GPUs about as warm as its calibration."""
+    path = d / "temperature.csv"
+    if not path.is_file():
+        return None
+    try:
+        t = pd.read_csv(path)
+        ts, temp = t["t"].to_numpy(float), t["temp_c"].to_numpy(float)
+    except (ValueError, KeyError, pd.errors.ParserError) as e:
+        raise UserError(f"unreadable temperature timeline: {e}", path) from None
+    runs = raw[(raw["phase"] == "run") & (raw["status"] == "ok")]
+    inside = np.zeros(len(ts), bool)
+    for a, b in runs[["t_start", "t_end"]].itertuples(index=False):
+        inside |= (ts >= a - 0.5) & (ts <= b + 0.5)  # 1 Hz samples: a short run gets the nearest one
+    v = temp[inside & np.isfinite(temp)]
+    if not len(v):
+        return None
+    p10, p50, p90 = np.percentile(v, [10, 50, 90])
+    return (f"Device temperature during the measured runs ({len(v)} samples of temperature.csv): median "
+            f"{p50:.0f} C, 10-90% {p10:.0f}-{p90:.0f} C, range {v.min():.0f}-{v.max():.0f} C. The power curves "
+            "hold for a device about this warm; the simulator has no temperature.")
+
+
+CONFIG_FILE = "config.json"  # the served model's config, beside an endpoint run's runs.csv
+
+
 def _config(d: Path, be: dict, model_config: str | Path | None) -> tuple[dict, str | None]:
-    """The model's config: the one the run recorded, else --model-config's; (config, the file it came from)."""
+    """The model's config: --model-config's, else the one the run recorded, else a config.json shipped in the run
+    folder (an endpoint run whose server read its model from elsewhere); (config, the file it came from)."""
     if model_config is None:
-        return be.get("model_config") or {}, None
+        if be.get("model_config") or not (d / CONFIG_FILE).is_file():
+            return be.get("model_config") or {}, None
+        model_config = d / CONFIG_FILE
     p = Path(model_config)
     p = p / "config.json" if p.is_dir() else p
     if not p.is_file():
@@ -141,7 +171,7 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         if not cfg:
             raise UserError("the run records no model configuration (an endpoint run: the served model's shapes "
                             "are not visible from outside); give the served model's config.json with "
-                            "--model-config", d / "manifest.json", "model_config")
+                            f"--model-config, or put it in the run folder as {CONFIG_FILE}", d / "manifest.json", "model_config")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                "vocab_size") if k not in cfg]
         if missing:
@@ -175,6 +205,9 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     if n_short:
         notes.append(f"{n_short} runs shorter than {min_energy_s:g} s kept their time but not their energy (the "
                      "NVML energy counter is too coarse there).")
+    temp = _run_temperatures(d, raw)
+    if temp:
+        notes.append(temp)
     sessions = man.get("sessions", [])
     notes.append(f"{len(sessions)} session(s): " + ", ".join(f"{s.get('status')}" for s in sessions))
     meta: dict = {
