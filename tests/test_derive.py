@@ -154,7 +154,8 @@ def test_roofline_overhead_carries_the_graph_engine_to_the_h200():
 def test_the_standard_plan_transfer_carries_the_cache_read_by_bandwidth():
     """Both devices ran the whole standard plan with the same caches, both profiles fitted with them: the
     transferred cache read term lands within 2% of the H200's own fit, and the run errors stay near the figures
-    measured when the H200 run completed (profiles/README.md: 4.3 / 11.4 % run time, 6.0 % energy median; the H100 profile unchanged: 23.6 and 14.9 %)."""
+    measured when the H200 run completed (profiles/README.md: 4.3 / 11.4 % run time, 6.0 % energy median; the
+    H100 profile unchanged: 23.6 and 14.9 %)."""
     path = PROFILES / "h100-sxm-80gb--llama-2-7b--hf-graph-standard-bf16.yaml"
     src = load_profile(path)
     h100, h200 = catalogue.DEVICES["h100-sxm-80gb"], catalogue.DEVICES["h200"]

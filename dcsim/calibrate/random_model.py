@@ -13,14 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dcsim.calibrate.backends.archs import ARCHS
 from dcsim.errors import UserError, guarded
 
+if TYPE_CHECKING:  # transformers is imported where a model is built, not with this module
+    from transformers import LlamaConfig
+
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def llama_config(config: dict) -> "LlamaConfig":  # noqa: F821 (transformers is imported lazily)
+def llama_config(config: dict) -> LlamaConfig:
     """The transformers config of the served model: the architecture's sizes, BOS 1 and EOS 2 (Llama's ids)."""
     from transformers import LlamaConfig
 

@@ -45,3 +45,8 @@ class Backend:
 
     def close(self) -> None:
         pass
+
+
+def scalar_fields(config: dict) -> dict:
+    """The scalar entries of a model config (nested ones dropped), as a run's manifest records them."""
+    return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from dcsim.calibrate.backends.base import Backend, Timing
+from dcsim.calibrate.backends.base import Backend, Timing, scalar_fields
 from dcsim.errors import UserError
 
 
@@ -156,4 +156,4 @@ def _local_config(model: str) -> dict | None:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    return scalar_fields(cfg)

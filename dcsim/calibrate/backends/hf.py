@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from dcsim.calibrate.backends.base import Backend, Timing
+from dcsim.calibrate.backends.base import Backend, Timing, scalar_fields
 from dcsim.errors import UserError
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -112,8 +112,7 @@ class HFBackend(Backend):
             "dtype": self.dtype, "attn_implementation": self.attn, "load_s": round(load_s, 2),
             "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 4),
             "params_b_formula": round(params_b(self.cfg), 4) if hasattr(self.cfg, "intermediate_size") else None,
-            "model_config": {k: v for k, v in self.cfg.to_dict().items()
-                             if isinstance(v, (int, float, str, bool)) or v is None},
+            "model_config": scalar_fields(self.cfg.to_dict()),
             "torch": torch.__version__, "transformers": transformers.__version__,
             **self._engine_facts(),
         }

@@ -29,6 +29,7 @@ MIN_ENERGY_S = 0.5
 CATALOGUE = {"NVIDIA H100 80GB HBM3": "h100-sxm-80gb"}
 # --model-arch names -> model catalogue keys
 MODEL_KEYS = {"llama-2-7b": "llama-2-7b"}
+CONFIG_FILE = "config.json"  # the served model's config, beside an endpoint run's runs.csv
 
 
 def _num(s: pd.Series) -> pd.Series:
@@ -120,9 +121,6 @@ def _run_temperatures(d: Path, raw: pd.DataFrame) -> str | None:
             "hold for a device about this warm; the simulator has no temperature.")
 
 
-CONFIG_FILE = "config.json"  # the served model's config, beside an endpoint run's runs.csv
-
-
 def _config(d: Path, be: dict, model_config: str | Path | None) -> tuple[dict, str | None]:
     """The model's config: --model-config's, else the one the run recorded, else a config.json shipped in the run
     folder (an endpoint run whose server read its model from elsewhere); (config, the file it came from)."""
@@ -171,7 +169,8 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         if not cfg:
             raise UserError("the run records no model configuration (an endpoint run: the served model's shapes "
                             "are not visible from outside); give the served model's config.json with "
-                            f"--model-config, or put it in the run folder as {CONFIG_FILE}", d / "manifest.json", "model_config")
+                            f"--model-config, or put it in the run folder as {CONFIG_FILE}",
+                            d / "manifest.json", "model_config")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                "vocab_size") if k not in cfg]
         if missing:
