@@ -16,6 +16,9 @@ calibrated() {
   fit calibrate/runs/h200-llama-2-7b-hf -o profiles/h200--llama-2-7b--hf-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-static -o profiles/h200--llama-2-7b--hf-static-bf16.yaml
   fit calibrate/runs/h200-llama-2-13b-hf-static -o profiles/h200--llama-2-13b--hf-static-bf16.yaml
+  # no idle windows in its plan: the idle draw of the 7B standard run on the same device model
+  fit calibrate/runs/h200-llama-3.2-1b-hf-graph-small-model-graph \
+    --idle-from calibrate/runs/h200-llama-2-7b-hf-graph-standard-b -o profiles/h200--llama-3.2-1b--hf-graph-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-graph-standard -o profiles/h200--llama-2-7b--hf-graph-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-graph-standard-b -o profiles/h200--llama-2-7b--hf-graph-standard-bf16.yaml
 }

@@ -101,3 +101,26 @@ def test_the_temperature_note_reads_only_the_measured_runs(tmp_path):
     with pytest.raises(UserError) as e:
         load(d)
     assert e.value.file.endswith("temperature.csv") and "unreadable temperature timeline" in e.value.message
+
+
+def test_idle_from_another_run_on_the_same_device(tmp_path, capsys):
+    """A run without idle windows takes them from another run of the same device model, by the statistic the fit
+    takes from a run's own windows; another device, or a run with its own windows, is refused (exit 2)."""
+    from dcsim.cli import main
+    from dcsim.profiles.profile import load_profile
+
+    small, h200 = RUNS / "h200-llama-3.2-1b-hf-graph-small-model-graph", RUNS / "h200-llama-2-7b-hf-graph-standard-b"
+    out = tmp_path / "p.yaml"
+    assert main(["fit", str(small), "--idle-from", str(h200), "-o", str(out), "--no-plot"]) == 0
+    got = load_profile(out)
+    own = load_profile(RUNS.parents[1] / "profiles" / "h200--llama-2-7b--hf-graph-standard-bf16.yaml")
+    assert (got.power.serving_idle_w, got.power.deep_idle_w) == (own.power.serving_idle_w, own.power.deep_idle_w)
+    assert got.provenance["power.serving_idle_w"].path.endswith(h200.name)
+    assert "--idle-from" in got.provenance["source"].command
+    capsys.readouterr()
+    assert main(["fit", str(small), "--idle-from", str(RUNS / "h100-llama-2-7b-hf-graph-standard"),
+                 "-o", str(tmp_path / "q.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "field '--idle-from'" in err and "not on this run's 'NVIDIA H200'" in err
+    assert main(["fit", str(h200), "--idle-from", str(small), "-o", str(tmp_path / "q.yaml")]) == 2
+    assert "measured its own idle windows" in capsys.readouterr().err and not (tmp_path / "q.yaml").exists()

@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=int, help="mlenergy: GPUs per replica where the data has several")
     p.add_argument("--model-config", help="a run folder whose manifest records no model (an endpoint run): the "
                    "served model's config.json, or the folder holding it")
+    p.add_argument("--idle-from", metavar="RUN_DIR", help="a calibration run without idle windows: take the "
+                   "serving and deep idle power from RUN_DIR, a run on the same device model that measured them")
     p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
     p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -66,7 +68,12 @@ def load_source(args: argparse.Namespace):
                         "published data", args.path) from None
     if not Path(args.path).is_dir():
         raise UserError("calibration run folder not found", args.path)
-    return mod.load(args.path, model_config=args.model_config)
+    table, meta = mod.load(args.path, model_config=args.model_config)
+    if args.idle_from:
+        if not Path(args.idle_from).is_dir():
+            raise UserError("calibration run folder not found", args.idle_from, "--idle-from")
+        meta = mod.borrow_idle(meta, args.path, args.idle_from)
+    return table, meta
 
 
 def _need(args: argparse.Namespace, *names: str) -> None:
@@ -86,6 +93,8 @@ def check_out(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.idle_from and (args.derive or (args.source or "run") != "run"):
+        raise UserError("--idle-from is for fitting a calibration run folder", field="--idle-from")
     if args.derive:
         return fit_derive.run(args)
     from dcsim.profiles.fit import fit_profile, meta_from_dict

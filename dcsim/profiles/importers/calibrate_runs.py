@@ -97,6 +97,39 @@ def load(run_dir: str | Path, cap_w: float | None = None,
     return table, _meta(d, raw, man, cap_w, int(short.sum()), min_energy_s, model_config)
 
 
+IDLE_KEYS = ("serving_idle_w", "deep_idle_w")
+
+
+def borrow_idle(meta: dict, run_dir: str | Path, other_dir: str | Path) -> dict:
+    """`meta` of `run_dir` with the idle powers of `other_dir`, another run on the same device model, for a run
+    that measured no idle windows (idle draw belongs to the device, not to the model or the plan)."""
+    if any(k in meta for k in IDLE_KEYS):
+        raise UserError(f"{run_dir} measured its own idle windows; --idle-from is for a run without them",
+                        None, "--idle-from")
+    table, other = load(other_dir)
+    mine, theirs = _device_name(meta), _device_name(other)
+    if mine != theirs:
+        raise UserError(f"measured on {theirs!r}, not on this run's {mine!r}", other_dir, "--idle-from")
+    found = False
+    for phase, key in (("idle_serving", "serving_idle_w"), ("idle_deep", "deep_idle_w")):
+        w = table.loc[table["kind"] == phase, "avg_power_w"].dropna()
+        if len(w):  # the statistic the fit takes from a run's own windows
+            found = True
+            meta[key] = {"value": round(float(w.median()), 2), "source": "measured", "path": other["path"],
+                         "citation": other["citation"],
+                         "note": f"median of the {phase} windows of {other['path']}, another run on this device "
+                                 "model (this run has none)"}
+    if not found:
+        raise UserError("it measured no idle windows either", other_dir, "--idle-from")
+    meta["command"] += f" --idle-from {Path(other_dir).as_posix()}"
+    return meta
+
+
+def _device_name(meta: dict) -> str:
+    d = meta["device"]
+    return d if isinstance(d, str) else str(d.get("name"))
+
+
 def _run_temperatures(d: Path, raw: pd.DataFrame) -> str | None:
     """A note on the device temperature during the measured runs (temperature.csv, 1 Hz), or None without one:
     busy power rises with temperature, and a profile's power holds for GPUs about as warm as its calibration."""
