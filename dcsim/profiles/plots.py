@@ -10,6 +10,7 @@ so the figure shows what a simulation would use.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -120,6 +121,11 @@ def _axis_of(df: pd.DataFrame) -> str:
     return max(("n_in", "n_out", "batch"), key=lambda c: df[c].nunique())
 
 
+def _title(ax: plt.Axes, text: str) -> None:
+    """A panel title wrapped to the panel's width, so a long run folder name does not run into its neighbour's."""
+    ax.set_title(textwrap.fill(text, 60), fontsize=8)
+
+
 def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray, x: str | None = None,
                 fixed: dict[str, float] | None = None) -> None:
     x = x or _axis_of(df)
@@ -155,7 +161,7 @@ def _run_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.ndarray
         ax.set_xlabel(label)
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3, which="both")
-        ax.set_title(f"{sweep} ({other})", fontsize=8)
+        _title(ax, f"{sweep} ({other})")
     axes[0].legend(fontsize=7, loc="best")
 
 
@@ -181,7 +187,7 @@ def _off_axis_panels(profile: Profile, df: pd.DataFrame, sweep: str, axes: np.nd
         ax.set_xlabel(f"measured {what}")
         ax.set_ylabel(f"{_kind(profile)} profile's {what}")
         ax.grid(alpha=0.3, which="both")
-        ax.set_title(f"{sweep}: off-axis shapes (n_in/n_out/batch)", fontsize=8)
+        _title(ax, f"{sweep}: off-axis shapes (n_in/n_out/batch)")
     axes[0].legend(fontsize=7, loc="best")
 
 
