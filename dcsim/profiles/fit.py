@@ -549,7 +549,13 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
 
     # ---- power ----------------------------------------------------------------------------------------
     cap_hi = meta.device.tdp_w * meta.gpus_per_replica if meta.device.tdp_w else None
-    pw = _fit_power(runs, dec, r, pl, terms, has_prefill_info, tie, "energy_device_j", cap_hi)
+    # idle first: a busy device draws at least its serving idle, which floors the power curves (a prefill too short
+    # to weigh in run energies otherwise fits near 0 W); its provenance and gaps are filed where they always were
+    idle_prov: dict[str, Provenance] = {}
+    idle_gaps: list[str] = []
+    serving, deep = _idle(t, meta, idle_prov, idle_gaps)
+    pw = _fit_power(runs, dec, r, pl, terms, has_prefill_info, tie, "energy_device_j", cap_hi,
+                    lo=round(serving, 2))
     if pw is None:
         raise UserError("no energy or power measured on run or decode rows (a --latency-only run, or runs too "
                         "short for the energy counter); cannot fit power",
@@ -572,6 +578,13 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     elif tie:
         prov["power.prefill_w"] = _src(src, "tied to the decode power curve (no KV cache), fitted with it to run "
                                             "energy")
+    elif len(runs) and np.all(_lin(power_pf, r.b, r.tokens, r.tokens_sq) <= serving + 1e-6):
+        # the prefills were too short a part of the runs for their power to show: the floor is a bound, not a fit
+        prov["power.prefill_w"] = _src(src, f"held at its floor, the serving idle {serving:.2f} W, at every measured "
+                                            "prompt: the prefills were too short a part of the run energies to "
+                                            "weigh (a lower bound)")
+        not_covered.append("prefill power: not identifiable from these runs (held at the serving-idle floor, a "
+                           "lower bound)")
     else:
         prov["power.prefill_w"] = _src(src, "fitted to run energy with the fitted prefill and decode times")
     prov["power.decode_w"] = _src(src, "fitted to " + ("decode-row average power" if len(dec) else
@@ -596,7 +609,8 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         not_covered.append("host (CPU, DRAM) power")
 
     # ---- idle, memory, ranges, spread --------------------------------------------------------------------
-    serving, deep = _idle(t, meta, prov, not_covered)
+    prov.update(idle_prov)
+    not_covered.extend(idle_gaps)
     memory, mem_prov = _memory(meta)
     prov["memory"] = mem_prov
     prov["source"] = src
@@ -678,10 +692,11 @@ def _assumed_prefill(meta: FitMeta, decode_s: Curve) -> tuple[Curve, str]:
 
 
 def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.ndarray], terms: Terms,
-               has_prefill_info: bool, tie: bool, energy_col: str, hi: float | None,
+               has_prefill_info: bool, tie: bool, energy_col: str, hi: float | None, lo: float | None = None,
                ) -> tuple[Curve | None, Curve, np.ndarray, np.ndarray] | None:
     """Power curves from run energies (sum over the fitted step times) and decode-row average power.
-    Returns (prefill power or None, decode power, predicted run energies, predicted decode-row power)."""
+    Returns (prefill power or None, decode power, predicted run energies, predicted decode-row power). `lo`
+    floors both curves (the serving idle: a busy device draws no less)."""
     pf_cols = (["1"] + terms.pf) if has_prefill_info and not tie and len(runs) else []
     dc_cols = ["1"] + terms.dc
     blocks_a, blocks_y, blocks_w = [], [], []
@@ -720,11 +735,11 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
     def curves(v: np.ndarray, top: float | None) -> tuple[Curve | None, Curve]:
         xpf = dict(zip(pf_cols, v[:npf]))
         xdc = dict(zip(dc_cols, v[npf:]))
-        dc = Curve(intercept=float(xdc["1"]), coef={k: float(xdc[k]) for k in terms.dc}, hi=top)
+        dc = Curve(intercept=float(xdc["1"]), coef={k: float(xdc[k]) for k in terms.dc}, lo=lo, hi=top)
         if tie and has_runs:
             return _tied(dc, top), dc
         if xpf:
-            return Curve(intercept=float(xpf["1"]), coef={k: float(xpf[k]) for k in terms.pf}, hi=top), dc
+            return Curve(intercept=float(xpf["1"]), coef={k: float(xpf[k]) for k in terms.pf}, lo=lo, hi=top), dc
         return None, dc
 
     def predict(pf: Curve | None, dc: Curve) -> tuple[np.ndarray, np.ndarray]:
