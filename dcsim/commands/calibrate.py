@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
 from dcsim.calibrate.backends.registry import ENGINES
 from dcsim.calibrate.backends.registry import HELP as ENGINE_HELP
-from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
 from dcsim.errors import UserError
 
 

@@ -72,7 +72,7 @@ def load_source(args: argparse.Namespace):
     if args.idle_from:
         if not Path(args.idle_from).is_dir():
             raise UserError("calibration run folder not found", args.idle_from, "--idle-from")
-        meta = mod.borrow_idle(meta, args.path, args.idle_from)
+        meta = mod.borrow_idle(table, meta, args.path, args.idle_from)
     return table, meta
 
 

@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE
 from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
+from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE
 from dcsim.errors import UserError
 
 

@@ -25,7 +25,7 @@ from scipy.optimize import least_squares, lsq_linear
 
 from dcsim.errors import UserError
 from dcsim.profiles import devices as catalogue
-from dcsim.profiles.measurements import normalise
+from dcsim.profiles.measurements import idle_power_w, normalise
 from dcsim.profiles.powercap_fit import power_cap_for
 from dcsim.profiles.profile import (
     Curve, DeviceInfo, EngineInfo, FitError, HostPower, Latency, Memory, ModelInfo, Power, PowerCap, Profile,
@@ -554,8 +554,8 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     idle_prov: dict[str, Provenance] = {}
     idle_gaps: list[str] = []
     serving, deep = _idle(t, meta, idle_prov, idle_gaps)
-    pw = _fit_power(runs, dec, r, pl, terms, has_prefill_info, tie, "energy_device_j", cap_hi,
-                    lo=round(serving, 2))
+    floor = round(serving, 2)  # as the profile records the serving idle
+    pw = _fit_power(runs, dec, r, pl, terms, has_prefill_info, tie, "energy_device_j", cap_hi, lo=floor)
     if pw is None:
         raise UserError("no energy or power measured on run or decode rows (a --latency-only run, or runs too "
                         "short for the energy counter); cannot fit power",
@@ -578,9 +578,9 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     elif tie:
         prov["power.prefill_w"] = _src(src, "tied to the decode power curve (no KV cache), fitted with it to run "
                                             "energy")
-    elif len(runs) and np.all(_lin(power_pf, r.b, r.tokens, r.tokens_sq) <= serving + 1e-6):
+    elif len(runs) and np.all(_lin(power_pf, r.b, r.tokens, r.tokens_sq) <= floor):
         # the prefills were too short a part of the runs for their power to show: the floor is a bound, not a fit
-        prov["power.prefill_w"] = _src(src, f"held at its floor, the serving idle {serving:.2f} W, at every measured "
+        prov["power.prefill_w"] = _src(src, f"held at its floor, the serving idle {floor:.2f} W, at every measured "
                                             "prompt: the prefills were too short a part of the run energies to "
                                             "weigh (a lower bound)")
         not_covered.append("prefill power: not identifiable from these runs (held at the serving-idle floor, a "
@@ -786,22 +786,13 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
 
 
 def _idle(t: pd.DataFrame, meta: FitMeta, prov: dict[str, Provenance], not_covered: list[str]) -> tuple[float, float]:
-    def measured(kind: str) -> float | None:
-        rows = t[t["kind"] == kind]
-        if rows.empty:
-            return None
-        p = rows["avg_power_w"].to_numpy(float)
-        p = np.where(np.isfinite(p), p, rows["energy_device_j"].to_numpy(float) / rows["runtime_s"].to_numpy(float))
-        p = p[np.isfinite(p)]
-        return float(np.median(p)) if p.size else None
-
     g = meta.gpus_per_replica
     dspec = meta.device_spec
     out = {}
     for kind, attr, frac, label in (("idle_serving", "serving_idle", IDLE_SERVING_FRAC, "serving idle"),
                                     ("idle_deep", "deep_idle", IDLE_DEEP_FRAC, "deep idle")):
         key = f"power.{attr}_w"
-        m = measured(kind)
+        m = idle_power_w(t, kind)
         given = getattr(meta, attr)
         cat = getattr(dspec, f"{attr}_w") if dspec else None
         if m is not None:

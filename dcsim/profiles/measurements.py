@@ -67,3 +67,13 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     if (out["runtime_s"] <= 0).any():
         raise UserError("runtime_s must be > 0", file, "runtime_s")
     return out.reset_index(drop=True)
+
+
+def idle_power_w(table: pd.DataFrame, kind: str) -> float | None:
+    """The idle power a profile takes from a table's `kind` windows (idle_serving or idle_deep): the median of
+    their average powers (energy / time where no average was recorded), or None without such a window."""
+    rows = table[table["kind"] == kind]
+    p = rows["avg_power_w"].to_numpy(float)
+    p = np.where(np.isfinite(p), p, rows["energy_device_j"].to_numpy(float) / rows["runtime_s"].to_numpy(float))
+    p = p[np.isfinite(p)]
+    return float(np.median(p)) if p.size else None

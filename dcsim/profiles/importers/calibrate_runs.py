@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
 from dcsim.calibrate.backends.archs import params_b
 from dcsim.errors import UserError
-from dcsim.profiles.measurements import normalise
+from dcsim.profiles.measurements import idle_power_w, normalise
 
 MIN_ENERGY_S = 0.5
 # NVML GPU names -> device catalogue keys (dcsim/profiles/devices.py)
@@ -97,30 +97,27 @@ def load(run_dir: str | Path, cap_w: float | None = None,
     return table, _meta(d, raw, man, cap_w, int(short.sum()), min_energy_s, model_config)
 
 
-IDLE_KEYS = ("serving_idle_w", "deep_idle_w")
+IDLE = (("idle_serving", "serving_idle_w"), ("idle_deep", "deep_idle_w"))
 
 
-def borrow_idle(meta: dict, run_dir: str | Path, other_dir: str | Path) -> dict:
-    """`meta` of `run_dir` with the idle powers of `other_dir`, another run on the same device model, for a run
-    that measured no idle windows (idle draw belongs to the device, not to the model or the plan)."""
-    if any(k in meta for k in IDLE_KEYS):
+def borrow_idle(table: pd.DataFrame, meta: dict, run_dir: str | Path, other_dir: str | Path) -> dict:
+    """`meta` of `run_dir` (its measurement `table`) with the idle powers of `other_dir`, another run on the same
+    device model, for a run that measured no idle windows (idle draw belongs to the device, not to the model or
+    the plan); by the statistic the fit takes from a run's own windows (measurements.idle_power_w)."""
+    if table["kind"].isin([kind for kind, _ in IDLE]).any():
         raise UserError(f"{run_dir} measured its own idle windows; --idle-from is for a run without them",
                         None, "--idle-from")
-    table, other = load(other_dir)
+    other_table, other = load(other_dir)
     mine, theirs = _device_name(meta), _device_name(other)
     if mine != theirs:
         raise UserError(f"measured on {theirs!r}, not on this run's {mine!r}", other_dir, "--idle-from")
-    found = False
-    for phase, key in (("idle_serving", "serving_idle_w"), ("idle_deep", "deep_idle_w")):
-        w = table.loc[table["kind"] == phase, "avg_power_w"].dropna()
-        if len(w):  # the statistic the fit takes from a run's own windows
-            found = True
-            meta[key] = {"value": round(float(w.median()), 2), "source": "measured", "path": other["path"],
-                         "citation": other["citation"],
-                         "note": f"median of the {phase} windows of {other['path']}, another run on this device "
-                                 "model (this run has none)"}
+    found = {key: (kind, w) for kind, key in IDLE if (w := idle_power_w(other_table, kind)) is not None}
     if not found:
         raise UserError("it measured no idle windows either", other_dir, "--idle-from")
+    for key, (kind, w) in found.items():
+        meta[key] = {"value": round(w, 2), "source": "measured", "path": other["path"], "citation": other["citation"],
+                     "note": f"median of the {kind} windows of {other['path']}, another run on this device model "
+                             "(this run has none)"}
     meta["command"] += f" --idle-from {Path(other_dir).as_posix()}"
     return meta
 
@@ -162,7 +159,7 @@ def _config(d: Path, be: dict, model_config: str | Path | None) -> tuple[dict, s
             return be.get("model_config") or {}, None
         model_config = d / CONFIG_FILE
     p = Path(model_config)
-    p = p / "config.json" if p.is_dir() else p
+    p = p / CONFIG_FILE if p.is_dir() else p
     if not p.is_file():
         raise UserError("model config not found (a config.json or the model folder holding one)", p,
                         "--model-config")
@@ -253,7 +250,7 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "environment": env, "plan": man.get("plan", {}).get("name"), "power_cap_w": cap_w,
         "power_caps_measured_w": sorted({float(c) for c in raw["power_cap_w"].dropna()}),
     }
-    for phase, key in (("idle_serving", "serving_idle_w"), ("idle_deep", "deep_idle_w")):
+    for phase, key in IDLE:
         rows = raw[(raw["phase"] == phase) & (raw["status"] == "ok")]
         if len(rows) and math.isfinite(rows["tail_power_w"].iloc[0]):
             r = rows.iloc[0]
