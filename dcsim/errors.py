@@ -33,6 +33,8 @@ def from_validation(err: ValidationError, file: str | Path | None) -> UserError:
     first_field = None
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if e["type"] == "nested_field" and e.get("ctx", {}).get("subfield"):  # a field inside a nested model
+            loc = f"{loc}.{e['ctx']['subfield']}"
         first_field = first_field or loc
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
+from pydantic_core import PydanticCustomError
 
 from dcsim.errors import UserError, load_yaml, validate_file
 
@@ -74,16 +75,28 @@ Arrivals = Annotated[
 
 
 # ---- fleet -----------------------------------------------------------------------------------
-class Batching(Strict):
-    """policy: fcfs | static | continuous. Limits not used by a policy are ignored."""
+class Batching(BaseModel):
+    """policy: a registered batching policy (dcsim/sim/batching/); every other key is one of that policy's own
+    parameters, checked by its parameter model (`fcfs`, `static`, `continuous`, `paged`)."""
 
-    policy: Literal["fcfs", "static", "continuous"] = "fcfs"
-    max_batch: int = Field(default=1, gt=0)
-    max_wait_s: float = Field(default=0.0, ge=0, description="static: wait at most this long to fill a batch")
-    max_batched_tokens: int | None = Field(default=None, gt=0, description="continuous: prompt tokens per step")
-    kv_reserve: Literal["full", "prompt"] = Field(
-        default="full", description="continuous: reserve KV for prompt+expected output at admission, or prompt only"
-    )
+    model_config = ConfigDict(extra="allow")
+    policy: str = "fcfs"
+    _params: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _policy_params(self) -> "Batching":
+        from dcsim.sim.batching import PolicyParamsError, parse_params
+
+        try:
+            self._params = parse_params(self.policy, dict(self.__pydantic_extra__ or {}))
+        except PolicyParamsError as e:
+            raise PydanticCustomError("nested_field", "{reason}", {"reason": e.reason, "subfield": e.field}) from None
+        return self
+
+    @property
+    def params(self) -> Any:
+        """The policy's validated parameters (its own pydantic model)."""
+        return self._params
 
 
 class Pool(Strict):

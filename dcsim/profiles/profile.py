@@ -98,6 +98,10 @@ class EngineInfo(Strict):
     version: str | None = None
     precision: str = "bf16"
     cache_lengths: dict[int, int] | None = None
+    step_includes_prefill: bool = Field(
+        default=False, description="the decode step was measured with the engine's prefills mixed in (an effective "
+        "step, as from a serving engine's throughput); a scheduler that mixes prefill chunks into decode steps then "
+        "charges them no time of their own")
 
     def cache_length(self, batch: int) -> int | None:
         """Static cache tokens per sequence at `batch` (None for a dynamic cache): the batch size's own entry,
@@ -399,6 +403,13 @@ class ProfileEvaluator:
             return t, w, 0.0
         return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch)
 
+    def served_alone(self, n_in: int, n_out: int) -> tuple[float, float]:
+        """(seconds, device joules) of one request served alone: its prefill, then n_out - 1 decode steps at
+        batch 1. The one prediction of isolated service that routers and the replay's planning use."""
+        t_pf, w_pf, _ = self.prefill(n_in, float(n_in) * n_in, 1)
+        t_dc, e_dc, _ = self.decode_run(1, n_in + 1, n_out - 1)
+        return t_pf + t_dc, t_pf * w_pf + e_dc
+
     # ---- decode -------------------------------------------------------------------------------
     def cache_tokens(self, batch: int) -> int:
         """Static cache tokens per sequence at `batch` (EngineInfo.cache_length), memoised."""
@@ -426,16 +437,18 @@ class ProfileEvaluator:
             return t * tx, w * px
         return t * self.dc_tx, w * self.dc_px
 
-    def decode_run(self, batch: int, context0: float, steps: int) -> tuple[float, float, float]:
+    def decode_run(self, batch: int, context0: float, steps: int,
+                   grow: float | None = None) -> tuple[float, float, float]:
         """Time, device energy and host energy of `steps` decode steps of a fixed batch whose context
-        starts at `context0` and grows by `batch` each step; summed in closed form where the curves
-        are unclamped, step by step otherwise."""
+        starts at `context0` and grows by `grow` each step (default `batch`; less where `batch` counts padding
+        rows that hold no context); summed in closed form where the curves are unclamped, step by step
+        otherwise."""
         if steps <= 0:
             return 0.0, 0.0, 0.0
         a, b, c, lo = self.dc_t
         pa, pb, pc, plo, phi = self.dc_p
         k = steps
-        grow = float(batch)
+        grow = float(batch) if grow is None else float(grow)
         if self.engine is not None:  # static cache: every step attends over the same allocated cache, which the
             # engine grows to the sequence's full length when that is longer
             context0, grow = batch * max(self.cache_tokens(batch), context0 / batch + k), 0.0

@@ -12,6 +12,7 @@ import simpy
 from dcsim.errors import UserError
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
 from dcsim.scenario import Scenario, resolve_path
+from dcsim.sim.batching import Policy, make_policy
 from dcsim.sim.replica import Replica
 from dcsim.sim.requests import Request, RequestLog
 from dcsim.sim.routers import Fleet, make_router
@@ -27,6 +28,7 @@ class PoolInfo:
     count: int
     cap_w: float | None
     idle: str
+    policy: Policy | None = None  # a template of the pool's batching policy (range checks, reports)
 
 
 @dataclass
@@ -43,6 +45,9 @@ class RawResults:
     segments: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # per replica: t0, t1, e, h
     end_s: float
     warnings: list[str] = field(default_factory=list)
+    policy_stats: list[dict] = field(default_factory=list)  # per replica: what its policy counted (paged)
+    itl: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per replica: decode runs (t first, t last,
+    # steps, decodes), for inter-token latencies; empty for policies that do not record them
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -54,9 +59,7 @@ def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, 
     if sc.trace.sample is not None:
         rng = np.random.default_rng(np.random.SeedSequence([sc.seed, 17]))
         idx = np.sort(rng.choice(len(trace), size=min(sc.trace.sample, len(trace)), replace=False))
-        trace = Trace(trace.n_in[idx], trace.n_out[idx],
-                      None if trace.arrival_s is None else trace.arrival_s[idx],
-                      None if trace.source is None else trace.source[idx], trace.provenance)
+        trace = trace.take(idx)
     if sc.trace.limit is not None:
         trace = trace.head(sc.trace.limit)
     if len(trace) == 0:
@@ -78,7 +81,11 @@ def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, 
             ev = prof.evaluator(pool.power_cap_w, str(ppath))
         except UserError as e:
             raise UserError(f"{e.reason} (profile {ppath.name})", scenario_file, f"fleet.{i}.power_cap_w") from None
-        pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle))
+        pol = make_policy(pool.batching.policy, pool.batching.params)
+        why = pol.check(ev)
+        if why:
+            raise UserError(f"{why} (profile {ppath.name})", scenario_file, f"fleet.{i}.batching")
+        pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle, pol))
     return trace, pools
 
 
@@ -117,7 +124,8 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
 
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
-    env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out))
+    prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
+    env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools], prefix))
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
         end = float(sc.horizon_s)
@@ -125,18 +133,30 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         env.run()
         end = float(env.now)
     segments = [_segments(rep, end) for rep in replicas]
+    stats = [rep.policy.stats() for rep in replicas]
+    itl = [_itl_runs(rep.policy) for rep in replicas]
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes,
+        warnings=notes, policy_stats=stats, itl=itl,
     )
 
 
+def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
+    """A policy's recorded decode runs as arrays (empty where it records none)."""
+    cols = [getattr(pol, f"itl_{c}", []) for c in ("t0", "t1", "k", "n")]
+    return tuple(np.asarray(c, dtype=np.float64) for c in cols)
+
+
 def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
-            n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray) -> Generator:
+            n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
+            prefix: tuple[list[int], list[int]] | None = None) -> Generator:
     """The arrival process: hands each request to the router at its arrival time."""
     needs_work = rtr.needs_work
     caps = [ev.kv_capacity for ev in fleet.evaluators]
+    # policies with requests they can never serve (paged: more blocks than memory holds)
+    refusers = [getattr(p, "refuses", None) for p in policies]
+    pid, plen = prefix if prefix is not None else (None, None)
     ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
     arr = arrivals.tolist()
     nin = n_in.tolist()
@@ -148,7 +168,16 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         if t > env.now:
             yield timeout(t - env.now)
         r = Request(i, nin[i], nout[i], t, est[i])
+        if pid is not None:
+            r.prefix_id = pid[i]
+            r.prefix_len = plen[i]
         rep = rtr.choose(r)
+        refuse = refusers[rep.pool]
+        if refuse is not None:
+            why = refuse(r, fleet.evaluators[rep.pool])
+            if why:
+                log.reject(i, rep.index, why, env.now)
+                continue
         need = r.n_in + r.n_out
         if need > caps[rep.pool]:
             log.reject(i, rep.index, 1, env.now)
@@ -185,8 +214,9 @@ def _range_warnings(pools: list[PoolInfo], sc: Scenario, n_in: np.ndarray, n_out
     for p, spec in zip(pools, sc.fleet):
         vr = p.profile.valid_range
         msgs = []
-        if spec.batching.policy != "fcfs" and "batch" in vr and spec.batching.max_batch > vr["batch"][1]:
-            msgs.append(f"pool {p.name} batches up to {spec.batching.max_batch}, measured up to {vr['batch'][1]:g}")
+        top = p.policy.max_batch
+        if top is not None and "batch" in vr and top > vr["batch"][1]:
+            msgs.append(f"pool {p.name} batches up to {top}, measured up to {vr['batch'][1]:g}")
         for key, arr in (("prefill_tokens", n_in), ("output_tokens", n_out)):
             if key in vr:
                 lo, hi = vr[key]

@@ -9,13 +9,15 @@ import numpy as np
 # Status codes in the log.
 PENDING, DONE, REJECTED, UNFINISHED = 0, 1, 2, 3
 STATUS_NAMES = {PENDING: "pending", DONE: "done", REJECTED: "rejected", UNFINISHED: "unfinished"}
-REJECT_REASONS = ("", "does not fit in KV memory", "longer than the model's context", "no replica accepts it")
+REJECT_REASONS = ("", "does not fit in KV memory", "longer than the model's context", "no replica accepts it",
+                  "prompt longer than the step's token budget (chunked prefill off)")
 
 
 class Request:
     """A request while it is in the system; its outcome is written to the RequestLog by id."""
 
-    __slots__ = ("rid", "n_in", "n_out", "arrival", "est_out", "remaining", "energy", "host", "pred")
+    __slots__ = ("rid", "n_in", "n_out", "arrival", "est_out", "remaining", "energy", "host", "pred", "prefix_id",
+                 "prefix_len", "st")
 
     def __init__(self, rid: int, n_in: int, n_out: int, arrival: float, est_out: int) -> None:
         self.rid = rid
@@ -27,6 +29,9 @@ class Request:
         self.energy = 0.0
         self.host = 0.0
         self.pred = 0.0  # predicted isolated service seconds on its replica (router bookkeeping)
+        self.prefix_id = -1  # requests with one id share their first prefix_len tokens (-1: none)
+        self.prefix_len = 0
+        self.st = None  # a policy's own per-request state, where it keeps one
 
 
 class RequestLog:
@@ -42,6 +47,8 @@ class RequestLog:
         self.replica = array("i", bytes(4 * n))
         self.status = array("b", bytes(n))
         self.reason = array("b", bytes(n))
+        self.preempted = array("i", bytes(4 * n))  # times a paged engine preempted the request
+        self.cached = array("i", bytes(4 * n))  # prompt tokens served from the prefix cache
 
     def finish(self, r: Request, now: float) -> None:
         i = r.rid
@@ -66,4 +73,6 @@ class RequestLog:
             "replica": np.frombuffer(self.replica, dtype=np.int32).copy(),
             "status": np.frombuffer(self.status, dtype=np.int8).copy(),
             "reason": np.frombuffer(self.reason, dtype=np.int8).copy(),
+            "preemptions": np.frombuffer(self.preempted, dtype=np.int32).copy(),
+            "cached_tokens": np.frombuffer(self.cached, dtype=np.int32).copy(),
         }

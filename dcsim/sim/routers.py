@@ -38,11 +38,7 @@ class Fleet:
 
     def predict(self, pool: int, r: Request) -> tuple[float, float]:
         """(seconds, device joules) of the request alone on a replica of this pool, with its known output."""
-        ev = self.evaluators[pool]
-        n_in, n_out = r.n_in, r.est_out
-        t_pf, w_pf, _ = ev.prefill(n_in, float(n_in) * n_in, 1)
-        t_dc, e_dc, _ = ev.decode_run(1, n_in + 1, n_out - 1)
-        return t_pf + t_dc, t_pf * w_pf + e_dc
+        return self.evaluators[pool].served_alone(r.n_in, r.est_out)
 
 
 class Router:

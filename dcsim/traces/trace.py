@@ -24,17 +24,24 @@ class Trace:
     arrival_s: np.ndarray | None = None  # float64 seconds from the trace's start, non-decreasing
     source: np.ndarray | None = None  # object (str) ids
     provenance: dict = field(default_factory=dict)
+    # prefix caching: requests with one prefix_id (int64 codes, -1 for none) share their first prefix_len tokens,
+    # and a request's whole sequence may be the prefix of later ones with its id (conversation turns)
+    prefix_id: np.ndarray | None = None
+    prefix_len: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.n_in.shape[0])
 
+    def take(self, idx: np.ndarray | slice) -> "Trace":
+        """The requests at `idx` (an index array or a slice), every column kept."""
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        return Trace(self.n_in[idx], self.n_out[idx], cut(self.arrival_s), cut(self.source), dict(self.provenance),
+                     cut(self.prefix_id), cut(self.prefix_len))
+
     def head(self, n: int) -> "Trace":
-        return Trace(
-            self.n_in[:n], self.n_out[:n],
-            None if self.arrival_s is None else self.arrival_s[:n],
-            None if self.source is None else self.source[:n],
-            dict(self.provenance),
-        )
+        return self.take(slice(0, n))
 
     def validate(self, file: str | Path | None = None) -> "Trace":
         """Check token counts are positive integers and arrivals are finite and sorted."""
@@ -59,7 +66,31 @@ class Trace:
             if a.size and (a.min() < 0 or np.any(np.diff(a) < 0)):
                 raise UserError("arrival times must be >= 0 and non-decreasing", file, "arrival_s")
             self.arrival_s = a
+        self._validate_prefix(file)
         return self
+
+    def _validate_prefix(self, file: str | Path | None) -> None:
+        if self.prefix_len is None and self.prefix_id is None:
+            return
+        if self.prefix_len is None or self.prefix_id is None:
+            raise UserError("prefix_id and prefix_len come together", file,
+                            "prefix_len" if self.prefix_len is None else "prefix_id")
+        pl = np.asarray(self.prefix_len)
+        if pl.dtype.kind == "f" and (not np.all(np.isfinite(pl)) or np.any(pl != np.round(pl))):
+            raise UserError("prefix lengths must be whole numbers of tokens", file, "prefix_len")
+        if pl.dtype.kind not in "iuf":
+            raise UserError(f"prefix lengths must be integers, got {pl.dtype}", file, "prefix_len")
+        pl = pl.astype(np.int64)
+        bad = np.flatnonzero((pl < 0) | (pl > self.n_in))
+        if bad.size:
+            i = int(bad[0])
+            raise UserError(f"a prefix must lie within its prompt: row {i} has prefix_len {pl[i]} and n_in "
+                            f"{self.n_in[i]}", file, "prefix_len")
+        pid = np.asarray(self.prefix_id).astype(np.int64)
+        if np.any((pid < 0) & (pl > 0)):
+            i = int(np.argmax((pid < 0) & (pl > 0)))
+            raise UserError(f"row {i} has a prefix length but no prefix_id", file, "prefix_id")
+        self.prefix_id, self.prefix_len = pid, pl
 
     # ---- I/O ----------------------------------------------------------------------------------
     def to_parquet(self, path: str | Path) -> None:
@@ -71,15 +102,16 @@ class Trace:
             cols["arrival_s"] = pa.array(self.arrival_s, pa.float64())
         if self.source is not None:
             cols["source"] = pa.array([str(s) for s in self.source], pa.string())
+        if self.prefix_id is not None:
+            cols["prefix_id"] = pa.array(self.prefix_id, pa.int64())
+            cols["prefix_len"] = pa.array(self.prefix_len, pa.int64())
         table = pa.table(cols)
         meta = dict(table.schema.metadata or {})
         meta[PROVENANCE_KEY] = json.dumps(self.provenance, sort_keys=True).encode()
         table = table.replace_schema_metadata(meta)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        tmp.replace(path)
+        from dcsim.outputs import write_file
+
+        write_file(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -110,4 +142,39 @@ def load_trace(path: str | Path) -> Trace:
             raise UserError(f"missing column (have {list(df.columns)})", p, col)
     arr = df["arrival_s"].to_numpy(np.float64) if "arrival_s" in df.columns else None
     src = df["source"].astype(str).to_numpy(object) if "source" in df.columns else None
-    return Trace(df["n_in"].to_numpy(), df["n_out"].to_numpy(), arr, src, prov).validate(p)
+    pid, plen = prefix_columns(df, p)
+    return Trace(df["n_in"].to_numpy(), df["n_out"].to_numpy(), arr, src, prov, pid, plen).validate(p)
+
+
+def prefix_columns(df, path: str | Path | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Prefix identities from a trace table: `prefix_id` (any labels; empty for none) with `prefix_len`, or
+    `session_id`, whose turns (in row order) each have the whole earlier conversation as their prefix."""
+    import pandas as pd
+
+    if "prefix_id" in df.columns:
+        codes, _ = pd.factorize(df["prefix_id"], use_na_sentinel=True)
+        plen = df["prefix_len"].fillna(0).to_numpy() if "prefix_len" in df.columns else None
+        if plen is not None and plen.dtype.kind not in "iuf":
+            raise UserError(f"prefix lengths must be integers, got {plen.dtype}", path, "prefix_len")
+        return codes.astype(np.int64), plen
+    if "prefix_len" in df.columns:
+        raise UserError("prefix_len needs a prefix_id column beside it", path, "prefix_id")
+    if "session_id" in df.columns:
+        codes, _ = pd.factorize(df["session_id"], use_na_sentinel=True)
+        return session_prefixes(codes.astype(np.int64), df["n_in"].to_numpy(), df["n_out"].to_numpy())
+    return None, None
+
+
+def session_prefixes(session: np.ndarray, n_in: np.ndarray, n_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each turn of a session shares the whole earlier conversation (the previous turn's prompt and output) as
+    its prefix, capped at its own prompt (a trace whose prompts do not carry the history shares less)."""
+    plen = np.zeros(len(session), dtype=np.int64)
+    last: dict[int, int] = {}
+    for i, s in enumerate(session.tolist()):
+        if s < 0:
+            continue
+        j = last.get(s)
+        if j is not None:
+            plen[i] = min(int(n_in[j]) + int(n_out[j]), int(n_in[i]))
+        last[s] = i
+    return session.astype(np.int64), plen

@@ -1,0 +1,100 @@
+"""The batching-policy registry: a policy is one class with its own pydantic parameters and a SimPy process.
+
+Adding a policy is one new module in this folder: subclass `Policy`, give it a `Params` model, decorate it
+with `@policy("name")`, and write `run(replica)`, a generator that yields one event per change of state.
+Scenarios choose it by name (`batching: {policy: name, ...}`); its parameters are checked by its own model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, ClassVar, Generator
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from dcsim.profiles.profile import ProfileEvaluator
+    from dcsim.sim.replica import Replica
+    from dcsim.sim.requests import Request
+
+
+class BatchParams(BaseModel):
+    """Base of every policy's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Policy:
+    """One replica's batching policy. `run` is the replica's SimPy process; the rest is what routers and the
+    dispatcher may ask of it."""
+
+    Params: ClassVar[type[BatchParams]] = BatchParams
+    name: ClassVar[str] = ""
+
+    def __init__(self, params: BatchParams) -> None:
+        self.params = params
+
+    @property
+    def parallel(self) -> int:
+        """Requests served at once at most (routers spread predicted work over this many)."""
+        return 1
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the policy forms, for the profile's range check (None: one at a time)."""
+        return None
+
+    def admits(self, rep: "Replica", r: "Request") -> bool:
+        """Whether an arrival should interrupt a run of decode steps in progress to join at the next step."""
+        return False
+
+    def check(self, ev: "ProfileEvaluator") -> str | None:
+        """A reason the policy cannot run on this profile, or None (called once per pool)."""
+        return None
+
+    def stats(self) -> dict[str, float]:
+        """What the policy counted over the run, for the summary (empty for the 2023-style policies)."""
+        return {}
+
+    def run(self, rep: "Replica") -> Generator:
+        raise NotImplementedError
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
+    """Register a batching policy under `name`."""
+
+    def register(cls: type[Policy]) -> type[Policy]:
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return register
+
+
+class PolicyParamsError(ValueError):
+    """A policy's parameters failed its model: `field` is the parameter, `reason` what is wrong."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+def parse_params(name: str, data: dict) -> BatchParams:
+    """Validate `data` (the batching mapping without `policy`) against the named policy's model."""
+    if name not in POLICIES:
+        raise PolicyParamsError("policy", f"unknown batching policy '{name}' (known: {sorted(POLICIES)})")
+    try:
+        return POLICIES[name].Params.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or None
+        msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        raise PolicyParamsError(loc, msg) from None
+
+
+def make_policy(name: str, params: BatchParams) -> Policy:
+    """The policy object for one replica."""
+    return POLICIES[name](params)

@@ -1,0 +1,44 @@
+"""`fcfs`: one request at a time, in arrival order, as the published sweeps measured."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generator
+
+from dcsim.sim.batching.base import Policy, policy
+from dcsim.sim.batching.limits import Limits
+
+if TYPE_CHECKING:
+    from dcsim.sim.replica import Replica
+
+
+@policy("fcfs")
+class Fcfs(Policy):
+    """Prefill, then every decode step of the request alone; the next request starts when it ends."""
+
+    Params = Limits
+
+    def run(self, rep: "Replica") -> Generator:
+        env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
+        timeout, prefill, decode_run, segment, complete = (env.timeout, ev.prefill, ev.decode_run, rep.segment,
+                                                            rep.complete)
+        start, first = log.start, log.first
+        while True:
+            if not q:
+                yield rep.idle_wait()
+                continue
+            r = q.popleft()
+            now = env.now
+            n_in = r.n_in
+            t_pf, w_pf, h_pf = prefill(n_in, float(n_in) * n_in, 1)
+            t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)
+            t = t_pf + t_dc
+            end = now + t
+            r.energy = e = t_pf * w_pf + e_dc
+            r.host = h = t_pf * h_pf + h_dc
+            start[r.rid] = now
+            first[r.rid] = now + t_pf
+            rep.current = (now, end, e, h)
+            yield timeout(t)
+            rep.current = None
+            segment(now, end, e, h)
+            complete(r, end)

@@ -1,0 +1,484 @@
+"""`paged`: the iteration-level scheduler of modern serving engines, after vLLM's v1 scheduler (vLLM 0.11,
+`vllm/v1/core/sched/scheduler.py`): chunked prefill under a per-step token budget with decodes in the same step,
+KV memory in fixed-size blocks allocated as tokens arrive, preemption by recompute when blocks run out, prefix
+caching, and decode batches padded to the sizes captured as CUDA graphs.
+
+One step, as the engine schedules it:
+- Running decodes first, one token each. A decode that needs a new block and finds none preempts the most
+  recently admitted running request (its blocks are freed, it goes to the front of the queue and recomputes its
+  prefill, of its prompt and the tokens it has generated, when readmitted). In vLLM the partially prefilled
+  request is always the last admitted, so "decodes first" is the order the engine's running list gives.
+- Then the chunk of a partially prefilled request, then waiting requests in order, fill what is left of the
+  budget (`max_num_batched_tokens`), while at most `max_num_seqs` run and their blocks can be allocated. No
+  waiting request is admitted in a step that preempted. A waiting request's cached prefix (its full blocks)
+  is skipped.
+- Time and energy: the decode part at the padded batch (`decode_step_s(batch, context)`, context the live KV
+  tokens) plus the prefill part (`prefill_s(tokens, tokens_sq, chunks)`, a chunk from position h to h + p adding
+  (h + p)^2 - h^2 to tokens_sq, as a whole prompt adds its square); energies add. A profile measured on an
+  engine whose decode step already holds its prefills (`engine.step_includes_prefill`) charges chunks that
+  share a step with decodes nothing.
+
+While the running set, their chunking and their block needs are fixed (decodes only, nobody waiting who could
+join), many steps advance in one event in closed form: the step at which blocks run out follows from a histogram
+of the sequences' positions within their last block, the finishing step from a heap, and per-request energy from
+a running total per batch member. Cost per event does not grow with the batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Generator
+
+import simpy
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+
+from dcsim.sim.batching.base import BatchParams, Policy, policy
+from dcsim.sim.batching.continuous import steps_covering
+from dcsim.sim.batching.kv_blocks import BlockPool
+
+if TYPE_CHECKING:
+    from dcsim.profiles.profile import ProfileEvaluator
+    from dcsim.sim.replica import Replica
+    from dcsim.sim.requests import Request
+
+
+def vllm_capture_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's default CUDA-graph capture sizes (1, 2, 4, then multiples of 8 to 256 and of 16 to 512), limited
+    to max_num_seqs as vLLM limits them to the largest decode batch."""
+    sizes = [1, 2, 4, *range(8, 256, 8), *range(256, 513, 16)]
+    return [s for s in sizes if s <= max_num_seqs]
+
+
+class PagedParams(BatchParams):
+    block_size: PositiveInt = Field(default=16, description="KV tokens per block")
+    max_num_seqs: PositiveInt = Field(default=256, description="sequences running at once at most")
+    max_num_batched_tokens: PositiveInt = Field(default=8192, description="tokens of one step at most")
+    kv_blocks: PositiveInt | None = Field(
+        default=None, description="KV blocks in memory (default: the profile's KV capacity / block_size)")
+    chunked_prefill: bool = Field(default=True, description="split prompts over steps under the token budget")
+    enable_prefix_caching: bool = Field(default=True, description="reuse cached full blocks of shared prefixes")
+    cudagraph_batch_sizes: list[PositiveInt] | None = Field(
+        default=None, description="decode batch sizes captured as graphs; a decode batch is padded up to the next "
+        "one (default: vLLM's list up to max_num_seqs; [] for none)")
+
+    @field_validator("max_num_batched_tokens")
+    @classmethod
+    def _budget(cls, v: int, info: ValidationInfo) -> int:
+        bs, seqs = info.data.get("block_size"), info.data.get("max_num_seqs")
+        if bs is not None and v < bs:
+            raise ValueError(f"the token budget ({v}) is smaller than one block ({bs} tokens)")
+        if seqs is not None and v < seqs:
+            raise ValueError(f"the token budget ({v}) must be >= max_num_seqs ({seqs}), so that every running "
+                             "decode fits in a step (vLLM requires the same)")
+        return v
+
+    @field_validator("cudagraph_batch_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        seqs = info.data.get("max_num_seqs")
+        if v is not None and seqs is not None and v and max(v) > seqs:
+            raise ValueError(f"captured batch size {max(v)} is larger than max_num_seqs ({seqs})")
+        return v
+
+
+class Seq:
+    """A request's state inside the paged engine."""
+
+    __slots__ = ("target", "done", "gen", "kv", "d0", "key", "shared", "ref", "ckey", "own", "fin", "epoch",
+                 "e_mark", "h_mark", "decoding", "started")
+
+    def __init__(self, r: "Request") -> None:
+        self.target = r.n_in  # tokens to hold before the next output token (the prompt, or prompt + outputs)
+        self.done = 0  # tokens computed toward the target (a prefill in progress)
+        self.gen = 0  # output tokens produced
+        self.kv = 0  # decoding: KV tokens held when decode step d0 began
+        self.d0 = 0
+        self.key = 0  # decoding: residue class of its last block
+        self.shared = 0  # leading blocks that belong to a cache entry
+        self.ref = False  # whether it references entry ckey
+        self.ckey = r.prefix_id if r.prefix_id >= 0 else -1 - r.rid  # cache entry of its sequence
+        self.own = r.prefix_len  # tokens at its start known to be the entry's content
+        self.fin = 0  # decoding: the decode step after which it has all its tokens
+        self.epoch = 0  # invalidates heap entries of a decoding stint that a preemption ended
+        self.e_mark = 0.0  # per-member decode energy total when it began decoding
+        self.h_mark = 0.0
+        self.decoding = False
+        self.started = False
+
+
+@policy("paged")
+class Paged(Policy):
+    """vLLM-style scheduling with paged KV blocks, chunked prefill, preemption, prefix caching, graph padding."""
+
+    Params = PagedParams
+
+    def __init__(self, params: PagedParams) -> None:
+        super().__init__(params)
+        p = params
+        self.bs = p.block_size
+        sizes = vllm_capture_sizes(p.max_num_seqs) if p.cudagraph_batch_sizes is None else p.cudagraph_batch_sizes
+        self.sizes = sorted(set(sizes))
+        self.pool: BlockPool | None = None
+        self.n_run = 0  # running requests (decoding or prefilling)
+        self.n_dec = 0  # decoding requests
+        self.cnt = [0] * self.bs  # decoding requests by residue key
+        self.D = 0  # decode steps taken
+        self.S = 0  # sum over decoders of (kv - d0): their KV tokens are S + n_dec * D
+        self.cum_e = 0.0  # decode energy per batch member, summed over steps
+        self.cum_h = 0.0
+        # what the replica reports (RawResults.policy_stats)
+        self.preemptions = 0
+        self.hit_tokens = 0
+        self.query_tokens = 0
+        self.steps = 0
+        self.padded_rows = 0  # graph padding: rows run beyond the real decodes, summed over steps
+        self.itl_t0: list[float] = []  # decode runs: first step's time, last step's time, steps, decodes
+        self.itl_t1: list[float] = []
+        self.itl_k: list[int] = []
+        self.itl_n: list[int] = []
+
+    @property
+    def parallel(self) -> int:
+        return self.params.max_num_seqs
+
+    @property
+    def max_batch(self) -> int:
+        return self.params.max_num_seqs
+
+    def total_blocks(self, ev: "ProfileEvaluator") -> int:
+        return self.params.kv_blocks or ev.kv_capacity // self.bs
+
+    def check(self, ev: "ProfileEvaluator") -> str | None:
+        if ev.engine is not None:
+            return ("policy 'paged' reads live KV blocks at every step; this profile's engine holds a static KV "
+                    "cache (engine.cache_lengths): use a profile of a paged or dynamic-cache engine")
+        if self.total_blocks(ev) < 1:
+            return f"the profile leaves no KV memory for one block of {self.bs} tokens; set kv_blocks"
+        return None
+
+    def refuses(self, r: "Request", ev: "ProfileEvaluator") -> int:
+        """A reject reason code (dcsim.sim.requests.REJECT_REASONS) for a request this engine can never serve."""
+        if -(-(r.n_in + r.n_out - 1) // self.bs) > self.total_blocks(ev):
+            return 1
+        if not self.params.chunked_prefill and r.n_in > self.params.max_num_batched_tokens:
+            return 4
+        return 0
+
+    def stats(self) -> dict[str, float]:
+        pool = self.pool
+        return {"preemptions": self.preemptions, "prefix_hit_tokens": self.hit_tokens,
+                "prefix_query_tokens": self.query_tokens, "steps": self.steps, "padded_rows": self.padded_rows,
+                "blocks_evicted": 0 if pool is None else pool.evicted,
+                "blocks_private_at_end": 0 if pool is None else pool.private,
+                "blocks_cached_at_end": 0 if pool is None else pool.cached,
+                "entries_referenced_at_end": 0 if pool is None else sum(e.refs > 0 for e in pool.entries.values())}
+
+    # ---- block arithmetic ---------------------------------------------------------------------
+    def new_blocks(self, k: int) -> int:
+        """Blocks the decoding requests need over their next k steps (one each time a sequence's KV crosses
+        into a new block)."""
+        n = self.n_dec
+        if k <= 0 or n == 0:
+            return 0
+        bs = self.bs
+        m, j = divmod(k, bs)
+        total = m * n
+        if j:
+            D = self.D
+            cnt = self.cnt
+            for key in range(bs):
+                if cnt[key] and (-key - D) % bs < j:
+                    total += cnt[key]
+        return total
+
+    def max_steps(self, free: int) -> int:
+        """The most decode steps the decoding requests can take before their block needs exceed `free`."""
+        n = self.n_dec
+        bs = self.bs
+        m, rem = divmod(free, n)
+        byd = [0] * bs
+        D = self.D
+        for key, c in enumerate(self.cnt):
+            if c:
+                byd[(-key - D) % bs] += c
+        j = 0
+        acc = 0
+        while acc + byd[j] <= rem:
+            acc += byd[j]
+            j += 1
+        return m * bs + j
+
+    def padded(self, n: int) -> int:
+        sizes = self.sizes
+        i = bisect_left(sizes, n)
+        return sizes[i] if i < len(sizes) else n
+
+    # ---- arrivals -----------------------------------------------------------------------------
+    def admits(self, rep: "Replica", r: "Request") -> bool:
+        """An arrival interrupts a decode run when it could join at the next step: nobody else waits, a sequence
+        slot is free, and its first chunk's blocks can be allocated."""
+        if len(rep.queue) != 1 or self.n_run >= self.params.max_num_seqs:
+            return False
+        room = self.params.max_num_batched_tokens - self.n_dec
+        if room <= 0:
+            return False
+        return -(-min(r.n_in, room) // self.bs) <= self.pool.allocatable()
+
+    # ---- the engine ---------------------------------------------------------------------------
+    def run(self, rep: "Replica") -> Generator:
+        env, ev, log, q, p = rep.env, rep.ev, rep.log, rep.queue, self.params
+        bs = self.bs
+        pool = self.pool = BlockPool(self.total_blocks(ev))
+        caching = p.enable_prefix_caching
+        chunked = p.chunked_prefill
+        budget_max = p.max_num_batched_tokens
+        free_prefill = ev.profile.engine.step_includes_prefill
+        running: OrderedDict[int, Request] = OrderedDict()  # admission order
+        partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
+        fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
+        cnt = self.cnt
+
+        def leave_decoding(r: Request) -> int:
+            """Take a decoding request out of the batch; returns the KV tokens it holds."""
+            st = r.st
+            cnt[st.key] -= 1
+            self.S -= st.kv - st.d0
+            self.n_dec -= 1
+            st.decoding = False
+            st.epoch += 1
+            st.gen += self.D - st.d0  # one output token per decode step it took
+            r.energy += self.cum_e - st.e_mark
+            r.host += self.cum_h - st.h_mark
+            return st.kv + self.D - st.d0
+
+        def free_blocks(r: Request, kv: int) -> None:
+            """Return a leaving request's blocks; with caching, its full blocks stay cached first."""
+            st = r.st
+            if caching:
+                shared = pool.publish(st.ckey, kv // bs, st.shared, st.ref)
+                if shared > st.shared:
+                    st.own = max(st.own, shared * bs)
+                    st.ref = True
+                st.shared = shared
+            pool.give_back(-(-kv // bs) - st.shared)
+            if st.ref:
+                pool.release(st.ckey)
+            st.ref = False
+            st.shared = 0
+
+        def preempt(r: Request) -> None:
+            st = r.st
+            if st.decoding:
+                kv = leave_decoding(r)
+            else:
+                kv = st.done
+                del partial[r.rid]
+            free_blocks(r, kv)
+            del running[r.rid]
+            self.n_run -= 1
+            st.target = r.n_in + st.gen
+            st.done = 0
+            q.appendleft(r)
+            log.preempted[r.rid] += 1
+            self.preemptions += 1
+
+        def finish(r: Request, kv: int, now: float) -> None:
+            free_blocks(r, kv)
+            del running[r.rid]
+            self.n_run -= 1
+            r.st = None
+            rep.complete(r, now)
+
+        def start_decoding(r: Request) -> None:
+            st = r.st
+            st.decoding = True
+            st.kv = st.done
+            st.d0 = self.D
+            st.key = (st.kv - self.D) % bs
+            cnt[st.key] += 1
+            self.S += st.kv - st.d0
+            self.n_dec += 1
+            st.e_mark = self.cum_e
+            st.h_mark = self.cum_h
+            st.fin = self.D + r.n_out - st.gen
+            heapq.heappush(fins, (st.fin, r.rid, st.epoch, r))
+
+        def pop_finished(now: float) -> None:
+            D = self.D
+            while fins and fins[0][0] <= D:
+                _, _, epoch, r = heapq.heappop(fins)
+                st = r.st
+                if st is None or epoch != st.epoch:
+                    continue
+                kv = leave_decoding(r)
+                finish(r, kv, now)
+
+        while True:
+            if not running and not q:
+                yield rep.idle_wait()
+                continue
+            now = env.now
+            # -- 1. decodes: find the blocks of this step, preempting the newest if they run short ---------
+            preempted = False
+            while self.new_blocks(1) > pool.allocatable():
+                preempt(running[next(reversed(running))])
+                preempted = True
+            dec_need = self.new_blocks(1)
+            pool.take(dec_need)  # the decodes' blocks for this step, before any chunk takes blocks
+            budget = budget_max - self.n_dec
+            chunks: list[tuple[Request, int, int]] = []  # (request, tokens computed before, chunk tokens)
+            # -- 2. the partially prefilled request(s), in admission order -----------------------------
+            for rid in list(partial):
+                if rid not in partial or budget <= 0:
+                    continue
+                r = partial[rid]
+                st = r.st
+                ch = min(st.target - st.done, budget)
+                need = -(-(st.done + ch) // bs) - -(-st.done // bs)
+                while need > pool.allocatable() and rid in running:
+                    preempt(running[next(reversed(running))])
+                    preempted = True
+                if rid not in running:
+                    continue
+                pool.take(need)
+                chunks.append((r, st.done, ch))
+                budget -= ch
+            # -- 3. waiting requests, unless this step preempted ----------------------------------------
+            while not preempted and q and budget > 0 and self.n_run < p.max_num_seqs:
+                r = q[0]
+                st = r.st
+                if st is None:
+                    st = r.st = Seq(r)
+                hit = 0
+                e = pool.entries.get(st.ckey) if caching else None
+                if e is not None:
+                    hit = min(e.blocks, min(st.target - 1, st.own) // bs)
+                # with its cached prefix (which it then pins), else without it (the entry stays evictable)
+                for hit in ((hit, 0) if hit else (0,)):
+                    done = hit * bs
+                    rest = st.target - done
+                    ch = min(rest, budget)
+                    need = -(-(done + ch) // bs) - hit
+                    pinned = e.blocks if hit and e.refs == 0 else 0
+                    if need <= pool.allocatable() - pinned:
+                        break
+                else:
+                    break
+                if not chunked and budget < rest <= budget_max:
+                    break
+                q.popleft()
+                if hit:
+                    pool.lookup(st.ckey, hit)
+                    st.ref = True
+                st.shared = hit
+                pool.take(need)
+                st.done = done
+                self.hit_tokens += done
+                self.query_tokens += st.target
+                if not st.started:
+                    st.started = True
+                    log.start[r.rid] = now
+                    log.cached[r.rid] = done
+                running[r.rid] = r
+                partial[r.rid] = r
+                self.n_run += 1
+                chunks.append((r, done, ch))
+                budget -= ch
+            n = self.n_dec
+            if not chunks and n == 0:
+                continue  # everything was preempted back to the queue; schedule again
+            self.steps += 1
+            if not chunks:
+                # -- a run of decode steps while nothing changes --------------------------------------
+                while fins and (fins[0][3].st is None or fins[0][2] != fins[0][3].st.epoch):
+                    heapq.heappop(fins)
+                k = fins[0][0] - self.D
+                if preempted:
+                    k = 1
+                else:
+                    k = min(k, self.max_steps(pool.allocatable() + dec_need))
+                bg = self.padded(n)
+                ctx0 = self.S + n * self.D + n
+                t_run, e_run, h_run = ev.decode_run(bg, ctx0, k, n)
+                steps = k
+                rep.decoding = not q and self.n_run < p.max_num_seqs
+                rep.current = (now, now + t_run, e_run, h_run)
+                try:
+                    yield env.timeout(t_run)
+                except simpy.Interrupt:
+                    steps = steps_covering(ev, bg, ctx0, k, env.now - now, grow=n)
+                    t_run, e_run, h_run = ev.decode_run(bg, ctx0, steps, n)
+                    rep.current = (now, now + t_run, e_run, h_run)
+                    rest = now + t_run - env.now
+                    if rest > 0:
+                        yield env.timeout(rest)
+                rep.decoding = False
+                rep.current = None
+                end = now + t_run
+                rep.segment(now, end, e_run, h_run)
+                pool.take(self.new_blocks(steps) - dec_need)
+                self.D += steps
+                self.cum_e += e_run / n
+                self.cum_h += h_run / n
+                self.steps += steps - 1
+                self.padded_rows += (bg - n) * steps
+                t_first = ev.decode_run(bg, ctx0, 1, n)[0]
+                t_last = ev.decode_run(bg, ctx0 + n * (steps - 1), 1, n)[0] if steps > 1 else t_first
+                self._itl(t_first, t_last, steps, n)
+                pop_finished(end)
+                continue
+            # -- one step mixing prefill chunks with the decodes ------------------------------------
+            t_d = e_d = h_d = 0.0
+            bg = 0
+            if n:
+                bg = self.padded(n)
+                t_d, e_d, h_d = ev.decode_run(bg, self.S + n * self.D + n, 1, n)
+            tokens = sum(c[2] for c in chunks)
+            sq = float(sum((d + c) * (d + c) - d * d for _, d, c in chunks))
+            if free_prefill and n:
+                t_p = w_p = hw_p = 0.0
+            else:
+                t_p, w_p, hw_p = ev.prefill(tokens, sq, len(chunks))
+            t = t_d + t_p
+            e_p, h_p = t_p * w_p, t_p * hw_p
+            rep.current = (now, now + t, e_d + e_p, h_d + h_p)
+            yield env.timeout(t)
+            rep.current = None
+            end = now + t
+            rep.segment(now, end, e_d + e_p, h_d + h_p)
+            if n:
+                self.D += 1
+                self.cum_e += e_d / n
+                self.cum_h += h_d / n
+                self.padded_rows += bg - n
+                self._itl(t, t, 1, n)
+            for r, d, c in chunks:
+                st = r.st
+                r.energy += e_p * c / tokens
+                r.host += h_p * c / tokens
+                st.done = d + c
+                if st.done < st.target:
+                    continue
+                del partial[r.rid]
+                st.gen += 1
+                if st.gen == 1:
+                    log.first[r.rid] = end
+                if caching:
+                    shared = pool.publish(st.ckey, st.done // bs, st.shared, st.ref)
+                    if shared > st.shared:
+                        st.own = max(st.own, shared * bs)
+                        st.ref = True
+                    st.shared = shared
+                if st.gen == r.n_out:
+                    finish(r, st.done, end)
+                else:
+                    start_decoding(r)
+            pop_finished(end)
+
+    def _itl(self, t_first: float, t_last: float, steps: int, n: int) -> None:
+        self.itl_t0.append(t_first)
+        self.itl_t1.append(t_last)
+        self.itl_k.append(steps)
+        self.itl_n.append(n)

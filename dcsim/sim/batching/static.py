@@ -1,0 +1,67 @@
+"""`static`: gather a batch, run it padded as one `generate` call; all of its requests finish together."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generator
+
+from dcsim.sim.batching.base import Policy, policy
+from dcsim.sim.batching.limits import Limits
+
+if TYPE_CHECKING:
+    from dcsim.sim.replica import Replica
+
+
+@policy("static")
+class Static(Policy):
+    """Gather up to max_batch requests or wait max_wait_s after the first, then run them padded to the longest
+    prompt and the longest output as one batch (as HF generate does)."""
+
+    Params = Limits
+
+    @property
+    def parallel(self) -> int:
+        return self.params.max_batch
+
+    @property
+    def max_batch(self) -> int:
+        return self.params.max_batch
+
+    def run(self, rep: "Replica") -> Generator:
+        env, ev, log, q, b = rep.env, rep.ev, rep.log, rep.queue, self.params
+        while True:
+            if not q:
+                yield rep.idle_wait()
+                continue
+            if len(q) < b.max_batch and b.max_wait_s > 0:
+                deadline = env.now + b.max_wait_s
+                while len(q) < b.max_batch and env.now < deadline:
+                    wake = rep.idle_wait()
+                    yield wake | env.timeout(deadline - env.now)
+                    rep.wake = None
+            # take requests in order while the padded batch's KV (n x longest prompt+output) fits
+            batch = [q.popleft()]
+            max_in, max_out = batch[0].n_in, batch[0].n_out
+            while q and len(batch) < b.max_batch:
+                mi, mo = max(max_in, q[0].n_in), max(max_out, q[0].n_out)
+                if (len(batch) + 1) * (mi + mo) > ev.kv_capacity:
+                    break
+                batch.append(q.popleft())
+                max_in, max_out = mi, mo
+            n = len(batch)
+            now = env.now
+            t_pf, w_pf, h_pf = ev.prefill(n * max_in, float(n) * max_in * max_in, n)
+            t_dc, e_dc, h_dc = ev.decode_run(n, n * (max_in + 1), max_out - 1)
+            t = t_pf + t_dc
+            e = t_pf * w_pf + e_dc
+            h = t_pf * h_pf + h_dc
+            rep.current = (now, now + t, e, h)
+            yield env.timeout(t)
+            rep.current = None
+            end = now + t
+            rep.segment(now, end, e, h)
+            for r in batch:
+                log.start[r.rid] = now
+                log.first[r.rid] = now + t_pf
+                r.energy = e / n
+                r.host = h / n
+                rep.complete(r, end)

@@ -1,0 +1,216 @@
+"""The paged (vLLM v1-style) policy against timelines worked by hand: chunked prefill beside decodes, a
+preemption in a tiny block pool, prefix-cache hits, graph padding; and conservation of requests, tokens, KV
+blocks and joules on a busy random workload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from dcsim.results import requests_table, summarize
+from dcsim.scenario import Scenario
+from dcsim.sim.engine import simulate
+from dcsim.traces.trace import Trace
+from simkit import profile_dict, scenario, write_profile, write_trace
+
+# Toy profile (tests/simkit.py): prefill 0.1 + 0.001*tokens s at 300 W; decode step 0.02 + 0.001*batch s at
+# 200 + 10*batch W; serving idle 50 W. No context term, so decode steps depend on the batch alone.
+
+
+def run(tmp_path, prof, trace, batching, **kw):
+    sc = Scenario.model_validate(scenario(trace, [{"name": "p", "profile": str(prof), "count": 1,
+                                                   "batching": {"policy": "paged", **batching}}], **kw))
+    raw = simulate(sc)
+    return raw, requests_table(raw), summarize(raw)
+
+
+def pf(tokens, sq=0.0, c2=0.0):
+    return 0.1 + 0.001 * tokens + c2 * sq
+
+
+def dec(b):
+    return 0.02 + 0.001 * b
+
+
+def dec_w(b):
+    return 200.0 + 10.0 * b
+
+
+def test_long_prompt_chunked_over_three_steps_while_two_decodes_continue(tmp_path):
+    # a tokens_sq term, to check that chunk h..h+p adds (h+p)^2 - h^2 (the three chunks add up to 150^2)
+    d = profile_dict()
+    c2 = 1e-6
+    d["latency"]["prefill_s"]["coef"]["tokens_sq"] = c2
+    prof = tmp_path / "toy.yaml"
+    prof.write_text(yaml.safe_dump(d))
+    tr = write_trace(tmp_path, [10, 10, 150], [20, 20, 2], [0.0, 0.0, 0.2])
+    raw, req, s = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 64,
+                                           "cudagraph_batch_sizes": [], "enable_prefix_caching": False})
+    t1 = pf(20, 200, c2)  # A and B prefill together: first tokens at t1
+    # decodes of A and B: C arrives at 0.2 during the 4th step, which completes first
+    t = t1 + 4 * dec(2)
+    assert t1 + 3 * dec(2) < 0.2 < t
+    c_start = t
+    chunks = [(0, 62), (62, 62), (124, 26)]  # budget 64 minus the two decodes
+    for h, p in chunks:
+        t += dec(2) + pf(p, (h + p) ** 2 - h ** 2, c2)
+    c_first = t
+    t += dec(3)  # C's one decode step, beside A and B
+    c_done = t
+    ab_done = t + (19 - 4 - 3 - 1) * dec(2)  # 19 decode steps each
+    assert req["start_s"].tolist() == pytest.approx([0.0, 0.0, c_start])
+    assert req["first_token_s"].tolist() == pytest.approx([t1, t1, c_first])
+    assert req["done_s"].tolist() == pytest.approx([ab_done, ab_done, c_done])
+    # energy: C pays its three chunks' prefill parts and a third of its decode step; A and B share the rest
+    e_c = sum(pf(p, (h + p) ** 2 - h ** 2, c2) * 300 for h, p in chunks) + dec(3) * dec_w(3) / 3
+    e_a = t1 * 300 / 2 + (4 + 3 + 11) * dec(2) * dec_w(2) / 2 + dec(3) * dec_w(3) / 3
+    assert req["energy_j"].tolist() == pytest.approx([e_a, e_a, e_c])
+    assert s["active_j"] == pytest.approx(req["energy_j"].sum())
+    eng = s["pools"]["p"]["engine"]
+    assert eng["preemptions"] == 0 and eng["blocks_private_at_end"] == 0
+
+
+def test_preemption_in_a_tiny_block_pool_recomputes(tmp_path):
+    # 4 blocks of 4 tokens; A and B (4 in, 9 out) each need 3 blocks: B, the newest, is preempted when both
+    # decodes cross into their third block, and recomputes its prompt and its 5 generated tokens.
+    prof = write_profile(tmp_path)
+    tr = write_trace(tmp_path, [4, 4], [9, 9], [0.0, 0.0])
+    raw, req, s = run(tmp_path, prof, tr, {"max_num_seqs": 4, "max_num_batched_tokens": 64, "block_size": 4,
+                                           "kv_blocks": 4, "cudagraph_batch_sizes": [],
+                                           "enable_prefix_caching": False})
+    t1 = pf(8)  # both prompts in one step
+    t2 = t1 + 4 * dec(2)  # four decodes together fill both sequences' second blocks
+    t3 = t2 + dec(1)  # B preempted: A decodes alone (nobody is admitted in the step that preempted)
+    a_done = t3 + 3 * dec(1)  # B (9 tokens: 3 blocks) cannot return while A holds 3 of the 4 blocks
+    b_first_again = a_done + pf(9)  # the recompute: prompt + 5 generated tokens
+    b_done = b_first_again + 3 * dec(1)  # tokens 7..9
+    assert req["first_token_s"].tolist() == pytest.approx([t1, t1])  # B's first token came before preemption
+    assert req["done_s"].tolist() == pytest.approx([a_done, b_done])
+    assert req["preemptions"].tolist() == [0, 1]
+    eng = s["pools"]["p"]["engine"]
+    assert eng["preemptions"] == 1
+    # the recompute's cost is in B's energy: 9 tokens of prefill at 300 W, beside its share of the rest
+    e_b = (t1 * 300 / 2 + 4 * dec(2) * dec_w(2) / 2 + pf(9) * 300 + 3 * dec(1) * dec_w(1))
+    e_a = t1 * 300 / 2 + 4 * dec(2) * dec_w(2) / 2 + 4 * dec(1) * dec_w(1)
+    assert req["energy_j"].tolist() == pytest.approx([e_a, e_b])
+    assert s["active_j"] == pytest.approx(e_a + e_b)
+    assert eng["blocks_private_at_end"] == 0
+
+
+def _prefix_trace(tmp_path, n_in, n_out, arrival, pid, plen):
+    t = Trace(np.asarray(n_in), np.asarray(n_out), np.asarray(arrival, dtype=float), None, {"source": "test"},
+              np.asarray(pid), np.asarray(plen)).validate()
+    p = tmp_path / "prefix.parquet"
+    t.to_parquet(p)
+    return p
+
+
+def test_prefix_hits_skip_exactly_the_cached_full_blocks(tmp_path):
+    prof = write_profile(tmp_path)
+    # R1 shares a 40-token prefix with R2 (id 7) and runs first; R3 has no prefix; R4 shares id 9 whose prefix
+    # (10 tokens) is shorter than a block.
+    tr = _prefix_trace(tmp_path, [100, 60, 60, 30, 30], [2, 2, 2, 2, 2], [0, 10, 20, 30, 40],
+                       [7, 7, -1, 9, 9], [40, 40, 0, 10, 10])
+    raw, req, s = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 512,
+                                           "cudagraph_batch_sizes": []})
+    # R2 reuses 2 full blocks of 16 (32 of its 40 shared tokens) and prefills the other 28
+    assert req["cached_tokens"].tolist() == [0, 32, 0, 0, 0]
+    assert (req["first_token_s"] - req["start_s"]).tolist() == pytest.approx([pf(100), pf(28), pf(60), pf(30),
+                                                                              pf(30)])
+    eng = s["pools"]["p"]["engine"]
+    assert eng["prefix_hit_tokens"] == 32 and eng["prefix_query_tokens"] == 280
+    assert eng["prefix_hit_rate"] == pytest.approx(32 / 280)
+    # without caching the same trace prefills everything
+    _, req0, _ = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 512,
+                                          "cudagraph_batch_sizes": [], "enable_prefix_caching": False})
+    assert req0["cached_tokens"].sum() == 0
+    assert (req0["first_token_s"] - req0["start_s"]).iloc[1] == pytest.approx(pf(60))
+
+
+def test_session_turns_reuse_the_earlier_conversation(tmp_path):
+    prof = write_profile(tmp_path)
+    # one conversation: turn 2's prompt (200) holds turn 1's prompt and answer (100 + 30), turn 3's holds all
+    csv = tmp_path / "sessions.csv"
+    csv.write_text("n_in,n_out,arrival_s,session_id\n100,30,0,a\n200,30,10,a\n300,10,20,a\n50,5,25,b\n")
+    raw, req, s = run(tmp_path, prof, csv, {"max_num_seqs": 8, "max_num_batched_tokens": 512,
+                                            "cudagraph_batch_sizes": []})
+    # turn 1 leaves 129 tokens of KV (100 + 29 fed back): 8 full blocks; turn 2 leaves 229: 14 blocks
+    assert req["cached_tokens"].tolist() == [0, 8 * 16, 14 * 16, 0]
+
+
+def test_decode_batches_pad_to_the_next_captured_size(tmp_path):
+    prof = write_profile(tmp_path)
+    tr = write_trace(tmp_path, [10, 10, 10], [6, 6, 6], [0, 0, 0])
+    raw, req, s = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 64,
+                                           "cudagraph_batch_sizes": [1, 4, 8]})
+    # three decodes run as a graph of 4: 0.024 s at 240 W per step, the energy shared by the three
+    assert req["done_s"].tolist() == pytest.approx([pf(30) + 5 * dec(4)] * 3)
+    assert req["energy_j"].tolist() == pytest.approx([pf(30) * 100 + 5 * dec(4) * dec_w(4) / 3] * 3)
+    assert s["pools"]["p"]["engine"]["padded_rows"] == 5
+    # with no graphs, no padding
+    _, req0, _ = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 64,
+                                          "cudagraph_batch_sizes": []})
+    assert req0["done_s"].tolist() == pytest.approx([pf(30) + 5 * dec(3)] * 3)
+
+
+def test_conservation_under_pressure(tmp_path):
+    """A busy replica with a tiny block pool, chunking, caching and sessions: every request completes once with
+    all its tokens, every block comes back, and per-request joules add up to the active energy."""
+    prof = write_profile(tmp_path, kv_tokens=4000)
+    rng = np.random.default_rng(3)
+    n = 600
+    n_in = rng.integers(5, 900, n)
+    n_out = rng.integers(1, 400, n)
+    sess = rng.integers(0, 60, n)
+    arr = np.cumsum(rng.exponential(0.04, n))
+    csv = tmp_path / "busy.csv"
+    csv.write_text("n_in,n_out,arrival_s,session_id\n" + "".join(
+        f"{a},{b},{t},{c}\n" for a, b, t, c in zip(n_in, n_out, arr, sess)))
+    raw, req, s = run(tmp_path, prof, csv, {"max_num_seqs": 32, "max_num_batched_tokens": 256})
+    assert (req["status"] == "done").all()
+    eng = s["pools"]["p"]["engine"]
+    assert eng["preemptions"] > 10  # the pool is small enough to force them
+    assert eng["preemptions"] == req["preemptions"].sum()
+    assert eng["prefix_hit_tokens"] > 0
+    assert eng["blocks_private_at_end"] == 0 and eng["entries_referenced_at_end"] == 0
+    assert s["active_j"] == pytest.approx(req["energy_j"].sum(), rel=1e-9)
+    assert s["tokens_out"] == n_out.sum()
+    # each request's output took at least n_out - 1 decode steps after its first token
+    assert (req["done_s"] - req["first_token_s"] >= (n_out - 1) * dec(1) - 1e-9).all()
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("block_size", 0, "greater than 0"),
+    ("max_num_batched_tokens", 8, "smaller than one block"),
+    ("cudagraph_batch_sizes", [1, 512], "larger than max_num_seqs"),
+    ("max_num_seqs", 0, "greater than 0"),
+])
+def test_bad_parameters_name_the_field(tmp_path, field, value, words):
+    import subprocess
+    import sys
+
+    prof = write_profile(tmp_path)
+    tr = write_trace(tmp_path, [10], [2], [0])
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(yaml.safe_dump(scenario(tr, [{"name": "p", "profile": str(prof), "count": 1,
+                                                 "batching": {"policy": "paged", "max_num_seqs": 16,
+                                                              field: value}}])))
+    r = subprocess.run([sys.executable, "-m", "dcsim.cli", "run", str(sc)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"fleet.0.batching.{field}" in r.stderr and words in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_prefix_longer_than_its_prompt_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    prof = write_profile(tmp_path)
+    csv = tmp_path / "bad.csv"
+    csv.write_text("n_in,n_out,prefix_id,prefix_len\n10,2,a,8\n10,2,a,12\n")
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(yaml.safe_dump(scenario(csv, [{"name": "p", "profile": str(prof), "count": 1,
+                                                  "batching": {"policy": "paged"}}], arrivals={"kind": "all_at_once"})))
+    r = subprocess.run([sys.executable, "-m", "dcsim.cli", "run", str(sc)], capture_output=True, text=True)
+    assert r.returncode == 2 and "prefix_len" in r.stderr and "row 1" in r.stderr and "Traceback" not in r.stderr
