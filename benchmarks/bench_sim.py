@@ -1,7 +1,7 @@
 """Simulator speed: requests simulated per second and peak memory on a 64-replica heterogeneous fleet.
 
 Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
-    python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous] [--repeats 3]
+    python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous paged] [--repeats 3]
 Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request.
 """
 
@@ -38,11 +38,21 @@ def make_case(d: Path, n: int, policy: str) -> Path:
     rng = np.random.default_rng(0)
     n_in = np.clip(rng.lognormal(5.5, 1.0, n), 1, 4000).astype(np.int64)
     n_out = np.clip(rng.lognormal(4.5, 0.9, n), 1, 2000).astype(np.int64)
-    tr = write_trace(d, n_in, n_out, name="trace.parquet")
+    if policy == "paged":  # half the requests share one of 200 system prompts of up to 256 tokens
+        from dcsim.traces.trace import Trace
+
+        pid = np.where(rng.random(n) < 0.5, rng.integers(0, 200, n), -1)
+        plen = np.where(pid >= 0, np.minimum(n_in, 256), 0)
+        tr = d / "trace.parquet"
+        Trace(n_in, n_out, None, None, {"source": "benchmark"}, pid, plen).validate().to_parquet(tr)
+    else:
+        tr = write_trace(d, n_in, n_out, name="trace.parquet")
     b = {"fcfs": {"policy": "fcfs"}, "static": {"policy": "static", "max_batch": 8, "max_wait_s": 0.2},
-         "continuous": {"policy": "continuous", "max_batch": 64}}[policy]
+         "continuous": {"policy": "continuous", "max_batch": 64},
+         "paged": {"policy": "paged", "max_num_seqs": 64, "max_num_batched_tokens": 2048, "chunked_prefill": True,
+                   "enable_prefix_caching": True}}[policy]
     # fcfs service ~ 0.1 + 90 * 0.02 s on mid: ~ 2 s; batched policies serve several at a time
-    rate = {"fcfs": 14.0, "static": 40.0, "continuous": 100.0}[policy]
+    rate = {"fcfs": 14.0, "static": 40.0, "continuous": 100.0, "paged": 100.0}[policy]
     sc = {"name": f"bench-{policy}", "seed": 1, "trace": {"path": str(tr)},
           "arrivals": {"kind": "poisson", "rate_per_s": rate},
           "fleet": [{"name": "small", "profile": str(profs["small"]), "count": 16, "batching": b},
@@ -78,7 +88,7 @@ def child(scenario: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--policies", nargs="+", default=["fcfs", "static", "continuous"])
+    ap.add_argument("--policies", nargs="+", default=["fcfs", "static", "continuous", "paged"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child")
     a = ap.parse_args()

@@ -437,6 +437,36 @@ class ProfileEvaluator:
             return t * tx, w * px
         return t * self.dc_tx, w * self.dc_px
 
+    def decode_steps_covering(self, batch: int, context0: float, k: int, elapsed: float,
+                              grow: float | None = None) -> int:
+        """Fewest decode steps (1..k) of the run decode_run(batch, context0, k, grow) whose total time reaches
+        `elapsed`: where a run stops at the end of the step in progress. Solved in closed form where the step
+        time is linear in the step (no clamp, no cap, no static cache), by bisection otherwise."""
+        a, b, c, lo = self.dc_t
+        g = float(batch) if grow is None else float(grow)
+        if self.engine is None and not self.dc_bounded and self.dc_ceiling == math.inf and self.dc_tx == 1.0:
+            t0 = a + b * batch + c * context0
+            dt = c * g  # step j takes t0 + dt * j: the first s steps take s*t0 + dt*s(s-1)/2
+            if dt > 1e-15 * t0:
+                s = (-(t0 - dt / 2) + math.sqrt((t0 - dt / 2) ** 2 + 2 * dt * elapsed)) / dt
+            else:
+                s = elapsed / t0
+            n = min(k, max(1, math.ceil(s - 1e-9)))
+            # float guard: the result must be the fewest steps whose time reaches elapsed
+            while n > 1 and n * t0 + dt * n * (n - 1) / 2 - (t0 + dt * (n - 1)) >= elapsed:
+                n -= 1
+            while n < k and n * t0 + dt * n * (n - 1) / 2 < elapsed:
+                n += 1
+            return n
+        lo_, hi_ = 1, k
+        while lo_ < hi_:
+            mid = (lo_ + hi_) // 2
+            if self.decode_run(batch, context0, mid, grow)[0] >= elapsed:
+                hi_ = mid
+            else:
+                lo_ = mid + 1
+        return lo_
+
     def decode_run(self, batch: int, context0: float, steps: int,
                    grow: float | None = None) -> tuple[float, float, float]:
         """Time, device energy and host energy of `steps` decode steps of a fixed batch whose context

@@ -35,7 +35,6 @@ import simpy
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from dcsim.sim.batching.base import BatchParams, Policy, policy
-from dcsim.sim.batching.continuous import steps_covering
 from dcsim.sim.batching.kv_blocks import BlockPool
 
 if TYPE_CHECKING:
@@ -183,6 +182,8 @@ class Paged(Policy):
         if k <= 0 or n == 0:
             return 0
         bs = self.bs
+        if k == 1:  # the sequences whose last block is full
+            return self.cnt[-self.D % bs]
         m, j = divmod(k, bs)
         total = m * n
         if j:
@@ -239,6 +240,12 @@ class Paged(Policy):
         partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
+        decode_run, decode_step = ev.decode_run, ev.decode_step
+        itl_t0, itl_t1, itl_k, itl_n = (self.itl_t0.append, self.itl_t1.append, self.itl_k.append,
+                                        self.itl_n.append)
+        decode_run, decode_step = ev.decode_run, ev.decode_step
+        itl_t0, itl_t1, itl_k, itl_n = (self.itl_t0.append, self.itl_t1.append, self.itl_k.append,
+                                        self.itl_n.append)
 
         def leave_decoding(r: Request) -> int:
             """Take a decoding request out of the batch; returns the KV tokens it holds."""
@@ -322,15 +329,16 @@ class Paged(Policy):
             now = env.now
             # -- 1. decodes: find the blocks of this step, preempting the newest if they run short ---------
             preempted = False
-            while self.new_blocks(1) > pool.allocatable():
+            dec_need = cnt[-self.D % bs] if self.n_dec else 0  # new_blocks(1)
+            while dec_need > pool.allocatable():
                 preempt(running[next(reversed(running))])
                 preempted = True
-            dec_need = self.new_blocks(1)
+                dec_need = self.new_blocks(1)
             pool.take(dec_need)  # the decodes' blocks for this step, before any chunk takes blocks
             budget = budget_max - self.n_dec
             chunks: list[tuple[Request, int, int]] = []  # (request, tokens computed before, chunk tokens)
             # -- 2. the partially prefilled request(s), in admission order -----------------------------
-            for rid in list(partial):
+            for rid in list(partial) if partial else ():
                 if rid not in partial or budget <= 0:
                     continue
                 r = partial[rid]
@@ -398,18 +406,20 @@ class Paged(Policy):
                 if preempted:
                     k = 1
                 else:
-                    k = min(k, self.max_steps(pool.allocatable() + dec_need))
+                    free = pool.allocatable() + dec_need
+                    if free < n * (k // bs + 1):  # blocks may run out before the first finish
+                        k = min(k, self.max_steps(free))
                 bg = self.padded(n)
                 ctx0 = self.S + n * self.D + n
-                t_run, e_run, h_run = ev.decode_run(bg, ctx0, k, n)
+                t_run, e_run, h_run = decode_run(bg, ctx0, k, n)
                 steps = k
                 rep.decoding = not q and self.n_run < p.max_num_seqs
                 rep.current = (now, now + t_run, e_run, h_run)
                 try:
                     yield env.timeout(t_run)
                 except simpy.Interrupt:
-                    steps = steps_covering(ev, bg, ctx0, k, env.now - now, grow=n)
-                    t_run, e_run, h_run = ev.decode_run(bg, ctx0, steps, n)
+                    steps = ev.decode_steps_covering(bg, ctx0, k, env.now - now, n)
+                    t_run, e_run, h_run = decode_run(bg, ctx0, steps, n)
                     rep.current = (now, now + t_run, e_run, h_run)
                     rest = now + t_run - env.now
                     if rest > 0:
@@ -424,9 +434,11 @@ class Paged(Policy):
                 self.cum_h += h_run / n
                 self.steps += steps - 1
                 self.padded_rows += (bg - n) * steps
-                t_first = ev.decode_run(bg, ctx0, 1, n)[0]
-                t_last = ev.decode_run(bg, ctx0 + n * (steps - 1), 1, n)[0] if steps > 1 else t_first
-                self._itl(t_first, t_last, steps, n)
+                t_first = decode_step(bg, ctx0)[0]
+                itl_t0(t_first)
+                itl_t1(2.0 * t_run / steps - t_first if steps > 1 else t_run)
+                itl_k(steps)
+                itl_n(n)
                 pop_finished(end)
                 continue
             # -- one step mixing prefill chunks with the decodes ------------------------------------
@@ -453,7 +465,10 @@ class Paged(Policy):
                 self.cum_e += e_d / n
                 self.cum_h += h_d / n
                 self.padded_rows += bg - n
-                self._itl(t, t, 1, n)
+                itl_t0(t)
+                itl_t1(t)
+                itl_k(1)
+                itl_n(n)
             for r, d, c in chunks:
                 st = r.st
                 r.energy += e_p * c / tokens
@@ -476,9 +491,3 @@ class Paged(Policy):
                 else:
                     start_decoding(r)
             pop_finished(end)
-
-    def _itl(self, t_first: float, t_last: float, steps: int, n: int) -> None:
-        self.itl_t0.append(t_first)
-        self.itl_t1.append(t_last)
-        self.itl_k.append(steps)
-        self.itl_n.append(n)
