@@ -1,8 +1,10 @@
 """Calibration plans: which (input, output, batch) points to measure, how often, in which order.
 
 A plan YAML lists sweeps (each a cartesian product of n_in x n_out x batch lists) and off-axis points,
-the repeat/stopping rule, warm-ups and idle windows. `expand` turns it into the unique points; the
-schedule (which point runs in which round) lives in `schedule.py`.
+the repeat/stopping rule, warm-ups and idle windows; and, for engines that serve step by step (`paged`), mixed
+steps (`steps`: decode batch x per-sequence context x prefill chunk tokens x the chunk's cached prefix), each run
+`step_repeats` times in a row. `expand` turns it into the unique points; the schedule (which point runs in which
+round) lives in `schedule.py`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,40 @@ def _axis(v: object) -> list[int]:
     if any(x <= 0 for x in out):
         raise ValueError("values must be positive")
     return out
+
+
+def _axis0(v: object) -> list[int]:
+    """A step axis: like `_axis`, but a list may hold 0 (no decodes, no prefill chunk, no cached prefix)."""
+    if isinstance(v, int):
+        v = [v]
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, int) for x in v):
+        if any(x < 0 for x in v):
+            raise ValueError("values must be >= 0")
+        return [int(x) for x in v]
+    return _axis(v)
+
+
+class StepSweep(Strict):
+    """Every combination of a mixed step's four axes: `decode_batch` sequences decoding one token each, every one
+    reading `decode_context` KV tokens (its new one included), and one prefill chunk of `prefill_tokens` tokens
+    after `prefill_prefix` tokens of its sequence already cached. A step with neither decodes nor a chunk is
+    left out; without decodes the context axis is moot (recorded as 0)."""
+
+    name: str
+    decode_batch: list[int]
+    decode_context: list[int] = Field(default_factory=lambda: [1])
+    prefill_tokens: list[int] = Field(default_factory=lambda: [0])
+    prefill_prefix: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("decode_batch", "prefill_tokens", "prefill_prefix", mode="before")
+    @classmethod
+    def _parse_axis0(cls, v: object) -> list[int]:
+        return _axis0(v)
+
+    @field_validator("decode_context", mode="before")
+    @classmethod
+    def _parse_axis(cls, v: object) -> list[int]:
+        return _axis(v)
 
 
 class Sweep(Strict):
@@ -117,29 +153,43 @@ class Plan(Strict):
     warmup: Warmup = Field(default_factory=Warmup)
     idle: Idle = Field(default_factory=Idle)
     cooldown_s: float = Field(default=0.0, ge=0, description="pause between runs")
+    steps: list[StepSweep] = Field(default_factory=list, description="mixed steps (engines that run them: paged)")
+    step_repeats: int = Field(default=32, ge=1, description="how many times one run of a step entry repeats "
+                              "the same step (timed and metered together)")
 
     @model_validator(mode="after")
     def _nonempty(self) -> "Plan":
-        if not self.sweeps and not self.points:
-            raise ValueError("a plan needs at least one sweep or point")
+        if not self.sweeps and not self.points and not self.steps:
+            raise ValueError("a plan needs at least one sweep, point or step sweep")
         return self
 
 
 class Point(Strict):
-    """One unique shape to measure and the sweeps it belongs to."""
+    """One unique shape to measure and the sweeps it belongs to. kind "step": a mixed step, with n_in the
+    prefill chunk's tokens, n_out the repeats of one run, batch the decode batch, `context` each decode's KV
+    tokens and `prefix` the chunk's cached prefix."""
 
     n_in: int
     n_out: int
     batch: int
     groups: list[str]
+    kind: Literal["run", "step"] = "run"
+    context: int = 0
+    prefix: int = 0
 
     @property
     def id(self) -> str:
+        if self.kind == "step":
+            return step_id(self.batch, self.context, self.n_in, self.prefix)
         return point_id(self.n_in, self.n_out, self.batch)
 
 
 def point_id(n_in: int, n_out: int, batch: int) -> str:
     return f"i{n_in}-o{n_out}-b{batch}"
+
+
+def step_id(decode_batch: int, context: int, prefill_tokens: int, prefix: int) -> str:
+    return f"s-b{decode_batch}-l{context}-p{prefill_tokens}-h{prefix}"
 
 
 def expand(plan: Plan) -> list[Point]:
@@ -158,7 +208,21 @@ def expand(plan: Plan) -> list[Point]:
         if "off_axis" not in g:
             g.append("off_axis")
     keys = sorted(seen, key=lambda k: (k[2], k[0], k[1]))
-    return [Point(n_in=i, n_out=o, batch=b, groups=seen[(i, o, b)]) for i, o, b in keys]
+    out = [Point(n_in=i, n_out=o, batch=b, groups=seen[(i, o, b)]) for i, o, b in keys]
+    steps: dict[tuple[int, int, int, int], list[str]] = {}
+    for st in plan.steps:
+        for b in st.decode_batch:
+            for ctx in st.decode_context:
+                for p in st.prefill_tokens:
+                    for h in st.prefill_prefix:
+                        if b == 0 and p == 0:
+                            continue
+                        g = steps.setdefault((b, ctx if b else 0, p, h if p else 0), [])
+                        if st.name not in g:
+                            g.append(st.name)
+    out += [Point(kind="step", n_in=p, n_out=plan.step_repeats, batch=b, context=ctx, prefix=h,
+                  groups=steps[(b, ctx, p, h)]) for b, ctx, p, h in sorted(steps)]
+    return out
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -171,6 +235,7 @@ def check_fits(plan: Plan, max_tokens: int | None, file: str | Path | None = Non
     if max_tokens is None:
         return
     for p in expand(plan):
-        if p.n_in + p.n_out > max_tokens:
-            raise UserError(f"point {p.id} needs {p.n_in + p.n_out} tokens but the model's context is "
-                            f"{max_tokens}", file, "sweeps")
+        need = max(p.context, p.prefix + p.n_in) if p.kind == "step" else p.n_in + p.n_out
+        if need > max_tokens:
+            raise UserError(f"point {p.id} needs {need} tokens but the model's context is "
+                            f"{max_tokens}", file, "steps" if p.kind == "step" else "sweeps")

@@ -59,8 +59,20 @@ def _work(n_in: int, n_out: int, batch: int) -> float:
     return n_out + 1 + n_in * batch / 2048
 
 
+def _point_work(p: Point) -> float:
+    """_work of a plan point; a mixed-step entry: its repeats, each a step plus its chunk's share of a prefill."""
+    if p.kind == "step":
+        return p.n_out * (1 + p.n_in / 2048)
+    return _work(p.n_in, p.n_out, p.batch)
+
+
 def plan_digest(plan: Plan) -> str:
-    return hashlib.sha256(json.dumps(plan.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """The plan's identity; a plan without mixed steps digests as before they existed, so older folders resume."""
+    d = plan.model_dump(mode="json")
+    if not plan.steps:
+        d.pop("steps", None)
+        d.pop("step_repeats", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _float(v: str) -> float:
@@ -82,6 +94,9 @@ class Sweep:
         self.backend = backend
         self.plan = load_plan(s.plan_path)
         self.points = expand(self.plan)
+        if any(p.kind == "step" for p in self.points) and not hasattr(backend, "run_step"):
+            raise UserError(f"the plan has mixed steps (steps:), which the {backend.name} backend cannot run; use "
+                            "--backend paged", s.plan_path, "steps")
         self.caps: list[float | None] = [None, *s.power_caps]
         if s.power_caps and not s.allow_power_limit_changes:
             raise UserError("changing the GPU power limit needs --allow-power-limit-changes (the original limit "
@@ -113,7 +128,7 @@ class Sweep:
         self.rows = store.read_rows(self.out / store.RUNS, repair=True)
         self.schedules = {c: Schedule(self.plan, self.points) for c in self.caps}
         for row in self.rows:
-            if row["phase"] != "run":
+            if row["phase"] not in ("run", "step"):
                 continue
             cap = _cap_key(row["power_cap_w"])
             if cap not in self.schedules:
@@ -132,7 +147,7 @@ class Sweep:
     def _metrics(row: dict) -> dict:
         if row["status"] != "ok":
             return {"failed": 1.0}
-        return {k: _float(row[k]) for k in ("runtime_s", "energy_device_j", "ttft_s")}
+        return {k: _float(row.get(k, "")) for k in ("runtime_s", "energy_device_j", "ttft_s")}
 
     # ---- one window ---------------------------------------------------------------------------
     def _timeline_stats(self, t0: float, t1: float) -> tuple[float, float]:
@@ -225,6 +240,52 @@ class Sweep:
                       f"{dev:.1f} J, {row['avg_power_w']:.0f} W" + ("" if ok else f" {row['error']}"))
         return row
 
+    def _step(self, entry: str, p: Point, repeat: int, cap: float | None, seed: int) -> dict:
+        """One mixed-step entry: the backend sets the state up, then runs the same step p.n_out times between
+        two device syncs; the meter window encloses exactly those repeats."""
+        m = self.meter
+        st: dict = {}
+        if self.timeline:
+            self.timeline.label = entry
+
+        def on_start() -> None:
+            m.begin(entry)
+            st["t0"] = time.time()
+
+        row = {"entry": entry, "phase": "step", "point": p.id, "n_in": p.n_in, "n_out": p.n_out, "batch": p.batch,
+               "repeat": repeat, "power_cap_w": cap, "session": self.session, "backend": self.backend.name,
+               "meter": m.name, "context": p.batch * p.context, "prefill_prefix": p.prefix}
+        try:
+            tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start)
+        except Exception as e:  # out of memory: record it, do not retry this point
+            try:
+                m.end(entry, sync=False)
+            except Exception:
+                pass
+            row.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}", t_start=st.get("t0"),
+                       t_end=round(time.time(), 3))
+            self.writer.write(row)
+            self._log(f"{entry}: FAILED {row['error']}")
+            return row
+        r = m.end(entry)
+        t1 = time.time()
+        t0 = st["t0"]
+        e_tl, peak = self._timeline_stats(t0, t1)
+        dev = r.device_total
+        ok = tm.gen_tokens == p.n_out
+        row.update({
+            "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": tm.runtime_s, "gen_tokens": tm.gen_tokens,
+            "energy_device_j": dev, "energy_host_j": r.host_total, "energy_timeline_j": e_tl,
+            "avg_power_w": dev / tm.runtime_s if not math.isnan(dev) else (e_tl / tm.runtime_s),
+            "peak_power_w": peak, "energy_by_device": {**r.device_j, **r.host_j} or None,
+            "extra": tm.extra or None, "graph_batch": tm.extra.get("graph_batch"), "status": "ok" if ok else "failed",
+            "error": None if ok else f"ran {tm.gen_tokens} steps, expected {p.n_out}",
+        })
+        self.writer.write(row)
+        if not self.s.progress:
+            self._log(f"{entry}: {tm.runtime_s:.3f} s for {p.n_out} steps, {dev:.1f} J")
+        return row
+
     # ---- the session --------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
         if self._bar is not None:
@@ -237,16 +298,15 @@ class Sweep:
         tot = 0.0
         for sch in self.schedules.values():
             for pid, n in sch.remaining_by_point().items():
-                p = pts[pid]
-                tot += n * _work(p.n_in, p.n_out, p.batch)
+                tot += n * _point_work(pts[pid])
         return tot
 
     def _over_budget(self, t_session0: float, p: Point) -> bool:
         if self.s.max_minutes is None:
             return False
         per_work = self._time_in_runs / self._work_done if self._work_done else 0.0
-        expected = per_work * _work(p.n_in, p.n_out, p.batch) * 1.2 + self.plan.cooldown_s
-        if self.backend.needs_warmup(p.n_in, p.n_out, p.batch):
+        expected = per_work * _point_work(p) * 1.2 + self.plan.cooldown_s
+        if p.kind == "run" and self.backend.needs_warmup(p.n_in, p.n_out, p.batch):
             expected += self._warmup_s * 1.2  # a compile for this shape is due first
         return time.time() - t_session0 + expected > self.s.max_minutes * 60
 
@@ -260,7 +320,8 @@ class Sweep:
                 "status": "running"}
         self.manifest["sessions"].append(sess)
         store.write_manifest(self.out, self.manifest)
-        self.writer = store.RowWriter(self.out / store.RUNS, fmt=store.format_value)
+        self.writer = store.RowWriter(self.out / store.RUNS, store.columns_of(self.out / store.RUNS),
+                                      fmt=store.format_value)
         self.timeline = PowerTimeline(self.meter.power_w, self.out / store.POWER, 1.0 / s.timeline_hz,
                                       read_temp=self.meter.temperature_c).start()
         sess["power_timeline"] = self.timeline.active
@@ -277,10 +338,13 @@ class Sweep:
             sess["backend"] = self.backend.load()
             store.write_manifest(self.out, self.manifest)
             check_fits(plan, self.backend.max_context(), s.plan_path)
-            shapes = [(p.n_in, p.n_out, p.batch) for p in self.points]
+            shapes = [(p.n_in, p.n_out, p.batch) for p in self.points if p.kind == "run"]
             w = plan.warmup
             shapes.append((w.n_in, w.n_out, w.batch))
             self.backend.prepare(shapes)
+            steps = [(p.batch, p.context, p.n_in, p.prefix) for p in self.points if p.kind == "step"]
+            if steps:
+                self.backend.prepare_steps(steps)
             for k in range(w.runs):
                 t_w = time.time()
                 self._run("warmup", f"warmup-s{self.session}-{k}", w.n_in, w.n_out, w.batch, k, None,
@@ -308,6 +372,19 @@ class Sweep:
                     if self._over_budget(t_session0, p):
                         paused = True
                         break
+                    if p.kind == "step":
+                        entry = f"{p.id}-r{r}" + (f"-cap{cap:g}" if cap is not None else "")
+                        t_run = time.time()
+                        row = self._step(entry, p, r, cap, _seed(plan.seed, p.id, r, cap))
+                        self._time_in_runs += time.time() - t_run
+                        self._work_done += _point_work(p)
+                        sch.record(p.id, r, self._metrics({k: store.format_value(v) for k, v in row.items()}))
+                        n_new += 1
+                        if self._bar is not None:
+                            self._bar.update(_point_work(p))
+                        if plan.cooldown_s:
+                            time.sleep(plan.cooldown_s)
+                        continue
                     if self.backend.needs_warmup(p.n_in, p.n_out, p.batch):
                         t_w = time.time()
                         self._run("warmup", f"warmup-s{self.session}-{p.id}", p.n_in, p.n_out, p.batch, 0, cap,
@@ -327,12 +404,12 @@ class Sweep:
                     row = self._run("run", entry, p.n_in, p.n_out, p.batch, r, cap,
                                     _seed(plan.seed, p.id, r, cap))
                     self._time_in_runs += time.time() - t_run
-                    self._work_done += _work(p.n_in, p.n_out, p.batch)
+                    self._work_done += _point_work(p)
                     sch.record(p.id, r, self._metrics({k: store.format_value(v) for k, v in row.items()}))
                     n_new += 1
                     if self._bar is not None:
-                        self._bar.total = self._bar.n + _work(p.n_in, p.n_out, p.batch) + self._remaining_work()
-                        self._bar.update(_work(p.n_in, p.n_out, p.batch))
+                        self._bar.total = self._bar.n + _point_work(p) + self._remaining_work()
+                        self._bar.update(_point_work(p))
                     if plan.cooldown_s:
                         time.sleep(plan.cooldown_s)
                 if paused:

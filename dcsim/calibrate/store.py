@@ -1,6 +1,6 @@
 """Raw files of a calibration run folder (format documented in calibrate/README.md):
 
-- runs.csv      one row per finished run or idle window, appended and fsync'd as each completes
+- runs.csv      one row per finished run, mixed-step run or idle window, appended and fsync'd as each completes
 - manifest.json plan, identity of the sweep, and one entry per session (environment, command, status)
 - power.csv     power timeline (t, device, power_w, label), where the meter can sample power
 - plan.yaml     the plan file as given
@@ -27,9 +27,11 @@ COLUMNS = (
     "t_start", "t_end", "runtime_s", "ttft_s", "tpot_s", "gen_tokens",
     "energy_device_j", "energy_host_j", "energy_prefill_device_j", "energy_timeline_j",
     "avg_power_w", "peak_power_w", "tail_s", "tail_power_w", "energy_by_device",
-    "backend", "meter", "extra", "status", "error",
+    "backend", "meter", "extra", "status", "error", "context", "prefill_prefix", "graph_batch",
 )
-PHASES = ("run", "warmup", "idle_deep", "idle_serving")
+# runs.csv of folders written before the mixed-step columns: read, and appended to, as they are
+LEGACY_COLUMNS = COLUMNS[:-3]
+PHASES = ("run", "warmup", "idle_deep", "idle_serving", "step")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -58,9 +60,20 @@ def read_rows(path: Path, repair: bool = False) -> list[dict[str, str]]:
         if repair:
             write_atomic(path, text)
     rows = list(csv.DictReader(io.StringIO(text)))
-    if rows and list(rows[0].keys()) != list(COLUMNS):
+    if rows and list(rows[0].keys()) not in (list(COLUMNS), list(LEGACY_COLUMNS)):
         raise UserError(f"columns differ from this dcsim version's {list(COLUMNS)}", path)
     return rows
+
+
+def columns_of(path: Path) -> tuple[str, ...]:
+    """The columns to append to runs.csv with: its own header's (an older folder's lacks the mixed-step
+    columns), or this version's for a new file."""
+    if path.exists() and path.stat().st_size:
+        with path.open(newline="") as f:
+            head = next(csv.reader(f), None)
+        if head == list(LEGACY_COLUMNS):
+            return LEGACY_COLUMNS
+    return COLUMNS
 
 
 class RowWriter:

@@ -8,10 +8,13 @@ from __future__ import annotations
 from typing import Callable
 
 
-def capture(step: Callable[[], None], reset: Callable[[], None], device: str, warmup: int = 3):  # noqa: ANN201
+def capture(step: Callable[[], None], reset: Callable[[], None], device: str, warmup: int = 3,  # noqa: ANN201
+            pool: object = None):
     """A torch.cuda.CUDAGraph holding one call of `step`. `reset` puts the state `step` mutates back to a
     valid start before every eager call and before the capture (a capture records kernels without running
-    them), so the warm-up calls never step past the end of a buffer. Raises whatever the capture raises."""
+    them), so the warm-up calls never step past the end of a buffer. `pool` (torch.cuda.graph_pool_handle())
+    lets several graphs share one memory pool for their intermediates, as serving engines capture one graph
+    per batch size and replay one at a time. Raises whatever the capture raises."""
     import torch
 
     with torch.cuda.device(device), torch.no_grad():
@@ -24,7 +27,7 @@ def capture(step: Callable[[], None], reset: Callable[[], None], device: str, wa
         torch.cuda.current_stream().wait_stream(side)
         reset()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             step()
         torch.cuda.synchronize()
         return graph

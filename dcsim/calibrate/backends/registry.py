@@ -5,16 +5,24 @@ from __future__ import annotations
 
 from dcsim.calibrate.backends.base import Backend
 
-ENGINES = ("hf", "hf-static", "hf-graph")
+ENGINES = ("hf", "hf-static", "hf-graph", "paged")
 HELP = ("hf: transformers eager generate; hf-static: generate with a static KV cache and compiled decode step; "
-        "hf-graph: our own greedy loop over a static cache, one CUDA graph replay per decode step")
+        "hf-graph: our own greedy loop over a static cache, one CUDA graph replay per decode step; "
+        "paged: our own iteration-level engine over a paged KV cache (Triton decode attention over live blocks, "
+        "CUDA graphs per padded batch size, chunked prefill)")
 # engines whose static caches are sized from the calibration plan (validate replays size them the same way)
 STATIC_CACHE = ("hf-static", "hf-graph")
 
 
 def make(name: str, device: str, model: str | None, arch: str | None, random_weights: bool,
-         dtype: str) -> Backend:
-    """A not yet loaded backend of the named engine."""
+         dtype: str, **options: object) -> Backend:
+    """A not yet loaded backend of the named engine; `options` go to engines that take them (paged: block_size,
+    kv_blocks, graph_sizes)."""
+    if name == "paged":
+        from dcsim.calibrate.backends.paged import PagedBackend
+
+        return PagedBackend(device, model=model, arch=arch, random_weights=random_weights, dtype=dtype,
+                            **options)  # type: ignore[arg-type]
     if name == "hf-graph":
         from dcsim.calibrate.backends.graph import GraphBackend
 

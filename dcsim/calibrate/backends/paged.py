@@ -1,0 +1,556 @@
+"""`paged`: an iteration-level engine for Llama-architecture models over a paged KV cache, in process, the way
+vLLM's v1 engine serves (block tables, chunked prefill, decode steps replayed as CUDA graphs of a list of batch
+sizes). The weights are those of the transformers model HFBackend builds; the forward is our own.
+
+- Weights: the transformers model's modules (embedding, per-layer RMSNorms, q/k/v/o projections, MLP, final norm,
+  lm_head) and its rotary module for cos/sin (so rope scaling is the model's). Greedy (argmax) tokens.
+- KV cache: per layer K and V of shape [num_blocks, block_size, kv_heads, head_dim] (block_size 16 by default).
+  Each sequence holds a block table (block ids, in order) and a length; a free-list allocator hands out blocks.
+  Block 0 is a scratch block that padding rows of a decode batch write to and read from.
+- Decode: one token per sequence, attention over each sequence's live blocks only (`paged_attention`: a Triton
+  kernel on CUDA, a torch gather elsewhere). On CUDA each decode batch is padded up to the next of
+  `graph_sizes` (default: vLLM 0.11's capture sizes 1, 2, 4, 8, 16, 24, ..., 248, 256, 272, ..., up to the
+  largest batch asked for) and runs as the replay of the CUDA graph captured for that size; the inputs (tokens,
+  positions, block tables) are persistent device buffers written in place before each replay; padding rows
+  point at the scratch block with length 1 and their outputs are discarded. Elsewhere the same step runs
+  eagerly.
+- Prefill: one forward over one or more chunks (sequence, start position, tokens), each attending causally
+  over its sequence's cached prefix plus itself, writing its K/V into its blocks. Eager (no graph).
+- A mixed step is two forwards: the padded decode graph for the running decodes, then the prefill forward of the
+  step's chunks. This is the one approximation against vLLM, which fuses both into one forward over the
+  concatenated tokens: here the weights are read twice in a step that mixes decodes and prefill chunks, and the
+  decode part keeps its graph while vLLM runs mixed batches through piecewise graphs. Steps of decodes alone, or
+  of prefill chunks alone, are as in vLLM (up to kernel choices).
+- Not done: prefix caching (no block is shared between sequences), sampling other than greedy, tensor
+  parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dcsim.calibrate.backends import paged_attention as PA
+from dcsim.calibrate.backends.base import Timing
+from dcsim.calibrate.backends.cudagraph import capture
+from dcsim.calibrate.backends.hf import HFBackend
+from dcsim.errors import UserError
+
+BLOCK_SIZE = 16
+
+
+def default_graph_sizes(max_batch: int) -> list[int]:
+    """vLLM 0.11's default CUDA-graph capture sizes (1, 2, 4, then every 8 to 256, then every 16 to 512), cut to
+    those below `max_batch` plus the first that holds it (max_batch itself above 512)."""
+    full = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, 513, 16))
+    out = [s for s in full if s < max_batch]
+    out.append(next((s for s in full if s >= max_batch), max_batch))
+    return out
+
+
+class BlockAllocator:
+    """A free list of KV block ids; `reserved` ids at the start (the scratch block) are never handed out."""
+
+    def __init__(self, num_blocks: int, reserved: int = 1) -> None:
+        if num_blocks <= reserved:
+            raise ValueError(f"need more than {reserved} blocks, got {num_blocks}")
+        self.num_blocks, self.reserved = num_blocks, reserved
+        self.free_ids = list(range(num_blocks - 1, reserved - 1, -1))  # pop() hands out the lowest first
+
+    @property
+    def free(self) -> int:
+        return len(self.free_ids)
+
+    @property
+    def capacity(self) -> int:
+        return self.num_blocks - self.reserved
+
+    def alloc(self) -> int | None:
+        """One block id, or None when every block is in use."""
+        return self.free_ids.pop() if self.free_ids else None
+
+    def release(self, ids: list[int]) -> None:
+        self.free_ids.extend(reversed(ids))
+
+    def reset(self) -> None:
+        self.free_ids = list(range(self.num_blocks - 1, self.reserved - 1, -1))
+
+
+@dataclass
+class Sequence:
+    """A sequence in the cache: its block table and how many of its tokens have K/V written (`length`)."""
+
+    sid: int
+    blocks: list[int] = field(default_factory=list)
+    length: int = 0
+
+
+def _rope(x: Any, cos: Any, sin: Any) -> Any:
+    """Rotary embedding as transformers' Llama applies it: x * cos + rotate_half(x) * sin; x [T, heads, D]."""
+    import torch
+
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+class PagedEngine:
+    """The paged KV cache, its allocator, the persistent decode buffers and one captured graph per batch size."""
+
+    def __init__(self, torch: Any, model: Any, device: str, num_blocks: int, block_size: int = BLOCK_SIZE,
+                 max_batch: int = 256, max_model_len: int = 4096, graph_sizes: list[int] | None = None,
+                 use_graphs: bool | None = None, attention: str | None = None) -> None:
+        self.torch, self.model, self.device = torch, model, device
+        cfg = model.config
+        inner = model.model
+        self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
+        self.lm_head = model.lm_head
+        self.layers = list(inner.layers)
+        a0 = self.layers[0].self_attn
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(a0.head_dim)
+        self.scale = float(a0.scaling)
+        self.block_size = int(block_size)
+        self.sizes = sorted(set(graph_sizes or default_graph_sizes(max_batch)))
+        self.max_batch = max(max_batch, self.sizes[-1])
+        self.max_model_len = int(max_model_len)
+        self.max_blocks = math.ceil(self.max_model_len / self.block_size)
+        cuda = device.startswith("cuda")
+        self.use_graphs = cuda if use_graphs is None else use_graphs
+        self.attention = attention or ("triton" if cuda and PA.triton_available() else "torch")
+        dt = model.dtype
+        shape = (int(num_blocks), self.block_size, self.kv_heads, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=dt, device=device) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=dt, device=device) for _ in self.layers]
+        self.alloc = BlockAllocator(int(num_blocks), reserved=1)
+        mb = self.max_batch
+        self.tok = torch.zeros(mb, dtype=torch.long, device=device)
+        self.pos = torch.zeros(mb, dtype=torch.long, device=device)
+        self.live = torch.zeros(mb, dtype=torch.long, device=device)  # 1 for real rows: their position advances
+        self.bt = torch.zeros((mb, self.max_blocks), dtype=torch.int32, device=device)
+        self.hist = torch.zeros((mb, self.max_model_len + 1), dtype=torch.long, device=device)
+        self._bt_host = np.zeros((mb, self.max_blocks), dtype=np.int32)
+        self._host_blocks = self.max_blocks  # eager torch attention: blocks to gather this step
+        self.graphs: dict[int, Any] = {}
+        self.graph_errors: dict[str, str] = {}
+        self._pool: Any = None
+        self.seqs: dict[int, Sequence] = {}
+
+    # ---- blocks -----------------------------------------------------------------------------------
+    def blocks_for(self, tokens: int) -> int:
+        return math.ceil(tokens / self.block_size)
+
+    def add(self, sid: int) -> Sequence:
+        s = self.seqs[sid] = Sequence(sid)
+        return s
+
+    def reserve(self, seq: Sequence, tokens: int) -> bool:
+        """Give `seq` blocks for `tokens` tokens in all; False (nothing allocated) when too few are free."""
+        need = self.blocks_for(tokens) - len(seq.blocks)
+        if need <= 0:
+            return True
+        if need > self.alloc.free or self.blocks_for(tokens) > self.max_blocks:
+            return False
+        seq.blocks.extend(self.alloc.alloc() for _ in range(need))
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        """Return a sequence's blocks and forget it."""
+        self.alloc.release(seq.blocks)
+        seq.blocks, seq.length = [], 0
+        self.seqs.pop(seq.sid, None)
+
+    def reset(self) -> None:
+        """Forget every sequence; every block free."""
+        self.seqs.clear()
+        self.alloc.reset()
+
+    # ---- decode -----------------------------------------------------------------------------------
+    def graph_size(self, batch: int) -> int:
+        """The captured batch size a decode batch of `batch` sequences is padded to."""
+        for s in self.sizes:
+            if s >= batch:
+                return s
+        raise ValueError(f"decode batch {batch} exceeds the largest graph size {self.sizes[-1]}")
+
+    def _attend(self, q: Any, i: int, bt: Any, lens: Any) -> Any:
+        if self.attention == "triton":
+            return PA.decode_attention_triton(q, self.k_cache[i], self.v_cache[i], bt, lens, self.scale)
+        mb = None if self.use_graphs else self._host_blocks
+        return PA.decode_attention_torch(q, self.k_cache[i], self.v_cache[i], bt, lens, self.scale, mb)
+
+    def _decode_step(self, g: int) -> None:
+        """One greedy decode step of the first `g` rows of the buffers, all on the device: each row's token at its
+        position, K/V written to its block, argmax into `tok` and `hist`, live rows' positions advanced."""
+        torch = self.torch
+        tok, pos, bt = self.tok[:g], self.pos[:g], self.bt[:g]
+        bs, kvh, hd = self.block_size, self.kv_heads, self.head_dim
+        x = self.embed(tok)
+        cos, sin = self.rotary(x, pos[None, :])
+        cos, sin = cos[0], sin[0]
+        lens = (pos + 1).to(torch.int32)
+        slot = bt.gather(1, (pos // bs)[:, None]).squeeze(1).long() * bs + pos % bs
+        for i, layer in enumerate(self.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = a.q_proj(h).view(g, self.heads, hd)
+            k = a.k_proj(h).view(g, kvh, hd)
+            v = a.v_proj(h).view(g, kvh, hd)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            self.k_cache[i].view(-1, kvh, hd).index_copy_(0, slot, k)
+            self.v_cache[i].view(-1, kvh, hd).index_copy_(0, slot, v)
+            o = self._attend(q, i, bt, lens)
+            x = x + a.o_proj(o.reshape(g, self.heads * hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        nxt = self.lm_head(self.norm(x)).argmax(-1)
+        self.hist[:g].scatter_(1, (pos + 1)[:, None], nxt[:, None])
+        tok.copy_(nxt)
+        pos.add_(self.live[:g])
+
+    def _pad_rows(self, g: int) -> None:
+        """Every row of the first `g` a padding row: token 0 at position 0 of the scratch block, not advancing."""
+        self.tok[:g].zero_()
+        self.pos[:g].zero_()
+        self.live[:g].zero_()
+        self.bt[:g].zero_()
+
+    def ensure_graph(self, g: int) -> bool:
+        """Capture the decode graph of size `g` if not done yet (CUDA only); False if capture failed (eager)."""
+        if not self.use_graphs or g in self.graphs:
+            return g in self.graphs
+        if str(g) in self.graph_errors:
+            return False
+        torch = self.torch
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        try:
+            with torch.no_grad():
+                self.graphs[g] = capture(lambda: self._decode_step(g), lambda: self._pad_rows(g), self.device,
+                                         pool=self._pool)
+        except Exception as e:  # noqa: BLE001 - fall back to eager steps, recorded
+            self.graph_errors[str(g)] = f"{type(e).__name__}: {e}"[:500]
+            print(f"paged: CUDA graph capture failed at batch {g}; decoding eagerly ({self.graph_errors[str(g)]})",
+                  file=sys.stderr, flush=True)
+            torch.cuda.synchronize()
+        self._pad_rows(g)
+        return g in self.graphs
+
+    def load_rows(self, seqs: list[Sequence], tokens: Any) -> int:
+        """Write the decode buffers for `seqs` (each feeding its token at position seq.length, blocks already
+        reserved for it: its whole table is written, so steps advancing on the device may use every reserved
+        block) and pad up to the graph size; returns that size. `tokens`: a device tensor or a list."""
+        torch = self.torch
+        b = len(seqs)
+        g = self.graph_size(b)
+        width = max(max(len(s.blocks) for s in seqs), 1)  # every reserved block: on-device steps may advance
+        if any(self.blocks_for(s.length + 1) > len(s.blocks) for s in seqs):
+            raise ValueError("a sequence has no block reserved for its next token")
+        host = self._bt_host
+        host[:g, :width] = 0
+        for i, s in enumerate(seqs):
+            host[i, :len(s.blocks)] = s.blocks
+        self.bt[:g, :width].copy_(torch.from_numpy(host[:g, :width]), non_blocking=False)
+        self.pos[:g].copy_(torch.tensor([s.length for s in seqs] + [0] * (g - b), dtype=torch.long))
+        self.live[:g].copy_(torch.tensor([1] * b + [0] * (g - b), dtype=torch.long))
+        if isinstance(tokens, torch.Tensor):
+            self.tok[:b].copy_(tokens.reshape(-1))
+        else:
+            self.tok[:b].copy_(torch.tensor(list(tokens), dtype=torch.long))
+        if g > b:
+            self.tok[b:g].zero_()
+        self._host_blocks = width
+        return g
+
+    def replay(self, g: int) -> None:
+        """One decode step of the loaded rows: the graph's replay, else the eager step."""
+        graph = self.graphs.get(g)
+        if graph is not None:
+            graph.replay()
+        else:
+            with self.torch.no_grad():
+                self._decode_step(g)
+
+    def decode(self, seqs: list[Sequence], tokens: Any) -> Any:
+        """One decode step of `seqs` (blocks for their next token reserved): their next tokens, on the device.
+        Each sequence's length grows by one."""
+        if self.use_graphs:
+            self.ensure_graph(self.graph_size(len(seqs)))  # a first capture pads the rows: load them after
+        g = self.load_rows(seqs, tokens)
+        self.replay(g)
+        for s in seqs:
+            s.length += 1
+        return self.tok[:len(seqs)].clone()
+
+    # ---- prefill ----------------------------------------------------------------------------------
+    def prefill(self, chunks: list[tuple[Sequence, Any, int]]) -> Any:
+        """One forward over prefill chunks (sequence, token ids [n] on the device, start position): each attends
+        causally over its sequence's tokens 0..start+n-1 (the first `start` already cached), and writes its K/V
+        into the sequence's blocks (reserved by the caller). Returns each chunk's greedy next token (device
+        tensor, chunk order); each sequence's length becomes start + n."""
+        torch = self.torch
+        bs, kvh, hd = self.block_size, self.kv_heads, self.head_dim
+        order = sorted(range(len(chunks)), key=lambda j: (chunks[j][2], int(chunks[j][1].shape[0])))
+        ids, positions, slots, groups, last = [], [], [], [], []
+        off = 0
+        for j in order:
+            seq, tk, start = chunks[j]
+            n = int(tk.shape[0])
+            if len(seq.blocks) < self.blocks_for(start + n):
+                raise ValueError(f"sequence {seq.sid} holds {len(seq.blocks)} blocks, needs "
+                                 f"{self.blocks_for(start + n)}")
+            if start > seq.length:
+                raise ValueError(f"sequence {seq.sid} has {seq.length} tokens cached, chunk starts at {start}")
+            ids.append(tk.reshape(-1))
+            p = np.arange(start, start + n)
+            positions.append(p)
+            slots.append(np.asarray(seq.blocks, dtype=np.int64)[p // bs] * bs + p % bs)
+            if groups and groups[-1]["key"] == (start, n):
+                groups[-1]["seqs"].append(seq)
+                groups[-1]["m"] += 1
+            else:
+                groups.append({"key": (start, n), "off": off, "m": 1, "seqs": [seq]})
+            off += n
+            last.append(off - 1)
+        dev = self.device
+        x = self.embed(torch.cat(ids).to(dev))
+        pos_t = torch.from_numpy(np.concatenate(positions)).to(dev)
+        slot_t = torch.from_numpy(np.concatenate(slots)).to(dev)
+        cos, sin = self.rotary(x, pos_t[None, :])
+        cos, sin = cos[0], sin[0]
+        for gr in groups:
+            start, n = gr["key"]
+            if start:
+                nb = self.blocks_for(start + n)
+                gr["bt"] = torch.tensor([s.blocks[:nb] for s in gr["seqs"]], dtype=torch.long, device=dev)
+        t = x.shape[0]
+        for i, layer in enumerate(self.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = _rope(a.q_proj(h).view(t, self.heads, hd), cos, sin)
+            k = _rope(a.k_proj(h).view(t, kvh, hd), cos, sin)
+            v = a.v_proj(h).view(t, kvh, hd)
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc.view(-1, kvh, hd).index_copy_(0, slot_t, k)
+            vc.view(-1, kvh, hd).index_copy_(0, slot_t, v)
+            outs = []
+            for gr in groups:
+                (start, n), o, m = gr["key"], gr["off"], gr["m"]
+                qg = q[o:o + m * n].view(m, n, self.heads, hd)
+                if start == 0:
+                    kg, vg = k[o:o + m * n].view(m, n, kvh, hd), v[o:o + m * n].view(m, n, kvh, hd)
+                else:
+                    kg = PA.gather_blocks(kc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
+                    vg = PA.gather_blocks(vc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
+                outs.append(PA.prefill_attention(qg, kg, vg, start, self.scale).reshape(m * n, self.heads * hd))
+            o = outs[0] if len(outs) == 1 else torch.cat(outs)
+            x = x + a.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        nxt = self.lm_head(self.norm(x[torch.tensor(last, device=dev)])).argmax(-1)
+        for j in order:
+            seq, tk, start = chunks[j]
+            seq.length = start + int(tk.shape[0])
+        back = torch.empty_like(nxt)
+        back[torch.tensor(order, device=dev)] = nxt
+        return back
+
+    def release(self) -> None:
+        """Drop graphs and caches so their device memory can be freed."""
+        self.graphs.clear()
+        self._pool = None
+        self.k_cache = self.v_cache = []
+        self.tok = self.pos = self.live = self.bt = self.hist = None
+
+
+class PagedBackend(HFBackend):
+    """The `paged` engine as a calibration backend: request batches (prefill, then greedy decode steps over the
+    live blocks) and mixed steps (`run_step`); `engine()` hands the replay server the same engine."""
+
+    def __init__(self, device: str, model: str | None = None, arch: str | None = None, random_weights: bool = False,
+                 dtype: str = "bf16", seed: int = 0, block_size: int = BLOCK_SIZE, kv_blocks: int | None = None,
+                 graph_sizes: list[int] | None = None) -> None:
+        super().__init__(device, model=model, arch=arch, random_weights=random_weights, dtype=dtype, static=False,
+                         seed=seed)
+        if block_size < 1:
+            raise UserError(f"block size must be at least 1, got {block_size}", None, "--block-size")
+        self.name = "paged"
+        self.block_size = block_size
+        self.kv_blocks = kv_blocks
+        self.graph_sizes = graph_sizes
+        self.use_graphs = device.startswith("cuda")
+        self.eng: PagedEngine | None = None
+        self._need = {"blocks": 1, "batch": 1, "len": 1}
+        self.graph_failures: dict[str, str] = {}
+        self.rebuilt = 0
+        self.last_ids = None  # (batch, n_in + n_out) ids of the last run: prompt then output
+
+    def _engine_facts(self) -> dict:
+        attn = "triton" if self.use_graphs and PA.triton_available() else "torch"
+        return {
+            "decode": {"loop": "paged KV cache (block tables); one prefill forward over the prompts, then n_out - 1 "
+                               "greedy (argmax) steps on the device, attention over each sequence's live blocks; "
+                               "output length forced (no EOS stop); no host sync between steps",
+                       "block_size": self.block_size,
+                       "attention": {"triton": "Triton paged decode kernel (live blocks only)",
+                                     "torch": "torch gather of the live blocks (eager)"}[attn],
+                       "cuda_graph": "one captured decode step per padded batch size (vLLM 0.11's capture sizes)"
+                       if self.use_graphs else "none: eager steps (not a CUDA device)",
+                       "mixed_step": "the padded decode graph, then an eager prefill forward of the step's chunks "
+                                     "(two forwards; vLLM fuses them into one)"},
+            "graph_capture_failures": self.graph_failures,
+        }
+
+    # ---- sizing -----------------------------------------------------------------------------------
+    def _blocks(self, tokens: int) -> int:
+        return math.ceil(tokens / self.block_size)
+
+    def _grow(self, blocks: int, batch: int, length: int) -> None:
+        n = self._need
+        n["blocks"], n["batch"], n["len"] = max(n["blocks"], blocks), max(n["batch"], batch), max(n["len"], length)
+
+    def prepare(self, shapes: list[tuple[int, int, int]]) -> None:
+        for n_in, n_out, b in shapes:
+            self._grow(b * self._blocks(n_in + n_out), b, n_in + n_out)
+
+    def prepare_steps(self, steps: list[tuple[int, int, int, int]]) -> None:
+        """Told every mixed step (decode batch, per-sequence context, chunk tokens, chunk prefix) of the plan."""
+        for b, ctx, p, h in steps:
+            self._grow(b * self._blocks(ctx) + self._blocks(h + p), max(b, 1), max(ctx, h + p))
+
+    def engine(self, blocks: int = 1, batch: int = 1, length: int = 1) -> PagedEngine:
+        """The engine, made (or remade, larger, dropping its graphs) so that it holds `blocks` KV blocks in use
+        at once, decode batches of `batch` and sequences of `length` tokens; an explicit kv_blocks is kept."""
+        self._grow(blocks, batch, length)
+        n = self._need
+        e = self.eng
+        want_blocks = (self.kv_blocks or n["blocks"]) + 1  # + the scratch block
+        if e is not None and e.alloc.num_blocks >= want_blocks and e.max_batch >= n["batch"] \
+                and e.max_model_len >= n["len"]:
+            return e
+        if e is not None:
+            e.release()
+            self.eng = None
+            self.rebuilt += 1
+            if self.device.startswith("cuda"):
+                self.torch.cuda.empty_cache()
+        sizes = self.graph_sizes or default_graph_sizes(n["batch"])
+        self.eng = PagedEngine(self.torch, self.model, self.device, want_blocks, self.block_size,
+                               max_batch=max(n["batch"], max(sizes)), max_model_len=n["len"],
+                               graph_sizes=[s for s in sizes if s <= max(n["batch"], max(sizes))],
+                               use_graphs=self.use_graphs)
+        self.eng.graph_errors = self.graph_failures
+        return self.eng
+
+    def needs_warmup(self, n_in: int, n_out: int, batch: int) -> bool:
+        e = self.eng
+        if e is None or e.alloc.num_blocks - 1 < batch * self._blocks(n_in + n_out) or e.max_batch < batch \
+                or e.max_model_len < n_in + n_out:
+            return True
+        return self.use_graphs and e.graph_size(batch) not in e.graphs and str(e.graph_size(batch)) not in \
+            e.graph_errors
+
+    # ---- running ----------------------------------------------------------------------------------
+    def run(self, n_in: int, n_out: int, batch: int, seed: int,
+            on_start: Callable[[], None], on_first_token: Callable[[], None]) -> Timing:
+        if n_in < 1 or n_out < 1:
+            raise ValueError(f"paged needs n_in >= 1 and n_out >= 1 (got {n_in}, {n_out})")
+        torch = self.torch
+        e = self.engine(batch * self._blocks(n_in + n_out), batch, n_in + n_out)
+        ids = self.prompt(n_in, batch, seed)
+        e.reset()
+        seqs = [e.add(i) for i in range(batch)]
+        for s in seqs:
+            if not e.reserve(s, n_in + n_out):
+                raise RuntimeError(f"no KV blocks for {batch} x {n_in + n_out} tokens ({e.alloc.capacity} blocks)")
+        g = e.graph_size(batch)
+        graph = e.ensure_graph(g)
+        with torch.no_grad():
+            self.sync()
+            on_start()
+            t0 = time.perf_counter()
+            first = e.prefill([(s, ids[i], 0) for i, s in enumerate(seqs)])
+            self.sync()
+            t_first = time.perf_counter()
+            on_first_token()
+            if n_out > 1:
+                e.load_rows(seqs, first)
+                for _ in range(n_out - 1):
+                    e.replay(g)
+            self.sync()
+            t1 = time.perf_counter()
+        produced = int(e.pos[0]) - n_in + 1 if n_out > 1 else 1  # the steps that really ran (after timing)
+        for s in seqs:
+            s.length += n_out - 1
+        e.hist[:batch, :n_in].copy_(ids)
+        e.hist[:batch, n_in].copy_(first)
+        self.last_ids = e.hist[:batch, :n_in + n_out].clone()
+        extra: dict = {"graph": graph, "graph_batch": g, "kv_blocks": e.alloc.capacity, "attention": e.attention}
+        if self.rebuilt:
+            extra["engine_rebuilt"] = self.rebuilt
+        if self.device.startswith("cuda"):
+            extra["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+        return Timing(runtime_s=t1 - t0, ttft_s=t_first - t0, gen_tokens=produced, extra=extra)
+
+    def run_step(self, decode_batch: int, context: int, prefill_tokens: int, prefix: int, repeats: int, seed: int,
+                 on_start: Callable[[], None]) -> Timing:
+        """`repeats` times the same step: one decode token for each of `decode_batch` sequences holding `context`
+        KV tokens (the token's own included), and a prefill chunk of `prefill_tokens` tokens after `prefix`
+        cached ones. The state is set up once (untimed, with one untimed step for first-time costs); each repeat
+        resets the positions, so nothing grows. Timed from a device sync to a device sync around the repeats;
+        `on_start` is called right before. extra["graph_batch"]: the padded decode batch (0 without decodes)."""
+        b, ctx, p, h = decode_batch, context, prefill_tokens, prefix
+        if b < 0 or p < 0 or h < 0 or repeats < 1 or (b == 0 and p == 0) or (b and ctx < 1):
+            raise ValueError(f"bad step: decode batch {b}, context {ctx}, prefill {p}, prefix {h}, repeats {repeats}")
+        torch = self.torch
+        e = self.engine(b * self._blocks(max(ctx, 1)) + self._blocks(h + p), max(b, 1), max(ctx, h + p, 1))
+        e.reset()
+        dec = [e.add(i) for i in range(b)]
+        for s in dec:
+            if not e.reserve(s, ctx):
+                raise RuntimeError(f"no KV blocks for {b} x {ctx} decode tokens ({e.alloc.capacity} blocks)")
+            s.length = ctx - 1  # the step feeds the token at position ctx - 1 and reads ctx tokens
+        pre = e.add(b)
+        if p and not e.reserve(pre, h + p):
+            raise RuntimeError(f"no KV blocks for a {h} + {p} token chunk ({e.alloc.free} free)")
+        ids = self.prompt(max(p, 1), 1, seed)[0][:p]
+        g = e.graph_size(b) if b else 0
+        graph = e.ensure_graph(g) if b else False
+        with torch.no_grad():
+            if b:
+                e.load_rows(dec, self.prompt(1, b, seed + 1)[:, 0])
+                pos0, tok0 = e.pos[:g].clone(), e.tok[:g].clone()
+
+            def one() -> None:
+                if b:
+                    e.pos[:g].copy_(pos0)
+                    e.tok[:g].copy_(tok0)
+                    e.replay(g)
+                if p:
+                    pre.length = h
+                    e.prefill([(pre, ids, h)])
+
+            one()
+            self.sync()
+            on_start()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                one()
+            self.sync()
+            t1 = time.perf_counter()
+        extra: dict = {"graph": graph, "graph_batch": g, "kv_blocks": e.alloc.capacity, "attention": e.attention,
+                       "context_per_seq": ctx if b else 0}
+        if self.device.startswith("cuda"):
+            extra["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+        return Timing(runtime_s=t1 - t0, ttft_s=math.nan, gen_tokens=repeats, extra=extra)
+
+    def close(self) -> None:
+        if self.eng is not None:
+            self.eng.release()
+            self.eng = None
+        self.last_ids = None
+        super().close()

@@ -1,0 +1,367 @@
+"""The `paged` engine on the CPU with a tiny random-weight Llama: its greedy tokens equal transformers' `generate`,
+a prompt prefilled in three chunks leaves the same next token and the same K/V as one whole-prompt prefill, the
+decode attention implementations agree on ragged lengths, block accounting, graph padding, mixed steps, and
+calibration runs through it. The Triton kernel runs in Triton's CPU interpreter where Triton is installed; the
+CUDA-graph and Triton GPU paths need a CUDA device and are skipped without one.
+
+Needs torch and transformers (pip install torch==2.13.0 transformers); skipped without them."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
+pytest.importorskip("transformers", reason="transformers not installed (pip install transformers)")
+
+from dcsim.calibrate.backends import paged_attention as PA  # noqa: E402
+from dcsim.calibrate.backends.paged import (  # noqa: E402
+    BlockAllocator,
+    PagedBackend,
+    PagedEngine,
+    default_graph_sizes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA = torch.cuda.is_available()
+
+
+def _generate(model, ids, n_out: int):  # noqa: ANN001, ANN202
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, min_new_tokens=n_out,
+                              max_new_tokens=n_out, pad_token_id=0)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
+    info = be.load()
+    assert info["backend"] == "paged" and info["decode"]["cuda_graph"].startswith("none")
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    """A tiny model with 4 query heads per KV head and a longer head (32), to exercise grouped-query paths."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=1, vocab_size=300, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 1), (16, 4, 3), (6, 1, 1), (30, 12, 5), (40, 30, 2)])
+def test_run_tokens_equal_greedy_generate_and_lengths_are_forced(backend, shape):
+    n_in, n_out, batch = shape
+    calls: list[str] = []
+    tm = backend.run(n_in, n_out, batch, 11, lambda: calls.append("start"), lambda: calls.append("first"))
+    assert calls == ["start", "first"] and tm.gen_tokens == n_out
+    assert 0 < tm.ttft_s <= tm.runtime_s
+    assert tm.extra["graph"] is False and "cache_len" not in tm.extra  # a dynamic cache for the fit
+    assert tm.extra["graph_batch"] == backend.eng.graph_size(batch) >= batch
+    ref = _generate(backend.model, backend.prompt(n_in, batch, 11), n_out)
+    assert torch.equal(backend.last_ids, ref), shape
+
+
+def test_engine_decode_step_by_step_equals_generate_with_grouped_query_heads(gqa_model):
+    eng = PagedEngine(torch, gqa_model, "cpu", num_blocks=40, block_size=8, max_batch=8, max_model_len=96)
+    ids = torch.randint(3, 300, (3, 19), generator=torch.Generator().manual_seed(2))
+    ref = _generate(gqa_model, ids, 12)[:, 19:]
+    seqs = [eng.add(i) for i in range(3)]
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            assert eng.reserve(s, 19)
+        tok = eng.prefill([(s, ids[i], 0) for i, s in enumerate(seqs)])
+        out.append(tok)
+        for _ in range(11):
+            for s in seqs:  # blocks as the tokens arrive
+                assert eng.reserve(s, s.length + 1)
+            tok = eng.decode(seqs, tok.tolist())
+            out.append(tok)
+    assert torch.equal(torch.stack(out, 1), ref)
+    assert [s.length for s in seqs] == [30, 30, 30] and all(len(s.blocks) == 4 for s in seqs)
+
+
+def test_chunked_prefill_equals_one_whole_prompt_prefill(gqa_model):
+    """37 tokens in chunks of 13 + 16 + 8 (crossing block edges), the middle chunk in the same forward as another
+    sequence's whole prompt: same next token and the same K/V, position by position, as one prefill."""
+    eng = PagedEngine(torch, gqa_model, "cpu", num_blocks=64, block_size=8, max_batch=4, max_model_len=64)
+    ids = torch.randint(3, 300, (37,), generator=torch.Generator().manual_seed(5))
+    other = torch.randint(3, 300, (11,), generator=torch.Generator().manual_seed(6))
+    whole, parts, side, solo = eng.add(0), eng.add(1), eng.add(2), eng.add(3)
+    for s, n in ((whole, 37), (parts, 37), (side, 11), (solo, 11)):
+        assert eng.reserve(s, n)
+    with torch.no_grad():
+        t_whole = eng.prefill([(whole, ids, 0)])
+        eng.prefill([(parts, ids[:13], 0)])
+        t_mid = eng.prefill([(side, other, 0), (parts, ids[13:29], 13)])
+        t_parts = eng.prefill([(parts, ids[29:], 29)])
+        t_side = eng.prefill([(solo, other, 0)])
+    assert int(t_parts) == int(t_whole) and parts.length == 37
+    assert int(t_mid[0]) == int(t_side)  # the other sequence's token is untouched by sharing the forward
+
+    def kv(seq, cache):  # noqa: ANN001, ANN202
+        return torch.cat([cache[b] for b in seq.blocks])[:37]
+
+    for i in range(len(eng.layers)):
+        torch.testing.assert_close(kv(parts, eng.k_cache[i]), kv(whole, eng.k_cache[i]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kv(parts, eng.v_cache[i]), kv(whole, eng.v_cache[i]), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(kv(parts, eng.k_cache[0]), torch.zeros_like(kv(parts, eng.k_cache[0])))
+
+
+def _ragged(heads: int, kv_heads: int, dim: int = 16, bs: int = 16, dtype=torch.float32):  # noqa: ANN001, ANN202
+    g = torch.Generator().manual_seed(heads * 10 + kv_heads)
+    nb = 64
+    kc = torch.randn(nb, bs, kv_heads, dim, generator=g, dtype=dtype)
+    vc = torch.randn(nb, bs, kv_heads, dim, generator=g, dtype=dtype)
+    lens = torch.tensor([1, 17, 33, 5, 64, 16, 150], dtype=torch.int32)
+    bt = torch.zeros(len(lens), 12, dtype=torch.int32)
+    perm = torch.randperm(nb - 1, generator=g) + 1  # scattered blocks, never the scratch block
+    k = 0
+    for i, n in enumerate(lens.tolist()):
+        m = math.ceil(n / bs)
+        bt[i, :m] = perm[k:k + m]
+        k += m
+    q = torch.randn(len(lens), heads, dim, generator=g, dtype=dtype)
+    return q, kc, vc, bt, lens
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1)])
+def test_decode_attention_equals_the_gather_reference_on_ragged_lengths(heads, kv_heads):
+    q, kc, vc, bt, lens = _ragged(heads, kv_heads)
+    ref = PA.decode_attention_naive(q, kc, vc, bt, lens, 0.25)
+    torch.testing.assert_close(PA.decode_attention_torch(q, kc, vc, bt, lens, 0.25), ref, rtol=1e-5, atol=1e-5)
+    # gathering only the blocks the longest row needs gives the same
+    torch.testing.assert_close(PA.decode_attention_torch(q, kc, vc, bt, lens, 0.25, max_blocks=10), ref,
+                               rtol=1e-5, atol=1e-5)
+    # the reference itself: row 0 holds one token, so its output is that token's value, whatever the scores
+    torch.testing.assert_close(ref[0], vc[int(bt[0, 0]), 0].repeat_interleave(heads // kv_heads, 0))
+    # a value past a row's length never leaks in
+    vc2 = vc.clone()
+    vc2[int(bt[3, 0]), 5:] = 1e4
+    torch.testing.assert_close(PA.decode_attention_torch(q, kc, vc2, bt, lens, 0.25), ref, rtol=1e-5, atol=1e-5)
+
+
+TRITON_CHECK = """
+import torch
+from dcsim.calibrate.backends import paged_attention as PA
+import sys
+sys.path.insert(0, {tests!r})
+from test_paged_backend import _ragged
+for heads, kvh in ((4, 4), (8, 2), (8, 1)):
+    q, kc, vc, bt, lens = _ragged(heads, kvh)
+    ref = PA.decode_attention_naive(q, kc, vc, bt, lens, 0.25)
+    torch.testing.assert_close(PA.decode_attention_triton(q, kc, vc, bt, lens, 0.25), ref, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not PA.triton_available(), reason="Triton not installed")
+def test_triton_kernel_in_the_cpu_interpreter_equals_the_reference():
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-c", TRITON_CHECK.format(tests=str(REPO / "tests"))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_allocator_and_block_accounting():
+    a = BlockAllocator(5, reserved=1)
+    assert a.capacity == 4 and [a.alloc() for _ in range(4)] == [1, 2, 3, 4] and a.alloc() is None
+    a.release([2, 3])
+    assert a.free == 2 and sorted([a.alloc(), a.alloc()]) == [2, 3]
+    with pytest.raises(ValueError):
+        BlockAllocator(1)
+
+
+def test_reserve_refuses_without_allocating_and_free_returns_blocks(gqa_model):
+    eng = PagedEngine(torch, gqa_model, "cpu", num_blocks=5, block_size=4, max_batch=2, max_model_len=64)
+    s, t = eng.add(0), eng.add(1)
+    assert eng.reserve(s, 9) and len(s.blocks) == 3 and eng.alloc.free == 1
+    assert not eng.reserve(t, 5) and t.blocks == [] and eng.alloc.free == 1  # all or nothing
+    assert eng.reserve(s, 12) and len(s.blocks) == 3  # 12 tokens still fit 3 blocks of 4
+    eng.free(s)
+    assert eng.alloc.free == 4 and 0 not in eng.seqs
+
+
+def test_graph_sizes_and_padding(gqa_model):
+    assert default_graph_sizes(1) == [1]
+    assert default_graph_sizes(20) == [1, 2, 4, 8, 16, 24]
+    full = default_graph_sizes(512)
+    assert full[:5] == [1, 2, 4, 8, 16] and full[-3:] == [480, 496, 512] and 256 in full and 264 not in full
+    assert default_graph_sizes(600)[-1] == 600
+    eng = PagedEngine(torch, gqa_model, "cpu", num_blocks=16, block_size=8, max_batch=8, max_model_len=64)
+    assert [eng.graph_size(b) for b in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    with pytest.raises(ValueError):
+        eng.graph_size(9)
+    s = [eng.add(i) for i in range(3)]
+    for x in s:
+        eng.reserve(x, 10)
+        x.length = 9
+    g = eng.load_rows(s, [5, 6, 7])
+    assert g == 4 and eng.pos[:4].tolist() == [9, 9, 9, 0] and eng.live[:4].tolist() == [1, 1, 1, 0]
+    assert eng.bt[3].tolist() == [0] * eng.max_blocks  # the padding row points at the scratch block
+    with torch.no_grad():
+        eng.replay(g)
+    assert eng.pos[:4].tolist() == [10, 10, 10, 0]  # the padding row does not advance
+
+
+def test_mixed_steps_time_the_same_step_and_leave_no_growth(backend):
+    calls = []
+    tm = backend.run_step(3, 20, 7, 9, 4, 5, lambda: calls.append("start"))
+    assert calls == ["start"] and tm.gen_tokens == 4 and tm.runtime_s > 0 and math.isnan(tm.ttft_s)
+    assert tm.extra["graph_batch"] == 4 and tm.extra["context_per_seq"] == 20
+    e = backend.eng
+    assert sorted(s.length for s in e.seqs.values()) == [16, 19, 19, 19]  # prefix 9 + chunk 7; decodes reset
+    assert backend.run_step(0, 0, 7, 0, 2, 5, lambda: None).extra["graph_batch"] == 0
+    assert backend.run_step(5, 40, 0, 0, 2, 5, lambda: None).extra["graph_batch"] == 8
+    with pytest.raises(ValueError):
+        backend.run_step(0, 0, 0, 0, 2, 5, lambda: None)
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA-graph and Triton paths need a CUDA device")
+def test_cuda_triton_kernel_equals_the_reference():
+    for heads, kvh, dim in ((32, 32, 128), (32, 8, 128), (8, 2, 64)):
+        q, kc, vc, bt, lens = (x.cuda() for x in _ragged(heads, kvh, dim=dim))
+        for dt in (torch.float32, torch.bfloat16):
+            q2, kc2, vc2 = q.to(dt), kc.to(dt), vc.to(dt)
+            ref = PA.decode_attention_naive(q2.float(), kc2.float(), vc2.float(), bt, lens, dim ** -0.5)
+            got = PA.decode_attention_triton(q2, kc2, vc2, bt, lens, dim ** -0.5).float()
+            tol = 1e-4 if dt == torch.float32 else 2e-2
+            torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA-graph and Triton paths need a CUDA device")
+def test_cuda_graph_decode_equals_generate_and_never_syncs():
+    be = PagedBackend("cuda:0", arch="tiny-llama", dtype="fp32")
+    be.load()
+    be.prepare([(30, 12, 5), (8, 5, 1), (16, 4, 3)])
+    for n_in, n_out, batch in ((8, 5, 1), (16, 4, 3), (30, 12, 5)):
+        tm = be.run(n_in, n_out, batch, 11, lambda: None, lambda: None)
+        assert tm.extra["graph"] is True and tm.extra["attention"] == "triton", tm.extra
+        assert torch.equal(be.last_ids, _generate(be.model, be.prompt(n_in, batch, 11), n_out)), (n_in, n_out, batch)
+    assert be.graph_failures == {}
+    e = be.eng
+    e.reset()
+    s = [e.add(100 + i) for i in range(3)]
+    for x in s:
+        e.reserve(x, 40)
+        x.length = 20
+    g = e.load_rows(s, [5, 6, 7])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            e.replay(g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert e.pos[:3].tolist() == [25, 25, 25]
+    tm = be.run_step(3, 20, 7, 9, 4, 5, lambda: None)
+    assert tm.extra["graph"] is True and tm.extra["graph_batch"] == 4
+    be.close()
+
+
+# ---- calibration through the paged backend ----------------------------------------------------------------------
+SMOKE = REPO / "calibrate" / "plans" / "paged-mixed-steps-smoke.yaml"
+
+
+def _rows(d: Path) -> list[dict]:
+    import csv
+
+    with open(d / "runs.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_calibration_with_mixed_steps_resumes_and_fits(tmp_path, monkeypatch):
+    from dcsim.calibrate import store
+    from dcsim.calibrate.plan import expand, load_plan
+    from dcsim.calibrate.run import Settings, calibrate
+    from dcsim.cli import main as cli
+    from dcsim.profiles.importers import calibrate_runs
+    from test_calibrate_run import StandInMeter
+
+    out = tmp_path / "run"
+
+    def sweep() -> dict:
+        s = Settings(out=out, plan_path=SMOKE, device="cpu", identity={"backend": "paged", "arch": "tiny-llama"},
+                     progress=False)
+        return calibrate(s, PagedBackend("cpu", arch="tiny-llama", dtype="fp32"), StandInMeter())
+
+    pts = expand(load_plan(SMOKE))
+    steps = [p for p in pts if p.kind == "step"]
+    assert len(steps) == 4 + 4 + 2 and len(pts) - len(steps) == 11
+    assert sweep() == {"status": "complete", "runs": 2 * len(pts), "left": 0}
+    rows = _rows(out)
+    assert list(rows[0]) == list(store.COLUMNS)
+    step_rows = [r for r in rows if r["phase"] == "step"]
+    assert len(step_rows) == 2 * len(steps) and {r["status"] for r in rows} == {"ok"}
+    for r in step_rows:
+        p = next(x for x in steps if x.id == r["point"])
+        assert (int(r["batch"]), int(r["n_in"]), int(r["n_out"])) == (p.batch, p.n_in, 4)
+        assert int(r["context"]) == p.batch * p.context and int(r["prefill_prefix"]) == p.prefix
+        g = int(r["graph_batch"])
+        assert (g == 0) if p.batch == 0 else (g >= p.batch and g in default_graph_sizes(g))
+        e, rt = float(r["energy_device_j"]), float(r["runtime_s"])
+        assert 50.0 * rt <= e <= 50.0 * (rt + 0.01)  # the meter window encloses the K steps, and only just
+        assert r["ttft_s"] == "" and int(r["gen_tokens"]) == 4
+    for r in rows:
+        if r["phase"] in ("run", "warmup"):
+            assert r["context"] == r["graph_batch"] == "" and "cache_len" not in r["extra"]
+    # a killed session lost its last two rows: the same command runs exactly those again
+    text = (out / "runs.csv").read_text().splitlines(keepends=True)
+    (out / "runs.csv").write_text("".join(text[:-2]))
+    lost = {r["entry"] for r in rows[-2:]}
+    assert sweep()["runs"] == 2
+    again = _rows(out)
+    assert {r["entry"] for r in again[-2:]} == lost
+    assert len(again) == len(rows) + 1 and again[-3]["phase"] == "warmup"  # and the session's own warm-up
+    assert sweep()["runs"] == 0
+    # the fit reads the run rows (the step rows are left for the mixed-step fit); tiny runs are far shorter than
+    # the energy counter's 0.5 s floor, which a stand-in meter does not have
+    monkeypatch.setattr(calibrate_runs.load, "__defaults__", (None, 0.0, None))
+    table, _ = calibrate_runs.load(out)
+    assert (table["kind"] == "run").sum() == sum(r["phase"] in ("run", "warmup") for r in _rows(out))
+    prof = tmp_path / "p.yaml"
+    assert cli(["fit", str(out), "-o", str(prof), "--no-plot"]) == 0
+    from dcsim.profiles.profile import load_profile
+
+    p = load_profile(prof)
+    assert p.engine.name == "paged" and not p.engine.cache_lengths
+
+
+def test_plans_without_steps_keep_their_digest_and_old_columns_still_append(tmp_path):
+    import json
+
+    from dcsim.calibrate import store
+    from dcsim.calibrate.plan import load_plan
+    from dcsim.calibrate.run import plan_digest
+
+    d = REPO / "calibrate" / "runs" / "h200-llama-2-7b-hf-graph-standard-b"
+    man = json.loads((d / "manifest.json").read_text())
+    assert plan_digest(load_plan(d / "plan.yaml")) == man["identity"]["plan_sha256"]
+    old = tmp_path / "runs.csv"
+    old.write_text(",".join(store.LEGACY_COLUMNS) + "\n")
+    assert store.columns_of(old) == store.LEGACY_COLUMNS and store.columns_of(tmp_path / "new.csv") == store.COLUMNS
+    w = store.RowWriter(old, store.columns_of(old))
+    w.write({"entry": "x", "phase": "run", "context": 5})
+    w.close()
+    assert store.read_rows(old)[0]["entry"] == "x"
+
+
+def test_the_command_offers_paged_and_refuses_steps_on_other_backends(tmp_path, capsys):
+    from dcsim.commands.calibrate import main
+
+    args = ["--device", "cpu", "--model-arch", "tiny-llama", "--dtype", "fp32", "--plan", str(SMOKE),
+            "--latency-only", "--no-progress"]
+    assert main(args + ["--backend", "hf-graph", "--out", str(tmp_path / "g")]) == 2
+    assert "--backend paged" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    assert main(args + ["--backend", "paged", "--out", str(tmp_path / "p")]) == 0
+    assert {r["backend"] for r in _rows(tmp_path / "p")} == {"paged"}
