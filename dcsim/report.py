@@ -172,6 +172,7 @@ def page(title: str, meta: str, sections: list[tuple[str, str]]) -> str:
 
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="generator" content="dcsim {esc(dcsim.__version__)}">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)}</title>
@@ -340,10 +341,13 @@ def build_report(results: str | Path, metrics: list[str] | None = None) -> str:
     raise UserError("neither summary.json (a run) nor sweep.json (a sweep) found here", d)
 
 
-def write_report(results: str | Path, out: str | Path, metrics: list[str] | None = None) -> Path:
-    from dcsim.sweep import atomic_write
+def write_report(results: str | Path, out: str | Path, metrics: list[str] | None = None,
+                 force: bool = False) -> Path:
+    """Build the report and write it through a temporary file; an existing file is replaced only if it is a dcsim
+    report (or with force)."""
+    from dcsim.outputs import check_file, owned_report, write_file
 
+    path = check_file(out, force, owned_report)
     text = build_report(results, metrics)
-    path = Path(out)
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    write_file(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path

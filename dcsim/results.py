@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -188,13 +186,24 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True) -> Path:
-    """Write summary.json, requests.parquet, replicas.csv, power.csv and plots; all or nothing."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+def is_run_folder(folder: Path) -> bool:
+    """A folder `dcsim run --out` wrote before folders carried a marker: its summary.json and requests.parquet."""
     try:
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(s, dict) and {"scenario", "pools"} <= set(s) and (folder / "requests.parquet").is_file()
+
+
+def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True,
+                  force: bool = False) -> Path:
+    """Write summary.json, requests.parquet, replicas.csv, power.csv and plots; all or nothing, and never over
+    a folder of something else (dcsim.outputs)."""
+    from dcsim.outputs import staged_folder
+
+    out = Path(out_dir)
+    with staged_folder(out, "run", force, signature=is_run_folder) as tmp:
+        (tmp / "summary.json").write_text(strict_json(summary, indent=2) + "\n")
         requests_table(raw).to_parquet(tmp / "requests.parquet", index=False)
         replicas_table(raw).to_csv(tmp / "replicas.csv", index=False)
         power = power_timeline(raw)
@@ -203,13 +212,23 @@ def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bo
             from dcsim import plots as P
 
             P.run_plots(raw, summary, power, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def strict_json(obj: object, indent: int | None = 2) -> str:
+    """JSON as the standard has it: NaN and infinities become null (json.dumps would write NaN/Infinity, which
+    strict readers refuse)."""
+    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def _finite(o: object) -> object:
+    if isinstance(o, float | np.floating):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o):

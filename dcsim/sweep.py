@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,15 +306,28 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 # ---- files -----------------------------------------------------------------------------------
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    from dcsim.outputs import write_file
+
+    write_file(path, write)
+
+
+def is_sweep_folder(folder: Path) -> bool:
+    """A folder `dcsim sweep --out` wrote before folders carried a marker: its sweep.json."""
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        info = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == SWEEP_FORMAT
+
+
+def own_files(out: Path, sweep: Sweep) -> list[str]:
+    """The files of this sweep in out (for the folder's marker): what an earlier run of it wrote, plus its own."""
+    from dcsim.outputs import read_marker
+
+    m = read_marker(out) or {}
+    mine = {"sweep.json", "results.parquet", "results.csv", "summary.parquet", "summary.csv"}
+    mine |= {point_path(out, p).relative_to(out).as_posix() for p in sweep.points}
+    return sorted((set(m.get("files", [])) | mine) if m.get("command") == "sweep" else mine)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -454,17 +466,27 @@ class SweepRun:
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True) -> SweepRun:
+              progress: bool = True, force: bool = False) -> SweepRun:
     """Run the points not already finished in out_dir, write each as it ends, then the result tables.
 
     workers: local processes (None = every core; 0 = in this process). scheduler: a Dask scheduler address.
+    out_dir must be new, empty, or a sweep folder (unless force: then only the sweep's own files are written
+    there); a lock in it stops a second sweep writing the same folder (dcsim.outputs).
     """
+    from dcsim.outputs import check_folder, locked, write_marker
+
     t_start = time.perf_counter()
+    out = check_folder(out_dir, "sweep", force, signature=is_sweep_folder)
     fingerprints = validate_points(sweep)
     chosen = check_metrics(sweep, probe_metrics(sweep)) if sweep.metrics else None
     client = connect_dask(scheduler) if scheduler else None  # before writing anything
     try:
-        return _run_and_collect(sweep, Path(out_dir), fingerprints, chosen, workers, client, progress, t_start)
+        with locked(out, "dcsim sweep"):
+            files = own_files(out, sweep)
+            write_marker(out, "sweep", files, complete=False)
+            res = _run_and_collect(sweep, out, fingerprints, chosen, workers, client, progress, t_start)
+            write_marker(out, "sweep", files, complete=True)
+            return res
     finally:
         if client is not None:
             client.close()

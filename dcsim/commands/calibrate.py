@@ -13,6 +13,7 @@ Interrupt with Ctrl-C at any time: finished runs are on disk and the same comman
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def handler(args: argparse.Namespace) -> int:
     plan = Path(args.plan)
     if not plan.is_file():
         raise UserError("plan file not found", plan)
+    check_run_folder(Path(args.out))
     if args.endpoint:
         from dcsim.calibrate.backends.endpoint import EndpointBackend
 
@@ -87,6 +89,24 @@ def handler(args: argparse.Namespace) -> int:
     res = calibrate(settings, backend)
     print(f"{res['status']}: {res['runs']} runs this session, {res['left']} left -> {args.out}")
     return 0
+
+
+def check_run_folder(out: Path) -> None:
+    """--out must be new, empty, or a calibration run folder to resume (its manifest.json; the run checks it holds
+    the same sweep): a folder of anything else is refused, so nothing is written among a user's files."""
+    from dcsim.calibrate.store import MANIFEST
+    from dcsim.outputs import check_folder
+
+    check_folder(out, "calibrate", True)  # a file, an unwritable place, a path too long
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        man = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        man = None
+    if not isinstance(man, dict) or not str(man.get("format", "")).startswith("dcsim-calibrate/"):
+        raise UserError(f"this folder is not a calibration run (no {MANIFEST} of one); choose another --out", out,
+                        "--out")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import tempfile
 from pathlib import Path
 
 from dcsim.commands import fit_derive
@@ -33,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", help="mlenergy: GPU, e.g. A100, H100, B200")
     p.add_argument("--task", help="mlenergy: task (default chat for v2, lm-arena-chat for v3)")
     p.add_argument("--gpus", type=int, help="mlenergy: GPUs per replica where the data has several")
+    p.add_argument("--exclude", action="append", metavar="KEY=VALUE",
+                   help="mlenergy: leave configurations out of the fit, e.g. max_num_seqs=256 (repeatable)")
     p.add_argument("--model-config", help="a run folder whose manifest records no model (an endpoint run): the "
                    "served model's config.json, or the folder holding it")
     p.add_argument("--idle-from", metavar="RUN_DIR", help="a calibration run without idle windows: take the "
@@ -40,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
     p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--force", action="store_true", help="replace an -o file (or its PNG) that dcsim did not write")
     p.add_argument("--kv-cache", choices=("auto", "live"), default="auto",
                    help="calibration runs: auto (default) fits a static-cache engine's decode step to the cache it "
                         "held (recorded per run), read whole at every step; live fits every step to its live context "
@@ -57,7 +59,8 @@ def load_source(args: argparse.Namespace):
     if args.source == "mlenergy":
         from dcsim.profiles.importers import mlenergy
         _need(args, "gpu", "model")
-        return mlenergy.load(args.path, args.gpu, args.model, task=args.task, gpus=args.gpus)
+        return mlenergy.load(args.path, args.gpu, args.model, task=args.task, gpus=args.gpus,
+                             exclude=mlenergy.parse_exclude(args.exclude))
     try:
         mod = importlib.import_module("dcsim.profiles.importers.calibrate_runs")
     except ModuleNotFoundError as e:
@@ -82,13 +85,19 @@ def _need(args: argparse.Namespace, *names: str) -> None:
         raise UserError(f"--from {args.source} needs {' and '.join(missing)}")
 
 
-def check_out(path: str) -> Path:
-    """The profile path to write, refused before any work if it cannot be written."""
+def check_out(path: str, force: bool = False, figure: bool = True) -> Path:
+    """The profile path to write, refused before any work if it cannot be written, or if it (or the PNG beside
+    it, where one will be drawn) is a file that dcsim did not write (unless force)."""
+    from dcsim.outputs import check_file, owned_figure, owned_profile
+
     out = Path(path)
     if out.suffix not in (".yaml", ".yml"):
-        raise UserError("the profile file must end in .yaml", out)
+        raise UserError("the profile file must end in .yaml", out, "-o")
     if not out.parent.is_dir():
-        raise UserError("output folder does not exist", out.parent)
+        raise UserError("output folder does not exist", out.parent, "-o")
+    out = check_file(out, force, owned_profile)
+    if figure:
+        check_file(out.with_suffix(".png"), force, lambda png: owned_figure(png, out))
     return out
 
 
@@ -105,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
                         "derive from a profile)", field="--from")
     if args.path is None:
         raise UserError("PATH is required (a data folder or a calibration run folder)", field="path")
+    if args.exclude and args.source != "mlenergy":
+        raise UserError("--exclude leaves ML.ENERGY configurations out; it is for --from mlenergy", field="--exclude")
     for opt in ("to", "check", "source_device"):
         if getattr(args, opt):
             raise UserError(f"--{opt.replace('_', '-')} is for --derive only", field=f"--{opt.replace('_', '-')}")
-    out = check_out(args.out)
+    out = check_out(args.out, args.force, not args.no_plot)
     table, meta = load_source(args)
     if args.name:
         meta["name"] = args.name
@@ -140,16 +151,11 @@ def run(args: argparse.Namespace) -> int:
 def write_figure(prof, rows, out: Path) -> Path:  # noqa: ANN001
     """The profile's curves against its measured points, as a PNG beside the YAML `out` (via a temporary file:
     a failed plot leaves no half-written PNG)."""
+    from dcsim.outputs import write_file
     from dcsim.profiles.plots import fit_figure
 
     png = out.with_suffix(".png")
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    try:
-        fit_figure(prof, rows, tmp)
-        os.replace(tmp, png)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_file(png, lambda tmp: fit_figure(prof, rows, tmp))
     return png
 
 
@@ -157,13 +163,7 @@ def write_profile(prof, path: Path) -> None:
     """Profile YAML via a temporary file and a rename, so a failed write leaves nothing half-written."""
     import yaml
 
+    from dcsim.outputs import write_file
+
     text = yaml.safe_dump(prof.model_dump(mode="json", exclude_none=True), sort_keys=False, width=110)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from dcsim.profiles.derive import derive_profile, source_device, transfer_between
     from dcsim.profiles.profile import load_profile
 
-    out = check_out(args.out)
+    out = check_out(args.out, args.force, bool(args.check) and not args.no_plot)
     if args.path:
         raise UserError(f"--derive takes the source profile with --from, not a positional path ({args.path!r})",
                         field="path")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -15,22 +14,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write summary.json, requests.parquet, replicas.csv, power.csv and plots here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that dcsim did not write (only its own files are replaced)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcsim.results import summarize, write_outputs
+    from dcsim.outputs import check_folder
+    from dcsim.results import is_run_folder, strict_json, summarize, write_outputs
     from dcsim.scenario import load_scenario
     from dcsim.sim.engine import simulate
 
+    if args.out:  # refused before any work
+        check_folder(args.out, "run", args.force, signature=is_run_folder)
     sc = load_scenario(args.scenario, args.overrides)
     raw = simulate(sc, args.scenario)
     summary = summarize(raw)
     if args.out:
-        write_outputs(raw, summary, args.out, plots=not args.no_plots)
+        write_outputs(raw, summary, args.out, plots=not args.no_plots, force=args.force)
     if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(strict_json(summary, indent=2) + "\n")
     else:
         print(format_summary(summary))
         if args.out:

@@ -16,12 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="send the points to this Dask scheduler instead (workers must see the same files)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="check the sweep and list its points; run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that dcsim did not write (only the sweep's own files are written)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dcsim.errors import UserError
-    from dcsim.sweep import load_sweep, run_sweep, validate_points
+    from dcsim.outputs import check_folder
+    from dcsim.sweep import is_sweep_folder, load_sweep, run_sweep, validate_points
 
     if args.workers is not None and args.workers < 0:
         raise UserError("must be 0 or more", None, "--workers")
@@ -29,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --workers or --scheduler, not both", None, "--scheduler")
     if not args.out and not args.dry_run:
         raise UserError("required (the folder for the sweep's results)", None, "--out")
+    if args.out and not args.dry_run:  # refused before any work
+        check_folder(args.out, "sweep", args.force, signature=is_sweep_folder)
     sweep = load_sweep(args.file)
     if args.dry_run:
         validate_points(sweep)
@@ -37,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         for p in sweep.points:
             print(f"  {p.id}  seed {p.seed:<6} {' '.join(f'{k}={v}' for k, v in p.values.items())}")
         return 0
-    res = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+    res = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
+                    force=args.force)
     print(f"{len(sweep.points)} points: {res.ran} run now, {res.reused} from earlier runs; {res.seconds:.1f} s")
     print(format_summary(res.summary, sweep.axis_keys, res.metrics))
     print(f"\nwrote {args.out}/ (points/, results.parquet/.csv, summary.parquet/.csv)")

@@ -25,11 +25,15 @@ def _shown(path: str | Path, is_file: bool) -> str:
     return f"DATA/{p.parent.name}/{p.name}" if is_file else f"DATA/{p.name}"
 
 
-def _output_path(out: str) -> Path:
+def _output_path(out: str, force: bool = False) -> Path:
+    """The trace file to write, refused before any work if it cannot be written or is a file dcsim did not
+    write (unless force)."""
+    from dcsim.outputs import check_file, owned_trace
+
     p = Path(out)
     if p.suffix.lower() != ".parquet":
         raise UserError("the output must be a .parquet file", p, "-o")
-    return p
+    return check_file(p, force, owned_trace)
 
 
 def _write(trace: Trace, out: Path, command: str) -> None:
@@ -47,7 +51,7 @@ def _write(trace: Trace, out: Path, command: str) -> None:
 def _build_gsm8k(args: argparse.Namespace) -> int:
     from dcsim.traces.datasets import build_gsm8k
 
-    out = _output_path(args.output)
+    out = _output_path(args.output, args.force)
     trace = build_gsm8k(args.split, args.from_path, args.tokenizer, args.template, progress=True)
     src = f" --from {_shown(args.from_path, Path(args.from_path).is_file())}" if args.from_path else ""
     cmd = (
@@ -61,7 +65,7 @@ def _build_gsm8k(args: argparse.Namespace) -> int:
 def _build_alpaca(args: argparse.Namespace) -> int:
     from dcsim.traces.datasets import build_alpaca
 
-    out = _output_path(args.output)
+    out = _output_path(args.output, args.force)
     trace = build_alpaca(args.from_path, args.tokenizer, args.template, hub_name=args.hub, progress=True)
     src = f" --from {_shown(args.from_path, True)}" if args.from_path else f" --hub {args.hub}"
     cmd = (
@@ -75,7 +79,7 @@ def _build_alpaca(args: argparse.Namespace) -> int:
 def _import_azure(args: argparse.Namespace) -> int:
     from dcsim.traces.formats import import_azure
 
-    out = _output_path(args.output)
+    out = _output_path(args.output, args.force)
     trace = import_azure(args.file)
     _write(trace, out, f"dcsim trace import azure {_shown(args.file, True)} -o {_shown(out, True)}")
     return 0
@@ -84,7 +88,7 @@ def _import_azure(args: argparse.Namespace) -> int:
 def _import_burstgpt(args: argparse.Namespace) -> int:
     from dcsim.traces.formats import import_burstgpt
 
-    out = _output_path(args.output)
+    out = _output_path(args.output, args.force)
     trace = import_burstgpt(args.file, model=args.model, log_type=args.log_type)
     flt = (f" --model '{args.model}'" if args.model else "") + (
         f" --log-type '{args.log_type}'" if args.log_type else ""
@@ -161,6 +165,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--template", default="raw", choices=["raw", "qa"], help="prompt template (default raw)")
     g.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
     g.add_argument("-o", "--output", required=True, help="output .parquet")
+    g.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
     g.set_defaults(func=_build_gsm8k)
 
     a = bsub.add_parser("alpaca", help="Alpaca-format instruction data: one request per record")
@@ -169,6 +174,7 @@ def add_parser(subparsers) -> None:
     a.add_argument("--template", default="raw", choices=["raw", "alpaca"], help="prompt template (default raw)")
     a.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
     a.add_argument("-o", "--output", required=True, help="output .parquet")
+    a.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
     a.set_defaults(func=_build_alpaca)
 
     imp = sub.add_parser("import", help="import a published request trace (arrival times and token counts)")
@@ -176,12 +182,14 @@ def add_parser(subparsers) -> None:
     az = isub.add_parser("azure", help="Azure LLM inference trace CSV, 2023 or 2024 release")
     az.add_argument("file")
     az.add_argument("-o", "--output", required=True, help="output .parquet")
+    az.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
     az.set_defaults(func=_import_azure)
     bg = isub.add_parser("burstgpt", help="BurstGPT CSV")
     bg.add_argument("file")
     bg.add_argument("--model", help="keep only this Model (ChatGPT, GPT-4)")
     bg.add_argument("--log-type", help="keep only this Log Type ('Conversation log' / 'API log', or conversation / api)")
     bg.add_argument("-o", "--output", required=True, help="output .parquet")
+    bg.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
     bg.set_defaults(func=_import_burstgpt)
 
     sh = sub.add_parser("show", help="summarise a trace: counts, token statistics, rate, provenance")

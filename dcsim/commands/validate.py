@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
 from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE
 from dcsim.errors import UserError
+from dcsim.outputs import check_folder, install, start_staging
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,11 +53,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-in", type=int, help="cut prompts to this many tokens")
     p.add_argument("--clip-out", type=int, help="cut outputs to this many tokens")
     p.add_argument("--seed", type=int, default=0, help="poisson arrivals' seed")
-    p.add_argument("--batching", default="fcfs", choices=("fcfs", "static", "continuous"),
+    p.add_argument("--batching", default="fcfs", choices=("fcfs", "static", "continuous", "paged"),
                    help="what the simulator models (and the in-process engine serves); continuous: a server's "
-                        "iteration-level batching, with --endpoint")
+                        "iteration-level batching, with --endpoint; paged: vLLM's v1 scheduler on the paged engine "
+                        "(--backend paged)")
     p.add_argument("--max-batch", type=int, default=4, help="static, continuous: largest batch")
     p.add_argument("--max-wait-s", type=float, default=1.0, help="static: wait at most this long to fill a batch")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="paged: sequences running at once at most")
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192, help="paged: tokens of one step at most")
+    p.add_argument("--kv-blocks", type=int, help="paged: KV blocks in the pool (default: room for the longest "
+                                                 "max-num-seqs requests, within 90%% of free device memory)")
+    p.add_argument("--block-size", type=int, default=16, help="paged: KV tokens per block")
+    p.add_argument("--no-chunked-prefill", action="store_true", help="paged: a prompt's prefill in one step")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL of a running server to replay against")
     p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
@@ -82,7 +89,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settle-s", type=float, default=10.0, help="idle before the window opens")
     p.add_argument("--tail-s", type=float, default=10.0, help="idle kept in the window after the last request")
     p.add_argument("--out", help="folder to write (refused if it exists, unless --force)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing --out (only dcsim's own files there are replaced)")
     p.add_argument("--dry-run", action="store_true", help="build the workload and forecast it; touch no device")
     p.add_argument("--recover", action="store_true",
                    help="the same command again, after one that measured its whole window but ended before it "
@@ -146,8 +154,9 @@ def handler(args: argparse.Namespace) -> int:
                           clip_out=args.clip_out, seed=args.seed)
     wl = W.build(spec, profile)
     info = W.describe(wl, profile)
-    policy = R.ServePolicy(args.batching, 1 if args.batching == "fcfs" else args.max_batch,
-                           args.max_wait_s if args.batching == "static" else 0.0)
+    policy = _paged_policy(args) if args.batching == "paged" else \
+        R.ServePolicy(args.batching, 1 if args.batching == "fcfs" else args.max_batch,
+                      args.max_wait_s if args.batching == "static" else 0.0)
     lengths: dict[int, int] = {}
     plan_path = None
     backend_name = "endpoint"
@@ -159,14 +168,19 @@ def handler(args: argparse.Namespace) -> int:
         if backend_name not in ENGINES:
             raise UserError(f"the profile's engine {backend_name!r} is not one dcsim can replay ({ENGINES}); pass "
                             "--backend", args.profile, "engine.name")
+        if args.batching == "paged" and backend_name != "paged":
+            raise UserError("paged batching is served by the paged engine; pass --backend paged", None, "--backend")
         if backend_name in STATIC_CACHE:
             shapes, plan_path = _plan_shapes(args, profile)
             lengths = R.cache_lengths(shapes, policy.batch_sizes())
             R.check_fits(wl, lengths, policy, args.trace)
     probe_shapes = _parse_probe(args.probe)
     out = Path(args.out)
-    if out.exists() and not args.force and not args.dry_run:
-        raise UserError("output folder exists; choose another --out or pass --force", out, "--out")
+    if not args.dry_run:
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            raise UserError("output folder exists; choose another --out or pass --force (which replaces only "
+                            "dcsim's own files)", out, "--out")
+        check_folder(out, "validate", True)  # a file, an unwritable place, a path too long
     print(f"workload: {json.dumps(info)}", file=sys.stderr)
     if args.dry_run:
         return _dry_run(wl, profile, prof_path, policy, args)
@@ -185,12 +199,24 @@ def handler(args: argparse.Namespace) -> int:
     load_info = backend.load()
     if lengths:
         backend.prepare([(1, n - 1, b) for b, n in lengths.items()])
-    warm_s = R.warm_up(backend, policy, lengths, _log,
-                       None if args.no_length_warmup else wl["n_in"].tolist())
-    _log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
-    env = capture(args.device)
-    res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s,
-                  batch_energy=args.batch_energy, log=_log)
+    if args.batching == "paged":
+        from dcsim.validate import paged_replay as PR
+
+        need = (wl["n_in"] + wl["n_out"]).astype(int).tolist()
+        backend.kv_blocks = policy.kv_blocks or PR.default_blocks(backend, policy, need)
+        backend.graph_sizes = policy.cudagraph_batch_sizes or PR.capture_sizes(policy.max_num_seqs)
+        backend.engine(backend.kv_blocks, policy.max_num_seqs, max(need))
+        warm_s = PR.warm_up(backend, policy, max(need), _log)
+        env = capture(args.device)
+        res = PR.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
+        res["kv_blocks"] = backend.eng.alloc.capacity
+    else:
+        warm_s = R.warm_up(backend, policy, lengths, _log,
+                           None if args.no_length_warmup else wl["n_in"].tolist())
+        _log(f"warm-up {warm_s:.1f} s; replaying {len(wl)} requests")
+        env = capture(args.device)
+        res = R.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s,
+                      batch_energy=args.batch_energy, log=_log)
     if probe_shapes:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     backend.close()
@@ -198,6 +224,18 @@ def handler(args: argparse.Namespace) -> int:
                  plan=plan_path, cache_lengths=lengths, length_warmup=not args.no_length_warmup)
     meter.close()
     return _finish(tmp, out, meta, prof_path)
+
+
+def _paged_policy(args: argparse.Namespace):  # noqa: ANN202 - a PagedPolicy
+    """--batching paged's scheduler settings (no prefix caching: the paged engine shares no blocks)."""
+    from dcsim.validate.paged_replay import PagedPolicy
+
+    try:
+        return PagedPolicy(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                           block_size=args.block_size, kv_blocks=args.kv_blocks,
+                           chunked_prefill=not args.no_chunked_prefill)
+    except ValueError as e:
+        raise UserError(str(e), None, "--max-num-batched-tokens") from None
 
 
 def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,  # noqa: ANN001
@@ -254,10 +292,7 @@ def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, 
 def _start_folder(out: Path, wl) -> Path:  # noqa: ANN001
     """The replay's working folder (out.partial, fresh), holding the workload; renamed to `out` when done, so a
     crash leaves what was measured there and no folder that looks complete."""
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = start_staging(out.with_name(out.name + ".partial"), "validate")
     wl.to_csv(tmp / "workload.csv", index=False)
     return tmp
 
@@ -284,9 +319,7 @@ def _finish(tmp: Path, out: Path, meta: dict, prof_path: Path) -> int:
     from dcsim.validate.replay import write_json
 
     write_json(tmp / "replay.json", meta)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    install(tmp, out, "validate")
     compare(out, prof_path)
     print(format_table(pd.read_csv(out / "comparison.csv")))
     return 0
