@@ -22,6 +22,11 @@ from dcsim.scenario import Batching, Pool, ReplayArrivals, Scenario, TraceRef
 from dcsim.validate.intervals import covered_s
 
 TARGETS = {"energy_j": 0.05, "e2e_p50_s": 0.10, "e2e_p95_s": 0.10, "wait_mean_s": 0.15}
+# policies whose requests share steps: prefill and decode time are taken per request, not per batch run
+PER_REQUEST = ("continuous", "paged")
+# the `paged` policy's parameters a paged replay records (dcsim.validate.paged_replay.PagedPolicy)
+PAGED_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_blocks", "chunked_prefill",
+              "enable_prefix_caching", "cudagraph_batch_sizes")
 
 
 def measured_metrics(req: pd.DataFrame, meta: dict) -> dict[str, float]:
@@ -30,7 +35,7 @@ def measured_metrics(req: pd.DataFrame, meta: dict) -> dict[str, float]:
     req = req.rename(columns={"end_s": "done_s"})
     open_loop = bool(meta.get("open_loop"))
     m = _metrics(req, meta["energy_j"], meta["active_j"], meta["idle_j"], meta["window_s"],
-                 per_request=open_loop or meta["policy"]["policy"] == "continuous")
+                 per_request=open_loop or meta["policy"]["policy"] in PER_REQUEST)
     if open_loop:
         m["wait_mean_s"] = m["prefill_p50_s"] = float("nan")
     return m
@@ -68,7 +73,10 @@ def scenario_for(folder: Path, meta: dict, profile_path: Path) -> Scenario:
     """One replica, the replayed batching, the workload's own arrivals; run to completion (forecast() then
     accounts idle up to the end of the measured window)."""
     pol = meta["policy"]
-    batching = Batching(policy=pol["policy"], max_batch=pol["max_batch"], max_wait_s=pol["max_wait_s"])
+    if pol["policy"] == "paged":
+        batching = Batching(policy="paged", **{k: pol[k] for k in PAGED_KEYS if pol.get(k) is not None})
+    else:
+        batching = Batching(policy=pol["policy"], max_batch=pol["max_batch"], max_wait_s=pol["max_wait_s"])
     # a static-cache profile is simulated with the caches the replay's engine held (replay.json), not its own
     static = load_profile(profile_path).engine.cache_lengths and meta.get("cache_lengths")
     lengths = {int(b): int(n) for b, n in meta["cache_lengths"].items()} if static else None
@@ -98,7 +106,7 @@ def forecast(folder: Path, meta: dict, profile_path: Path) -> tuple[dict[str, fl
         bad = req["status"].value_counts().to_dict()
         raise UserError(f"the simulation did not finish every request: {bad}", folder)
     m = _metrics(req, s["energy_j"], s["active_j"], s["idle_j"], raw.end_s,
-                 per_request=meta["policy"]["policy"] == "continuous")
+                 per_request=meta["policy"]["policy"] in PER_REQUEST)
     return m, req, power_timeline(raw, bins=max(50, int(raw.end_s))), list(raw.warnings)
 
 

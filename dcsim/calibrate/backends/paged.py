@@ -173,11 +173,14 @@ class PagedEngine:
 
     # ---- decode -----------------------------------------------------------------------------------
     def graph_size(self, batch: int) -> int:
-        """The captured batch size a decode batch of `batch` sequences is padded to."""
+        """The captured batch size a decode batch of `batch` sequences is padded to (itself, run eagerly, above
+        the largest captured size)."""
         for s in self.sizes:
             if s >= batch:
                 return s
-        raise ValueError(f"decode batch {batch} exceeds the largest graph size {self.sizes[-1]}")
+        if batch <= self.max_batch:  # above the captured sizes: eager and unpadded, as vLLM runs such batches
+            return batch
+        raise ValueError(f"decode batch {batch} exceeds the engine's {self.max_batch} rows")
 
     def _attend(self, q: Any, i: int, bt: Any, lens: Any) -> Any:
         if self.attention == "triton":
@@ -222,7 +225,7 @@ class PagedEngine:
 
     def ensure_graph(self, g: int) -> bool:
         """Capture the decode graph of size `g` if not done yet (CUDA only); False if capture failed (eager)."""
-        if not self.use_graphs or g in self.graphs:
+        if not self.use_graphs or g in self.graphs or g not in self.sizes:
             return g in self.graphs
         if str(g) in self.graph_errors:
             return False

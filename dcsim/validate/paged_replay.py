@@ -1,0 +1,294 @@
+"""The device side of a validation on the `paged` engine: one process serves a workload step by step the way vLLM's
+v1 scheduler does (vLLM 0.11, `vllm/v1/core/sched/scheduler.py`), with requests starting no earlier than their
+arrival times and idle gaps really idle, and meters the whole window (`window.Window`).
+
+Every step:
+- running decodes first, one token each, in admission order; a decode whose next token needs a block when none is
+  free preempts the most recently admitted running request (its blocks freed, itself put at the front of the
+  waiting queue; readmitted, it recomputes its prefill over its prompt plus the tokens it had generated), until
+  the block is found or the decode itself was preempted;
+- then prefill chunks, of partially prefilled running requests, then of waiting ones (admitted while fewer than
+  `max_num_seqs` run), fill what is left of the step's token budget (`max_num_batched_tokens`); without chunked
+  prefill a prompt that does not fit the rest of the budget waits for a later step. A chunk gets only the blocks
+  that are free (no preemption for prefill), and a waiting request is admitted only if its chunk's blocks are;
+- the step runs on the engine (the padded decode graph, then one prefill forward of the chunks), the host reads
+  the tokens back (one sync per step, as a server returns them), and each token gets the step's end time.
+Prefix caching is not done: no block is shared between requests.
+
+Written into the replay folder: requests.csv (a row per request as it finishes: arrival, first scheduled
+(`start_s`), first token, end, tokens, preemptions), tokens.csv (every output token and its time, for
+inter-token latency), steps.csv (a row per step: decodes, padded graph batch, prefill chunks and tokens,
+preemptions) and power.csv. Active energy is the power timeline's integral over the steps (merged where back to back).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from dcsim.calibrate.backends.paged import PagedBackend, Sequence, default_graph_sizes
+from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.store import RowWriter
+from dcsim.validate.intervals import merge
+from dcsim.validate.window import Window
+
+REQUEST_FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s", "gen_tokens",
+                  "preemptions", "prefill_tokens")
+TOKEN_FIELDS = ("id", "k", "token", "t_s")
+STEP_FIELDS = ("step", "start_s", "end_s", "decodes", "graph_batch", "chunks", "prefill_tokens", "running",
+               "waiting", "free_blocks", "preemptions")
+
+
+@dataclass(frozen=True)
+class PagedPolicy:
+    """The scheduler's settings; the same names as the simulator's `paged` batching policy (its __dict__ is what
+    replay.json records as the replay's policy, and what the comparison simulates)."""
+
+    policy: str = "paged"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    kv_blocks: int | None = None
+    chunked_prefill: bool = True
+    enable_prefix_caching: bool = False
+    cudagraph_batch_sizes: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.block_size < 1:
+            raise ValueError("max_num_seqs and block_size must be at least 1")
+        if self.max_num_batched_tokens < max(self.block_size, self.max_num_seqs):
+            raise ValueError(f"the token budget ({self.max_num_batched_tokens}) must be at least one block "
+                             f"({self.block_size}) and max_num_seqs ({self.max_num_seqs})")
+        if self.enable_prefix_caching:
+            raise ValueError("the paged engine does not cache prefixes")
+
+    def params(self) -> dict:
+        """The simulator's `paged` batching parameters for this replay."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "policy"}
+
+
+@dataclass
+class _Req:
+    i: int
+    arrival: float
+    prompt: list[int]
+    n_out: int
+    out: list[int] = field(default_factory=list)
+    seq: Sequence | None = None
+    computed: int = 0  # tokens whose K/V are in the cache
+    preemptions: int = 0
+    prefill_tokens: int = 0  # prefill tokens computed in all (recomputes included)
+    start: float | None = None
+    first: float | None = None
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.out
+
+    @property
+    def decoding(self) -> bool:
+        return bool(self.out) and self.computed == len(self.prompt) + len(self.out) - 1
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's default decode graph sizes up to max_num_seqs (a larger decode batch runs eagerly, unpadded)."""
+    return [s for s in default_graph_sizes(max_num_seqs) if s <= max_num_seqs] or [1]
+
+
+def warm_up(backend: PagedBackend, policy: PagedPolicy, max_len: int, log) -> float:  # noqa: ANN001
+    """Outside the window: one prefill and a few decode steps at batch 1 and at a large batch (first-time costs of
+    the kernels), then every decode graph the replay may use captured; returns seconds spent."""
+    t0 = time.perf_counter()
+    e = backend.eng
+    room = e.alloc.capacity * e.block_size
+    n = max(1, min(max_len - 4, policy.max_num_batched_tokens, 512, room - 8))
+    backend.run(n, 4, 1, seed=1, on_start=lambda: None, on_first_token=lambda: None)
+    b = max(1, min(policy.max_num_seqs, e.alloc.capacity // e.blocks_for(min(40, max_len))))
+    backend.run(min(32, max_len - 8) if max_len > 9 else 1, min(8, max(1, max_len - 33)), b, seed=2,
+                on_start=lambda: None, on_first_token=lambda: None)
+    assert backend.eng is e, "a warm-up run outgrew the replay's engine"
+    for g in sorted(e.sizes, reverse=True):  # largest first, as vLLM captures (they share one memory pool)
+        if g <= e.graph_size(policy.max_num_seqs):
+            e.ensure_graph(g)
+    e.reset()
+    log(f"paged warm-up: {len(e.graphs)} decode graphs, {time.perf_counter() - t0:.1f} s")
+    return time.perf_counter() - t0
+
+
+def default_blocks(backend: PagedBackend, policy: PagedPolicy, lengths: list[int]) -> int:
+    """KV blocks (besides the scratch block) for the pool when none is set: every one of the max_num_seqs longest
+    requests at its full length (so nothing is preempted), capped on CUDA at 90% of the free device memory."""
+    bs = policy.block_size
+    longest = sorted(lengths, reverse=True)[:policy.max_num_seqs]
+    want = sum(-(-n // bs) for n in longest)
+    if backend.device.startswith("cuda"):
+        torch, cfg = backend.torch, backend.cfg
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kvh = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        per_block = 2 * cfg.num_hidden_layers * bs * kvh * hd * (torch.finfo(backend.model.dtype).bits // 8)
+        want = min(want, int(0.9 * torch.cuda.mem_get_info(backend.device)[0] // per_block))
+    return max(want, 1)
+
+
+def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPolicy, out: Path,
+          tail_s: float = 10.0, settle_s: float = 10.0, timeline_hz: float = 20.0,
+          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:  # noqa: ANN001
+    """Replay the workload on the engine (loaded; sized by the caller through backend.engine()); writes
+    requests.csv, tokens.csv, steps.csv and power.csv into `out` and returns the window's facts."""
+    torch = backend.torch
+    e = backend.eng
+    bs = e.block_size
+    arrival = wl["arrival_s"].to_numpy(float)
+    n_in = wl["n_in"].to_numpy(int)
+    n_out = wl["n_out"].to_numpy(int)
+    n = len(wl)
+    reqs = [_Req(i, float(arrival[i]), backend.prompt(int(n_in[i]), 1, 10_000 + i)[0].tolist(), int(n_out[i]))
+            for i in range(n)]
+    rw = RowWriter(out / "requests.csv", REQUEST_FIELDS, durable=False)
+    tw = RowWriter(out / "tokens.csv", TOKEN_FIELDS, durable=False)
+    sw = RowWriter(out / "steps.csv", STEP_FIELDS, durable=False)
+    too_long = [i for i in range(n) if e.blocks_for(int(n_in[i] + n_out[i])) > e.alloc.capacity]
+    if too_long:
+        raise ValueError(f"request {too_long[0]} needs {int(n_in[too_long[0]] + n_out[too_long[0]])} KV tokens; the "
+                         f"pool holds {e.alloc.capacity} blocks of {bs}")
+    waiting: deque[_Req] = deque()
+    running: list[_Req] = []  # admission order
+    nxt = done = step = preempt_total = 0
+    busy: list[tuple[float, float]] = []
+    last_report = 0.0
+    e.reset()
+    try:
+        with Window(meter, out, tail_s, settle_s, timeline_hz) as w:
+            now, timeline = w.now, w.timeline
+
+            def preempt(r: _Req) -> None:
+                nonlocal preempt_total
+                e.free(r.seq)
+                r.seq, r.computed = None, 0
+                r.preemptions += 1
+                preempt_total += 1
+                running.remove(r)
+                waiting.appendleft(r)
+
+            def finish(r: _Req, t: float) -> None:
+                nonlocal done
+                e.free(r.seq)
+                r.seq = None
+                running.remove(r)
+                done += 1
+                rw.write({"id": r.i, "arrival_s": r.arrival, "n_in": len(r.prompt), "n_out": r.n_out,
+                          "start_s": round(r.start, 6), "first_token_s": round(r.first, 6), "end_s": round(t, 6),
+                          "gen_tokens": len(r.out), "preemptions": r.preemptions, "prefill_tokens": r.prefill_tokens})
+                tw.w.writerows({"id": r.i, "k": k, "token": tok, "t_s": round(x, 6)}
+                               for k, (tok, x) in enumerate(zip(r.out, r.times)))
+
+            while done < n:
+                t = now()
+                while nxt < n and arrival[nxt] <= t:
+                    waiting.append(reqs[nxt])
+                    nxt += 1
+                if not running and not waiting:
+                    time.sleep(max(0.0, arrival[nxt] - now()))
+                    continue
+                budget = policy.max_num_batched_tokens
+                step_pre = preempt_total
+                decodes: list[_Req] = []
+                for r in [x for x in running if x.decoding]:
+                    if r not in running:  # preempted earlier in this loop
+                        continue
+                    while not e.reserve(r.seq, r.computed + 1):
+                        victim = running[-1]
+                        if victim in decodes:
+                            decodes.remove(victim)
+                        preempt(victim)
+                        if victim is r:
+                            break
+                    if r in running:
+                        decodes.append(r)
+                budget -= len(decodes)
+                chunks: list[tuple[_Req, int]] = []
+                for r in [x for x in running if not x.decoding]:  # partially prefilled
+                    if budget <= 0:
+                        break
+                    k = min(len(r.tokens) - r.computed, budget)
+                    room = (e.alloc.free + len(r.seq.blocks)) * bs - r.computed
+                    k = min(k, room)
+                    if k <= 0 or not e.reserve(r.seq, r.computed + k):
+                        continue
+                    chunks.append((r, k))
+                    budget -= k
+                while waiting and budget > 0 and len(running) < policy.max_num_seqs:
+                    r = waiting[0]
+                    need = len(r.tokens)
+                    if not policy.chunked_prefill and need > budget:
+                        break
+                    k = min(need, budget, e.alloc.free * bs)
+                    if k <= 0 or (not policy.chunked_prefill and k < need):
+                        break
+                    seq = e.add(r.i)
+                    if not e.reserve(seq, k):
+                        e.free(seq)
+                        break
+                    waiting.popleft()
+                    r.seq, r.computed = seq, 0
+                    running.append(r)
+                    chunks.append((r, k))
+                    budget -= k
+                if not decodes and not chunks:  # partial prefills hold every block: the newest gives its up
+                    if running:
+                        preempt(running[-1])
+                    continue
+                t0 = now()
+                for r, _ in chunks:
+                    if r.start is None:
+                        r.start = t0
+                timeline.label = f"s{step}"
+                with torch.no_grad():
+                    d_tok = e.decode([r.seq for r in decodes], [r.out[-1] for r in decodes]) if decodes else None
+                    c_tok = e.prefill([(r.seq, torch.tensor(r.tokens[r.computed:r.computed + k],
+                                                            device=backend.device), r.computed)
+                                       for r, k in chunks]) if chunks else None
+                    d_list = d_tok.tolist() if d_tok is not None else []
+                    c_list = c_tok.tolist() if c_tok is not None else []
+                t1 = now()
+                timeline.label = ""
+                busy.append((t0, t1))
+                for r, tk in zip(decodes, d_list):
+                    r.computed += 1
+                    r.out.append(int(tk))
+                    r.times.append(t1)
+                for (r, k), tk in zip(chunks, c_list):
+                    r.computed += k
+                    r.prefill_tokens += k
+                    if r.computed == len(r.tokens):  # the prefill is complete: its last logits give a token
+                        r.out.append(int(tk))
+                        r.times.append(t1)
+                        if r.first is None:
+                            r.first = t1
+                g = e.graph_size(len(decodes)) if decodes else 0
+                sw.write({"step": step, "start_s": round(t0, 6), "end_s": round(t1, 6), "decodes": len(decodes),
+                          "graph_batch": g, "chunks": len(chunks), "prefill_tokens": sum(k for _, k in chunks),
+                          "running": len(running), "waiting": len(waiting), "free_blocks": e.alloc.free,
+                          "preemptions": preempt_total - step_pre})
+                step += 1
+                for r in [x for x in running if len(x.out) >= x.n_out]:
+                    finish(r, t1)
+                if t1 - last_report > 15 or done == n:
+                    last_report = t1
+                    log(f"replay: {done}/{n} requests at {t1:.1f} s (arrivals span {arrival[-1]:.1f} s), "
+                        f"{len(running)} running, {len(waiting)} waiting, {preempt_total} preemptions")
+            w.close(now())
+    finally:
+        rw.close()
+        tw.close()
+        sw.close()
+    if e.alloc.free != e.alloc.capacity:
+        raise RuntimeError(f"{e.alloc.capacity - e.alloc.free} KV blocks not returned at the end")
+    active = w.timeline_energy_j(merge(busy)) if w.timeline.active and busy else float("nan")
+    return w.facts(active, steps=step, preemptions=preempt_total, busy_s=sum(b - a for a, b in merge(busy)))
