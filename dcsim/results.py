@@ -83,6 +83,9 @@ def requests_table(raw: RawResults) -> pd.DataFrame:
         "energy_j": np.where(done, lg["energy_j"], np.nan),
         "host_j": np.where(done, lg["host_j"], np.nan),
     })
+    if any(raw.policy_stats):  # a paged engine: what its scheduler did to each request
+        df["preemptions"] = lg["preemptions"]
+        df["cached_tokens"] = lg["cached_tokens"]
     return df
 
 
@@ -151,6 +154,51 @@ def summarize(raw: RawResults) -> dict:
             "utilisation": float(pr["busy_s"].sum() / (span * max(len(pr), 1))),
             **_latency_block(pd_),
         }
+        engine = _engine_block(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p])
+        if engine:
+            out["pools"][p.name]["engine"] = engine
+    return out
+
+
+def _engine_block(raw: RawResults, replicas: list[int]) -> dict:
+    """What a pool's scheduler counted (paged: preemptions, prefix-cache hit rate, graph padding) and its
+    inter-token latencies over every gap; empty for policies that count nothing."""
+    stats = [raw.policy_stats[i] for i in replicas if i < len(raw.policy_stats) and raw.policy_stats[i]]
+    if not stats:
+        return {}
+    tot = {k: sum(s[k] for s in stats) for k in stats[0]}
+    q = tot.get("prefix_query_tokens", 0)
+    tot["prefix_hit_rate"] = tot.get("prefix_hit_tokens", 0) / q if q else 0.0
+    runs = [raw.itl[i] for i in replicas if i < len(raw.itl) and len(raw.itl[i][0])]
+    if runs:
+        tot["itl_s"] = itl_stats(*(np.concatenate(c) for c in list(zip(*runs))[1:]))
+    return tot
+
+
+def itl_samples(t0: np.ndarray, t1: np.ndarray, k: np.ndarray, n: np.ndarray,
+                per_run: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Inter-token gaps as (duration, weight) from decode runs: a run of k steps whose step time goes linearly
+    from t0 to t1, each step a gap for each of its n decodes; long runs are represented by `per_run` evenly
+    spaced steps carrying their share of the weight."""
+    m = np.minimum(k, per_run).astype(np.int64)
+    idx = np.repeat(np.arange(len(k)), m)
+    start = np.cumsum(m) - m
+    j = np.arange(int(m.sum())) - np.repeat(start, m)  # 0..m-1 within each run
+    frac = np.where(np.repeat(m, m) > 1, j / np.maximum(np.repeat(m, m) - 1, 1), 0.0)
+    dur = t0[idx] + (t1[idx] - t0[idx]) * frac
+    w = (n[idx] * k[idx] / m[idx]).astype(np.float64)
+    return dur, w
+
+
+def itl_stats(t0: np.ndarray, t1: np.ndarray, k: np.ndarray, n: np.ndarray) -> dict[str, float]:
+    """Mean and percentiles of the inter-token latency over every gap of every request."""
+    dur, w = itl_samples(t0, t1, k, n)
+    order = np.argsort(dur)
+    dur, w = dur[order], w[order]
+    cw = np.cumsum(w)
+    out = {"mean": float(np.sum(dur * w) / cw[-1])}
+    for name, p in (("p50", 50), ("p90", 90), ("p99", 99)):
+        out[name] = float(dur[min(np.searchsorted(cw, p / 100 * cw[-1]), len(dur) - 1)])
     return out
 
 

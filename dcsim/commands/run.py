@@ -64,6 +64,13 @@ def format_summary(s: dict) -> str:
             f"  {name:<14}{p['replicas']:>9}{p['requests_completed']:>8}{p['energy_j'] / 3.6e6:>10.4f}"
             f"{p['tokens_per_joule']:>9.3f}{p['utilisation']:>7.0%}{p['e2e_s']['p50']:>9.2f}{p['e2e_s']['p99']:>9.2f}"
         )
+    for name, p in s["pools"].items():
+        e = p.get("engine")
+        if e:  # what a paged engine's scheduler did
+            itl = e.get("itl_s")
+            lines.append(f"  {name}: {e['preemptions']} preemptions, prefix-cache hits {e['prefix_hit_rate']:.1%} "
+                         f"of prompt tokens" + (f"; ITL p50 {itl['p50'] * 1e3:.1f} ms p99 {itl['p99'] * 1e3:.1f} ms"
+                                                if itl else ""))
     for w in s.get("warnings", []):
         lines.append(f"  note: {w}")
     return "\n".join(lines)

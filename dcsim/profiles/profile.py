@@ -100,8 +100,8 @@ class EngineInfo(Strict):
     cache_lengths: dict[int, int] | None = None
     step_includes_prefill: bool = Field(
         default=False, description="the decode step was measured with the engine's prefills mixed in (an effective "
-        "step, as from a serving engine's throughput); a scheduler that mixes prefill chunks into decode steps then "
-        "charges them no time of their own")
+        "step, as from a serving engine's throughput); the paged policy then runs each chunk inside its step at "
+        "its marginal prefill time and takes the mean prefill share back from every step")
 
     def cache_length(self, batch: int) -> int | None:
         """Static cache tokens per sequence at `batch` (None for a dynamic cache): the batch size's own entry,
@@ -438,14 +438,15 @@ class ProfileEvaluator:
         return t * self.dc_tx, w * self.dc_px
 
     def decode_steps_covering(self, batch: int, context0: float, k: int, elapsed: float,
-                              grow: float | None = None) -> int:
-        """Fewest decode steps (1..k) of the run decode_run(batch, context0, k, grow) whose total time reaches
-        `elapsed`: where a run stops at the end of the step in progress. Solved in closed form where the step
-        time is linear in the step (no clamp, no cap, no static cache), by bisection otherwise."""
+                              grow: float | None = None, per_step: float = 0.0) -> int:
+        """Fewest decode steps (1..k) of the run decode_run(batch, context0, k, grow), each `per_step` seconds
+        longer, whose total time reaches `elapsed`: where a run stops at the end of the step in progress. Solved
+        in closed form where the step time is linear in the step (no clamp, no cap, no static cache), by
+        bisection otherwise."""
         a, b, c, lo = self.dc_t
         g = float(batch) if grow is None else float(grow)
         if self.engine is None and not self.dc_bounded and self.dc_ceiling == math.inf and self.dc_tx == 1.0:
-            t0 = a + b * batch + c * context0
+            t0 = a + b * batch + c * context0 + per_step
             dt = c * g  # step j takes t0 + dt * j: the first s steps take s*t0 + dt*s(s-1)/2
             if dt > 1e-15 * t0:
                 s = (-(t0 - dt / 2) + math.sqrt((t0 - dt / 2) ** 2 + 2 * dt * elapsed)) / dt
@@ -461,7 +462,7 @@ class ProfileEvaluator:
         lo_, hi_ = 1, k
         while lo_ < hi_:
             mid = (lo_ + hi_) // 2
-            if self.decode_run(batch, context0, mid, grow)[0] >= elapsed:
+            if self.decode_run(batch, context0, mid, grow)[0] + mid * per_step >= elapsed:
                 hi_ = mid
             else:
                 lo_ = mid + 1

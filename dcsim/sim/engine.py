@@ -46,8 +46,8 @@ class RawResults:
     end_s: float
     warnings: list[str] = field(default_factory=list)
     policy_stats: list[dict] = field(default_factory=list)  # per replica: what its policy counted (paged)
-    itl: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per replica: decode runs (t first, t last,
-    # steps, decodes), for inter-token latencies; empty for policies that do not record them
+    itl: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per replica: decode runs (start, first step's
+    # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -144,7 +144,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
 
 def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
     """A policy's recorded decode runs as arrays (empty where it records none)."""
-    cols = [getattr(pol, f"itl_{c}", []) for c in ("t0", "t1", "k", "n")]
+    cols = [getattr(pol, f"itl_{c}", []) for c in ("ts", "t0", "t1", "k", "n")]
     return tuple(np.asarray(c, dtype=np.float64) for c in cols)
 
 

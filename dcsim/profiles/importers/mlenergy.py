@@ -60,9 +60,29 @@ def _pick_gpu(gpu: str, have: list[str], where: Path) -> str:
     return hits[0]
 
 
+def parse_exclude(items: list[str] | None) -> dict[str, set[float]]:
+    """`--exclude max_num_seqs=256` (repeatable, or comma-separated values) as {key: values}."""
+    out: dict[str, set[float]] = {}
+    for item in items or []:
+        key, sep, vals = item.partition("=")
+        key = key.strip()
+        if not sep or key not in EXCLUDE_KEYS:
+            raise UserError(f"--exclude expects KEY=VALUE with KEY one of {sorted(EXCLUDE_KEYS)}, got {item!r}",
+                            field="--exclude")
+        try:
+            out.setdefault(key, set()).update(float(v) for v in vals.split(","))
+        except ValueError:
+            raise UserError(f"--exclude {key}: values must be numbers, got {vals!r}", field="--exclude") from None
+    return out
+
+
+EXCLUDE_KEYS = {"max_num_seqs": "max_bs"}  # what a configuration may be left out by: key -> table column
+
+
 def load(data_dir: str | Path, gpu: str, model: str, task: str | None = None,
-         gpus: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """Table and metadata for one GPU, model, task and replica size (number of GPUs)."""
+         gpus: int | None = None, exclude: dict[str, set[float]] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Table and metadata for one GPU, model, task and replica size (number of GPUs); `exclude` leaves
+    configurations out (by max_num_seqs), for checks on the configurations a profile was not fitted to."""
     d = Path(data_dir)
     if not d.is_dir():
         raise UserError("folder not found", d)
@@ -88,6 +108,17 @@ def load(data_dir: str | Path, gpu: str, model: str, task: str | None = None,
     df = df[df["gpus"] == gpus]
     if df.empty:
         raise UserError(f"no configuration of {hit[0]} on {g} with {gpus} GPUs; the data has {sizes}", d, "gpus")
+    left_out = []
+    for key, vals in (exclude or {}).items():
+        col = EXCLUDE_KEYS[key]
+        missing = sorted(v for v in vals if not (df[col] == v).any())
+        if missing:
+            raise UserError(f"--exclude {key}={','.join(f'{v:g}' for v in missing)}: no such configuration (the "
+                            f"data has {sorted(int(v) for v in df[col])})", d, "--exclude")
+        left_out += [f"{key}={v:g}" for v in sorted(vals)]
+        df = df[~df[col].isin(vals)]
+    if len(df) < 2:
+        raise UserError("fewer than two configurations left to fit after --exclude", d, "--exclude")
     table = normalise(pd.DataFrame({
         "kind": "decode",
         "n_in": 0,
@@ -108,8 +139,11 @@ def load(data_dir: str | Path, gpu: str, model: str, task: str | None = None,
         f"({'tensor parallel ' + str(gpus) if gpus > 1 else 'no parallelism'}); {mnote}. All requests were queued at "
         "once, so the running batch stays near max_num_seqs.",
         "Decode rows: step time = average batch / output throughput (effective: it includes the prefills vLLM "
-        "interleaved with decoding" + (" and, at the largest batches, preemptions" if ver == "v2" else "") + "); "
-        "the simulator adds its own prefill steps, so simulated time per token is pessimistic by the prefill share.",
+        "interleaved with decoding" + (" and, at the largest batches, preemptions" if ver == "v2" else "") + "), "
+        "so engine.step_includes_prefill is set: the paged policy runs each prefill chunk inside the decode step "
+        "that holds it, at its marginal prefill time, and takes the mean prefill share back from every step, so "
+        "the steps' total is the measured one; the continuous policy adds its own prefill steps, so its time per "
+        "token is pessimistic by the prefill share.",
         "Power is the GPUs' only (no host power in the source).",
     ]
     if ver == "v2":
@@ -120,13 +154,14 @@ def load(data_dir: str | Path, gpu: str, model: str, task: str | None = None,
             "name": hit[0], "params_b": float(df["params_b"].iloc[0] or 1.0), "layers": 1, "hidden_size": 1,
             "kv_bytes_per_token": 1},
         "engine": {"name": f"vllm-mlenergy-{ver}", "version": "vLLM (version not stated in the data)",
-                   "precision": precision},
+                   "precision": precision, "step_includes_prefill": True},
         "gpus_per_replica": int(gpus),
         "citation": CITE_V2 if ver == "v2" else CITE_V3,
         "path": _compact_path(df, ver, g, gpus),
         "command": (f"dcsim fit --from mlenergy DATA/mlenergy-leaderboard-{ver} --gpu {gpu} --model {model}"
                     + (f" --task {task}" if task != DEFAULT_TASK[ver] else "") + (f" --gpus {gpus}" if len(sizes) > 1
-                                                                                  else "")),
+                                                                                  else "")
+                    + "".join(f" --exclude {x}" for x in left_out)),
         "licence": LICENCE_V2 if ver == "v2" else LICENCE_V3,
         "source_kind": "published",
         "notes": notes,

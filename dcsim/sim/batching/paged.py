@@ -15,8 +15,12 @@ One step, as the engine schedules it:
 - Time and energy: the decode part at the padded batch (`decode_step_s(batch, context)`, context the live KV
   tokens) plus the prefill part (`prefill_s(tokens, tokens_sq, chunks)`, a chunk from position h to h + p adding
   (h + p)^2 - h^2 to tokens_sq, as a whole prompt adds its square); energies add. A profile measured on an
-  engine whose decode step already holds its prefills (`engine.step_includes_prefill`) charges chunks that
-  share a step with decodes nothing.
+  engine whose decode step already holds its prefills (`engine.step_includes_prefill`, e.g. from a serving
+  engine's throughput) is split the other way: a chunk inside a decode step costs its marginal prefill time
+  (prefill_s less its fixed part; the step reads the weights once) at the step's power, and each step of n
+  decodes gives back the prefill share it held, n / L admissions per step (Little's law, L the mean output
+  length) times the mean prefill time per request so far (at most half the step). The steps' total stays the
+  measured one; their spread (inter-token latency percentiles) comes back.
 
 While the running set, their chunking and their block needs are fixed (decodes only, nobody waiting who could
 join), many steps advance in one event in closed form: the step at which blocks run out follows from a histogram
@@ -132,8 +136,13 @@ class Paged(Policy):
         self.hit_tokens = 0
         self.query_tokens = 0
         self.steps = 0
+        self.pf_sum = 0.0  # step_includes_prefill: marginal prefill seconds charged, over pf_n first prefills
+        self.pf_n = 0
+        self.out_sum = 0  # and the output lengths of the out_n requests admitted so far
+        self.out_n = 0
         self.padded_rows = 0  # graph padding: rows run beyond the real decodes, summed over steps
-        self.itl_t0: list[float] = []  # decode runs: first step's time, last step's time, steps, decodes
+        self.itl_ts: list[float] = []  # decode runs: start, first step's time, last step's time, steps, decodes
+        self.itl_t0: list[float] = []
         self.itl_t1: list[float] = []
         self.itl_k: list[int] = []
         self.itl_n: list[int] = []
@@ -211,6 +220,14 @@ class Paged(Policy):
             j += 1
         return m * bs + j
 
+    def _run(self, bg: int, ctx0: float, k: int, n: int, give: float) -> tuple[float, float, float]:
+        """A decode run's time and energies, each step `give` seconds shorter at its own power."""
+        t, e, h = self.ev_run(bg, ctx0, k, n)
+        if give and t > 0:
+            f = (t - k * give) / t
+            return t - k * give, e * f, h * f
+        return t, e, h
+
     def padded(self, n: int) -> int:
         sizes = self.sizes
         i = bisect_left(sizes, n)
@@ -232,20 +249,26 @@ class Paged(Policy):
         env, ev, log, q, p = rep.env, rep.ev, rep.log, rep.queue, self.params
         bs = self.bs
         pool = self.pool = BlockPool(self.total_blocks(ev))
+        self.ev_run = ev.decode_run
         caching = p.enable_prefix_caching
         chunked = p.chunked_prefill
         budget_max = p.max_num_batched_tokens
-        free_prefill = ev.profile.engine.step_includes_prefill
+        # a profile whose decode step was measured with the engine's prefills inside it (engine.step_includes_prefill):
+        # a chunk that shares a step with decodes costs its marginal prefill time (the step reads the weights once),
+        # and every step with n decodes gives back the prefill share it held: by Little's law n / L admissions per
+        # step, L the mean output length, each costing c, the mean prefill time per request so far
+        split = ev.profile.engine.step_includes_prefill
+        pf_fixed = ev.prefill(0, 0.0, 0)[0]  # a prefill step's fixed part (the weights' read)
         running: OrderedDict[int, Request] = OrderedDict()  # admission order
         partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
         decode_run, decode_step = ev.decode_run, ev.decode_step
-        itl_t0, itl_t1, itl_k, itl_n = (self.itl_t0.append, self.itl_t1.append, self.itl_k.append,
-                                        self.itl_n.append)
+        itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
+                                                self.itl_k.append, self.itl_n.append)
         decode_run, decode_step = ev.decode_run, ev.decode_step
-        itl_t0, itl_t1, itl_k, itl_n = (self.itl_t0.append, self.itl_t1.append, self.itl_k.append,
-                                        self.itl_n.append)
+        itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
+                                                self.itl_k.append, self.itl_n.append)
 
         def leave_decoding(r: Request) -> int:
             """Take a decoding request out of the batch; returns the KV tokens it holds."""
@@ -389,6 +412,8 @@ class Paged(Policy):
                     st.started = True
                     log.start[r.rid] = now
                     log.cached[r.rid] = done
+                    self.out_sum += r.n_out
+                    self.out_n += 1
                 running[r.rid] = r
                 partial[r.rid] = r
                 self.n_run += 1
@@ -411,15 +436,18 @@ class Paged(Policy):
                         k = min(k, self.max_steps(free))
                 bg = self.padded(n)
                 ctx0 = self.S + n * self.D + n
-                t_run, e_run, h_run = decode_run(bg, ctx0, k, n)
+                t_one = decode_step(bg, ctx0)[0]
+                give = min(self.pf_sum / self.pf_n * n / (self.out_sum / self.out_n), 0.5 * t_one) \
+                    if split and self.pf_n else 0.0
+                t_run, e_run, h_run = self._run(bg, ctx0, k, n, give)
                 steps = k
                 rep.decoding = not q and self.n_run < p.max_num_seqs
                 rep.current = (now, now + t_run, e_run, h_run)
                 try:
                     yield env.timeout(t_run)
                 except simpy.Interrupt:
-                    steps = ev.decode_steps_covering(bg, ctx0, k, env.now - now, n)
-                    t_run, e_run, h_run = decode_run(bg, ctx0, steps, n)
+                    steps = ev.decode_steps_covering(bg, ctx0, k, env.now - now, n, -give)
+                    t_run, e_run, h_run = self._run(bg, ctx0, steps, n, give)
                     rep.current = (now, now + t_run, e_run, h_run)
                     rest = now + t_run - env.now
                     if rest > 0:
@@ -434,7 +462,8 @@ class Paged(Policy):
                 self.cum_h += h_run / n
                 self.steps += steps - 1
                 self.padded_rows += (bg - n) * steps
-                t_first = decode_step(bg, ctx0)[0]
+                t_first = t_one - give
+                itl_ts(now)
                 itl_t0(t_first)
                 itl_t1(2.0 * t_run / steps - t_first if steps > 1 else t_run)
                 itl_k(steps)
@@ -449,10 +478,16 @@ class Paged(Policy):
                 t_d, e_d, h_d = ev.decode_run(bg, self.S + n * self.D + n, 1, n)
             tokens = sum(c[2] for c in chunks)
             sq = float(sum((d + c) * (d + c) - d * d for _, d, c in chunks))
-            if free_prefill and n:
-                t_p = w_p = hw_p = 0.0
-            else:
-                t_p, w_p, hw_p = ev.prefill(tokens, sq, len(chunks))
+            t_p, w_p, hw_p = ev.prefill(tokens, sq, len(chunks))
+            if split and n:  # the prefill runs inside this decode step, at the step's measured power
+                t_p = max(0.0, t_p - pf_fixed)
+                self.pf_sum += t_p
+                give = min(self.pf_sum / self.pf_n * n / (self.out_sum / self.out_n), 0.5 * t_d) if self.pf_n else 0.0
+                w_p, hw_p = e_d / t_d, h_d / t_d
+                e_d, h_d = e_d * (t_d - give) / t_d, h_d * (t_d - give) / t_d
+                t_d -= give
+            elif split:
+                self.pf_sum += max(0.0, t_p - pf_fixed)
             t = t_d + t_p
             e_p, h_p = t_p * w_p, t_p * hw_p
             rep.current = (now, now + t, e_d + e_p, h_d + h_p)
@@ -465,6 +500,7 @@ class Paged(Policy):
                 self.cum_e += e_d / n
                 self.cum_h += h_d / n
                 self.padded_rows += bg - n
+                itl_ts(now)
                 itl_t0(t)
                 itl_t1(t)
                 itl_k(1)
@@ -480,6 +516,7 @@ class Paged(Policy):
                 st.gen += 1
                 if st.gen == 1:
                     log.first[r.rid] = end
+                    self.pf_n += 1
                 if caching:
                     shared = pool.publish(st.ckey, st.done // bs, st.shared, st.ref)
                     if shared > st.shared:
