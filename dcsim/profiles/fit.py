@@ -480,6 +480,10 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         notes.append(f"{int(over.sum())} rows ({len(shapes)} shapes: {', '.join(shapes)}) left out: prompt + output "
                      f"exceed the model's {meta.model.max_context}-token context window")
         t = t[~over].reset_index(drop=True)
+    if (t["kind"] == "step").any():  # a paged engine's mixed-step sweep: each step measured directly
+        from dcsim.profiles.fit_steps import fit_step_profile
+
+        return fit_step_profile(t, meta)
     runs = t[t["kind"] == "run"].reset_index(drop=True)
     dec = t[t["kind"] == "decode"].reset_index(drop=True)
     if runs.empty and dec.empty:

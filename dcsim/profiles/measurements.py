@@ -20,6 +20,9 @@ Columns
 - source: short id of where the row came from (file name or run name)
 - cache_len: for a static-KV-cache engine, the tokens of cache each sequence held (allocated up front and read
     whole at every decode step); NaN for a dynamic cache, whose steps read the live context only
+- step rows (kind "step", a paged engine's mixed-step sweep): the same step run n_out times; batch = its decodes,
+    graph_batch = their padded batch, context = the KV tokens they read, n_in = its prefill chunk's tokens after
+    prefill_prefix cached ones; runtime_s and energy_device_j cover all n_out steps (NaN columns elsewhere)
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ COLUMNS = {
     "kind": object, "n_in": "int64", "n_out": "int64", "batch": "int64", "runtime_s": "float64",
     "ttft_s": "float64", "tpot_s": "float64", "energy_device_j": "float64", "energy_host_j": "float64",
     "avg_power_w": "float64", "repeat": "int64", "warmup": bool, "source": object, "cache_len": "float64",
+    "context": "float64", "prefill_prefix": "float64", "graph_batch": "float64",
 }
-KINDS = ("run", "decode", "idle_serving", "idle_deep")
+KINDS = ("run", "decode", "step", "idle_serving", "idle_deep")
 
 
 def empty() -> pd.DataFrame:
@@ -46,7 +50,7 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     out = df.copy()
     defaults = {"ttft_s": np.nan, "tpot_s": np.nan, "energy_device_j": np.nan, "energy_host_j": np.nan,
                 "avg_power_w": np.nan, "repeat": 0, "warmup": False, "source": "", "batch": 1,
-                "cache_len": np.nan}
+                "cache_len": np.nan, "context": np.nan, "prefill_prefix": np.nan, "graph_batch": np.nan}
     for c, v in defaults.items():
         if c not in out.columns:
             out[c] = v
@@ -64,9 +68,26 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     bad = ~out["kind"].isin(KINDS)
     if bad.any():
         raise UserError(f"unknown kind {out.loc[bad, 'kind'].iloc[0]!r}; expected one of {KINDS}", file, "kind")
-    if (out["runtime_s"] <= 0).any():
-        raise UserError("runtime_s must be > 0", file, "runtime_s")
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    _physical(out, file)
+    return out
+
+
+def _physical(t: pd.DataFrame, file: str | None) -> None:
+    """Refuse a measurement no device can produce (a time or energy at or below zero, or not finite): fitted
+    through, one such row can take a curve far from every other point. Names the first bad row and column."""
+    def refuse(bad: np.ndarray, col: str) -> None:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            src = t["source"].iloc[i]
+            raise UserError(f"row {i}{f' ({src})' if src else ''} measured {float(t[col].iloc[i]):g}; a measured "
+                            "time or energy must be a finite number above zero", file, col)
+
+    rt = t["runtime_s"].to_numpy(float)
+    refuse(~np.isfinite(rt) | (rt <= 0), "runtime_s")
+    for col in ("ttft_s", "tpot_s", "energy_device_j", "energy_host_j", "avg_power_w"):
+        v = t[col].to_numpy(float)
+        refuse(~np.isnan(v) & (~np.isfinite(v) | (v <= 0)), col)
 
 
 def idle_power_w(table: pd.DataFrame, kind: str) -> float | None:

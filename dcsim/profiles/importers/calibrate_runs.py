@@ -12,6 +12,7 @@ the lent H100/H200 advances in steps: on our runs its ratio to the integral of t
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dcsim.calibrate.backends.archs import params_b
-from dcsim.errors import UserError
+from dcsim.errors import UserError, read_text
 from dcsim.profiles.measurements import idle_power_w, normalise
 
 MIN_ENERGY_S = 0.5
@@ -32,8 +33,15 @@ MODEL_KEYS = {"llama-2-7b": "llama-2-7b"}
 CONFIG_FILE = "config.json"  # the served model's config, beside an endpoint run's runs.csv
 
 
-def _num(s: pd.Series) -> pd.Series:
-    return pd.to_numeric(s, errors="coerce")
+def _num(s: pd.Series, file: Path, column: str) -> pd.Series:
+    """A runs.csv column as numbers (empty cells: NaN); a cell that is not a number is a UserError naming its
+    line and column."""
+    v = pd.to_numeric(s, errors="coerce")
+    bad = v.isna() & (s.str.strip() != "") & ~s.str.strip().str.lower().isin(("nan", "inf", "-inf"))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"line {i + 2} holds {s.iloc[i][:40]!r}, not a number", file, column)
+    return v
 
 
 def _cache_len(extra: str) -> float:
@@ -52,17 +60,36 @@ def read_raw(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     if not runs.is_file() or not man.is_file():
         raise UserError("not a calibration run folder (needs runs.csv and manifest.json)", d)
     try:
-        manifest = json.loads(man.read_text())
+        manifest = json.loads(read_text(man))
     except ValueError as e:
         raise UserError(f"not valid JSON: {e}", man) from None
-    if manifest.get("format") != "dcsim-calibrate/1":
-        raise UserError(f"unknown format {manifest.get('format')!r}; expected dcsim-calibrate/1", man, "format")
-    raw = pd.read_csv(runs, dtype=str, keep_default_na=False)
-    for c in ("n_in", "n_out", "batch", "repeat", "runtime_s", "ttft_s", "tpot_s", "gen_tokens", "energy_device_j",
-              "energy_host_j", "energy_prefill_device_j", "energy_timeline_j", "avg_power_w", "peak_power_w",
-              "tail_s", "tail_power_w", "power_cap_w", "t_start", "t_end"):
-        raw[c] = _num(raw[c])
+    if not isinstance(manifest, dict) or manifest.get("format") != "dcsim-calibrate/1":
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise UserError(f"unknown format {got!r}; expected dcsim-calibrate/1", man, "format")
+    text = read_text(runs)
+    try:
+        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise UserError(f"not a readable CSV table: {str(e).strip()}", runs) from None
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing:
+        raise UserError(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (has "
+                        f"{', '.join(map(str, raw.columns[:12]))}{', ...' if len(raw.columns) > 12 else ''})",
+                        runs, missing[0])
+    for c in OPTIONAL:
+        if c not in raw.columns:
+            raw[c] = ""  # a column this run's version did not write: no value in any row
+    for c in NUMERIC:
+        raw[c] = _num(raw[c], runs, c)
     return raw, manifest
+
+
+# runs.csv columns without which no row can be read; the other numeric ones may be absent (empty in every row)
+REQUIRED = ("phase", "status", "n_in", "n_out", "batch", "runtime_s")
+NUMERIC = ("n_in", "n_out", "batch", "repeat", "runtime_s", "ttft_s", "tpot_s", "gen_tokens", "energy_device_j",
+           "energy_host_j", "energy_prefill_device_j", "energy_timeline_j", "avg_power_w", "peak_power_w",
+           "tail_s", "tail_power_w", "power_cap_w", "t_start", "t_end")
+OPTIONAL = tuple(c for c in (*NUMERIC, "point", "extra") if c not in REQUIRED)
 
 
 def load(run_dir: str | Path, cap_w: float | None = None,
@@ -77,6 +104,10 @@ def load(run_dir: str | Path, cap_w: float | None = None,
     name = d.name
     ok = raw["status"] == "ok"
     runs = raw[raw["phase"].isin(["run", "warmup"]) & ok & sel].copy()
+    steps = raw[(raw["phase"] == "step") & ok & sel].copy()
+    if not (runs["phase"] == "run").any() and steps.empty:
+        raise UserError("holds no finished run" + ("" if cap_w is None else f" under a {cap_w:g} W cap") +
+                        " (status ok, phase run or step) to fit", d / "runs.csv")
     short = runs["runtime_s"] < min_energy_s
     runs.loc[short, ["energy_device_j", "energy_host_j", "avg_power_w"]] = np.nan
     table = pd.DataFrame({
@@ -87,13 +118,31 @@ def load(run_dir: str | Path, cap_w: float | None = None,
         "warmup": runs["phase"] == "warmup", "source": name + ":" + runs["point"],
         "cache_len": runs["extra"].map(_cache_len),
     })
+    step_t = pd.DataFrame()
+    if not steps.empty:
+        for c in ("context", "prefill_prefix", "graph_batch"):
+            if c not in steps.columns:
+                raise UserError("step rows without their column", d / "runs.csv", c)
+            steps[c] = _num(steps[c], d / "runs.csv", c)
+        short_s = steps["runtime_s"] < min_energy_s
+        steps.loc[short_s, ["energy_device_j", "energy_host_j", "avg_power_w"]] = np.nan
+        step_t = pd.DataFrame({
+            "kind": "step", "n_in": steps["n_in"], "n_out": steps["n_out"], "batch": steps["batch"],
+            "runtime_s": steps["runtime_s"], "energy_device_j": steps["energy_device_j"],
+            "energy_host_j": steps["energy_host_j"], "avg_power_w": steps["avg_power_w"],
+            "repeat": steps["repeat"].fillna(0), "warmup": False, "source": name + ":" + steps["point"],
+            "context": steps["context"], "prefill_prefix": steps["prefill_prefix"],
+            "graph_batch": steps["graph_batch"],
+        })
+        short = pd.concat([short, short_s])
     idle = raw[raw["phase"].isin(["idle_deep", "idle_serving"]) & ok]
     idle_t = pd.DataFrame({
         "kind": idle["phase"], "n_in": 0, "n_out": 0, "batch": 0, "runtime_s": idle["runtime_s"],
         "energy_device_j": idle["energy_device_j"], "energy_host_j": idle["energy_host_j"],
         "avg_power_w": idle["avg_power_w"], "repeat": 0, "warmup": False, "source": name + ":" + idle["phase"],
     })
-    table = normalise(pd.concat([table, idle_t], ignore_index=True), str(d / "runs.csv"))
+    table = normalise(pd.concat([x for x in (table, step_t, idle_t) if len(x)], ignore_index=True),
+                      str(d / "runs.csv"))
     return table, _meta(d, raw, man, cap_w, int(short.sum()), min_energy_s, model_config)
 
 
@@ -169,6 +218,22 @@ def _config(d: Path, be: dict, model_config: str | Path | None) -> tuple[dict, s
         raise UserError(f"not JSON: {e}", p, "--model-config") from None
 
 
+def _gpu_memory_gb(d: Path, name: str, gpu: dict) -> float:
+    """A GPU's memory size: as the manifest recorded it, else the device catalogue's for that name; with
+    neither, a UserError saying where it was looked for."""
+    from dcsim.profiles.devices import DEVICES
+
+    mem = gpu.get("memory_total_gb")
+    if isinstance(mem, (int, float)) and not isinstance(mem, bool) and math.isfinite(mem) and mem > 0:
+        return round(float(mem), 1)
+    known = [dev.memory_gb for dev in DEVICES.values() if dev.name == name]
+    if known:
+        return known[0]
+    raise UserError(f"the manifest records no memory size for GPU {name!r} and the device catalogue does not know "
+                    f"it (known: {', '.join(sorted(dev.name for dev in DEVICES.values()))}); record its memory "
+                    "in GiB there", d / "manifest.json", "sessions.environment.gpu.memory_total_gb")
+
+
 def _session_info(man: dict) -> tuple[dict, dict]:
     env, backend = {}, {}
     for s in man.get("sessions", []):
@@ -186,7 +251,7 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     if gname in CATALOGUE:
         device: object = CATALOGUE[gname]
     elif gname:
-        device = {"name": gname, "kind": "gpu", "memory_gb": round(float(gpu["memory_total_gb"]), 1),
+        device = {"name": gname, "kind": "gpu", "memory_gb": _gpu_memory_gb(d, gname, gpu),
                   "tdp_w": gpu.get("power_limit_default_w")}
     else:
         device = {"name": env.get("cpu_model") or env.get("device", "unknown"),

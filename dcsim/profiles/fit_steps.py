@@ -1,0 +1,129 @@
+"""Fit a profile to a paged engine's mixed-step sweep (rows of kind "step"): each row is one serving step, run
+many times over, so its time and energy are measured directly rather than taken apart from whole requests.
+
+A step of B decodes (padded to a graph of G rows) reading C KV tokens, and a prefill chunk of P tokens after H
+cached ones, is modelled as the simulator's paged policy composes it (dcsim/sim/batching/paged.py):
+    time   = [B > 0] decode_step_s(batch=G, context=C) + [P > 0] prefill_s(tokens=P, tokens_sq=(H+P)^2-H^2, batch=1)
+    energy = decode part x decode_w + prefill part x prefill_w
+so the fitted curves are the ones the simulation evaluates. The time model is linear in its six coefficients and
+is fitted to all step rows at once (non-negative least squares on relative errors); decode power is fitted to the
+rows without a chunk and prefill power to the rows without decodes (average power = energy / time), both floored at
+the serving idle; the rows that mix both are checked, not fitted. Request-batch rows (kind "run") in the same table,
+where present, are predicted with the fitted curves and reported as a check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dcsim.errors import UserError
+from dcsim.profiles.fit import (
+    FitMeta, FitResult, Terms, _dedupe, _idle, _memory, _spread, _src, fit_error, nnls_rel,
+)
+from dcsim.profiles.profile import Curve, FitError, Latency, Power, Profile, Provenance
+
+
+def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per row: time and energy of one step, and the features of its decode and prefill parts."""
+    k = steps["n_out"].to_numpy(float)
+    b = steps["batch"].to_numpy(float)
+    g = steps["graph_batch"].fillna(steps["batch"]).to_numpy(float)
+    g = np.where(b > 0, np.maximum(g, b), 0.0)
+    p = steps["n_in"].to_numpy(float)
+    h = steps["prefill_prefix"].fillna(0.0).to_numpy(float)
+    return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
+            "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
+            "pf": (p > 0).astype(float), "p": p, "sq": (h + p) ** 2 - h ** 2}
+
+
+def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool) -> tuple[np.ndarray, list[str]]:
+    cols = [f["dec"], f["dec"] * f["g"]] + ([f["dec"] * f["ctx"]] if with_ctx else [])
+    cols += [f["pf"], f["pf"] * f["p"]] + ([f["pf"] * f["sq"]] if with_sq else [])
+    names = ["d0", "dg"] + (["dc"] if with_ctx else []) + ["p0", "pp"] + (["psq"] if with_sq else [])
+    return np.column_stack(cols), names
+
+
+def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
+    """A Profile from the step rows of a normalised table (and its idle windows)."""
+    steps = t[t["kind"] == "step"].reset_index(drop=True)
+    f = step_features(steps)
+    if not (f["dec"] > 0).any() or not (f["pf"] > 0).any():
+        raise UserError("a step sweep needs steps with decodes and steps with a prefill chunk", field="kind")
+    with_ctx = np.unique(f["ctx"][f["dec"] > 0] / np.maximum(f["g"][f["dec"] > 0], 1)).size > 1
+    with_sq = np.unique(f["sq"][f["pf"] > 0]).size > 2
+    a, names = _time_design(f, with_sq, with_ctx)
+    if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
+        raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
+    x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
+    decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {})})
+    prefill_s = Curve(intercept=x["p0"], coef={"tokens": x["pp"], **({"tokens_sq": x["psq"]} if with_sq else {})})
+    t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
+    t_pf = f["pf"] * (x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"])
+    pred_t = t_dec + t_pf
+
+    prov: dict[str, Provenance] = {}
+    not_covered = list(meta.not_covered)
+    src = meta.source
+    errors: dict[str, FitError] = {"latency.step_s": fit_error(pred_t, f["t"])}
+    how = "fitted with the prefill curve to the time of every measured step (decode-only, prefill-only, mixed)"
+    prov["latency.decode_step_s"] = _src(src, how + "; batch is the padded graph batch, context the live KV tokens")
+    prov["latency.prefill_s"] = _src(src, how + "; a chunk after h cached tokens adds (h+p)^2 - h^2 to tokens_sq")
+    if not with_ctx:
+        not_covered.append("decode-step dependence on context length (one context per batch in this sweep)")
+
+    # ---- power: decode-only and prefill-only rows, floored at the serving idle ---------------------------------
+    idle_prov: dict[str, Provenance] = {}
+    idle_gaps: list[str] = []
+    serving, deep = _idle(t, meta, idle_prov, idle_gaps)
+    floor = round(serving, 2)
+    cap_hi = meta.device.tdp_w * meta.gpus_per_replica if meta.device.tdp_w else None
+    has_e = np.isfinite(f["e"])
+    w = np.where(has_e, f["e"] / f["t"], np.nan)
+    dec_only = has_e & (f["dec"] > 0) & (f["pf"] == 0)
+    pf_only = has_e & (f["pf"] > 0) & (f["dec"] == 0)
+    if dec_only.sum() < 3 or pf_only.sum() < 2:
+        raise UserError(f"energy on {int(dec_only.sum())} decode-only and {int(pf_only.sum())} prefill-only steps "
+                        "(rows under 0.5 s carry none): too few to fit power; run more steps per row",
+                        field="energy_device_j")
+    cd = [np.ones(dec_only.sum()), f["g"][dec_only]] + ([f["ctx"][dec_only]] if with_ctx else [])
+    xd = nnls_rel(np.column_stack(cd), w[dec_only], np.ones(dec_only.sum()))
+    decode_w = Curve(intercept=float(xd[0]), coef={"batch": float(xd[1]),
+                                                   **({"context": float(xd[2])} if with_ctx else {})},
+                     lo=floor, hi=cap_hi)
+    cp = np.column_stack([np.ones(pf_only.sum()), f["p"][pf_only]])
+    xp = nnls_rel(cp, w[pf_only], np.ones(pf_only.sum()))
+    prefill_w = Curve(intercept=float(xp[0]), coef={"tokens": float(xp[1])}, lo=floor, hi=cap_hi)
+    w_dec = np.clip(decode_w.intercept + xd[1] * f["g"] + (xd[2] * f["ctx"] if with_ctx else 0.0), floor,
+                    cap_hi or np.inf)
+    w_pf = np.clip(prefill_w.intercept + xp[1] * f["p"], floor, cap_hi or np.inf)
+    pred_e = t_dec * w_dec + t_pf * w_pf
+    errors["energy.step_device_j"] = fit_error(pred_e[has_e], f["e"][has_e])
+    mixed = has_e & (f["dec"] > 0) & (f["pf"] > 0)
+    if mixed.any():
+        errors["energy.mixed_step_device_j"] = fit_error(pred_e[mixed], f["e"][mixed])
+        errors["latency.mixed_step_s"] = fit_error(pred_t[f["dec"] * f["pf"] > 0], f["t"][f["dec"] * f["pf"] > 0])
+    prov["power.decode_w"] = _src(src, "fitted to the average power of the decode-only steps (energy / time)")
+    prov["power.prefill_w"] = _src(src, "fitted to the average power of the prefill-only steps (energy / time)")
+    prov.update(idle_prov)
+    not_covered.extend(idle_gaps)
+    not_covered.append("host (CPU, DRAM) power")
+    memory, mem_prov = _memory(meta)
+    prov["memory"] = mem_prov
+    prov["source"] = src
+    vr = {"batch": (float(steps["batch"][steps["batch"] > 0].min()), float(steps["batch"].max())),
+          "prefill_tokens": (float(steps["n_in"][steps["n_in"] > 0].min()), float(steps["n_in"].max()))}
+    spread = _spread(t)
+    g = steps.assign(_t=f["t"]).groupby(steps["source"].str.replace(r"-r\d+$", "", regex=True))["_t"]
+    cv = (g.std() / g.mean()).dropna()
+    if len(cv):
+        spread["latency.step_s"] = round(float(cv.median()), 4)
+    profile = Profile(
+        name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=meta.engine,
+        gpus_per_replica=meta.gpus_per_replica, latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s),
+        power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
+        power_cap=meta.power_cap, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
+        spread_cv=spread, not_covered=_dedupe(not_covered), notes="\n".join(meta.notes) if meta.notes else None,
+    )
+    rows = steps.assign(pred_step_s=pred_t, step_s=f["t"], pred_step_j=pred_e, step_j=f["e"])
+    return FitResult(profile=profile, rows=rows, terms=Terms(pf=[], dc=[]))
