@@ -138,7 +138,7 @@ class Facility(Strict):
 class Scenario(Strict):
     name: str = "scenario"
     description: str | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="random seed (arrivals, sampling, routing)")
     trace: TraceRef
     arrivals: Arrivals = Field(default_factory=ReplayArrivals)
     fleet: list[Pool] = Field(min_length=1)

@@ -116,14 +116,21 @@ class Trace:
 
 def load_trace(path: str | Path) -> Trace:
     """Read a trace from Parquet or CSV and validate it; errors name the file and column."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError("trace file not found", p)
-    if p.suffix.lower() == ".csv":
+    from dcsim.errors import check_input
+
+    p = check_input(path, what="trace file")
+    csv = p.suffix.lower() == ".csv"
+    if csv:
         import pandas as pd
 
         try:
             df = pd.read_csv(p)
+        except UnicodeDecodeError as e:
+            raise UserError(f"not UTF-8 text (byte {e.start}); is it a binary file, or saved in another "
+                            "encoding?", p) from None
+        except pd.errors.EmptyDataError:
+            raise UserError("the file is empty (expected a header n_in,n_out[,arrival_s] and one row per "
+                            "request)", p) from None
         except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
             raise UserError(f"cannot read CSV: {e}", p) from None
         prov = {"source_file": p.name}
@@ -135,15 +142,41 @@ def load_trace(path: str | Path) -> Trace:
         except Exception as e:  # noqa: BLE001
             raise UserError(f"cannot read Parquet: {e}", p) from None
         meta = table.schema.metadata or {}
-        prov = json.loads(meta.get(PROVENANCE_KEY, b"{}"))
+        try:
+            prov = json.loads(meta.get(PROVENANCE_KEY, b"{}"))
+        except ValueError:
+            raise UserError("its provenance metadata is not valid JSON", p, PROVENANCE_KEY.decode()) from None
+        if not isinstance(prov, dict):
+            raise UserError("its provenance metadata is not a JSON object", p, PROVENANCE_KEY.decode())
         df = table.to_pandas()
     for col in ("n_in", "n_out"):
         if col not in df.columns:
             raise UserError(f"missing column (have {list(df.columns)})", p, col)
+    if len(df) == 0:
+        raise UserError("the trace holds no requests", p)
+    for col in ("n_in", "n_out", "arrival_s"):
+        if col in df.columns:
+            df[col] = _numbers(df[col], p, col, csv)
     arr = df["arrival_s"].to_numpy(np.float64) if "arrival_s" in df.columns else None
     src = df["source"].astype(str).to_numpy(object) if "source" in df.columns else None
     pid, plen = prefix_columns(df, p)
     return Trace(df["n_in"].to_numpy(), df["n_out"].to_numpy(), arr, src, prov, pid, plen).validate(p)
+
+
+def _numbers(col, path: Path, name: str, csv: bool):  # a pandas Series in, numbers out
+    """A column that must hold numbers, as numbers; text in it (a word, a stray quote) is a UserError naming the
+    row (and, in a CSV, its line) and what it holds. Empty cells stay missing (NaN) for validate to judge."""
+    import pandas as pd
+
+    if col.dtype.kind in "iufb":
+        return col
+    num = pd.to_numeric(col, errors="coerce")
+    bad = num.isna() & col.notna() & (col.astype(str).str.strip() != "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        where = f"row {i} (line {i + 2})" if csv else f"row {i}"
+        raise UserError(f"must hold numbers; {where} holds {str(col.iloc[i])[:40]!r}", path, name)
+    return num
 
 
 def prefix_columns(df, path: str | Path | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
