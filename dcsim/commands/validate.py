@@ -21,6 +21,7 @@ comparison: comparison.csv/.json, sim_requests.csv, sim_power.csv, power.png, la
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -210,6 +211,7 @@ def handler(args: argparse.Namespace) -> int:
         env = capture(args.device)
         res = PR.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
         res["kv_blocks"] = backend.eng.alloc.capacity
+        policy = dataclasses.replace(policy, kv_blocks=backend.eng.alloc.capacity)  # the pool the forecast gets
     else:
         warm_s = R.warm_up(backend, policy, lengths, _log,
                            None if args.no_length_warmup else wl["n_in"].tolist())
