@@ -21,6 +21,8 @@ calibrated() {
     --idle-from calibrate/runs/h200-llama-2-7b-hf-graph-standard-b -o profiles/h200--llama-3.2-1b--hf-graph-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-graph-standard -o profiles/h200--llama-2-7b--hf-graph-bf16.yaml
   fit calibrate/runs/h200-llama-2-7b-hf-graph-standard-b -o profiles/h200--llama-2-7b--hf-graph-standard-bf16.yaml
+  # the paged engine's mixed-step sweep (rows of phase step): dcsim/profiles/fit_steps.py
+  fit calibrate/runs/h200b-llama-2-7b-paged-paged-mixed-steps -o profiles/h200--llama-2-7b--paged-bf16.yaml
 }
 derived() {
   # datasheet transfer of the H100 profiles to the H200, checked against the H200's own runs (profiles/README.md)

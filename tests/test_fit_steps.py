@@ -12,15 +12,16 @@ from dcsim.profiles.fit import fit_profile, meta_from_dict
 from dcsim.profiles.measurements import normalise
 
 # the truth: decode 6 ms + 20 us per padded row + 0.1 us per KV token read; prefill 8 ms + 60 us per token +
-# 5 ns per attention pair; decode power 300 W + 0.5 W per row, prefill 420 W + 0.02 W per token; idle 120 W
-D0, DG, DC, P0, PP, PSQ = 6e-3, 2e-5, 1e-7, 8e-3, 6e-5, 5e-9
+# 5 ns per attention pair + 4 us per cached token read back; decode power 300 W + 0.5 W per row, prefill 420 W +
+# 0.02 W per token; idle 120 W
+D0, DG, DC, P0, PP, PSQ, PH = 6e-3, 2e-5, 1e-7, 8e-3, 6e-5, 5e-9, 4e-6
 WD0, WDG, WP0, WPP = 300.0, 0.5, 420.0, 0.02
 K = 100
 
 
 def truth(b, g, ctx, p, h):
     td = (b > 0) * (D0 + DG * g + DC * ctx)
-    tp = (p > 0) * (P0 + PP * p + PSQ * ((h + p) ** 2 - h ** 2))
+    tp = (p > 0) * (P0 + PP * p + PSQ * ((h + p) ** 2 - h ** 2) + PH * h)
     return td, tp, td * (WD0 + WDG * g) + tp * (WP0 + WPP * p)
 
 
@@ -35,8 +36,8 @@ def table(rng=None, noise=0.0):
         for r in range(3):
             f = 1.0 + (noise * rng.standard_normal() if rng is not None else 0.0)
             rows.append({"kind": "step", "n_in": p, "n_out": K, "batch": b, "graph_batch": g, "context": b * L,
-                         "prefill_prefix": h, "runtime_s": float(K * (td + tp) * f), "energy_device_j": float(K * e * f),
-                         "repeat": r, "source": f"t:s-b{b}-l{L}-p{p}-h{h}"})
+                         "prefill_prefix": h, "runtime_s": float(K * (td + tp) * f),
+                         "energy_device_j": float(K * e * f), "repeat": r, "source": f"t:s-b{b}-l{L}-p{p}-h{h}"})
     rows += [{"kind": "idle_serving", "n_in": 0, "n_out": 0, "batch": 0, "runtime_s": 30.0, "avg_power_w": 120.0,
               "source": "t:idle_serving"},
              {"kind": "idle_deep", "n_in": 0, "n_out": 0, "batch": 0, "runtime_s": 20.0, "avg_power_w": 75.0,
@@ -54,7 +55,7 @@ def test_known_curves_are_recovered():
     assert lat.decode_step_s.intercept == pytest.approx(D0, rel=1e-6)
     assert lat.decode_step_s.coef == pytest.approx({"batch": DG, "context": DC}, rel=1e-6)
     assert lat.prefill_s.intercept == pytest.approx(P0, rel=1e-6)
-    assert lat.prefill_s.coef == pytest.approx({"tokens": PP, "tokens_sq": PSQ}, rel=1e-6)
+    assert lat.prefill_s.coef == pytest.approx({"tokens": PP, "tokens_sq": PSQ, "prefix": PH}, rel=1e-6)
     assert p.power.decode_w.intercept == pytest.approx(WD0, rel=1e-6)
     assert p.power.prefill_w.coef["tokens"] == pytest.approx(WPP, rel=1e-6)
     assert p.power.serving_idle_w == 120.0 and p.power.decode_w.lo == 120.0
@@ -67,7 +68,7 @@ def test_the_fitted_profile_composes_a_mixed_step_as_the_simulator_does():
     the simulator calls gives the measured time and energy."""
     ev = fit_profile(table(), meta_from_dict(dict(META))).profile.evaluator()
     t_d, e_d, _ = ev.decode_run(32, 32 * 2048, 1, 32)
-    t_p, w_p, _ = ev.prefill(512, float(1536 ** 2 - 1024 ** 2), 1)
+    t_p, w_p, _ = ev.prefill(512, float(1536 ** 2 - 1024 ** 2), 1, 1024.0)
     td, tp, e = truth(np.array(32), np.array(32), np.array(32 * 2048), np.array(512), np.array(1024))
     assert t_d + t_p == pytest.approx(float(td + tp), rel=1e-6)
     assert e_d + t_p * w_p == pytest.approx(float(e), rel=1e-6)

@@ -8,6 +8,7 @@ Needs torch and transformers (pip install torch==2.13.0 transformers); skipped w
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -156,10 +157,13 @@ from dcsim.calibrate.backends import paged_attention as PA
 import sys
 sys.path.insert(0, {tests!r})
 from test_paged_backend import _ragged
-for heads, kvh in ((4, 4), (8, 2), (8, 1)):
-    q, kc, vc, bt, lens = _ragged(heads, kvh)
-    ref = PA.decode_attention_naive(q, kc, vc, bt, lens, 0.25)
-    torch.testing.assert_close(PA.decode_attention_triton(q, kc, vc, bt, lens, 0.25), ref, rtol=1e-5, atol=1e-5)
+for split in (512, 32):  # one piece per sequence, and long sequences split in pieces (short ones leave some empty)
+    PA.TOKENS_PER_SPLIT = split
+    for heads, kvh in ((4, 4), (8, 2), (8, 1)):
+        q, kc, vc, bt, lens = _ragged(heads, kvh)
+        ref = PA.decode_attention_naive(q, kc, vc, bt, lens, 0.25)
+        got = PA.decode_attention_triton(q, kc, vc, bt, lens, 0.25)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 print("ok")
 """
 
@@ -232,8 +236,9 @@ def test_mixed_steps_time_the_same_step_and_leave_no_growth(backend):
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA-graph and Triton paths need a CUDA device")
-def test_cuda_triton_kernel_equals_the_reference():
-    for heads, kvh, dim in ((32, 32, 128), (32, 8, 128), (8, 2, 64)):
+def test_cuda_triton_kernel_equals_the_reference(monkeypatch):
+    for (heads, kvh, dim), split in itertools.product(((32, 32, 128), (32, 8, 128), (8, 2, 64)), (512, 32)):
+        monkeypatch.setattr(PA, "TOKENS_PER_SPLIT", split)  # long sequences in pieces, short ones leaving some empty
         q, kc, vc, bt, lens = (x.cuda() for x in _ragged(heads, kvh, dim=dim))
         for dt in (torch.float32, torch.bfloat16):
             q2, kc2, vc2 = q.to(dt), kc.to(dt), vc.to(dt)

@@ -34,14 +34,73 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     h = steps["prefill_prefix"].fillna(0.0).to_numpy(float)
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
             "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
-            "pf": (p > 0).astype(float), "p": p, "sq": (h + p) ** 2 - h ** 2}
+            "pf": (p > 0).astype(float), "p": p, "sq": (h + p) ** 2 - h ** 2, "h": h}
 
 
-def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool) -> tuple[np.ndarray, list[str]]:
+def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool,
+                 with_h: bool) -> tuple[np.ndarray, list[str]]:
     cols = [f["dec"], f["dec"] * f["g"]] + ([f["dec"] * f["ctx"]] if with_ctx else [])
-    cols += [f["pf"], f["pf"] * f["p"]] + ([f["pf"] * f["sq"]] if with_sq else [])
-    names = ["d0", "dg"] + (["dc"] if with_ctx else []) + ["p0", "pp"] + (["psq"] if with_sq else [])
+    cols += [f["pf"], f["pf"] * f["p"]] + ([f["pf"] * f["sq"]] if with_sq else []) + ([f["pf"] * f["h"]] if with_h
+                                                                                         else [])
+    names = (["d0", "dg"] + (["dc"] if with_ctx else []) + ["p0", "pp"] + (["psq"] if with_sq else [])
+             + (["ph"] if with_h else []))
     return np.column_stack(cols), names
+
+
+def _parts(f: dict[str, np.ndarray], x: dict[str, float], pf_floor: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each step's decode and prefill seconds under coefficients x (the prefill held at its floor, if any)."""
+    t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
+    lin = x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"] + x.get("ph", 0.0) * f["h"]
+    return t_dec, f["pf"] * (np.maximum(lin, pf_floor) if pf_floor else lin)
+
+
+def _with_prefill_floor(f: dict[str, np.ndarray], x: dict[str, float],
+                        names: list[str]) -> tuple[dict[str, float], float | None]:
+    """Where short chunks all take about the same time (an eager forward paced by the host's kernel launches, not
+    by the GPU), a prefill is the larger of a floor and the linear curve: refit the time model with the floor (the
+    curve's `lo`, which the simulator applies) and keep it if it cuts the median relative error by a fifth."""
+    from scipy.optimize import least_squares
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        xx = dict(zip(names, z[:-1]))
+        td, tp = _parts(f, xx, z[-1])
+        return (td + tp) / f["t"] - 1.0
+
+    pf_only = (f["pf"] > 0) & (f["dec"] == 0)
+    if pf_only.sum() < 3:
+        return x, None
+    base = np.array([x[n] for n in names])
+    before = np.median(np.abs(resid(np.append(base, 0.0))))
+    best = None
+    for frac in (0.75, 1.0, 1.25):  # floor starts about the fastest prefill-only step; soft-L1 against noisy steps
+        z0 = np.append(base, frac * float(np.min(f["t"][pf_only])))
+        res = least_squares(resid, z0, bounds=(0.0, np.inf), x_scale=np.maximum(np.abs(z0), 1e-9),
+                            loss="soft_l1", f_scale=0.05)
+        err = np.median(np.abs(res.fun))
+        if best is None or err < best[0]:
+            best = (err, res.x)
+    if best[0] < 0.8 * before:
+        return dict(zip(names, best[1][:-1])), float(best[1][-1])
+    return x, None
+
+
+def _power_ceiling(p: np.ndarray, w: np.ndarray, x0: np.ndarray,
+                   cap: float | None) -> tuple[np.ndarray, float] | None:
+    """Prefill power that rises with the chunk and then levels off (compute-bound at the clock the power limit
+    allows): a line capped at a fitted ceiling (the curve's `hi`), kept where it cuts the median relative error of
+    the line alone by a fifth."""
+    from scipy.optimize import least_squares
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        return np.minimum(z[0] + z[1] * p, z[2]) / w - 1.0
+
+    z0 = np.array([float(x0[0]), float(x0[1]) * 2.0, float(np.max(w))])
+    hi = [np.inf, np.inf, cap if cap else np.inf]
+    res = least_squares(resid, np.minimum(z0, np.array(hi) - 1e-9), bounds=([0.0, 0.0, 0.0], hi))
+    line = np.median(np.abs((x0[0] + x0[1] * p) / w - 1.0))
+    if np.median(np.abs(res.fun)) < 0.8 * line:
+        return res.x[:2], float(res.x[2])
+    return None
 
 
 def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
@@ -52,14 +111,16 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
         raise UserError("a step sweep needs steps with decodes and steps with a prefill chunk", field="kind")
     with_ctx = np.unique(f["ctx"][f["dec"] > 0] / np.maximum(f["g"][f["dec"] > 0], 1)).size > 1
     with_sq = np.unique(f["sq"][f["pf"] > 0]).size > 2
-    a, names = _time_design(f, with_sq, with_ctx)
+    with_h = np.unique(f["h"][f["pf"] > 0]).size > 1
+    a, names = _time_design(f, with_sq, with_ctx, with_h)
     if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
         raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
     x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
+    x, pf_floor = _with_prefill_floor(f, x, names)
     decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {})})
-    prefill_s = Curve(intercept=x["p0"], coef={"tokens": x["pp"], **({"tokens_sq": x["psq"]} if with_sq else {})})
-    t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
-    t_pf = f["pf"] * (x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"])
+    prefill_s = Curve(intercept=x["p0"], coef={"tokens": x["pp"], **({"tokens_sq": x["psq"]} if with_sq else {}),
+                                               **({"prefix": x["ph"]} if with_h else {})}, lo=pf_floor)
+    t_dec, t_pf = _parts(f, x, pf_floor)
     pred_t = t_dec + t_pf
 
     prov: dict[str, Provenance] = {}
@@ -68,7 +129,10 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     errors: dict[str, FitError] = {"latency.step_s": fit_error(pred_t, f["t"])}
     how = "fitted with the prefill curve to the time of every measured step (decode-only, prefill-only, mixed)"
     prov["latency.decode_step_s"] = _src(src, how + "; batch is the padded graph batch, context the live KV tokens")
-    prov["latency.prefill_s"] = _src(src, how + "; a chunk after h cached tokens adds (h+p)^2 - h^2 to tokens_sq")
+    floor_note = (f"; floor (lo) {pf_floor * 1e3:.1f} ms: chunks up to a size take that long whatever their tokens "
+                  "(an eager forward paced by the host)" if pf_floor else "")
+    prov["latency.prefill_s"] = _src(src, how + "; a chunk after h cached tokens adds (h+p)^2 - h^2 to tokens_sq "
+                                     "and h to prefix" + floor_note)
     if not with_ctx:
         not_covered.append("decode-step dependence on context length (one context per batch in this sweep)")
 
@@ -93,10 +157,14 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
                      lo=floor, hi=cap_hi)
     cp = np.column_stack([np.ones(pf_only.sum()), f["p"][pf_only]])
     xp = nnls_rel(cp, w[pf_only], np.ones(pf_only.sum()))
-    prefill_w = Curve(intercept=float(xp[0]), coef={"tokens": float(xp[1])}, lo=floor, hi=cap_hi)
+    pf_top = _power_ceiling(f["p"][pf_only], w[pf_only], xp, cap_hi)
+    if pf_top is not None:
+        xp, top = pf_top
+    prefill_w = Curve(intercept=float(xp[0]), coef={"tokens": float(xp[1])}, lo=floor,
+                      hi=top if pf_top is not None else cap_hi)
     w_dec = np.clip(decode_w.intercept + xd[1] * f["g"] + (xd[2] * f["ctx"] if with_ctx else 0.0), floor,
                     cap_hi or np.inf)
-    w_pf = np.clip(prefill_w.intercept + xp[1] * f["p"], floor, cap_hi or np.inf)
+    w_pf = np.clip(prefill_w.intercept + xp[1] * f["p"], floor, prefill_w.hi or np.inf)
     pred_e = t_dec * w_dec + t_pf * w_pf
     errors["energy.step_device_j"] = fit_error(pred_e[has_e], f["e"][has_e])
     mixed = has_e & (f["dec"] > 0) & (f["pf"] > 0)

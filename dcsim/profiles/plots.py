@@ -64,8 +64,64 @@ def sweep_lines(df: pd.DataFrame) -> tuple[list[tuple[str, dict[str, float], pd.
     return lines, df[~on_line]
 
 
+def step_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
+    """The PNG of a profile fitted to a mixed-step sweep: decode steps against context, prefill steps against
+    their chunk, and every step's time and energy measured against fitted."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4), squeeze=False)
+    ax = axes[0]
+    rows = rows[rows["kind"] == "step"]
+    dec = rows[(rows["batch"] > 0) & (rows["n_in"] == 0)]
+    pf = rows[(rows["batch"] == 0) & (rows["n_in"] > 0)]
+    mixed = rows[(rows["batch"] > 0) & (rows["n_in"] > 0)]
+    for i, (b, d) in enumerate(dec.groupby("batch")):
+        c = f"C{i % 10}"
+        d = d.assign(L=d["context"] / d["batch"]).sort_values("L")
+        ax[0].plot(d["L"], 1e3 * d["step_s"], "o", color=c, ms=4)
+        m = d.groupby("L")["pred_step_s"].mean()
+        ax[0].plot(m.index, 1e3 * m.to_numpy(), "-", color=c, lw=1, label=f"batch {b:g}")
+    ax[0].set(xscale="log", xlabel="KV tokens read per decode", ylabel="ms per step")
+    _title(ax[0], "decode-only steps: measured (dots), fitted (lines)")
+    ax[0].legend(fontsize=7)
+    for i, (h, d) in enumerate(pf.groupby("prefill_prefix")):
+        c = f"C{i % 10}"
+        d = d.sort_values("n_in")
+        ax[1].plot(d["n_in"], 1e3 * d["step_s"], "o", color=c, ms=4)
+        m = d.groupby("n_in")["pred_step_s"].mean()
+        ax[1].plot(m.index, 1e3 * m.to_numpy(), "-", color=c, lw=1, label=f"{h:g} tokens cached before")
+    ax[1].set(xscale="log", xlabel="prefill chunk tokens", ylabel="ms per step")
+    _title(ax[1], "prefill-only steps: measured (dots), fitted (lines)")
+    ax[1].legend(fontsize=7)
+    for j, (col, pred, unit, k) in enumerate((("step_s", "pred_step_s", "ms", 1e3),
+                                              ("step_j", "pred_step_j", "J", 1.0))):
+        a = ax[2 + j]
+        for name, d, c in (("decode only", dec, "C0"), ("prefill only", pf, "C1"), ("mixed", mixed, "C2")):
+            d = d[np.isfinite(d[col])]
+            a.plot(k * d[pred], k * d[col], "o", color=c, ms=3, label=name)
+        lim = [k * np.nanmin(rows[[col, pred]].to_numpy()), k * np.nanmax(rows[[col, pred]].to_numpy())]
+        a.plot(lim, lim, "k-", lw=0.8)
+        a.set(xscale="log", yscale="log", xlabel=f"fitted {unit} per step", ylabel=f"measured {unit} per step")
+        _title(a, f"every step's {'time' if j == 0 else 'energy'}: measured against fitted")
+        a.legend(fontsize=7)
+    errs = "; ".join(f"{k}: median {v.median_ape_pct:.1f}%, max {v.max_ape_pct:.1f}%"
+                     for k, v in profile.fit_error.items())
+    fig.suptitle(f"{profile.name} ({profile.device.name}, {profile.model.name})\n{textwrap.fill(errs, 170)}",
+                 fontsize=9)
+    for a in axes.flat:
+        for axis in (a.xaxis, a.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_major_formatter(ScalarFormatter())
+                axis.set_minor_formatter(NullFormatter())
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    p = Path(path)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
 def fit_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
     """Write the PNG; returns its path."""
+    if (rows["kind"] == "step").any():
+        return step_figure(profile, rows, path)
     runs = rows[rows["kind"] == "run"]
     dec = rows[rows["kind"] == "decode"]
     sweeps = sorted({str(s).split(":")[0] for s in runs["source"]}) if len(runs) else []

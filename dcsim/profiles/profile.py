@@ -19,7 +19,7 @@ from dcsim.errors import UserError, load_model
 
 # Features a curve may use. Prefill curves see the prompt tokens of one step; decode curves see a step
 # of `batch` sequences holding `context` KV tokens in all.
-PREFILL_FEATURES = ("tokens", "tokens_sq", "batch")
+PREFILL_FEATURES = ("tokens", "tokens_sq", "batch", "prefix")
 DECODE_FEATURES = ("batch", "context")
 
 
@@ -42,9 +42,11 @@ class Curve(Strict):
         return (-math.inf if self.lo is None else self.lo, math.inf if self.hi is None else self.hi)
 
     def prefill_terms(self) -> tuple:
-        """(intercept, per token, per token squared, per prompt, lo, hi) for fast evaluation."""
+        """(intercept, per token, per token squared, per prompt, per cached prefix token, lo, hi) for fast
+        evaluation."""
         c = self.coef
-        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0), *self.bounds())
+        return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0),
+                c.get("prefix", 0.0), *self.bounds())
 
     def decode_terms(self) -> tuple:
         """(intercept, per sequence, per context token, lo, hi) for fast evaluation."""
@@ -378,16 +380,17 @@ class ProfileEvaluator:
         return s.time_x, s.power_x
 
     # ---- prefill ------------------------------------------------------------------------------
-    def prefill(self, tokens: float, tokens_sq: float, batch: int) -> tuple[float, float, float]:
-        """(seconds, device watts, host watts) of one prefill step."""
-        a, b, c, d, lo, hi = self.pf_t
-        t = a + b * tokens + c * tokens_sq + d * batch
+    def prefill(self, tokens: float, tokens_sq: float, batch: int,
+                prefix: float = 0.0) -> tuple[float, float, float]:
+        """(seconds, device watts, host watts) of one prefill step; `prefix`: cached tokens its chunks read back."""
+        a, b, c, d, e, lo, hi = self.pf_t
+        t = a + b * tokens + c * tokens_sq + d * batch + e * prefix
         if t < lo:
             t = lo
         elif t > hi:
             t = hi
-        a, b, c, d, lo, hi = self.pf_p
-        w = a + b * tokens + c * tokens_sq + d * batch
+        a, b, c, d, e, lo, hi = self.pf_p
+        w = a + b * tokens + c * tokens_sq + d * batch + e * prefix
         if w < lo:
             w = lo
         elif w > hi:
@@ -401,7 +404,7 @@ class ProfileEvaluator:
             w *= self.pf_px
         if self.host_pf is None:
             return t, w, 0.0
-        return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch)
+        return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix)
 
     def served_alone(self, n_in: int, n_out: int) -> tuple[float, float]:
         """(seconds, device joules) of one request served alone: its prefill, then n_out - 1 decode steps at

@@ -225,5 +225,5 @@ def run(data_dir: str | Path, out: Path, a: Assumptions | None = None,
 
 def summary(df: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Median and max absolute error per metric."""
-    return {m: {"median_abs_err": float(df[f"{m}_err"].abs().median()), "max_abs_err": float(df[f"{m}_err"].abs().max())}
-            for m in METRICS}
+    return {m: {"median_abs_err": float(df[f"{m}_err"].abs().median()),
+                "max_abs_err": float(df[f"{m}_err"].abs().max())} for m in METRICS}

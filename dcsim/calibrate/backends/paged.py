@@ -122,6 +122,11 @@ class PagedEngine:
         self.max_model_len = int(max_model_len)
         self.max_blocks = math.ceil(self.max_model_len / self.block_size)
         cuda = device.startswith("cuda")
+        if cuda and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+            # cuDNN's attention builds an execution plan for every new sequence length, which a server's prefills
+            # (a new prompt length almost every step) would pay again and again; the flash and memory-efficient
+            # kernels have no such per-shape cost. Set for this process, which the engine owns.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.attention = attention or ("triton" if cuda and PA.triton_available() else "torch")
         dt = model.dtype

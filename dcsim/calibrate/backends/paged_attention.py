@@ -5,9 +5,10 @@ sit in the blocks its block table lists, in order, and its length says how many 
 implementations, one contract (q [batch, heads, head_dim] -> out of the same shape, each row attending to the
 first lens[i] tokens of its blocks):
 
-- `decode_attention_triton`: a Triton kernel, one program per (sequence, query head), looping over that
-  sequence's live blocks only, several blocks per iteration (the count read from `lens` on the device, so a CUDA
-  graph that captured it replays with whatever lengths the buffers hold), online softmax in fp32; grouped-query
+- `decode_attention_triton`: a Triton kernel, one program per (sequence, query head, 512-token piece of the
+  sequence), looping over that piece's live blocks only, several blocks per iteration (the count read from `lens`
+  on the device, so a CUDA graph that captured it replays with whatever lengths the buffers hold), online softmax
+  in fp32, the pieces combined after (as vLLM's paged attention v2 partitions long sequences); grouped-query
   aware (query head h reads KV head h // group). Its cost grows with each sequence's live context, as vLLM's
   paged attention does.
 - `decode_attention_torch`: the same on any device with torch ops: gathers the first `max_blocks` blocks of
@@ -88,47 +89,60 @@ def decode_attention_naive(q: Any, k_cache: Any, v_cache: Any, block_tables: Any
     return out
 
 
+# tokens of one sequence that one program reads at most: a longer sequence is split over several programs whose
+# partial softmax sums are combined after (split-K, "flash decoding", as vLLM's paged attention v2 partitions a
+# sequence in 512-token pieces), so a small batch of long sequences still keeps the GPU's multiprocessors busy
+TOKENS_PER_SPLIT = 512
+
 if triton is not None:
 
     @triton.jit
-    def _paged_decode_kernel(Q, K, V, BT, LENS, OUT, scale, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh,
-                             stride_bt, stride_ob, stride_oh, GROUP: tl.constexpr, BLOCK: tl.constexpr,
+    def _paged_decode_kernel(Q, K, V, BT, LENS, M, L, ACC, scale, stride_qb, stride_qh, stride_kb, stride_kt,
+                             stride_kh, stride_bt, SPLITS, SPLIT_BLOCKS, GROUP: tl.constexpr, BLOCK: tl.constexpr,
                              PER_ITER: tl.constexpr, D: tl.constexpr):
-        # one program per (sequence, query head); each iteration reads PER_ITER blocks (PER_ITER x BLOCK tokens)
+        # one program per (sequence, query head, split); split s reads the sequence's blocks
+        # s * SPLIT_BLOCKS .. (s + 1) * SPLIT_BLOCKS - 1 that are live, PER_ITER blocks an iteration, and writes its
+        # running max, sum and weighted values for the combine
         seq = tl.program_id(0)
         head = tl.program_id(1)
+        split = tl.program_id(2)
         kvh = head // GROUP
         offs_d = tl.arange(0, D)
         offs_t = tl.arange(0, PER_ITER * BLOCK)
         q = tl.load(Q + seq * stride_qb + head * stride_qh + offs_d).to(tl.float32)
         n = tl.load(LENS + seq)
         n_blocks = tl.cdiv(n, BLOCK)
+        first = split * SPLIT_BLOCKS
+        last = tl.minimum(first + SPLIT_BLOCKS, n_blocks)
         m_i = tl.max(tl.full([PER_ITER * BLOCK], float("-inf"), tl.float32), 0)
         l_i = tl.sum(tl.zeros([PER_ITER * BLOCK], tl.float32), 0)
         acc = tl.zeros([D], tl.float32)
-        for it in range(0, tl.cdiv(n_blocks, PER_ITER)):
-            j = it * PER_ITER + offs_t // BLOCK  # the table entry of each token of this iteration
-            blk = tl.load(BT + seq * stride_bt + j, mask=j < n_blocks, other=0).to(tl.int64)
-            live = it * PER_ITER * BLOCK + offs_t < n
+        for it in range(0, tl.cdiv(tl.maximum(last - first, 0), PER_ITER)):
+            j = first + it * PER_ITER + offs_t // BLOCK  # the table entry of each token of this iteration
+            blk = tl.load(BT + seq * stride_bt + j, mask=j < last, other=0).to(tl.int64)
+            live = (j < last) & ((first + it * PER_ITER) * BLOCK + offs_t < n)
             off = blk[:, None] * stride_kb + (offs_t % BLOCK)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
             k = tl.load(K + off, mask=live[:, None], other=0.0).to(tl.float32)
             s = tl.sum(k * q[None, :], 1) * scale
             s = tl.where(live, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 0))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
+            alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp(m_i - m_new))
+            p = tl.where(live, tl.exp(s - m_new), 0.0)
             v = tl.load(V + off, mask=live[:, None], other=0.0).to(tl.float32)
             l_i = l_i * alpha + tl.sum(p, 0)
             acc = acc * alpha + tl.sum(p[:, None] * v, 0)
             m_i = m_new
-        out = acc / l_i
-        tl.store(OUT + seq * stride_ob + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty))
+        row = (seq * tl.num_programs(1) + head) * SPLITS + split
+        tl.store(M + row, m_i)
+        tl.store(L + row, l_i)
+        tl.store(ACC + row * D + offs_d, acc)
 
 
 def decode_attention_triton(q: Any, k_cache: Any, v_cache: Any, block_tables: Any, lens: Any, scale: float,
                             out: Any = None) -> Any:
-    """Decode attention by the Triton kernel over live blocks only; no host read of any device value, so it
-    can be captured in a CUDA graph. head_dim must be a power of two (64 and 128 for the Llama shapes)."""
+    """Decode attention by the Triton kernel over live blocks only, each sequence split in TOKENS_PER_SPLIT
+    pieces read in parallel and combined with torch ops; no host read of any device value, so it can be captured
+    in a CUDA graph. head_dim must be a power of two (64 and 128 for the Llama shapes)."""
     import torch
 
     if triton is None:
@@ -138,12 +152,23 @@ def decode_attention_triton(q: Any, k_cache: Any, v_cache: Any, block_tables: An
     if dim & (dim - 1) or bs & (bs - 1):
         raise ValueError(f"head_dim ({dim}) and block_size ({bs}) must be powers of two for the Triton kernel")
     q = q.contiguous()
-    out = torch.empty_like(q) if out is None else out
+    split_blocks = max(1, TOKENS_PER_SPLIT // bs)
+    splits = max(1, math.ceil(block_tables.shape[1] / split_blocks))
+    m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
+    l_ = torch.empty_like(m)
+    acc = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     assert k_cache.stride(3) == 1 and q.stride(2) == 1 and block_tables.stride(1) == 1
-    _paged_decode_kernel[(rows, heads)](
-        q, k_cache, v_cache, block_tables, lens, out, scale, q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), out.stride(0), out.stride(1),
-        GROUP=heads // kv_heads, BLOCK=bs, PER_ITER=max(1, TOKENS_PER_ITER // bs), D=dim)
+    _paged_decode_kernel[(rows, heads, splits)](
+        q, k_cache, v_cache, block_tables, lens, m, l_, acc, scale, q.stride(0), q.stride(1), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), splits, split_blocks,
+        GROUP=heads // kv_heads, BLOCK=bs, PER_ITER=max(1, min(TOKENS_PER_ITER // bs, split_blocks)), D=dim)
+    # combine the splits: weights exp(m_s - max_s m), an empty split (m = -inf) weighing nothing
+    top = m.amax(dim=2, keepdim=True)
+    w = torch.exp(m - top)
+    res = (acc * w[..., None]).sum(dim=2) / (l_ * w).sum(dim=2)[..., None]
+    if out is None:
+        return res.to(q.dtype)
+    out.copy_(res)
     return out
 
 

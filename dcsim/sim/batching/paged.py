@@ -13,8 +13,9 @@ One step, as the engine schedules it:
   waiting request is admitted in a step that preempted. A waiting request's cached prefix (its full blocks)
   is skipped.
 - Time and energy: the decode part at the padded batch (`decode_step_s(batch, context)`, context the live KV
-  tokens) plus the prefill part (`prefill_s(tokens, tokens_sq, chunks)`, a chunk from position h to h + p adding
-  (h + p)^2 - h^2 to tokens_sq, as a whole prompt adds its square); energies add. A profile measured on an
+  tokens) plus the prefill part (`prefill_s(tokens, tokens_sq, chunks, prefix)`, a chunk from position h to h + p
+  adding (h + p)^2 - h^2 to tokens_sq, as a whole prompt adds its square, and h to prefix, the cached tokens it
+  reads back); energies add. A profile measured on an
   engine whose decode step already holds its prefills (`engine.step_includes_prefill`, e.g. from a serving
   engine's throughput) is split the other way: a chunk inside a decode step costs its marginal prefill time
   (prefill_s less its fixed part; the step reads the weights once) at the step's power, and each step of n
@@ -263,10 +264,10 @@ class Paged(Policy):
         partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
-        decode_run, decode_step = ev.decode_run, ev.decode_step
+        decode_step = ev.decode_step
         itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
                                                 self.itl_k.append, self.itl_n.append)
-        decode_run, decode_step = ev.decode_run, ev.decode_step
+        decode_step = ev.decode_step
         itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
                                                 self.itl_k.append, self.itl_n.append)
 
@@ -478,7 +479,7 @@ class Paged(Policy):
                 t_d, e_d, h_d = ev.decode_run(bg, self.S + n * self.D + n, 1, n)
             tokens = sum(c[2] for c in chunks)
             sq = float(sum((d + c) * (d + c) - d * d for _, d, c in chunks))
-            t_p, w_p, hw_p = ev.prefill(tokens, sq, len(chunks))
+            t_p, w_p, hw_p = ev.prefill(tokens, sq, len(chunks), float(sum(d for _, d, _ in chunks)))
             if split and n:  # the prefill runs inside this decode step, at the step's measured power
                 t_p = max(0.0, t_p - pf_fixed)
                 self.pf_sum += t_p
