@@ -150,6 +150,22 @@ class Sweep:
         return {k: _float(row.get(k, "")) for k in ("runtime_s", "energy_device_j", "ttft_s")}
 
     # ---- one window ---------------------------------------------------------------------------
+    def _failed(self, m, entry: str, row: dict, st: dict, e: Exception, recover: bool = False) -> dict:  # noqa: ANN001
+        """Record a run or step that raised (out of memory, a server error) as failed, closing its meter window;
+        the point is not retried."""
+        try:
+            m.end(entry, sync=False)
+        except Exception:  # noqa: BLE001 - the window may never have opened
+            pass
+        fix = getattr(self.backend, "recover", None) if recover else None
+        if fix:
+            fix()
+        row.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}", t_start=st.get("t0"),
+                   t_end=round(time.time(), 3))
+        self.writer.write(row)
+        self._log(f"{entry}: FAILED {row['error']}")
+        return row
+
     def _timeline_stats(self, t0: float, t1: float) -> tuple[float, float]:
         tl = self.timeline
         if tl is None or not tl.active:
@@ -205,18 +221,7 @@ class Sweep:
         try:
             tm = self.backend.run(n_in, n_out, batch, seed, on_start, on_first)
         except Exception as e:  # out of memory, server error: record it, do not retry this point
-            try:
-                m.end(entry, sync=False)
-            except Exception:
-                pass
-            recover = getattr(self.backend, "recover", None)
-            if recover:
-                recover()
-            row.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}", t_start=st.get("t0"),
-                       t_end=round(time.time(), 3))
-            self.writer.write(row)
-            self._log(f"{entry}: FAILED {row['error']}")
-            return row
+            return self._failed(m, entry, row, st, e, recover=True)
         r = m.end(entry)
         t1 = time.time()
         t0 = st["t0"]
@@ -258,15 +263,7 @@ class Sweep:
         try:
             tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start)
         except Exception as e:  # out of memory: record it, do not retry this point
-            try:
-                m.end(entry, sync=False)
-            except Exception:
-                pass
-            row.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}", t_start=st.get("t0"),
-                       t_end=round(time.time(), 3))
-            self.writer.write(row)
-            self._log(f"{entry}: FAILED {row['error']}")
-            return row
+            return self._failed(m, entry, row, st, e)
         r = m.end(entry)
         t1 = time.time()
         t0 = st["t0"]

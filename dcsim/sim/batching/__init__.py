@@ -10,7 +10,13 @@ import importlib
 import pkgutil
 
 from dcsim.sim.batching.base import (
-    POLICIES, BatchParams, Policy, PolicyParamsError, make_policy, parse_params, policy,
+    POLICIES,
+    BatchParams,
+    Policy,
+    PolicyParamsError,
+    make_policy,
+    parse_params,
+    policy,
 )
 
 for _m in pkgutil.iter_modules(__path__):

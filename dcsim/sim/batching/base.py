@@ -59,6 +59,33 @@ class Policy:
         raise NotImplementedError
 
 
+def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float], k: int,
+                      cut: Callable[[float], tuple[int, tuple[float, float, float]]],
+                      interruptible: bool = True) -> Generator:
+    """The events of a run of k decode steps starting at `now` whose (time, device J, host J) is `run`: an arrival
+    that can join interrupts it (Replica.submit), and the run then stops at the end of the step in progress,
+    `cut(elapsed)` giving (steps done, their time and energies). Logs the segment; returns (steps, t, e, h)."""
+    import simpy
+
+    env = rep.env
+    t, e, h = run
+    steps = k
+    rep.decoding = interruptible
+    rep.current = (now, now + t, e, h)
+    try:
+        yield env.timeout(t)
+    except simpy.Interrupt:
+        steps, (t, e, h) = cut(env.now - now)
+        rep.current = (now, now + t, e, h)
+        rest = now + t - env.now
+        if rest > 0:
+            yield env.timeout(rest)
+    rep.decoding = False
+    rep.current = None
+    rep.segment(now, now + t, e, h)
+    return steps, t, e, h
+
+
 POLICIES: dict[str, type[Policy]] = {}
 
 

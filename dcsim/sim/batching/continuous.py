@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-import simpy
-
-from dcsim.sim.batching.base import Policy, policy
-from dcsim.sim.batching.limits import Limits
+from dcsim.sim.batching.base import decode_run_events, policy
+from dcsim.sim.batching.limits import Batches, Limits
 
 if TYPE_CHECKING:
     from dcsim.profiles.profile import ProfileEvaluator
@@ -17,25 +15,15 @@ if TYPE_CHECKING:
 
 
 @policy("continuous")
-class Continuous(Policy):
+class Continuous(Batches):
     """Between decode steps, admit waiting requests while the batch and KV memory allow; newcomers' prefill runs
     as one step (decodes wait for it), then all decode together. KV for a request's prompt and full output is
     reserved at admission (no preemption)."""
-
-    Params = Limits
 
     def __init__(self, params: Limits) -> None:
         super().__init__(params)
         self.kv_used = 0  # KV tokens reserved by the running batch
         self.running_n = 0  # sequences in the running batch
-
-    @property
-    def parallel(self) -> int:
-        return self.params.max_batch
-
-    @property
-    def max_batch(self) -> int:
-        return self.params.max_batch
 
     def admits(self, rep: "Replica", r: "Request") -> bool:
         return self._can_admit(rep, r, self.running_n)
@@ -89,24 +77,13 @@ class Continuous(Policy):
             n = self.running_n = len(running)
             k = min(r.remaining for r in running)
             now = env.now
-            t_run, e_run, h_run = ev.decode_run(n, ctx, k)
-            steps = k
-            rep.decoding = True
-            rep.current = (now, now + t_run, e_run, h_run)
-            try:
-                yield env.timeout(t_run)
-            except simpy.Interrupt:
-                # a newcomer can join: finish the step in progress, then stop the run there
-                steps = steps_covering(ev, n, ctx, k, env.now - now)
-                t_run, e_run, h_run = ev.decode_run(n, ctx, steps)
-                rep.current = (now, now + t_run, e_run, h_run)
-                rest = now + t_run - env.now
-                if rest > 0:
-                    yield env.timeout(rest)
-            rep.decoding = False
-            rep.current = None
+
+            def cut(elapsed: float, n: int = n, ctx: int = ctx, k: int = k) -> tuple[int, tuple[float, float, float]]:
+                steps = steps_covering(ev, n, ctx, k, elapsed)  # a newcomer joins after the step in progress
+                return steps, ev.decode_run(n, ctx, steps)
+
+            steps, t_run, e_run, h_run = yield from decode_run_events(rep, now, ev.decode_run(n, ctx, k), k, cut)
             end = now + t_run
-            rep.segment(now, end, e_run, h_run)
             e_each, h_each = e_run / n, h_run / n
             ctx += steps * n
             still: list[Request] = []

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from dcsim.sim.batching.base import BatchParams
+from dcsim.sim.batching.base import BatchParams, Policy
 
 
 class Limits(BatchParams):
@@ -26,3 +26,17 @@ class Limits(BatchParams):
             raise ValueError("continuous reserves each request's prompt and full output at admission; KV "
                              "allocated as tokens are generated (with preemption) is policy 'paged'")
         return v
+
+
+class Batches(Policy):
+    """A policy that serves up to `max_batch` requests at once (static, continuous)."""
+
+    Params = Limits
+
+    @property
+    def parallel(self) -> int:
+        return self.params.max_batch
+
+    @property
+    def max_batch(self) -> int:
+        return self.params.max_batch

@@ -32,14 +32,14 @@ a running total per batch member. Cost per event does not grow with the batch.
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Generator
 
-import simpy
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
-from dcsim.sim.batching.base import BatchParams, Policy, policy
+from dcsim.sim.batching.base import BatchParams, Policy, decode_run_events, policy
 from dcsim.sim.batching.kv_blocks import BlockPool
 
 if TYPE_CHECKING:
@@ -142,11 +142,9 @@ class Paged(Policy):
         self.out_sum = 0  # and the output lengths of the out_n requests admitted so far
         self.out_n = 0
         self.padded_rows = 0  # graph padding: rows run beyond the real decodes, summed over steps
-        self.itl_ts: list[float] = []  # decode runs: start, first step's time, last step's time, steps, decodes
-        self.itl_t0: list[float] = []
-        self.itl_t1: list[float] = []
-        self.itl_k: list[int] = []
-        self.itl_n: list[int] = []
+        # decode runs: start, first step's time, last step's time, steps, decodes (8 bytes an entry)
+        self.itl_ts, self.itl_t0, self.itl_t1 = array("d"), array("d"), array("d")
+        self.itl_k, self.itl_n = array("q"), array("q")
 
     @property
     def parallel(self) -> int:
@@ -264,10 +262,7 @@ class Paged(Policy):
         partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
-        decode_step = ev.decode_step
-        itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
-                                                self.itl_k.append, self.itl_n.append)
-        decode_step = ev.decode_step
+        decode_run, decode_step = ev.decode_run, ev.decode_step
         itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
                                                 self.itl_k.append, self.itl_n.append)
 
@@ -361,6 +356,7 @@ class Paged(Policy):
             pool.take(dec_need)  # the decodes' blocks for this step, before any chunk takes blocks
             budget = budget_max - self.n_dec
             chunks: list[tuple[Request, int, int]] = []  # (request, tokens computed before, chunk tokens)
+            tokens = sq = pre = 0  # the chunks' tokens, attention pairs ((h+p)^2 - h^2) and cached tokens read
             # -- 2. the partially prefilled request(s), in admission order -----------------------------
             for rid in list(partial) if partial else ():
                 if rid not in partial or budget <= 0:
@@ -376,6 +372,9 @@ class Paged(Policy):
                     continue
                 pool.take(need)
                 chunks.append((r, st.done, ch))
+                tokens += ch
+                sq += (st.done + ch) * (st.done + ch) - st.done * st.done
+                pre += st.done
                 budget -= ch
             # -- 3. waiting requests, unless this step preempted ----------------------------------------
             while not preempted and q and budget > 0 and self.n_run < p.max_num_seqs:
@@ -387,16 +386,18 @@ class Paged(Policy):
                 e = pool.entries.get(st.ckey) if caching else None
                 if e is not None:
                     hit = min(e.blocks, min(st.target - 1, st.own) // bs)
-                # with its cached prefix (which it then pins), else without it (the entry stays evictable)
-                for hit in ((hit, 0) if hit else (0,)):
-                    done = hit * bs
-                    rest = st.target - done
-                    ch = min(rest, budget)
-                    need = -(-(done + ch) // bs) - hit
-                    pinned = e.blocks if hit and e.refs == 0 else 0
-                    if need <= pool.allocatable() - pinned:
-                        break
-                else:
+                free = pool.allocatable()
+                done = hit * bs
+                rest = st.target - done
+                ch = rest if rest < budget else budget
+                need = -(-(done + ch) // bs) - hit
+                if hit and need > free - (e.blocks if e.refs == 0 else 0):
+                    # its cached prefix would be pinned and leave too little: without it (the entry stays evictable)
+                    hit = done = 0
+                    rest = st.target
+                    ch = rest if rest < budget else budget
+                    need = -(-ch // bs)
+                if need > free:
                     break
                 if not chunked and budget < rest <= budget_max:
                     break
@@ -419,6 +420,9 @@ class Paged(Policy):
                 partial[r.rid] = r
                 self.n_run += 1
                 chunks.append((r, done, ch))
+                tokens += ch
+                sq += (done + ch) * (done + ch) - done * done
+                pre += done
                 budget -= ch
             n = self.n_dec
             if not chunks and n == 0:
@@ -440,23 +444,16 @@ class Paged(Policy):
                 t_one = decode_step(bg, ctx0)[0]
                 give = min(self.pf_sum / self.pf_n * n / (self.out_sum / self.out_n), 0.5 * t_one) \
                     if split and self.pf_n else 0.0
-                t_run, e_run, h_run = self._run(bg, ctx0, k, n, give)
-                steps = k
-                rep.decoding = not q and self.n_run < p.max_num_seqs
-                rep.current = (now, now + t_run, e_run, h_run)
-                try:
-                    yield env.timeout(t_run)
-                except simpy.Interrupt:
-                    steps = ev.decode_steps_covering(bg, ctx0, k, env.now - now, n, -give)
-                    t_run, e_run, h_run = self._run(bg, ctx0, steps, n, give)
-                    rep.current = (now, now + t_run, e_run, h_run)
-                    rest = now + t_run - env.now
-                    if rest > 0:
-                        yield env.timeout(rest)
-                rep.decoding = False
-                rep.current = None
+                run = self._run(bg, ctx0, k, n, give) if give else decode_run(bg, ctx0, k, n)
+
+                def cut(elapsed: float, bg: int = bg, ctx0: int = ctx0, k: int = k, n: int = n,
+                        give: float = give) -> tuple[int, tuple[float, float, float]]:
+                    steps = ev.decode_steps_covering(bg, ctx0, k, elapsed, n, -give)
+                    return steps, self._run(bg, ctx0, steps, n, give)
+
+                steps, t_run, e_run, h_run = yield from decode_run_events(
+                    rep, now, run, k, cut, not q and self.n_run < p.max_num_seqs)
                 end = now + t_run
-                rep.segment(now, end, e_run, h_run)
                 pool.take(self.new_blocks(steps) - dec_need)
                 self.D += steps
                 self.cum_e += e_run / n
@@ -477,9 +474,7 @@ class Paged(Policy):
             if n:
                 bg = self.padded(n)
                 t_d, e_d, h_d = ev.decode_run(bg, self.S + n * self.D + n, 1, n)
-            tokens = sum(c[2] for c in chunks)
-            sq = float(sum((d + c) * (d + c) - d * d for _, d, c in chunks))
-            t_p, w_p, hw_p = ev.prefill(tokens, sq, len(chunks), float(sum(d for _, d, _ in chunks)))
+            t_p, w_p, hw_p = ev.prefill(tokens, float(sq), len(chunks), float(pre))
             if split and n:  # the prefill runs inside this decode step, at the step's measured power
                 t_p = max(0.0, t_p - pf_fixed)
                 self.pf_sum += t_p

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import Policy, policy
-from dcsim.sim.batching.limits import Limits
+from dcsim.sim.batching.base import policy
+from dcsim.sim.batching.limits import Batches
 
 if TYPE_CHECKING:
     from dcsim.sim.replica import Replica
 
 
 @policy("static")
-class Static(Policy):
+class Static(Batches):
     """Gather up to max_batch requests or wait max_wait_s after the first, then run them padded to the longest
     prompt and the longest output as one batch (as HF generate does)."""
 
-    Params = Limits
-
-    @property
-    def parallel(self) -> int:
-        return self.params.max_batch
-
-    @property
-    def max_batch(self) -> int:
-        return self.params.max_batch
 
     def run(self, rep: "Replica") -> Generator:
         env, ev, log, q, b = rep.env, rep.ev, rep.log, rep.queue, self.params
