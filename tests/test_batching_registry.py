@@ -7,13 +7,13 @@ from typing import Generator
 
 import pytest
 from pydantic import Field
+from simkit import scenario, write_profile, write_trace
 
 from dcsim.errors import UserError, validate_file
 from dcsim.results import requests_table
 from dcsim.scenario import Scenario
 from dcsim.sim.batching import POLICIES, BatchParams, Policy, policy
 from dcsim.sim.engine import simulate
-from simkit import scenario, write_profile, write_trace
 
 
 class LifoParams(BatchParams):
