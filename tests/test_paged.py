@@ -214,3 +214,19 @@ def test_a_prefix_longer_than_its_prompt_is_refused(tmp_path):
                                                   "batching": {"policy": "paged"}}], arrivals={"kind": "all_at_once"})))
     r = subprocess.run([sys.executable, "-m", "dcsim.cli", "run", str(sc)], capture_output=True, text=True)
     assert r.returncode == 2 and "prefix_len" in r.stderr and "row 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_paged_replay_is_judged_on_ttft_tpot_and_preemptions():
+    """The comparison's extra figures for a paged engine, worked by hand on four requests."""
+    import pandas as pd
+
+    from dcsim.validate.compare import PAGED_TARGETS, _metrics
+
+    req = pd.DataFrame({"arrival_s": [0.0, 0.0, 1.0, 2.0], "start_s": [0.0, 0.1, 1.0, 2.5],
+                        "first_token_s": [0.2, 0.4, 1.1, 3.0], "done_s": [1.2, 0.4, 2.1, 3.5],
+                        "n_out": [11, 1, 21, 6], "preemptions": [0, 0, 2, 1]})
+    m = _metrics(req, 10.0, 8.0, 2.0, 4.0, per_request=True)
+    assert m["preemptions"] == 3
+    assert m["tpot_p50_s"] == pytest.approx(0.1)  # 1.0/10, 1.0/20, 0.5/5: median 0.1 (the 1-token request has none)
+    assert m["ttft_p95_s"] == pytest.approx(np.percentile([0.2, 0.4, 0.1, 1.0], 95))
+    assert PAGED_TARGETS["tpot_p50_s"] == 0.10 and PAGED_TARGETS["ttft_p95_s"] == 0.15
