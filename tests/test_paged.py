@@ -230,3 +230,23 @@ def test_a_paged_replay_is_judged_on_ttft_tpot_and_preemptions():
     assert m["tpot_p50_s"] == pytest.approx(0.1)  # 1.0/10, 1.0/20, 0.5/5: median 0.1 (the 1-token request has none)
     assert m["ttft_p95_s"] == pytest.approx(np.percentile([0.2, 0.4, 0.1, 1.0], 95))
     assert PAGED_TARGETS["tpot_p50_s"] == 0.10 and PAGED_TARGETS["ttft_p95_s"] == 0.15
+
+
+def test_replay_load_is_sized_by_the_engines_sustained_rate(tmp_path):
+    """--utilisation with an iteration-level engine: a fraction of the request rate the engine sustains. One
+    sequence at a time on the toy profile serves a 100-in / 11-out request in 0.41 s, so it sustains 1/0.41 per s."""
+    from dcsim.profiles.profile import load_profile
+    from dcsim.validate import workload as W
+
+    prof = load_profile(write_profile(tmp_path))
+    tr = write_trace(tmp_path, [100] * 60, [11] * 60)
+    b = {"policy": "paged", "max_num_seqs": 1, "max_num_batched_tokens": 256, "cudagraph_batch_sizes": []}
+    spec = W.WorkloadSpec(trace=str(tr), arrivals="poisson", utilisation=0.5, batching=b, seed=3)
+    wl = W.build(spec, prof)
+    info = W.describe(wl, prof, b)
+    assert info["sustained_rate_per_s"] == pytest.approx(1 / 0.41, rel=0.03)
+    gaps = np.diff(wl["arrival_s"].to_numpy())
+    assert gaps.mean() == pytest.approx(0.41 / 0.5, rel=0.3)  # Poisson gaps at half the sustained rate
+    # 64 sequences at once sustain far more than one at a time on the same requests
+    wide = W.sustained_rate(prof, np.full(60, 100), np.full(60, 11), {**b, "max_num_seqs": 64})
+    assert wide > 3 * info["sustained_rate_per_s"]  # (the toy prefill, 0.1 s a step, bounds it)

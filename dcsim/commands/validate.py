@@ -47,8 +47,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrivals", default="replay", choices=("replay", "poisson"))
     p.add_argument("--time-scale", type=float, help="replay: multiply the trace's gaps by this")
     p.add_argument("--rate", type=float, help="poisson: requests per second")
-    p.add_argument("--utilisation", type=float, help="size the arrivals to this busy fraction of one replica "
-                                                     "(by the profile's isolated service times)")
+    p.add_argument("--utilisation", type=float, help="size the arrivals to this busy fraction of one replica (by "
+                                                     "the profile's isolated service times; with --batching paged "
+                                                     "or continuous, this fraction of the request rate the engine "
+                                                     "sustains on these requests, simulated)")
     p.add_argument("--limit", type=int, help="requests to replay (from --skip on)")
     p.add_argument("--skip", type=int, default=0, help="leave out the trace's first N requests")
     p.add_argument("--clip-in", type=int, help="cut prompts to this many tokens")
@@ -150,11 +152,12 @@ def handler(args: argparse.Namespace) -> int:
     if not prof_path.is_file():
         raise UserError("profile not found", args.profile, "--profile")
     profile = load_profile(prof_path)
+    sizing = _engine_sizing(args)
     spec = W.WorkloadSpec(trace=args.trace, arrivals=args.arrivals, time_scale=args.time_scale, rate_per_s=args.rate,
                           utilisation=args.utilisation, limit=args.limit, skip=args.skip, clip_in=args.clip_in,
-                          clip_out=args.clip_out, seed=args.seed)
+                          clip_out=args.clip_out, seed=args.seed, batching=sizing)
     wl = W.build(spec, profile)
-    info = W.describe(wl, profile)
+    info = W.describe(wl, profile, sizing)
     policy = _paged_policy(args) if args.batching == "paged" else \
         R.ServePolicy(args.batching, 1 if args.batching == "fcfs" else args.max_batch,
                       args.max_wait_s if args.batching == "static" else 0.0)
@@ -226,6 +229,20 @@ def handler(args: argparse.Namespace) -> int:
                  plan=plan_path, cache_lengths=lengths, length_warmup=not args.no_length_warmup)
     meter.close()
     return _finish(tmp, out, meta, prof_path)
+
+
+def _engine_sizing(args: argparse.Namespace) -> dict | None:
+    """The scheduler an iteration-level replay serves with, as the simulator's batching (policy and parameters):
+    --utilisation is then a fraction of the rate that engine sustains; None for fcfs and static (isolated
+    service sizes those)."""
+    if args.batching == "paged":
+        b = {"policy": "paged", "max_num_seqs": args.max_num_seqs,
+             "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
+             "kv_blocks": args.kv_blocks, "chunked_prefill": not args.no_chunked_prefill}
+        return {k: v for k, v in b.items() if v is not None}
+    if args.batching == "continuous":
+        return {"policy": "continuous", "max_batch": args.max_batch}
+    return None
 
 
 def _paged_policy(args: argparse.Namespace):  # noqa: ANN202 - a PagedPolicy

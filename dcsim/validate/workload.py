@@ -3,8 +3,10 @@
 A validation replays exactly this table on the device and feeds exactly this table to the simulator, so
 it is built once, written to `workload.csv` (n_in, n_out, arrival_s; the first arrival at 0) and read
 back by both sides. Arrivals either follow the trace's own timestamps (stretched or compressed) or a
-Poisson process; either can be sized to a target utilisation of one replica, judged by the profile's
-isolated service time (this sizes the load; it tunes nothing the comparison judges).
+Poisson process; either can be sized to a target utilisation of one replica (this sizes the load; it tunes
+nothing the comparison judges): for one request at a time (and static batches) by the profile's isolated service
+time; for an iteration-level engine (`paged`, `continuous`) as a fraction of the request rate the engine sustains
+on these requests, the simulated rate with every request waiting (`sustained_rate`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcsim.errors import UserError
+from dcsim.errors import UserError, check_input
 from dcsim.profiles.profile import Profile
 from dcsim.traces.trace import load_trace
 
@@ -36,6 +38,7 @@ class WorkloadSpec:
     clip_in: int | None = None
     clip_out: int | None = None
     seed: int = 0
+    batching: dict | None = None  # an iteration-level engine's scheduler (policy + parameters): sizes by its rate
 
 
 def isolated_service_s(profile: Profile, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
@@ -46,11 +49,33 @@ def isolated_service_s(profile: Profile, n_in: np.ndarray, n_out: np.ndarray) ->
     return np.array([predicted_service_s(ev, a, b) for a, b in zip(n_in.tolist(), n_out.tolist())], dtype=float)
 
 
+def sustained_rate(profile: Profile, n_in: np.ndarray, n_out: np.ndarray, batching: dict) -> float:
+    """Requests per second one replica of `profile` with `batching` sustains on these requests: every request at
+    once, the completions between the 10th and the 90th percentile over their time (the ramp up and the tail of a
+    closed batch left out)."""
+    import tempfile
+
+    from dcsim.scenario import AllAtOnceArrivals, Batching, Pool, Scenario, TraceRef
+    from dcsim.sim.engine import simulate
+    from dcsim.traces.trace import Trace
+
+    with tempfile.TemporaryDirectory() as d:
+        tr = Path(d) / "w.parquet"
+        Trace(np.asarray(n_in, np.int64), np.asarray(n_out, np.int64), None, None, {"source": "sizing"}).to_parquet(tr)
+        p = Path(d) / "p.yaml"
+        profile.to_yaml(p)
+        sc = Scenario(name="sizing", trace=TraceRef(path=str(tr)), arrivals=AllAtOnceArrivals(),
+                      fleet=[Pool(name="replica", profile=str(p), count=1, batching=Batching(**batching))])
+        done = np.sort(simulate(sc).log["done_s"])
+    lo, hi = np.percentile(done, [10, 90])
+    if hi <= lo:
+        return len(done) / max(float(done[-1]), 1e-9)
+    return 0.8 * len(done) / float(hi - lo)
+
+
 def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
     """The workload table for a spec; raises UserError naming the option that is wrong."""
-    path = Path(spec.trace)
-    if not path.is_file():
-        raise UserError("trace file not found", spec.trace, "--trace")
+    path = check_input(spec.trace, "--trace", "trace file")  # a folder is named as one
     tr = load_trace(path)
     lo = spec.skip
     hi = len(tr) if spec.limit is None else min(len(tr), lo + spec.limit)
@@ -70,6 +95,9 @@ def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
                         "--clip-out", spec.trace, "--clip-in")
     service = isolated_service_s(profile, n_in, n_out)
     n = len(n_in)
+    if spec.utilisation is not None and spec.batching is not None:  # as a fraction of the engine's own rate
+        rate_u = spec.utilisation * sustained_rate(profile, n_in, n_out, spec.batching)
+        service = np.full(n, spec.utilisation / rate_u)  # the mean gap such a rate needs, as busy seconds
     if spec.arrivals == "replay":
         if tr.arrival_s is None:
             raise UserError("this trace has no arrival times; use --arrivals poisson", spec.trace, "--arrivals")
@@ -99,11 +127,12 @@ def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
     return pd.DataFrame({"n_in": n_in, "n_out": n_out, "arrival_s": np.round(arrival, 6)})
 
 
-def describe(wl: pd.DataFrame, profile: Profile) -> dict:
-    """Headline facts of a workload: size, span, offered utilisation by the profile."""
+def describe(wl: pd.DataFrame, profile: Profile, batching: dict | None = None) -> dict:
+    """Headline facts of a workload: size, span, offered utilisation by the profile (for an iteration-level engine,
+    the offered request rate against the rate it sustains on these requests)."""
     service = isolated_service_s(profile, wl["n_in"].to_numpy(), wl["n_out"].to_numpy())
     span = float(wl["arrival_s"].iloc[-1]) if len(wl) else 0.0
-    return {
+    out = {
         "requests": int(len(wl)),
         "arrival_span_s": round(span, 3),
         "n_in_mean": round(float(wl["n_in"].mean()), 1),
@@ -111,6 +140,11 @@ def describe(wl: pd.DataFrame, profile: Profile) -> dict:
         "predicted_busy_s": round(float(service.sum()), 2),
         "offered_utilisation": round(float(service.sum() / span), 3) if span > 0 else None,
     }
+    if batching is not None:
+        rate = sustained_rate(profile, wl["n_in"].to_numpy(), wl["n_out"].to_numpy(), batching)
+        out["sustained_rate_per_s"] = round(rate, 3)
+        out["offered_utilisation"] = round(len(wl) / span / rate, 3) if span > 0 else None
+    return out
 
 
 def read(path: Path) -> pd.DataFrame:
