@@ -93,12 +93,22 @@ def _latency_block(req: pd.DataFrame) -> dict:
     return {k: stats(req[k].dropna().to_numpy()) for k in ("wait_s", "ttft_s", "tpot_s", "e2e_s")}
 
 
-def _energy_block(rep: pd.DataFrame, pue: float) -> dict:
+UNATTRIBUTED_NOTE = ("active energy of the window that no counted request carries: steps of requests unfinished "
+                     "at the horizon (the step cut there prorated), and what requests that arrived during the "
+                     "warm-up drew after it; counted requests' energy_j plus this is active_j")
+
+
+def _energy_block(rep: pd.DataFrame, pue: float, attributed_j: float) -> dict:
+    """Energies of a set of replicas over the window; `attributed_j` is what its counted requests carry."""
     active = float(rep["active_j"].sum())
     idle = float(rep["idle_j"].sum())
     host = float(rep["host_j"].sum())
     total = active + idle + host
-    return {"energy_j": total, "active_j": active, "idle_j": idle, "host_j": host, "facility_j": total * pue}
+    un = active - attributed_j
+    if abs(un) <= 1e-10 * abs(active):  # float rounding of two sums of the same joules, not energy
+        un = 0.0
+    return {"energy_j": total, "active_j": active, "unattributed_active_j": un,
+            "idle_j": idle, "host_j": host, "facility_j": total * pue}
 
 
 def summarize(raw: RawResults) -> dict:
@@ -110,7 +120,7 @@ def summarize(raw: RawResults) -> dict:
     done = counted[counted["status"] == "done"]
     rep = _replica_energy(raw, lo, hi)
     span = max(hi - lo, 1e-12)
-    en = _energy_block(rep, sc.facility.pue)
+    en = _energy_block(rep, sc.facility.pue, float(done["energy_j"].sum()))
     tokens_out = int(done["n_out"].sum())
     kwh = en["facility_j"] / 3.6e6
     out = {
@@ -124,6 +134,7 @@ def summarize(raw: RawResults) -> dict:
         "tokens_out": tokens_out,
         "makespan_s": span,
         **en,
+        "unattributed_active_note": UNATTRIBUTED_NOTE,
         "carbon_g": kwh * sc.facility.carbon_g_per_kwh,
         "cost": kwh * sc.facility.price_per_kwh,
         "energy_per_request_j": en["energy_j"] / max(len(done), 1),
@@ -133,14 +144,19 @@ def summarize(raw: RawResults) -> dict:
         "throughput_tokens_per_s": tokens_out / span,
         "throughput_requests_per_s": len(done) / span,
         **_latency_block(done),
-        "rejections": {r: int(c) for r, c in counted.loc[counted["status"] == "rejected", "reason"].value_counts().items()},
+        "rejections": {r: int(c) for r, c in
+                       counted.loc[counted["status"] == "rejected", "reason"].value_counts().items()},
         "pools": {},
         "warnings": list(raw.warnings),
     }
+    if not len(done):
+        out["warnings"].append(f"no request completed in the measured window ({len(counted)} counted: "
+                               f"{out['requests_rejected']} rejected, {out['requests_unfinished']} unfinished): "
+                               "latency and per-token figures are undefined (null in summary.json)")
     for p in raw.pools:
         pr = rep[rep["pool"] == p.name]
         pd_ = done[done["pool"] == p.name]
-        pen = _energy_block(pr, sc.facility.pue)
+        pen = _energy_block(pr, sc.facility.pue, float(pd_["energy_j"].sum()))
         ptok = int(pd_["n_out"].sum())
         out["pools"][p.name] = {
             "profile": p.profile.name,
@@ -263,10 +279,18 @@ def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bo
     return out
 
 
-def strict_json(obj: object, indent: int | None = 2) -> str:
+def strict_json(obj: object, indent: int | None = 2, default=None) -> str:  # noqa: ANN001
     """JSON as the standard has it: NaN and infinities become null (json.dumps would write NaN/Infinity, which
-    strict readers refuse)."""
-    return json.dumps(_finite(obj), indent=indent, default=_json_default, allow_nan=False)
+    strict readers refuse). numpy scalars and arrays are written as numbers and lists; `default` (e.g. str)
+    serialises anything else, which is otherwise a TypeError."""
+    def fallback(o: object) -> object:
+        if isinstance(o, np.ndarray):
+            return _finite(o.tolist())
+        if default is not None and not isinstance(o, (np.integer, np.floating)):
+            return _finite(default(o))
+        return _json_default(o)
+
+    return json.dumps(_finite(obj), indent=indent, default=fallback, allow_nan=False)
 
 
 def _finite(o: object) -> object:

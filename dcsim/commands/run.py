@@ -71,6 +71,10 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {name}: {e['preemptions']} preemptions, prefix-cache hits {e['prefix_hit_rate']:.1%} "
                          f"of prompt tokens" + (f"; ITL p50 {itl['p50'] * 1e3:.1f} ms p99 {itl['p99'] * 1e3:.1f} ms"
                                                 if itl else ""))
+    un = s.get("unattributed_active_j") or 0.0
+    if abs(un) > 1e-9 * max(s["active_j"], 1e-300):
+        lines.append(f"  note: {un / 3.6e6:.4f} kWh of the active energy is carried by no counted request "
+                     f"(unattributed_active_j: requests unfinished at the horizon or arrived during the warm-up)")
     for w in s.get("warnings", []):
         lines.append(f"  note: {w}")
     return "\n".join(lines)
