@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from dcsim.errors import UserError, load_yaml, validate_file
@@ -53,7 +62,7 @@ class DiurnalArrivals(Strict):
     amplitude: float = Field(default=0.5, ge=0, lt=1, description="sine amplitude when hourly is absent")
     peak_hour: float = Field(default=14.0, ge=0, lt=24)
     start_hour: float = Field(default=0.0, ge=0, lt=24)
-    day_s: float = Field(default=86400.0, gt=0, description="length of one cycle in simulated seconds")
+    day_s: float = Field(default=86400.0, ge=1e-3, description="length of one cycle in simulated seconds")
 
     @model_validator(mode="after")
     def _hourly(self) -> "DiurnalArrivals":
@@ -99,10 +108,16 @@ class Batching(BaseModel):
         return self._params
 
 
+# The most replicas a scenario may hold, in all pools together: each is a process with its own queue and logs
+# (about 6 KB), and 100,000 take some 12 s to build; a count past this is a typing slip, refused before
+# anything is allocated.
+MAX_REPLICAS = 100_000
+
+
 class Pool(Strict):
     name: str
     profile: str
-    count: int = Field(gt=0)
+    count: int = Field(gt=0, le=MAX_REPLICAS, description=f"replicas (at most {MAX_REPLICAS:,} in all pools)")
     batching: Batching = Field(default_factory=Batching)
     power_cap_w: float | None = Field(default=None, gt=0, description="per-device power limit")
     idle: Literal["serving", "deep"] = Field(
@@ -147,6 +162,25 @@ class Scenario(Strict):
     facility: Facility = Field(default_factory=Facility)
     horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
     warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
+
+    @field_validator("warmup_s")
+    @classmethod
+    def _warmup_before_horizon(cls, v: float, info: ValidationInfo) -> float:
+        horizon = info.data.get("horizon_s")
+        if horizon is not None and v >= horizon:
+            raise ValueError(f"the warm-up ({v:g} s) must end before horizon_s ({horizon:g} s): "
+                             "no request would be counted")
+        return v
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_size(cls, fleet: list[Pool]) -> list[Pool]:
+        if sum(p.count for p in fleet) > MAX_REPLICAS:
+            i = max(range(len(fleet)), key=lambda k: fleet[k].count)
+            raise PydanticCustomError("nested_field", "{reason}", {
+                "reason": f"the pools hold {sum(p.count for p in fleet):,} replicas in all; a scenario holds at "
+                          f"most {MAX_REPLICAS:,}", "subfield": f"{i}.count"})
+        return fleet
 
     @model_validator(mode="after")
     def _unique_pools(self) -> "Scenario":
@@ -217,7 +251,35 @@ def resolve_path(ref: str, base: str | Path | None, shipped: str) -> Path:
         ext = ".yaml" if shipped == "profiles" else ".parquet"
         if p.suffix != ext:  # a bare name; shipped names may hold dots, e.g. "...--llama-3.1-8b--..."
             candidates.append(PROJECT_ROOT / shipped / (p.name + ext))
+    folder = None
     for c in candidates:
-        if c.is_file():
-            return c
-    return p
+        try:
+            if c.is_file():
+                return c
+            if folder is None and c.is_dir():
+                folder = c
+        except OSError:  # a candidate the system cannot look at (too long, no permission) is not this file
+            continue
+    return folder or p  # a folder, so that the caller can say it is one
+
+
+def resolve_input(ref: str, base: str | Path | None, shipped: str, field: str, what: str) -> Path:
+    """resolve_path for an input that must be a file: a folder, a missing file or a path the system cannot take
+    is a UserError naming the scenario file and the field (`what` names the input, e.g. "trace file")."""
+    import errno
+
+    from dcsim.errors import _short
+
+    path = resolve_path(ref, base, shipped)
+    try:
+        if path.is_file():
+            return path
+        folder = path.is_dir()
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise UserError(f"the {what} path, or a part of it, is longer than the system allows: {_short(ref)}",
+                            base, field) from None
+        raise UserError(f"cannot read the {what} {_short(ref)}: {e.strerror}", base, field) from None
+    if folder:
+        raise UserError(f"{path} is a folder; expected a {what}", base, field)
+    raise UserError(f"{what} not found: {ref}", base, field)

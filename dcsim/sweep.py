@@ -173,17 +173,14 @@ def _load_checked(base: Path, overrides: list[str], cache: dict | None = None):
     """load_scenario plus what simulate checks first: trace and profiles exist, profiles and power caps are
     valid, the router and its parameters are known (the trace itself is not read: it can be large)."""
     from dcsim.profiles.profile import load_profile
-    from dcsim.scenario import load_scenario, resolve_path
+    from dcsim.scenario import load_scenario, resolve_input
     from dcsim.sim.routers import Fleet, make_router
 
     cache = {} if cache is None else cache
     sc = load_scenario(base, overrides)
-    if not resolve_path(sc.trace.path, base, "traces").is_file():
-        raise UserError(f"trace file not found: {sc.trace.path}", base, "trace.path")
+    resolve_input(sc.trace.path, base, "traces", "trace.path", "trace file")
     for i, pool in enumerate(sc.fleet):
-        path = resolve_path(pool.profile, base, "profiles")
-        if not path.is_file():
-            raise UserError(f"profile not found: {pool.profile}", base, f"fleet.{i}.profile")
+        path = resolve_input(pool.profile, base, "profiles", f"fleet.{i}.profile", "profile")
         if (path, pool.power_cap_w) not in cache:
             prof = cache.get(path) or load_profile(path)
             cache[path] = prof
@@ -267,26 +264,17 @@ def probe_metrics(sweep: Sweep) -> list[str]:
 
 
 # ---- one point -------------------------------------------------------------------------------
-def _plain(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
-
-
 def run_point(base: str, overrides: list[str]) -> dict:
     """Simulate one point (in a worker process or on a Dask worker); returns the summary and wall seconds."""
-    from dcsim.results import summarize
+    from dcsim.results import strict_json, summarize
     from dcsim.scenario import load_scenario
     from dcsim.sim.engine import simulate
 
     t0 = time.perf_counter()
     sc = load_scenario(base, overrides)
     summary = summarize(simulate(sc, base))
-    return {"summary": json.loads(json.dumps(summary, default=_plain)), "seconds": time.perf_counter() - t0}
+    # strict: an undefined statistic is None (null) here as in the point file, whether run now or resumed
+    return {"summary": json.loads(strict_json(summary, indent=None)), "seconds": time.perf_counter() - t0}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -331,7 +319,10 @@ def own_files(out: Path, sweep: Sweep) -> list[str]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1, default=_plain) + "\n"))
+    """Strict JSON (dcsim.results.strict_json: no NaN or Infinity), written whole or not at all."""
+    from dcsim.results import strict_json
+
+    atomic_write(path, lambda p: p.write_text(strict_json(obj, indent=1) + "\n"))
 
 
 def point_path(out: Path, p: Point) -> Path:

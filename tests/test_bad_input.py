@@ -10,12 +10,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from simkit import profile_dict, scenario, write_profile, write_scenario, write_trace
 
 from dcsim.cli import main
-from simkit import profile_dict, scenario, write_profile, write_scenario, write_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "calibrate" / "runs" / "h100-llama-2-7b-hf"
@@ -277,3 +278,160 @@ def test_run_json_output_is_strict(case, capsys):
     assert main(["run", str(write_scenario(d, data)), "--json"]) == 0
     s = _strict(capsys.readouterr().out)
     assert s["wait_s"]["mean"] is None
+
+
+# ---- degenerate windows, rates and samples ---------------------------------------------------------
+def test_a_warmup_at_or_past_the_horizon_is_refused(case, capsys):
+    d, data, sc = case
+    for w in ("5", "7.5"):
+        refused(["run", str(sc), "--set", "horizon_s=5", "--set", f"warmup_s={w}"], capsys, "scenario.yaml",
+                "'warmup_s'", "before horizon_s (5 s)")
+    refused(["run", str(write_scenario(d, {**data, "horizon_s": 2, "warmup_s": 3}, "w.yaml"))], capsys, "w.yaml",
+            "'warmup_s'", "no request would be counted")
+    assert main(["run", str(sc), "--set", "horizon_s=5", "--set", "warmup_s=0.5", "--json"]) == 0
+
+
+def test_a_warmup_that_leaves_no_request_to_count_is_refused(case, capsys):
+    _, _, sc = case  # arrivals at 0, 1 and 2 s
+    refused(["run", str(sc), "--set", "warmup_s=2.5"], capsys, "scenario.yaml", "'warmup_s'",
+            "no request arrives after the warm-up (2.5 s; the last arrives at 2 s)")
+    refused(["run", str(sc), "--set", "warmup_s=1.5", "--set", "horizon_s=1.9"], capsys, "'warmup_s'",
+            "none arrives between it and horizon_s (1.9 s)")
+    refused(["run", str(sc), "--set", "warmup_s=1e6", "--set", "arrivals.kind=all_at_once"], capsys, "'warmup_s'",
+            "the last arrives at 0 s")
+
+
+def test_a_warmup_lasting_to_the_end_of_the_run_is_refused(case, capsys):
+    d, data, _ = case
+    # the one request arriving at the warm-up's end is longer than the model's context: refused at once, so the
+    # run ends there and no time is left to measure
+    tr = write_trace(d, [100, 200, 300_000], [10, 20, 30], [0, 1, 2], name="long.parquet")
+    sc = write_scenario(d, {**data, "trace": {"path": str(tr)}, "warmup_s": 2}, "end.yaml")
+    refused(["run", str(sc)], capsys, "end.yaml", "'warmup_s'", "lasts to or past the end of the run (2 s)")
+
+
+def test_no_request_completed_is_said_not_left_as_nan(case, capsys):
+    d, data, _ = case
+    data["fleet"][0]["profile"] = str(write_profile(d, max_context=50))
+    assert main(["run", str(write_scenario(d, data)), "--json"]) == 0
+    s = _strict(capsys.readouterr().out)
+    assert any("no request completed in the measured window (3 counted: 3 rejected" in w for w in s["warnings"])
+    assert main(["run", str(write_scenario(d, data))]) == 0
+    assert "note: no request completed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arrivals, field", [
+    ({"kind": "poisson", "rate_per_s": 1e-12}, "arrivals.rate_per_s"),
+    ({"kind": "gamma", "rate_per_s": 1e-300, "cv": 2.0}, "arrivals.rate_per_s"),
+    ({"kind": "diurnal", "mean_rate_per_s": 1e-320}, "arrivals.mean_rate_per_s"),  # once drew forever
+    ({"kind": "replay", "time_scale": 1e300}, "arrivals.time_scale"),
+])
+def test_a_rate_so_small_that_the_run_would_last_for_ages_is_refused(case, capsys, arrivals, field):
+    d, data, _ = case
+    sc = write_scenario(d, {**data, "arrivals": arrivals})
+    refused(["run", str(sc)], capsys, "scenario.yaml", f"'{field}'", "limited to 1e+09 s of arrivals")
+
+
+def test_a_slow_rate_within_the_limit_runs(case, capsys):
+    _, _, sc = case
+    assert main(["run", str(sc), "--set", "arrivals={kind: poisson, rate_per_s: 1e-6}", "--json"]) == 0
+    assert _strict(capsys.readouterr().out)["requests_completed"] == 3
+
+
+def test_a_diurnal_day_shorter_than_a_millisecond_is_refused(case, capsys):
+    _, _, sc = case
+    refused(["run", str(sc), "--set", "arrivals={kind: diurnal, mean_rate_per_s: 1, day_s: 1e-300}"], capsys,
+            "'arrivals.diurnal.day_s'", "greater than or equal to 0.001")
+
+
+def test_a_sample_larger_than_the_trace_is_refused(case, capsys):
+    _, _, sc = case
+    refused(["run", str(sc), "--set", "trace.sample=4"], capsys, "scenario.yaml", "'trace.sample'",
+            "cannot draw 4 requests from a trace of 3", "trace.parquet")
+    assert main(["run", str(sc), "--set", "trace.sample=3", "--json"]) == 0
+    assert _strict(capsys.readouterr().out)["requests_completed"] == 3
+
+
+def test_replay_without_timestamps_names_the_files_being_read(case, capsys):
+    from dcsim.traces.trace import Trace
+
+    d, data, _ = case
+    p = d / "untimed.parquet"
+    Trace(np.array([10, 20]), np.array([5, 5]), None, None, {"input": "somewhere-else.csv"}).to_parquet(p)
+    err = refused(["run", str(write_scenario(d, {**data, "trace": {"path": str(p)}}, "rp.yaml"))], capsys,
+                  "rp.yaml", "'arrivals.kind'", f"the trace {p} has none")
+    assert "somewhere-else" not in err
+
+
+def test_a_folder_named_as_a_trace_or_profile_says_it_is_a_folder(case, capsys):
+    d, data, _ = case
+    (d / "traces.parquet").mkdir()
+    (d / "prof.yaml").mkdir()
+    refused(["run", str(write_scenario(d, {**data, "trace": {"path": "traces.parquet"}}, "t.yaml"))], capsys,
+            "t.yaml", "'trace.path'", "is a folder; expected a trace file")
+    data["fleet"][0]["profile"] = "prof.yaml"
+    sc = write_scenario(d, data, "p.yaml")
+    refused(["run", str(sc)], capsys, "p.yaml", "'fleet.0.profile'", "is a folder; expected a profile")
+    (d / "sw.yaml").write_text(yaml.safe_dump({"base": "p.yaml", "grid": {"fleet.gpu.count": [1, 2]}}))
+    refused(["sweep", str(d / "sw.yaml"), "--out", str(d / "o")], capsys, "is a folder; expected a profile")
+    assert not (d / "o").exists()
+    # a too-long name in the scenario is named with its field, not as a crash of the file system
+    data["fleet"][0]["profile"] = "p" * 300 + ".yaml"
+    refused(["run", str(write_scenario(d, data, "l.yaml"))], capsys, "l.yaml", "'fleet.0.profile'",
+            "longer than the system allows")
+
+
+# ---- strict JSON in every file a sweep or a validation writes ------------------------------------------
+def test_sweep_point_files_are_strict_json(case, capsys):
+    d, data, _ = case
+    data["fleet"][0]["profile"] = str(write_profile(d, max_context=50))  # every request refused: no latencies
+    write_scenario(d, data, "base.yaml")
+    (d / "sw.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"fleet.gpu.count": [1, 2]}}))
+    assert main(["sweep", str(d / "sw.yaml"), "--out", str(d / "out"), "--workers", "1"]) == 0, capsys.readouterr()
+    points = sorted((d / "out" / "points").glob("*.json"))
+    assert len(points) == 2
+    for f in points + [d / "out" / "sweep.json"]:
+        _strict(f.read_text())
+    rec = _strict(points[0].read_text())
+    assert rec["summary"]["e2e_s"]["p50"] is None
+    # a resumed sweep reads its point files back and writes the same tables
+    first = pd.read_csv(d / "out" / "results.csv")
+    assert main(["sweep", str(d / "sw.yaml"), "--out", str(d / "out"), "--workers", "1"]) == 0
+    assert "0 run now, 2 from earlier runs" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(d / "out" / "results.csv"), first)
+
+
+def test_validate_json_files_are_strict(tmp_path):
+    from dcsim.validate.compare import compare
+    from dcsim.validate.replay import write_json
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), np.float64(-np.inf), np.int64(3)],
+                                     "c": np.array([1.0, np.nan]), "p": tmp_path})
+    assert _strict((tmp_path / "r.json").read_text()) == {"a": None, "b": [None, None, 3], "c": [1.0, None],
+                                                         "p": str(tmp_path)}
+    # a comparison whose replay could not see some metrics (NaN measured): null in comparison.json
+    prof = write_profile(tmp_path)
+    folder = tmp_path / "case"
+    folder.mkdir()
+    pd.DataFrame({"id": [0, 1], "n_in": [100, 200], "n_out": [10, 20], "arrival_s": [0.0, 5.0]}).to_csv(
+        folder / "workload.csv", index=False)
+    pd.DataFrame({"id": [0, 1], "arrival_s": [0.0, 5.0], "n_in": [100, 200], "n_out": [10, 20],
+                  "start_s": [0.0, 5.0], "first_token_s": [np.nan, np.nan], "end_s": [0.4, 5.6]}).to_csv(
+        folder / "requests.csv", index=False)
+    write_json(folder / "replay.json", {"policy": {"policy": "fcfs", "max_batch": 1, "max_wait_s": 0.0},
+                                        "window_s": 10.0, "profile": str(prof), "workload": {"requests": 2},
+                                        "wall_start": 0.0, "energy_j": 1000.0, "active_j": float("nan"),
+                                        "idle_j": float("nan")})
+    compare(folder)
+    out = _strict((folder / "comparison.json").read_text())
+    assert any(m["measured"] is None for m in out["metrics"].values())
+
+
+def test_a_fleet_too_large_to_build_is_refused_before_allocating(case, capsys):
+    d, data, sc = case
+    refused(["run", str(sc), "--set", "fleet.0.count=1000000000000"], capsys, "'fleet.0.count'",
+            "less than or equal to 100000")
+    prof = data["fleet"][0]["profile"]
+    data["fleet"] = [{"name": "a", "profile": prof, "count": 60_000}, {"name": "b", "profile": prof, "count": 70_000}]
+    refused(["run", str(write_scenario(d, data, "big.yaml"))], capsys, "big.yaml", "'fleet.1.count'",
+            "130,000 replicas in all", "at most 100,000")

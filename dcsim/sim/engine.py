@@ -11,7 +11,7 @@ import simpy
 
 from dcsim.errors import UserError
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
-from dcsim.scenario import Scenario, resolve_path
+from dcsim.scenario import Scenario, resolve_input
 from dcsim.sim.batching import Policy, make_policy
 from dcsim.sim.replica import Replica
 from dcsim.sim.requests import Request, RequestLog
@@ -52,11 +52,12 @@ class RawResults:
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
     """Read the trace and every pool's profile, resolving paths against the scenario file."""
-    tpath = resolve_path(sc.trace.path, scenario_file, "traces")
-    if not tpath.is_file():
-        raise UserError(f"trace file not found: {sc.trace.path}", scenario_file, "trace.path")
+    tpath = resolve_input(sc.trace.path, scenario_file, "traces", "trace.path", "trace file")
     trace = load_trace(tpath)
     if sc.trace.sample is not None:
+        if sc.trace.sample > len(trace):
+            raise UserError(f"cannot draw {sc.trace.sample} requests from a trace of {len(trace)} ({tpath}); "
+                            f"use at most {len(trace)}, or leave sample out for all", scenario_file, "trace.sample")
         rng = np.random.default_rng(np.random.SeedSequence([sc.seed, 17]))
         idx = np.sort(rng.choice(len(trace), size=min(sc.trace.sample, len(trace)), replace=False))
         trace = trace.take(idx)
@@ -66,9 +67,7 @@ def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, 
         raise UserError("the trace holds no requests", tpath)
     pools = []
     for i, pool in enumerate(sc.fleet):
-        ppath = resolve_path(pool.profile, scenario_file, "profiles")
-        if not ppath.is_file():
-            raise UserError(f"profile not found: {pool.profile}", scenario_file, f"fleet.{i}.profile")
+        ppath = resolve_input(pool.profile, scenario_file, "profiles", f"fleet.{i}.profile", "profile")
         prof = load_profile(ppath)
         if pool.cache_lengths is not None:
             if not prof.engine.cache_lengths:
@@ -107,7 +106,9 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     trace, pools = load_inputs(sc, scenario_file)
     seeds = np.random.SeedSequence(sc.seed).spawn(3)
     rng_arr, rng_route, rng_pred = (np.random.default_rng(s) for s in seeds)
-    arrivals = np.asarray(arrival_times(sc.arrivals, trace, rng_arr), dtype=np.float64)
+    tpath = resolve_input(sc.trace.path, scenario_file, "traces", "trace.path", "trace file")
+    arrivals = np.asarray(arrival_times(sc.arrivals, trace, rng_arr, tpath, scenario_file), dtype=np.float64)
+    _check_warmup(sc, arrivals, scenario_file)
     n = len(trace)
     n_in = trace.n_in.astype(np.int64)
     n_out = trace.n_out.astype(np.int64)
@@ -132,6 +133,9 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     else:
         env.run()
         end = float(env.now)
+    if sc.warmup_s > 0 and end <= sc.warmup_s:
+        raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
+                        "is left to measure", scenario_file, "warmup_s")
     segments = [_segments(rep, end) for rep in replicas]
     stats = [rep.policy.stats() for rep in replicas]
     itl = [_itl_runs(rep.policy) for rep in replicas]
@@ -140,6 +144,23 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
         warnings=notes, policy_stats=stats, itl=itl,
     )
+
+
+def _check_warmup(sc: Scenario, arrivals: np.ndarray, scenario_file: str | Path | None) -> None:
+    """A warm-up that leaves no request to count (every request arrives before it ends, or after the horizon) is
+    refused, naming the field: its statistics would all be undefined."""
+    w = float(sc.warmup_s)
+    if w <= 0 or not arrivals.size:
+        return
+    counted = arrivals >= w
+    if sc.horizon_s is not None:
+        counted &= arrivals < sc.horizon_s
+    if not counted.any():
+        last = float(arrivals[-1])
+        why = (f"the last arrives at {last:g} s" if last < w
+               else f"none arrives between it and horizon_s ({sc.horizon_s:g} s)")
+        raise UserError(f"no request arrives after the warm-up ({w:g} s; {why}): no request would be counted",
+                        scenario_file, "warmup_s")
 
 
 def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:

@@ -6,6 +6,8 @@ of the trace arrives at times[i].
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from dcsim.errors import UserError
@@ -20,21 +22,24 @@ from dcsim.traces.trace import Trace
 
 ArrivalSpec = ReplayArrivals | PoissonArrivals | GammaArrivals | DiurnalArrivals | AllAtOnceArrivals
 
+# The longest span of arrivals a run may have, in simulated seconds (about 32 years). Past it the clock (float64
+# seconds) resolves less than 0.1 microsecond, and a run that long is a rate typed wrong, not a study.
+MAX_SPAN_S = 1e9
 
-def replay(spec: ReplayArrivals, trace: Trace) -> np.ndarray:
-    """The trace's own times, shifted so its first request is at 0, with every gap multiplied by time_scale."""
+
+def replay(spec: ReplayArrivals, trace: Trace, trace_file: str | Path | None = None,
+           scenario_file: str | Path | None = None) -> np.ndarray:
+    """The trace's own times, shifted so its first request is at 0, with every gap multiplied by time_scale.
+    Errors name the files being read (the scenario and its trace), not the trace's source in its provenance."""
     if trace.arrival_s is None:
-        raise UserError(
-            "replay needs a trace with arrival times (arrival_s); this trace has none: "
-            "use poisson, gamma, diurnal or all_at_once",
-            trace.provenance.get("input"),
-            "arrivals.kind",
-        )
+        where = f"the trace {trace_file} has none" if trace_file is not None else "this trace has none"
+        raise UserError(f"replay needs a trace with arrival times (an arrival_s column); {where}: use poisson, "
+                        "gamma, diurnal or all_at_once", scenario_file or trace_file, "arrivals.kind")
     a = np.asarray(trace.arrival_s, np.float64)
     if a.size == 0:
         return a.copy()
     if np.any(np.diff(a) < 0):
-        raise UserError("arrival times must be non-decreasing", trace.provenance.get("input"), "arrival_s")
+        raise UserError("arrival times must be non-decreasing", trace_file, "arrival_s")
     return (a - a[0]) * float(spec.time_scale)
 
 
@@ -85,11 +90,21 @@ def diurnal(spec: DiurnalArrivals, n: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate(out) if out else np.empty(0)
 
 
-def arrival_times(spec: ArrivalSpec, trace: Trace, rng: np.random.Generator) -> np.ndarray:
-    """Arrival time in seconds of each of the trace's requests (float64, sorted, len(trace) values)."""
+def arrival_times(spec: ArrivalSpec, trace: Trace, rng: np.random.Generator, trace_file: str | Path | None = None,
+                  scenario_file: str | Path | None = None) -> np.ndarray:
+    """Arrival time in seconds of each of the trace's requests (float64, sorted, len(trace) values). Arrivals
+    spanning more than MAX_SPAN_S (a rate so small that the run would last for ages) are refused, before drawing
+    where the rate says so."""
     n = len(trace)
+    field = {"replay": "arrivals.time_scale", "poisson": "arrivals.rate_per_s", "gamma": "arrivals.rate_per_s",
+             "diurnal": "arrivals.mean_rate_per_s"}.get(spec.kind, "arrivals")
+    rate = getattr(spec, "rate_per_s", None) or getattr(spec, "mean_rate_per_s", None)
+    if rate is not None and n / rate > MAX_SPAN_S:
+        raise UserError(f"{n} requests at {rate:g} per second would arrive over about {n / rate:.3g} s; runs "
+                        f"are limited to {MAX_SPAN_S:.0e} s of arrivals (about 32 years): is the rate per second?",
+                        scenario_file, field)
     if isinstance(spec, ReplayArrivals):
-        times = replay(spec, trace)
+        times = replay(spec, trace, trace_file, scenario_file)
     elif isinstance(spec, PoissonArrivals):
         times = poisson(spec.rate_per_s, n, rng)
     elif isinstance(spec, GammaArrivals):
@@ -100,4 +115,8 @@ def arrival_times(spec: ArrivalSpec, trace: Trace, rng: np.random.Generator) -> 
         times = np.zeros(n)
     else:
         raise UserError(f"unknown arrival process {type(spec).__name__}", field="arrivals.kind")
-    return np.ascontiguousarray(times, dtype=np.float64)
+    times = np.ascontiguousarray(times, dtype=np.float64)
+    if times.size and not times[-1] <= MAX_SPAN_S:  # NaN and infinity fail too
+        raise UserError(f"the arrivals span {times[-1]:.3g} s; runs are limited to {MAX_SPAN_S:.0e} s of arrivals "
+                        "(about 32 years)", scenario_file, field)
+    return times

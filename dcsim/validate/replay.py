@@ -17,7 +17,6 @@ resumed (the idle gaps would change), so a rerun starts over.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -218,7 +217,10 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    """Strict JSON (no NaN or Infinity: an unmeasured number is null); anything else that is not JSON as text."""
+    from dcsim.results import strict_json
+
+    path.write_text(strict_json(data, indent=2, default=str) + "\n")
 
 
 PROBE_FIELDS = ("n_in", "n_out", "batch", "repeat", "runtime_s", "ttft_s", "energy_j")
