@@ -290,12 +290,13 @@ def _rows(d: Path) -> list[dict]:
 
 
 def test_calibration_with_mixed_steps_resumes_and_fits(tmp_path, monkeypatch):
+    from test_calibrate_run import StandInMeter
+
     from dcsim.calibrate import store
     from dcsim.calibrate.plan import expand, load_plan
     from dcsim.calibrate.run import Settings, calibrate
     from dcsim.cli import main as cli
     from dcsim.profiles.importers import calibrate_runs
-    from test_calibrate_run import StandInMeter
 
     out = tmp_path / "run"
 
@@ -378,21 +379,22 @@ def test_the_command_offers_paged_and_refuses_steps_on_other_backends(tmp_path, 
 
 # ---- serving replay on the paged engine -------------------------------------------------------------------------
 def test_paged_replay_serves_every_request_its_greedy_tokens_through_a_preemption(tmp_path):
-    """Six requests on a pool of 12 blocks of 16 tokens, at most 4 running, 32 tokens a step: the longest request is
+    """Six requests on a pool of 12 blocks of 16 tokens, at most 4 running, 32 tokens a step, no prefix caching
+    (tests/test_paged_prefix_cache.py has it on): the longest request is
     preempted when the decodes outgrow the pool and recomputes its prompt plus what it had generated; every
     request still gets exactly generate's greedy tokens, the scheduler never exceeds its limits, and every block
     comes back."""
     import pandas as pd
+    from test_calibrate_run import StandInMeter
 
     from dcsim.validate import compare
     from dcsim.validate import paged_replay as PR
-    from test_calibrate_run import StandInMeter
 
     # all at once, so that the schedule does not depend on how fast this machine steps
     wl = pd.DataFrame({"n_in": [20, 40, 8, 30, 12, 50], "n_out": [30, 10, 25, 20, 5, 15], "arrival_s": [0.0] * 6})
     be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
     be.load()
-    pol = PR.PagedPolicy(max_num_seqs=4, max_num_batched_tokens=32, kv_blocks=12)
+    pol = PR.PagedPolicy(max_num_seqs=4, max_num_batched_tokens=32, kv_blocks=12, enable_prefix_caching=False)
     be.kv_blocks, be.graph_sizes = pol.kv_blocks, PR.capture_sizes(4)
     be.engine(pol.kv_blocks, 4, 80)
     PR.warm_up(be, pol, 80, lambda m: None)
@@ -426,5 +428,4 @@ def test_paged_policy_refuses_bad_settings():
 
     with pytest.raises(ValueError, match="token budget"):
         PagedPolicy(max_num_seqs=4, max_num_batched_tokens=8)
-    with pytest.raises(ValueError, match="prefix"):
-        PagedPolicy(enable_prefix_caching=True)
+    assert PagedPolicy().enable_prefix_caching is True  # vLLM's default and the simulator's

@@ -13,12 +13,36 @@ Every step:
   that are free (no preemption for prefill), and a waiting request is admitted only if its chunk's blocks are;
 - the step runs on the engine (the padded decode graph, then one prefill forward of the chunks), the host reads
   the tokens back (one sync per step, as a server returns them), and each token gets the step's end time.
-Prefix caching is not done: no block is shared between requests.
+
+Prefix caching (`enable_prefix_caching`, on by default as in vLLM and the simulator): a waiting request's tokens
+are looked up in the engine's block cache when it is considered for admission (the cached full blocks its tokens
+start with, leaving at least its last token to compute, as vLLM's `get_computed_blocks` and the simulator do); it
+shares those blocks and its first chunk starts after them. If its blocks do not fit with the cached ones pinned,
+it waits (vLLM's `allocate_slots` refuses it; it is not admitted without its hit). Full blocks are registered when
+the step that computes them is scheduled (vLLM's `cache_blocks` in `allocate_slots`), so a request admitted later
+in the same step may already share them. A preempted request that is readmitted looks its prompt plus generated
+tokens up again, and hits its own blocks if they were not evicted.
+
+Prompts. A request without a prefix gets seeded random ids (seed 10,000 + its index). A request with a prefix id
+and prefix_len L (the workload's columns, from the trace's `prefix_id`/`prefix_len` or `session_id`) starts with
+the first L tokens of the sequence of the latest earlier request with that id, then its own seeded ids; the first
+request of an id starts with ids seeded by the id. The earlier request's sequence is its prompt followed by the
+tokens it generated if it has finished when this request is admitted, else by as many ids seeded by its index (a
+stand-in for output not known yet). So requests sharing a system prompt are identical over it, and turn k of a
+conversation starts with turn k-1's prompt and output where the engine generated it. The simulator's model
+matches this: an entry per prefix id holds the full blocks its requests published (a running request's prompt
+blocks after its prefill, its whole sequence when it leaves), a request reuses up to floor(min(L, tokens - 1) / 16)
+of them. The two differ where the simulator publishes later than the engine caches (a request sharing blocks of
+an earlier one still prefilling, or admitted in the same step), under memory pressure (the simulator admits a
+request without its hit rather than wait), and for a request whose L reaches past the blocks that the latest
+earlier request of its id shares with the simulator's entry.
 
 Written into the replay folder: requests.csv (a row per request as it finishes: arrival, first scheduled
-(`start_s`), first token, end, tokens, preemptions), tokens.csv (every output token and its time, for
+(`start_s`), first token, end, tokens, preemptions, prompt tokens served from the prefix cache at its first
+admission), tokens.csv (every output token and its time, for
 inter-token latency), steps.csv (a row per step: decodes, padded graph batch, prefill chunks and tokens,
-preemptions) and power.csv. Active energy is the power timeline's integral over the steps (merged where back to back).
+preemptions, cached tokens of the step's admissions, cached blocks) and power.csv. Active energy is the power
+timeline's integral over the steps (merged where back to back).
 """
 
 from __future__ import annotations
@@ -38,10 +62,10 @@ from dcsim.validate.intervals import merge
 from dcsim.validate.window import Window
 
 REQUEST_FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s", "gen_tokens",
-                  "preemptions", "prefill_tokens")
+                  "preemptions", "cached_tokens", "prefill_tokens")
 TOKEN_FIELDS = ("id", "k", "token", "t_s")
 STEP_FIELDS = ("step", "start_s", "end_s", "decodes", "graph_batch", "chunks", "prefill_tokens", "running",
-               "waiting", "free_blocks", "preemptions")
+               "waiting", "free_blocks", "preemptions", "cached_tokens", "cached_blocks")
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,7 @@ class PagedPolicy:
     block_size: int = 16
     kv_blocks: int | None = None
     chunked_prefill: bool = True
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
     cudagraph_batch_sizes: list[int] | None = None
 
     def __post_init__(self) -> None:
@@ -64,8 +88,6 @@ class PagedPolicy:
         if self.max_num_batched_tokens < max(self.block_size, self.max_num_seqs):
             raise ValueError(f"the token budget ({self.max_num_batched_tokens}) must be at least one block "
                              f"({self.block_size}) and max_num_seqs ({self.max_num_seqs})")
-        if self.enable_prefix_caching:
-            raise ValueError("the paged engine does not cache prefixes")
 
     def params(self) -> dict:
         """The simulator's `paged` batching parameters for this replay."""
@@ -76,12 +98,17 @@ class PagedPolicy:
 class _Req:
     i: int
     arrival: float
-    prompt: list[int]
+    n_in: int
     n_out: int
+    pid: int = -1  # prefix id (-1: none) and the tokens it shares with the latest earlier request of that id
+    plen: int = 0
+    prompt: list[int] = field(default_factory=list)  # fixed at its first admission (see the module's Prompts)
+    admitted: bool = False
     out: list[int] = field(default_factory=list)
     seq: Sequence | None = None
     computed: int = 0  # tokens whose K/V are in the cache
     preemptions: int = 0
+    cached: int = 0  # prompt tokens served from the prefix cache at its first admission
     prefill_tokens: int = 0  # prefill tokens computed in all (recomputes included)
     start: float | None = None
     first: float | None = None
@@ -94,6 +121,65 @@ class _Req:
     @property
     def decoding(self) -> bool:
         return bool(self.out) and self.computed == len(self.prompt) + len(self.out) - 1
+
+
+def prefix_of(wl: pd.DataFrame) -> tuple[list[int], list[int]]:
+    """Each request's prefix id (-1 for none) and prefix length, from the workload's optional columns."""
+    n = len(wl)
+    if "prefix_id" not in wl.columns:
+        return [-1] * n, [0] * n
+    pid = pd.to_numeric(wl["prefix_id"], errors="coerce").fillna(-1).astype(int).tolist()
+    plen = pd.to_numeric(wl["prefix_len"], errors="coerce").fillna(0).astype(int).tolist() \
+        if "prefix_len" in wl.columns else [0] * n
+    return pid, [p if i >= 0 else 0 for i, p in zip(pid, plen)]
+
+
+class Prompts:
+    """The replay's prompt ids (the module docstring's Prompts): seeded random ids, over which a request with a
+    prefix id repeats the first prefix_len tokens of the latest earlier request of its id."""
+
+    def __init__(self, backend: PagedBackend, reqs: list[_Req]) -> None:
+        self.backend, self.reqs = backend, reqs
+        self.prev: list[int | None] = []
+        last: dict[int, int] = {}
+        for r in reqs:
+            self.prev.append(last.get(r.pid) if r.pid >= 0 else None)
+            if r.pid >= 0:
+                last[r.pid] = r.i
+
+        self.own: dict[int, list[int]] = {}  # a waiting request's own ids, made once (dropped at admission)
+
+    def _ids(self, n: int, seed: int) -> list[int]:
+        """The ids `backend.prompt(n, 1, seed)` holds, made on the host (no device round trip)."""
+        if n <= 0:
+            return []
+        torch = self.backend.torch
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(3, self.backend.vocab, (1, n), generator=g)[0].tolist()
+
+    def admitted(self, r: _Req) -> None:
+        self.own.pop(r.i, None)
+
+    def build(self, r: _Req) -> list[int]:
+        """`r`'s prompt as of now (the earlier request's output may not be known yet)."""
+        own = self.own.get(r.i)
+        if own is None:
+            own = self.own[r.i] = self._ids(r.n_in, 10_000 + r.i)
+        L = min(r.plen, r.n_in)
+        if r.pid < 0 or L <= 0:
+            return own
+        j = self.prev[r.i]
+        if j is None:
+            src = self._ids(L, 1_000_000_000 + r.pid)
+        else:
+            p = self.reqs[j]
+            if not p.admitted:  # not yet possible (admission is in order); built as it would be
+                p.prompt = self.build(p)
+            src = p.prompt[:L]
+            if len(src) < L:
+                gen = p.out if len(p.out) >= p.n_out else self._ids(p.n_out, 2_000_000_000 + p.i)
+                src = src + gen[:L - len(src)]
+        return src + own[len(src):]
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -138,9 +224,11 @@ def default_blocks(backend: PagedBackend, policy: PagedPolicy, lengths: list[int
 
 def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPolicy, out: Path,
           tail_s: float = 10.0, settle_s: float = 10.0, timeline_hz: float = 20.0,
-          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:  # noqa: ANN001
+          log=lambda m: print(m, file=sys.stderr, flush=True),  # noqa: ANN001
+          prompts: dict[int, list[int]] | None = None) -> dict:
     """Replay the workload on the engine (loaded; sized by the caller through backend.engine()); writes
-    requests.csv, tokens.csv, steps.csv and power.csv into `out` and returns the window's facts."""
+    requests.csv, tokens.csv, steps.csv and power.csv into `out` and returns the window's facts (with the prefix
+    cache's totals). `prompts`, if given, receives each request's prompt ids."""
     torch = backend.torch
     e = backend.eng
     bs = e.block_size
@@ -148,8 +236,9 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
     n_in = wl["n_in"].to_numpy(int)
     n_out = wl["n_out"].to_numpy(int)
     n = len(wl)
-    reqs = [_Req(i, float(arrival[i]), backend.prompt(int(n_in[i]), 1, 10_000 + i)[0].tolist(), int(n_out[i]))
-            for i in range(n)]
+    pid, plen = prefix_of(wl)
+    reqs = [_Req(i, float(arrival[i]), int(n_in[i]), int(n_out[i]), pid[i], plen[i]) for i in range(n)]
+    make_prompt = Prompts(backend, reqs)
     rw = RowWriter(out / "requests.csv", REQUEST_FIELDS, durable=False)
     tw = RowWriter(out / "tokens.csv", TOKEN_FIELDS, durable=False)
     sw = RowWriter(out / "steps.csv", STEP_FIELDS, durable=False)
@@ -159,10 +248,12 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                          f"pool holds {e.alloc.capacity} blocks of {bs}")
     waiting: deque[_Req] = deque()
     running: list[_Req] = []  # admission order
-    nxt = done = step = preempt_total = 0
+    nxt = done = step = preempt_total = hit_total = query_total = 0
     busy: list[tuple[float, float]] = []
     last_report = 0.0
     e.reset()
+    caching_was = e.prefix_caching
+    e.prefix_caching = policy.enable_prefix_caching
     try:
         with Window(meter, out, tail_s, settle_s, timeline_hz) as w:
             now, timeline = w.now, w.timeline
@@ -184,7 +275,8 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                 done += 1
                 rw.write({"id": r.i, "arrival_s": r.arrival, "n_in": len(r.prompt), "n_out": r.n_out,
                           "start_s": round(r.start, 6), "first_token_s": round(r.first, 6), "end_s": round(t, 6),
-                          "gen_tokens": len(r.out), "preemptions": r.preemptions, "prefill_tokens": r.prefill_tokens})
+                          "gen_tokens": len(r.out), "preemptions": r.preemptions, "cached_tokens": r.cached,
+                          "prefill_tokens": r.prefill_tokens})
                 tw.w.writerows({"id": r.i, "k": k, "token": tok, "t_s": round(x, 6)}
                                for k, (tok, x) in enumerate(zip(r.out, r.times)))
 
@@ -211,6 +303,9 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                             break
                     if r in running:
                         decodes.append(r)
+                for r in decodes:  # a block its token fills is cached from this step on (one in block_size steps)
+                    if e.prefix_caching and (r.computed + 1) // bs > len(r.seq.hashes):
+                        e.commit(r.seq, r.tokens, r.computed + 1)
                 budget -= len(decodes)
                 chunks: list[tuple[_Req, int]] = []
                 for r in [x for x in running if not x.decoding]:  # partially prefilled
@@ -221,22 +316,38 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                     k = min(k, room)
                     if k <= 0 or not e.reserve(r.seq, r.computed + k):
                         continue
+                    e.commit(r.seq, r.tokens, r.computed + k)
                     chunks.append((r, k))
                     budget -= k
+                step_hits = 0
                 while waiting and budget > 0 and len(running) < policy.max_num_seqs:
                     r = waiting[0]
-                    need = len(r.tokens)
+                    if not r.admitted:
+                        r.prompt = make_prompt.build(r)
+                    tokens = r.tokens
+                    hit = e.match(tokens)  # the cached full blocks it starts with
+                    h = len(hit) * bs
+                    need = len(tokens) - h
                     if not policy.chunked_prefill and need > budget:
                         break
-                    k = min(need, budget, e.alloc.free * bs)
+                    k = min(need, budget, (e.alloc.free - e.alloc.evictable(hit)) * bs)
                     if k <= 0 or (not policy.chunked_prefill and k < need):
                         break
-                    seq = e.add(r.i)
-                    if not e.reserve(seq, k):
+                    seq = e.add(r.i, hit)
+                    if not e.reserve(seq, h + k):
                         e.free(seq)
                         break
+                    e.commit(seq, tokens, h + k)
                     waiting.popleft()
-                    r.seq, r.computed = seq, 0
+                    if not r.admitted:
+                        r.admitted, r.cached = True, h
+                        make_prompt.admitted(r)
+                        if prompts is not None:
+                            prompts[r.i] = list(r.prompt)
+                    r.seq, r.computed = seq, h
+                    hit_total += h
+                    query_total += len(tokens)
+                    step_hits += h
                     running.append(r)
                     chunks.append((r, k))
                     budget -= k
@@ -275,20 +386,26 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                 sw.write({"step": step, "start_s": round(t0, 6), "end_s": round(t1, 6), "decodes": len(decodes),
                           "graph_batch": g, "chunks": len(chunks), "prefill_tokens": sum(k for _, k in chunks),
                           "running": len(running), "waiting": len(waiting), "free_blocks": e.alloc.free,
-                          "preemptions": preempt_total - step_pre})
+                          "preemptions": preempt_total - step_pre, "cached_tokens": step_hits,
+                          "cached_blocks": e.alloc.cached})
                 step += 1
                 for r in [x for x in running if len(x.out) >= x.n_out]:
                     finish(r, t1)
                 if t1 - last_report > 15 or done == n:
                     last_report = t1
                     log(f"replay: {done}/{n} requests at {t1:.1f} s (arrivals span {arrival[-1]:.1f} s), "
-                        f"{len(running)} running, {len(waiting)} waiting, {preempt_total} preemptions")
+                        f"{len(running)} running, {len(waiting)} waiting, {preempt_total} preemptions, "
+                        f"{hit_total} prompt tokens from the prefix cache")
             w.close(now())
     finally:
         rw.close()
         tw.close()
         sw.close()
-    if e.alloc.free != e.alloc.capacity:
+        e.prefix_caching = caching_was
+    if e.alloc.free != e.alloc.capacity or any(e.alloc.ref):
         raise RuntimeError(f"{e.alloc.capacity - e.alloc.free} KV blocks not returned at the end")
     active = w.timeline_energy_j(merge(busy)) if w.timeline.active and busy else float("nan")
-    return w.facts(active, steps=step, preemptions=preempt_total, busy_s=sum(b - a for a, b in merge(busy)))
+    return w.facts(active, steps=step, preemptions=preempt_total, busy_s=sum(b - a for a, b in merge(busy)),
+                   prefix_hit_tokens=hit_total, prefix_query_tokens=query_total,
+                   prefix_hit_rate=round(hit_total / query_total, 6) if query_total else None,
+                   blocks_evicted=e.alloc.evicted, blocks_cached_at_end=e.alloc.cached)

@@ -7,6 +7,12 @@ Poisson process; either can be sized to a target utilisation of one replica (thi
 nothing the comparison judges): for one request at a time (and static batches) by the profile's isolated service
 time; for an iteration-level engine (`paged`, `continuous`) as a fraction of the request rate the engine sustains
 on these requests, the simulated rate with every request waiting (`sustained_rate`).
+
+A trace with prefix identities (`prefix_id` and `prefix_len`, or `session_id`: dcsim.traces.trace.prefix_columns)
+gives the table two more columns, prefix_id (empty for none) and prefix_len, which the simulator reads back as a
+trace's and the paged replay builds its prompts from. A prefix is cut to the request's own (clipped) prompt, and
+to the (clipped) prompt plus output of the latest earlier request of its id in the table, the most a later turn
+of a conversation can share with it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dcsim.profiles.profile import Profile
 from dcsim.traces.trace import load_trace
 
 COLUMNS = ("n_in", "n_out", "arrival_s")
+PREFIX_COLUMNS = ("prefix_id", "prefix_len")  # only where the trace has prefix identities
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,28 @@ def build(spec: WorkloadSpec, profile: Profile) -> pd.DataFrame:
         arrival = np.cumsum(gaps)
     else:
         raise UserError(f"unknown arrivals {spec.arrivals!r}; expected replay or poisson", None, "--arrivals")
-    return pd.DataFrame({"n_in": n_in, "n_out": n_out, "arrival_s": np.round(arrival, 6)})
+    wl = pd.DataFrame({"n_in": n_in, "n_out": n_out, "arrival_s": np.round(arrival, 6)})
+    if tr.prefix_id is not None:
+        pid, plen = prefixes(tr.prefix_id[lo:hi], tr.prefix_len[lo:hi], n_in, n_out)
+        wl["prefix_id"] = pd.array([p if p >= 0 else None for p in pid.tolist()], dtype="Int64")
+        wl["prefix_len"] = plen
+    return wl
+
+
+def prefixes(pid: np.ndarray, plen: np.ndarray, n_in: np.ndarray, n_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The workload's prefix ids and lengths: no longer than the request's prompt, nor than the prompt plus output
+    of the latest earlier request of its id (a conversation's earlier turns clipped with it); 0 without an id."""
+    pid = np.asarray(pid, dtype=np.int64)
+    plen = np.where(pid >= 0, np.minimum(np.asarray(plen, dtype=np.int64), n_in), 0)
+    last: dict[int, int] = {}
+    for i, p in enumerate(pid.tolist()):
+        if p < 0:
+            continue
+        j = last.get(p)
+        if j is not None:
+            plen[i] = min(int(plen[i]), int(n_in[j] + n_out[j]))
+        last[p] = i
+    return pid, plen
 
 
 def describe(wl: pd.DataFrame, profile: Profile, batching: dict | None = None) -> dict:
@@ -159,4 +187,4 @@ def read(path: Path) -> pd.DataFrame:
         raise UserError("token counts must be at least 1", path, "n_in/n_out")
     if (np.diff(df["arrival_s"].to_numpy()) < 0).any():
         raise UserError("arrival times must be non-decreasing", path, "arrival_s")
-    return df[list(COLUMNS)]
+    return df[list(COLUMNS) + [c for c in PREFIX_COLUMNS if c in df.columns]]

@@ -21,8 +21,15 @@ sizes). The weights are those of the transformers model HFBackend builds; the fo
   concatenated tokens: here the weights are read twice in a step that mixes decodes and prefill chunks, and the
   decode part keeps its graph while vLLM runs mixed batches through piecewise graphs. Steps of decodes alone, or
   of prefill chunks alone, are as in vLLM (up to kernel choices).
-- Not done: prefix caching (no block is shared between sequences), sampling other than greedy, tensor
-  parallelism.
+- Prefix caching (`prefix_caching`, as vLLM's v1 KV cache manager does it): a full block is keyed by the chain of
+  the sequence's full blocks' token ids (the previous block's hash and this block's ids), registered in the
+  cache when the caller commits it (`commit`, at scheduling, as vLLM caches at allocation), and shared by
+  reference count: a new sequence whose tokens start with cached full blocks (`match`, at most up to the token
+  before its last, which is always computed) points its block table at them (`add(sid, blocks)`) and prefills
+  only the rest. Only full blocks are shared, and a sequence writes only at or after its shared blocks, so no
+  two sequences write one block. A cached block that no sequence references waits in an LRU list (a freed
+  sequence's tail block first) and is evicted, its key dropped, only when the free list is empty.
+- Not done: sampling other than greedy, tensor parallelism.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,40 +62,102 @@ def default_graph_sizes(max_batch: int) -> list[int]:
 
 
 class BlockAllocator:
-    """A free list of KV block ids; `reserved` ids at the start (the scratch block) are never handed out."""
+    """KV block ids with reference counts and a prefix cache; `reserved` ids at the start (the scratch block) are
+    never handed out.
+
+    A block is on the free list (no reference, no key), referenced by sequences (`ref`), or cached: a full block
+    registered under its key (its parent's hash and its token ids). A cached block that nothing references sits
+    in `lru` (least recently freed first) and still counts as free; `alloc` takes it, dropping its key, only when
+    the free list is empty."""
 
     def __init__(self, num_blocks: int, reserved: int = 1) -> None:
         if num_blocks <= reserved:
             raise ValueError(f"need more than {reserved} blocks, got {num_blocks}")
         self.num_blocks, self.reserved = num_blocks, reserved
-        self.free_ids = list(range(num_blocks - 1, reserved - 1, -1))  # pop() hands out the lowest first
+        self.reset()
 
     @property
     def free(self) -> int:
-        return len(self.free_ids)
+        """Blocks that can be allocated now: the free list and the cached blocks nothing references."""
+        return len(self.free_ids) + len(self.lru)
 
     @property
     def capacity(self) -> int:
         return self.num_blocks - self.reserved
 
+    @property
+    def cached(self) -> int:
+        """Blocks registered in the prefix cache (referenced or not)."""
+        return len(self.table)
+
     def alloc(self) -> int | None:
-        """One block id, or None when every block is in use."""
-        return self.free_ids.pop() if self.free_ids else None
+        """One block id (referenced once), or None when every block is in use; evicts the least recently freed
+        cached block when the free list is empty."""
+        if self.free_ids:
+            b = self.free_ids.pop()
+        elif self.lru:
+            b, _ = self.lru.popitem(last=False)
+            del self.table[self.key[b]]
+            self.key[b] = self.hash[b] = None
+            self.evicted += 1
+        else:
+            return None
+        self.ref[b] = 1
+        return b
+
+    def share(self, b: int) -> None:
+        """One more reference to cached block `b` (out of the LRU list if nothing referenced it)."""
+        if self.key[b] is None:
+            raise ValueError(f"block {b} is not cached; only cached full blocks are shared")
+        if self.ref[b] == 0:
+            del self.lru[b]
+        self.ref[b] += 1
 
     def release(self, ids: list[int]) -> None:
-        self.free_ids.extend(reversed(ids))
+        """Drop one reference to each block; one nothing references goes to the LRU list if cached (the last of
+        `ids` first, so a sequence's tail is evicted before its head), else to the free list."""
+        for b in reversed(ids):
+            if self.ref[b] <= 0:
+                raise RuntimeError(f"block {b} released more often than referenced")
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                if self.key[b] is not None:
+                    self.lru[b] = None
+                else:
+                    self.free_ids.append(b)
+
+    def register(self, b: int, key: tuple, h: int) -> None:
+        """Cache full block `b` under `key` (hash `h`); a key already cached keeps its block (`b` stays private)."""
+        if self.key[b] is None and key not in self.table:
+            self.table[key] = b
+            self.key[b], self.hash[b] = key, h
+
+    def evictable(self, ids: list[int]) -> int:
+        """How many of `ids` are cached blocks nothing references (sharing them takes them off the free count)."""
+        return sum(1 for b in ids if self.ref[b] == 0)
 
     def reset(self) -> None:
-        self.free_ids = list(range(self.num_blocks - 1, self.reserved - 1, -1))
+        """Every block free, nothing cached."""
+        n = self.num_blocks
+        self.free_ids = list(range(n - 1, self.reserved - 1, -1))  # pop() hands out the lowest first
+        self.ref = [0] * n
+        self.key: list[tuple | None] = [None] * n
+        self.hash: list[int | None] = [None] * n
+        self.table: dict[tuple, int] = {}
+        self.lru: OrderedDict[int, None] = OrderedDict()
+        self.evicted = 0
 
 
 @dataclass
 class Sequence:
-    """A sequence in the cache: its block table and how many of its tokens have K/V written (`length`)."""
+    """A sequence in the cache: its block table, how many of its tokens have K/V written (`length`), how many of
+    its leading blocks it took from the prefix cache (`shared`), and the hashes of its full blocks so far."""
 
     sid: int
     blocks: list[int] = field(default_factory=list)
     length: int = 0
+    shared: int = 0
+    hashes: list[int] = field(default_factory=list)
 
 
 def _rope(x: Any, cos: Any, sin: Any) -> Any:
@@ -104,8 +174,9 @@ class PagedEngine:
 
     def __init__(self, torch: Any, model: Any, device: str, num_blocks: int, block_size: int = BLOCK_SIZE,
                  max_batch: int = 256, max_model_len: int = 4096, graph_sizes: list[int] | None = None,
-                 use_graphs: bool | None = None, attention: str | None = None) -> None:
+                 use_graphs: bool | None = None, attention: str | None = None, prefix_caching: bool = False) -> None:
         self.torch, self.model, self.device = torch, model, device
+        self.prefix_caching = bool(prefix_caching)
         cfg = model.config
         inner = model.model
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
@@ -151,9 +222,54 @@ class PagedEngine:
     def blocks_for(self, tokens: int) -> int:
         return math.ceil(tokens / self.block_size)
 
-    def add(self, sid: int) -> Sequence:
+    def add(self, sid: int, cached: list[int] | None = None) -> Sequence:
+        """A new sequence; `cached`: the cached full blocks its tokens start with (`match`), which it shares: its
+        length starts after them."""
         s = self.seqs[sid] = Sequence(sid)
+        for b in cached or ():
+            self.alloc.share(b)
+            s.blocks.append(b)
+            s.hashes.append(self.alloc.hash[b])
+        s.shared = len(s.blocks)
+        s.length = s.shared * self.block_size
         return s
+
+    def _key(self, parent: int | None, tokens: list[int], i: int) -> tuple:
+        bs = self.block_size
+        return (parent, tuple(int(t) for t in tokens[i * bs:(i + 1) * bs]))
+
+    def match(self, tokens: list[int]) -> list[int]:
+        """The cached full blocks that `tokens` start with, in order, leaving at least the last token to compute
+        (at most floor((len - 1) / block_size) blocks); [] without prefix caching. References nothing."""
+        if not self.prefix_caching:
+            return []
+        out: list[int] = []
+        parent = None
+        table = self.alloc.table
+        for i in range((len(tokens) - 1) // self.block_size):
+            key = self._key(parent, tokens, i)
+            b = table.get(key)
+            if b is None:
+                break
+            out.append(b)
+            parent = self.alloc.hash[b]
+        return out
+
+    def commit(self, seq: Sequence, tokens: list[int], upto: int) -> None:
+        """Register in the prefix cache the full blocks among `seq`'s first `upto` tokens (`tokens` its token
+        ids) not registered yet; called when the step that writes their K/V is scheduled, as vLLM caches blocks
+        at allocation. No-op without prefix caching."""
+        if not self.prefix_caching:
+            return
+        full = min(upto, len(tokens)) // self.block_size
+        if full > len(seq.blocks):
+            raise ValueError(f"sequence {seq.sid} holds {len(seq.blocks)} blocks, commits {full}")
+        while len(seq.hashes) < full:
+            i = len(seq.hashes)
+            key = self._key(seq.hashes[-1] if seq.hashes else None, tokens, i)
+            h = hash(key)
+            seq.hashes.append(h)
+            self.alloc.register(seq.blocks[i], key, h)
 
     def reserve(self, seq: Sequence, tokens: int) -> bool:
         """Give `seq` blocks for `tokens` tokens in all; False (nothing allocated) when too few are free."""
@@ -166,13 +282,13 @@ class PagedEngine:
         return True
 
     def free(self, seq: Sequence) -> None:
-        """Return a sequence's blocks and forget it."""
+        """Drop a sequence's references to its blocks (its cached full blocks stay cached) and forget it."""
         self.alloc.release(seq.blocks)
-        seq.blocks, seq.length = [], 0
+        seq.blocks, seq.length, seq.shared, seq.hashes = [], 0, 0, []
         self.seqs.pop(seq.sid, None)
 
     def reset(self) -> None:
-        """Forget every sequence; every block free."""
+        """Forget every sequence and the prefix cache; every block free."""
         self.seqs.clear()
         self.alloc.reset()
 
@@ -259,6 +375,8 @@ class PagedEngine:
         width = max(max(len(s.blocks) for s in seqs), 1)  # every reserved block: on-device steps may advance
         if any(self.blocks_for(s.length + 1) > len(s.blocks) for s in seqs):
             raise ValueError("a sequence has no block reserved for its next token")
+        if any(s.length < s.shared * self.block_size for s in seqs):
+            raise ValueError("a sequence would write its next token into a shared cached block")
         host = self._bt_host
         host[:g, :width] = 0
         for i, s in enumerate(seqs):
@@ -314,6 +432,9 @@ class PagedEngine:
                                  f"{self.blocks_for(start + n)}")
             if start > seq.length:
                 raise ValueError(f"sequence {seq.sid} has {seq.length} tokens cached, chunk starts at {start}")
+            if start < seq.shared * bs:  # a shared block is never written
+                raise ValueError(f"sequence {seq.sid} shares {seq.shared} cached blocks; a chunk at {start} would "
+                                 "write into one")
             ids.append(tk.reshape(-1))
             p = np.arange(start, start + n)
             positions.append(p)
