@@ -93,16 +93,23 @@ def guarded(call, *args) -> int:
     try:
         return int(call(*args) or 0)
     except UserError as e:
-        print(f"dcsim: error: {e.message}", file=sys.stderr)
+        print(f"dcsim: error: {printable(e.message)}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in USER_OS_ERRORS or e.filename is None:
             raise
-        print(f"dcsim: error: {UserError(e.strerror or str(e), _short(str(e.filename))).message}", file=sys.stderr)
+        msg = UserError(e.strerror or str(e), _short(str(e.filename))).message
+        print(f"dcsim: error: {printable(msg)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dcsim: interrupted", file=sys.stderr)
         return 130
+
+
+def printable(text: str) -> str:
+    """A message as one line of plain text: control characters and line breaks that came with the user's input
+    (a newline in a name, an escape sequence) are written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _short(path: str) -> str:

@@ -159,8 +159,11 @@ def load_trace(path: str | Path) -> Trace:
             df[col] = _numbers(df[col], p, col, csv)
     arr = df["arrival_s"].to_numpy(np.float64) if "arrival_s" in df.columns else None
     src = df["source"].astype(str).to_numpy(object) if "source" in df.columns else None
-    pid, plen = prefix_columns(df, p)
-    return Trace(df["n_in"].to_numpy(), df["n_out"].to_numpy(), arr, src, prov, pid, plen).validate(p)
+    tr = Trace(df["n_in"].to_numpy(), df["n_out"].to_numpy(), arr, src, prov).validate(p)
+    # prefixes after the token counts are known good: a session's prefixes add them up
+    pid, plen = prefix_columns(df.assign(n_in=tr.n_in, n_out=tr.n_out), p)
+    tr.prefix_id, tr.prefix_len = pid, plen
+    return tr.validate(p)
 
 
 def _numbers(col, path: Path, name: str, csv: bool):  # a pandas Series in, numbers out
