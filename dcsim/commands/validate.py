@@ -68,6 +68,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                                                  "max-num-seqs requests, within 90%% of free device memory)")
     p.add_argument("--block-size", type=int, default=16, help="paged: KV tokens per block")
     p.add_argument("--no-chunked-prefill", action="store_true", help="paged: a prompt's prefill in one step")
+    p.add_argument("--no-prefix-caching", action="store_true", help="paged: no reuse of cached prompt blocks "
+                                                                    "(default: full blocks are cached, as vLLM does)")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL of a running server to replay against")
     p.add_argument("--meter-device", help="with --endpoint: the local device the server runs on (cuda:N)")
@@ -238,7 +240,8 @@ def _engine_sizing(args: argparse.Namespace) -> dict | None:
     if args.batching == "paged":
         b = {"policy": "paged", "max_num_seqs": args.max_num_seqs,
              "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
-             "kv_blocks": args.kv_blocks, "chunked_prefill": not args.no_chunked_prefill}
+             "kv_blocks": args.kv_blocks, "chunked_prefill": not args.no_chunked_prefill,
+             "enable_prefix_caching": not args.no_prefix_caching}
         return {k: v for k, v in b.items() if v is not None}
     if args.batching == "continuous":
         return {"policy": "continuous", "max_batch": args.max_batch}
@@ -246,13 +249,14 @@ def _engine_sizing(args: argparse.Namespace) -> dict | None:
 
 
 def _paged_policy(args: argparse.Namespace):  # noqa: ANN202 - a PagedPolicy
-    """--batching paged's scheduler settings (no prefix caching: the paged engine shares no blocks)."""
+    """--batching paged's scheduler settings (prefix caching on unless --no-prefix-caching)."""
     from dcsim.validate.paged_replay import PagedPolicy
 
     try:
         return PagedPolicy(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                            block_size=args.block_size, kv_blocks=args.kv_blocks,
-                           chunked_prefill=not args.no_chunked_prefill)
+                           chunked_prefill=not args.no_chunked_prefill,
+                           enable_prefix_caching=not args.no_prefix_caching)
     except ValueError as e:
         raise UserError(str(e), None, "--max-num-batched-tokens") from None
 

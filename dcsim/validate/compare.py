@@ -80,9 +80,12 @@ def _paged_metrics(req: pd.DataFrame, ttft: pd.Series) -> dict[str, float]:
     how many times it preempted (the replay's and the simulation's per-request counts)."""
     many = req["n_out"] > 1
     tpot = (req["done_s"] - req["first_token_s"])[many] / (req["n_out"][many] - 1)
-    return {"ttft_p95_s": float(np.percentile(ttft, 95)),
-            "tpot_p50_s": float(np.median(tpot)) if len(tpot) else float("nan"),
-            "preemptions": float(req["preemptions"].sum())}
+    out = {"ttft_p95_s": float(np.percentile(ttft, 95)),
+           "tpot_p50_s": float(np.median(tpot)) if len(tpot) else float("nan"),
+           "preemptions": float(req["preemptions"].sum())}
+    if "cached_tokens" in req:  # prompt tokens the prefix cache served, over all prompt tokens
+        out["prefix_hit_rate"] = float(req["cached_tokens"].sum() / max(int(req["n_in"].sum()), 1))
+    return out
 
 
 def scenario_for(folder: Path, meta: dict, profile_path: Path) -> Scenario:

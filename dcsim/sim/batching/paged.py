@@ -11,7 +11,8 @@ One step, as the engine schedules it:
 - Then the chunk of a partially prefilled request, then waiting requests in order, fill what is left of the
   budget (`max_num_batched_tokens`), while at most `max_num_seqs` run and their blocks can be allocated. No
   waiting request is admitted in a step that preempted. A waiting request's cached prefix (its full blocks)
-  is skipped.
+  is skipped; a chunk's full blocks are cached when it is scheduled (as vLLM 0.11 caches them when it allocates
+  them), so a request admitted later in the same step can reuse them.
 - Time and energy: the decode part at the padded batch (`decode_step_s(batch, context)`, context the live KV
   tokens) plus the prefill part (`prefill_s(tokens, tokens_sq, chunks, prefix)`, a chunk from position h to h + p
   adding (h + p)^2 - h^2 to tokens_sq, as a whole prompt adds its square, and h to prefix, the cached tokens it
@@ -279,15 +280,19 @@ class Paged(Policy):
             r.host += self.cum_h - st.h_mark
             return st.kv + self.D - st.d0
 
+        def publish(st: Seq, full: int) -> None:
+            """Cache a request's first `full` blocks under its entry, where they continue the entry's run."""
+            shared = pool.publish(st.ckey, full, st.shared, st.ref)
+            if shared > st.shared:
+                st.own = max(st.own, shared * bs)
+                st.ref = True
+            st.shared = shared
+
         def free_blocks(r: Request, kv: int) -> None:
             """Return a leaving request's blocks; with caching, its full blocks stay cached first."""
             st = r.st
             if caching:
-                shared = pool.publish(st.ckey, kv // bs, st.shared, st.ref)
-                if shared > st.shared:
-                    st.own = max(st.own, shared * bs)
-                    st.ref = True
-                st.shared = shared
+                publish(st, kv // bs)
             pool.give_back(-(-kv // bs) - st.shared)
             if st.ref:
                 pool.release(st.ckey)
@@ -371,6 +376,8 @@ class Paged(Policy):
                 if rid not in running:
                     continue
                 pool.take(need)
+                if caching:  # cached as scheduled, as vLLM caches a chunk's full blocks when it allocates them
+                    publish(st, (st.done + ch) // bs)
                 chunks.append((r, st.done, ch))
                 tokens += ch
                 sq += (st.done + ch) * (st.done + ch) - st.done * st.done
@@ -408,6 +415,8 @@ class Paged(Policy):
                 st.shared = hit
                 pool.take(need)
                 st.done = done
+                if caching:
+                    publish(st, (done + ch) // bs)
                 self.hit_tokens += done
                 self.query_tokens += st.target
                 if not st.started:
@@ -513,12 +522,6 @@ class Paged(Policy):
                 if st.gen == 1:
                     log.first[r.rid] = end
                     self.pf_n += 1
-                if caching:
-                    shared = pool.publish(st.ckey, st.done // bs, st.shared, st.ref)
-                    if shared > st.shared:
-                        st.own = max(st.own, shared * bs)
-                        st.ref = True
-                    st.shared = shared
                 if st.gen == r.n_out:
                     finish(r, st.done, end)
                 else:
