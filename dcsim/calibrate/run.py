@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from dcsim.calibrate import store
 from dcsim.calibrate.backends.base import Backend
@@ -199,16 +200,22 @@ class Sweep:
         self._log(f"{phase}: {r.device_total / (t1 - t0):.1f} W mean over {t1 - t0:.0f} s, "
                   f"{tail.device_total / tail_s:.1f} W over the last {tail_s:.0f} s")
 
-    def _run(self, phase: str, entry: str, n_in: int, n_out: int, batch: int, repeat: int,
-             cap: float | None, seed: int) -> dict:
-        m = self.meter
+    def _window(self, entry: str) -> tuple[dict, Callable[[], None]]:
+        """(a dict the run fills, the callback that opens the meter window when the backend starts the run)."""
         st: dict = {}
         if self.timeline:
             self.timeline.label = entry
 
         def on_start() -> None:
-            m.begin(entry)
+            self.meter.begin(entry)
             st["t0"] = time.time()
+
+        return st, on_start
+
+    def _run(self, phase: str, entry: str, n_in: int, n_out: int, batch: int, repeat: int,
+             cap: float | None, seed: int) -> dict:
+        m = self.meter
+        st, on_start = self._window(entry)
 
         def on_first() -> None:
             # nothing but the time: a counter read here sits inside the timed run (runs read that way carry a
@@ -249,13 +256,7 @@ class Sweep:
         """One mixed-step entry: the backend sets the state up, then runs the same step p.n_out times between
         two device syncs; the meter window encloses exactly those repeats."""
         m = self.meter
-        st: dict = {}
-        if self.timeline:
-            self.timeline.label = entry
-
-        def on_start() -> None:
-            m.begin(entry)
-            st["t0"] = time.time()
+        st, on_start = self._window(entry)
 
         row = {"entry": entry, "phase": "step", "point": p.id, "n_in": p.n_in, "n_out": p.n_out, "batch": p.batch,
                "repeat": repeat, "power_cap_w": cap, "session": self.session, "backend": self.backend.name,

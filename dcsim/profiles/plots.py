@@ -64,6 +64,17 @@ def sweep_lines(df: pd.DataFrame) -> tuple[list[tuple[str, dict[str, float], pd.
     return lines, df[~on_line]
 
 
+def _step_lines(ax: plt.Axes, rows: pd.DataFrame, by: str, x: str, label: str) -> None:
+    """Measured step times as dots and the fitted ones as lines, one colour per value of `by`, against `x`."""
+    for i, (v, d) in enumerate(rows.groupby(by)):
+        c = f"C{i % 10}"
+        d = d.sort_values(x)
+        ax.plot(d[x], 1e3 * d["step_s"], "o", color=c, ms=4)
+        m = d.groupby(x)["pred_step_s"].mean()
+        ax.plot(m.index, 1e3 * m.to_numpy(), "-", color=c, lw=1, label=label.format(v))
+    ax.legend(fontsize=7)
+
+
 def step_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
     """The PNG of a profile fitted to a mixed-step sweep: decode steps against context, prefill steps against
     their chunk, and every step's time and energy measured against fitted."""
@@ -73,24 +84,12 @@ def step_figure(profile: Profile, rows: pd.DataFrame, path: str | Path) -> Path:
     dec = rows[(rows["batch"] > 0) & (rows["n_in"] == 0)]
     pf = rows[(rows["batch"] == 0) & (rows["n_in"] > 0)]
     mixed = rows[(rows["batch"] > 0) & (rows["n_in"] > 0)]
-    for i, (b, d) in enumerate(dec.groupby("batch")):
-        c = f"C{i % 10}"
-        d = d.assign(L=d["context"] / d["batch"]).sort_values("L")
-        ax[0].plot(d["L"], 1e3 * d["step_s"], "o", color=c, ms=4)
-        m = d.groupby("L")["pred_step_s"].mean()
-        ax[0].plot(m.index, 1e3 * m.to_numpy(), "-", color=c, lw=1, label=f"batch {b:g}")
+    _step_lines(ax[0], dec.assign(L=dec["context"] / dec["batch"]), "batch", "L", "batch {:g}")
     ax[0].set(xscale="log", xlabel="KV tokens read per decode", ylabel="ms per step")
     _title(ax[0], "decode-only steps: measured (dots), fitted (lines)")
-    ax[0].legend(fontsize=7)
-    for i, (h, d) in enumerate(pf.groupby("prefill_prefix")):
-        c = f"C{i % 10}"
-        d = d.sort_values("n_in")
-        ax[1].plot(d["n_in"], 1e3 * d["step_s"], "o", color=c, ms=4)
-        m = d.groupby("n_in")["pred_step_s"].mean()
-        ax[1].plot(m.index, 1e3 * m.to_numpy(), "-", color=c, lw=1, label=f"{h:g} tokens cached before")
+    _step_lines(ax[1], pf, "prefill_prefix", "n_in", "{:g} tokens cached before")
     ax[1].set(xscale="log", xlabel="prefill chunk tokens", ylabel="ms per step")
     _title(ax[1], "prefill-only steps: measured (dots), fitted (lines)")
-    ax[1].legend(fontsize=7)
     for j, (col, pred, unit, k) in enumerate((("step_s", "pred_step_s", "ms", 1e3),
                                               ("step_j", "pred_step_j", "J", 1.0))):
         a = ax[2 + j]
