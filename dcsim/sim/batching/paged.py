@@ -126,6 +126,7 @@ class Paged(Policy):
         sizes = vllm_capture_sizes(p.max_num_seqs) if p.cudagraph_batch_sizes is None else p.cudagraph_batch_sizes
         self.sizes = sorted(set(sizes))
         self.pool: BlockPool | None = None
+        self.ev_run = None  # the replica's ProfileEvaluator.decode_run, bound when the engine starts
         self.n_run = 0  # running requests (decoding or prefilling)
         self.n_dec = 0  # decoding requests
         self.cnt = [0] * self.bs  # decoding requests by residue key
@@ -229,6 +230,7 @@ class Paged(Policy):
         return t, e, h
 
     def padded(self, n: int) -> int:
+        """The captured graph batch a decode batch of n runs as: the next captured size, or n above them all."""
         sizes = self.sizes
         i = bisect_left(sizes, n)
         return sizes[i] if i < len(sizes) else n
