@@ -39,7 +39,7 @@ def stats(x: np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), **{k: float(v) for (k, _), v in zip(QUANTILES, q)}}
 
 
-def _replica_energy(raw: RawResults, lo: float, hi: float) -> pd.DataFrame:
+def replica_energy(raw: RawResults, lo: float, hi: float) -> pd.DataFrame:
     """Per replica, over the window [lo, hi]: busy and idle seconds, device and host joules."""
     rows = []
     for i, (t0, t1, e, h) in enumerate(raw.segments):
@@ -118,7 +118,7 @@ def summarize(raw: RawResults) -> dict:
     req = requests_table(raw)
     counted = req[req["arrival_s"] >= lo]
     done = counted[counted["status"] == "done"]
-    rep = _replica_energy(raw, lo, hi)
+    rep = replica_energy(raw, lo, hi)
     span = max(hi - lo, 1e-12)
     en = _energy_block(rep, sc.facility.pue, float(done["energy_j"].sum()))
     tokens_out = int(done["n_out"].sum())
@@ -219,7 +219,7 @@ def itl_stats(t0: np.ndarray, t1: np.ndarray, k: np.ndarray, n: np.ndarray) -> d
 
 
 def replicas_table(raw: RawResults) -> pd.DataFrame:
-    df = _replica_energy(raw, float(raw.scenario.warmup_s), float(raw.end_s))
+    df = replica_energy(raw, float(raw.scenario.warmup_s), float(raw.end_s))
     span = max(raw.end_s - raw.scenario.warmup_s, 1e-12)
     df["utilisation"] = df["busy_s"] / span
     lg = raw.log

@@ -204,13 +204,23 @@ def prefix_columns(df, path: str | Path | None = None) -> tuple[np.ndarray | Non
 def session_prefixes(session: np.ndarray, n_in: np.ndarray, n_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each turn of a session shares the whole earlier conversation (the previous turn's prompt and output) as
     its prefix, capped at its own prompt (a trace whose prompts do not carry the history shares less)."""
-    plen = np.zeros(len(session), dtype=np.int64)
+    session = np.asarray(session, dtype=np.int64)
+    plen = np.where(session >= 0, np.asarray(n_in, dtype=np.int64), 0)
+    return session, cap_by_earlier(session, plen, n_in, n_out, first=0)
+
+
+def cap_by_earlier(pid: np.ndarray, plen: np.ndarray, n_in: np.ndarray, n_out: np.ndarray,
+                   first: int | None = None) -> np.ndarray:
+    """`plen` (changed in place and returned) capped, for each request with an id, at the prompt plus output of
+    the latest earlier request with that id; the first request of an id gets `first` where it is given."""
     last: dict[int, int] = {}
-    for i, s in enumerate(session.tolist()):
-        if s < 0:
+    for i, p in enumerate(np.asarray(pid).tolist()):
+        if p < 0:
             continue
-        j = last.get(s)
+        j = last.get(p)
         if j is not None:
-            plen[i] = min(int(n_in[j]) + int(n_out[j]), int(n_in[i]))
-        last[s] = i
-    return session.astype(np.int64), plen
+            plen[i] = min(int(plen[i]), int(n_in[j]) + int(n_out[j]))
+        elif first is not None:
+            plen[i] = first
+        last[p] = i
+    return plen

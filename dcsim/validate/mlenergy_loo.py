@@ -31,7 +31,7 @@ from dcsim.errors import UserError
 from dcsim.profiles.fit import fit_profile, meta_from_dict
 from dcsim.profiles.importers import mlenergy
 from dcsim.profiles.profile import Profile
-from dcsim.results import cumulative, itl_samples
+from dcsim.results import itl_stats, replica_energy
 from dcsim.scenario import AllAtOnceArrivals, Batching, Pool, Scenario, TraceRef
 from dcsim.traces.trace import Trace
 
@@ -151,54 +151,33 @@ def simulate(c: Published, p: Profile, a: Assumptions, folder: Path) -> dict[str
     t0, t1 = first[b - 1], first[n - b - 1]
     if n - b <= b:  # N = 2B leaves the published window empty: measure until the queue empties instead
         t1 = first[n - 1]
-    seg_t0, seg_t1, seg_e, _ = raw.segments[0]
-    edges = np.array([t0, t1])
-    active = float(np.diff(cumulative(seg_t0, seg_t1, seg_e, edges))[0])
-    busy = float(np.diff(cumulative(seg_t0, seg_t1, seg_t1 - seg_t0, edges))[0])
-    energy = active + raw.pools[0].evaluator.idle_w * max(0.0, (t1 - t0) - busy)
-    tokens = _tokens_between(raw, t0, t1) + int(np.sum((lg["first_token_s"] >= t0) & (lg["first_token_s"] < t1)))
-    if a.policy == "continuous":  # no step record: tokens from the requests' own timelines
-        tokens = _tokens_from_requests(raw, t0, t1)
-        itl = {f"itl_p{q}_s": float("nan") for q in (50, 90, 99)}
-        return {"energy_per_token_j": energy / tokens, "avg_power_w": energy / (t1 - t0),
-                "throughput_tok_s": tokens / (t1 - t0), **itl, "avg_batch": float("nan"), "preemptions": 0,
-                "requests": n, "kv_blocks": 0, "steady_s": t1 - t0}
-    dur, w = itl_samples(*raw.itl[0][1:])
-    order = np.argsort(dur)
-    dur, w = dur[order], np.cumsum(w[order])
-    itl = {f"itl_p{q}_s": float(dur[min(np.searchsorted(w, q / 100 * w[-1]), len(dur) - 1)]) for q in (50, 90, 99)}
-    eng = raw.policy_stats[0]
-    return {"energy_per_token_j": energy / tokens, "avg_power_w": energy / (t1 - t0),
-            "throughput_tok_s": tokens / (t1 - t0), **itl,
-            "avg_batch": _mean_batch(raw, t0, t1), "preemptions": eng["preemptions"], "requests": n,
-            "kv_blocks": batching.params.kv_blocks, "steady_s": t1 - t0}
+    rep = replica_energy(raw, t0, t1).iloc[0]
+    energy = float(rep["active_j"] + rep["idle_j"])
+    f = lg["first_token_s"]
+    first_tokens = int(np.sum((f >= t0) & (f < t1)))
+    out = {"requests": n, "steady_s": t1 - t0}
+    if a.policy == "continuous":  # no step record: each request's decode tokens spread from its first to its end
+        tokens = float(np.sum((raw.n_out - 1) * _share(f, lg["done_s"], t0, t1))) + first_tokens
+        out |= {f"itl_p{q}_s": float("nan") for q in (50, 90, 99)}
+        out |= {"avg_batch": float("nan"), "preemptions": 0, "kv_blocks": 0}
+    else:  # decode runs: each spreads its steps x decodes evenly over its time
+        start, t_first, t_last, k, dec = raw.itl[0]
+        end = start + k * (t_first + t_last) / 2.0
+        share = _share(start, end, t0, t1)
+        tokens = float(np.sum(dec * k * share)) + first_tokens
+        itl = itl_stats(t_first, t_last, k, dec)
+        out |= {f"itl_{q}_s": itl[q] for q in ("p50", "p90", "p99")}
+        out |= {"avg_batch": float(np.sum(dec * share * (end - start)) / max(t1 - t0, 1e-12)),
+                "preemptions": raw.policy_stats[0]["preemptions"], "kv_blocks": batching.params.kv_blocks}
+    return out | {"energy_per_token_j": energy / tokens, "avg_power_w": energy / (t1 - t0),
+                  "throughput_tok_s": tokens / (t1 - t0)}
 
 
-def _tokens_from_requests(raw, t0: float, t1: float) -> float:
-    """Output tokens in [t0, t1) with each request's decode tokens spread evenly from its first token to its end."""
-    lg = raw.log
-    f, d = lg["first_token_s"], lg["done_s"]
-    span = d - f
-    overlap = np.clip(np.minimum(d, t1) - np.maximum(f, t0), 0.0, None)
-    dec = (raw.n_out - 1) * np.where(span > 0, overlap / np.where(span > 0, span, 1.0), 0.0)
-    return float(dec.sum() + np.sum((f >= t0) & (f < t1)))
-
-
-def _tokens_between(raw, t0: float, t1: float) -> float:
-    """Decode tokens produced in [t0, t1): each decode run spreads its steps x decodes evenly over its time."""
-    start, t_first, t_last, k, n = raw.itl[0]
-    dur = k * (t_first + t_last) / 2.0
-    end = start + dur
+def _share(start: np.ndarray, end: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """The part of each interval [start, end) that lies inside the window [t0, t1) (0 for an empty interval)."""
+    span = end - start
     overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
-    return float(np.sum(n * k * np.where(dur > 0, overlap / np.where(dur > 0, dur, 1.0), 0.0)))
-
-
-def _mean_batch(raw, t0: float, t1: float) -> float:
-    """Time-averaged number of decoding sequences over [t0, t1)."""
-    start, t_first, t_last, k, n = raw.itl[0]
-    dur = k * (t_first + t_last) / 2.0
-    overlap = np.clip(np.minimum(start + dur, t1) - np.maximum(start, t0), 0.0, None)
-    return float(np.sum(n * overlap) / max(t1 - t0, 1e-12))
+    return np.where(span > 0, overlap / np.where(span > 0, span, 1.0), 0.0)
 
 
 def run(data_dir: str | Path, out: Path, a: Assumptions | None = None,

@@ -25,7 +25,7 @@ import pandas as pd
 
 from dcsim.errors import UserError, check_input
 from dcsim.profiles.profile import Profile
-from dcsim.traces.trace import load_trace
+from dcsim.traces.trace import cap_by_earlier, load_trace
 
 COLUMNS = ("n_in", "n_out", "arrival_s")
 PREFIX_COLUMNS = ("prefix_id", "prefix_len")  # only where the trace has prefix identities
@@ -144,15 +144,7 @@ def prefixes(pid: np.ndarray, plen: np.ndarray, n_in: np.ndarray, n_out: np.ndar
     of the latest earlier request of its id (a conversation's earlier turns clipped with it); 0 without an id."""
     pid = np.asarray(pid, dtype=np.int64)
     plen = np.where(pid >= 0, np.minimum(np.asarray(plen, dtype=np.int64), n_in), 0)
-    last: dict[int, int] = {}
-    for i, p in enumerate(pid.tolist()):
-        if p < 0:
-            continue
-        j = last.get(p)
-        if j is not None:
-            plen[i] = min(int(plen[i]), int(n_in[j] + n_out[j]))
-        last[p] = i
-    return pid, plen
+    return pid, cap_by_earlier(pid, plen, n_in, n_out)
 
 
 def describe(wl: pd.DataFrame, profile: Profile, batching: dict | None = None) -> dict:

@@ -91,7 +91,7 @@ class PagedParams(BatchParams):
 class Seq:
     """A request's state inside the paged engine."""
 
-    __slots__ = ("target", "done", "gen", "kv", "d0", "key", "shared", "ref", "ckey", "own", "fin", "epoch",
+    __slots__ = ("target", "done", "gen", "kv", "d0", "key", "shared", "ref", "ckey", "own", "epoch",
                  "e_mark", "h_mark", "decoding", "started")
 
     def __init__(self, r: "Request") -> None:
@@ -105,7 +105,6 @@ class Seq:
         self.ref = False  # whether it references entry ckey
         self.ckey = r.prefix_id if r.prefix_id >= 0 else -1 - r.rid  # cache entry of its sequence
         self.own = r.prefix_len  # tokens at its start known to be the entry's content
-        self.fin = 0  # decoding: the decode step after which it has all its tokens
         self.epoch = 0  # invalidates heap entries of a decoding stint that a preemption ended
         self.e_mark = 0.0  # per-member decode energy total when it began decoding
         self.h_mark = 0.0
@@ -126,7 +125,6 @@ class Paged(Policy):
         sizes = vllm_capture_sizes(p.max_num_seqs) if p.cudagraph_batch_sizes is None else p.cudagraph_batch_sizes
         self.sizes = sorted(set(sizes))
         self.pool: BlockPool | None = None
-        self.ev_run = None  # the replica's ProfileEvaluator.decode_run, bound when the engine starts
         self.n_run = 0  # running requests (decoding or prefilling)
         self.n_dec = 0  # decoding requests
         self.cnt = [0] * self.bs  # decoding requests by residue key
@@ -195,39 +193,28 @@ class Paged(Policy):
         if k == 1:  # the sequences whose last block is full
             return self.cnt[-self.D % bs]
         m, j = divmod(k, bs)
-        total = m * n
-        if j:
-            D = self.D
-            cnt = self.cnt
-            for key in range(bs):
-                if cnt[key] and (-key - D) % bs < j:
-                    total += cnt[key]
-        return total
+        return m * n + sum(self._by_offset()[:j])
 
-    def max_steps(self, free: int) -> int:
-        """The most decode steps the decoding requests can take before their block needs exceed `free`."""
-        n = self.n_dec
+    def _by_offset(self) -> list[int]:
+        """Decoding requests by the step (0 .. block_size - 1 from now) at which each next needs a new block."""
         bs = self.bs
-        m, rem = divmod(free, n)
         byd = [0] * bs
         D = self.D
         for key, c in enumerate(self.cnt):
             if c:
                 byd[(-key - D) % bs] += c
+        return byd
+
+    def max_steps(self, free: int) -> int:
+        """The most decode steps the decoding requests can take before their block needs exceed `free`."""
+        m, rem = divmod(free, self.n_dec)
+        byd = self._by_offset()
         j = 0
         acc = 0
         while acc + byd[j] <= rem:
             acc += byd[j]
             j += 1
-        return m * bs + j
-
-    def _run(self, bg: int, ctx0: float, k: int, n: int, give: float) -> tuple[float, float, float]:
-        """A decode run's time and energies, each step `give` seconds shorter at its own power."""
-        t, e, h = self.ev_run(bg, ctx0, k, n)
-        if give and t > 0:
-            f = (t - k * give) / t
-            return t - k * give, e * f, h * f
-        return t, e, h
+        return m * self.bs + j
 
     def padded(self, n: int) -> int:
         """The captured graph batch a decode batch of n runs as: the next captured size, or n above them all."""
@@ -251,7 +238,6 @@ class Paged(Policy):
         env, ev, log, q, p = rep.env, rep.ev, rep.log, rep.queue, self.params
         bs = self.bs
         pool = self.pool = BlockPool(self.total_blocks(ev))
-        self.ev_run = ev.decode_run
         caching = p.enable_prefix_caching
         chunked = p.chunked_prefill
         budget_max = p.max_num_batched_tokens
@@ -261,6 +247,20 @@ class Paged(Policy):
         # step, L the mean output length, each costing c, the mean prefill time per request so far
         split = ev.profile.engine.step_includes_prefill
         pf_fixed = ev.prefill(0, 0.0, 0)[0]  # a prefill step's fixed part (the weights' read)
+
+        def give_back(n: int, t_step: float) -> float:
+            """Seconds a step of n decodes gives back to the prefills moved out of it (at most half the step)."""
+            if not split or not self.pf_n:
+                return 0.0
+            return min(self.pf_sum / self.pf_n * n / (self.out_sum / self.out_n), 0.5 * t_step)
+
+        def shorter(k: int, n: int, run: tuple[float, float, float], give: float) -> tuple[float, float, float]:
+            """A run of k steps, each `give` seconds shorter at its own power."""
+            t, e, h = run
+            if not give or t <= 0:
+                return run
+            f = (t - k * give) / t
+            return t - k * give, e * f, h * f
         running: OrderedDict[int, Request] = OrderedDict()  # admission order
         partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
@@ -335,8 +335,7 @@ class Paged(Policy):
             self.n_dec += 1
             st.e_mark = self.cum_e
             st.h_mark = self.cum_h
-            st.fin = self.D + r.n_out - st.gen
-            heapq.heappush(fins, (st.fin, r.rid, st.epoch, r))
+            heapq.heappush(fins, (self.D + r.n_out - st.gen, r.rid, st.epoch, r))  # the step after its last token
 
         def pop_finished(now: float) -> None:
             D = self.D
@@ -363,7 +362,6 @@ class Paged(Policy):
             pool.take(dec_need)  # the decodes' blocks for this step, before any chunk takes blocks
             budget = budget_max - self.n_dec
             chunks: list[tuple[Request, int, int]] = []  # (request, tokens computed before, chunk tokens)
-            tokens = sq = pre = 0  # the chunks' tokens, attention pairs ((h+p)^2 - h^2) and cached tokens read
             # -- 2. the partially prefilled request(s), in admission order -----------------------------
             for rid in list(partial) if partial else ():
                 if rid not in partial or budget <= 0:
@@ -381,9 +379,6 @@ class Paged(Policy):
                 if caching:  # cached as scheduled, as vLLM caches a chunk's full blocks when it allocates them
                     publish(st, (st.done + ch) // bs)
                 chunks.append((r, st.done, ch))
-                tokens += ch
-                sq += (st.done + ch) * (st.done + ch) - st.done * st.done
-                pre += st.done
                 budget -= ch
             # -- 3. waiting requests, unless this step preempted ----------------------------------------
             while not preempted and q and budget > 0 and self.n_run < p.max_num_seqs:
@@ -431,9 +426,6 @@ class Paged(Policy):
                 partial[r.rid] = r
                 self.n_run += 1
                 chunks.append((r, done, ch))
-                tokens += ch
-                sq += (done + ch) * (done + ch) - done * done
-                pre += done
                 budget -= ch
             n = self.n_dec
             if not chunks and n == 0:
@@ -453,14 +445,13 @@ class Paged(Policy):
                 bg = self.padded(n)
                 ctx0 = self.S + n * self.D + n
                 t_one = decode_step(bg, ctx0)[0]
-                give = min(self.pf_sum / self.pf_n * n / (self.out_sum / self.out_n), 0.5 * t_one) \
-                    if split and self.pf_n else 0.0
-                run = self._run(bg, ctx0, k, n, give) if give else decode_run(bg, ctx0, k, n)
+                give = give_back(n, t_one)
+                run = shorter(k, n, decode_run(bg, ctx0, k, n), give)
 
                 def cut(elapsed: float, bg: int = bg, ctx0: int = ctx0, k: int = k, n: int = n,
                         give: float = give) -> tuple[int, tuple[float, float, float]]:
                     steps = ev.decode_steps_covering(bg, ctx0, k, elapsed, n, -give)
-                    return steps, self._run(bg, ctx0, steps, n, give)
+                    return steps, shorter(steps, n, decode_run(bg, ctx0, steps, n), give)
 
                 steps, t_run, e_run, h_run = yield from decode_run_events(
                     rep, now, run, k, cut, not q and self.n_run < p.max_num_seqs)
@@ -484,12 +475,17 @@ class Paged(Policy):
             bg = 0
             if n:
                 bg = self.padded(n)
-                t_d, e_d, h_d = ev.decode_run(bg, self.S + n * self.D + n, 1, n)
+                t_d, e_d, h_d = decode_run(bg, self.S + n * self.D + n, 1, n)
+            tokens = sq = pre = 0  # the chunks' tokens, attention pairs ((h+p)^2 - h^2) and cached tokens read
+            for _, d, c in chunks:
+                tokens += c
+                sq += (d + c) * (d + c) - d * d
+                pre += d
             t_p, w_p, hw_p = ev.prefill(tokens, float(sq), len(chunks), float(pre))
             if split and n:  # the prefill runs inside this decode step, at the step's measured power
                 t_p = max(0.0, t_p - pf_fixed)
                 self.pf_sum += t_p
-                give = min(self.pf_sum / self.pf_n * n / (self.out_sum / self.out_n), 0.5 * t_d) if self.pf_n else 0.0
+                give = give_back(n, t_d)
                 w_p, hw_p = e_d / t_d, h_d / t_d
                 e_d, h_d = e_d * (t_d - give) / t_d, h_d * (t_d - give) / t_d
                 t_d -= give
