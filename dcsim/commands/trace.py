@@ -44,7 +44,10 @@ def _write(trace: Trace, out: Path, command: str) -> None:
     trace.provenance["dcsim_version"] = dcsim.__version__
     trace.to_parquet(out)
     s = summarize(trace)
-    print(f"wrote {out}: {s['requests']} requests, mean n_in {s['n_in']['mean']:.1f}, mean n_out {s['n_out']['mean']:.1f}")
+    print(
+        f"wrote {out}: {s['requests']} requests, mean n_in {s['n_in']['mean']:.1f}, "
+        f"mean n_out {s['n_out']['mean']:.1f}"
+    )
 
 
 # ---- handlers ----------------------------------------------------------------------------------
@@ -52,11 +55,13 @@ def _build_gsm8k(args: argparse.Namespace) -> int:
     from dcsim.traces.datasets import build_gsm8k
 
     out = _output_path(args.output, args.force)
-    trace = build_gsm8k(args.split, args.from_path, args.tokenizer, args.template, progress=True)
+    template = args.template or ("qa" if args.shots else "raw")
+    trace = build_gsm8k(args.split, args.from_path, args.tokenizer, template, progress=True, shots=args.shots)
     src = f" --from {_shown(args.from_path, Path(args.from_path).is_file())}" if args.from_path else ""
+    shots = f" --shots {args.shots}" if args.shots else ""
     cmd = (
         f"dcsim trace build gsm8k --split {args.split}{src} --tokenizer {args.tokenizer} "
-        f"--template {args.template} -o {_shown(out, True)}"
+        f"--template {template}{shots} -o {_shown(out, True)}"
     )
     _write(trace, out, cmd)
     return 0
@@ -162,7 +167,11 @@ def add_parser(subparsers) -> None:
     g = bsub.add_parser("gsm8k", help="GSM8K: one request per problem")
     g.add_argument("--split", default="test", help="train or test (default test)")
     g.add_argument("--from", dest="from_path", metavar="DIR", help="folder with SPLIT.jsonl (else the Hub)")
-    g.add_argument("--template", default="raw", choices=["raw", "qa"], help="prompt template (default raw)")
+    g.add_argument("--template", default=None, choices=["raw", "qa"],
+                   help="prompt template (default raw; qa with --shots, which needs qa)")
+    g.add_argument("--shots", type=int, default=0, metavar="K",
+                   help="prepend the first K training problems with their answers as a shared few-shot preamble "
+                        "(a prefix_id/prefix_len shared by every request)")
     g.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
     g.add_argument("-o", "--output", required=True, help="output .parquet")
     g.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
@@ -187,7 +196,9 @@ def add_parser(subparsers) -> None:
     bg = isub.add_parser("burstgpt", help="BurstGPT CSV")
     bg.add_argument("file")
     bg.add_argument("--model", help="keep only this Model (ChatGPT, GPT-4)")
-    bg.add_argument("--log-type", help="keep only this Log Type ('Conversation log' / 'API log', or conversation / api)")
+    bg.add_argument(
+        "--log-type", help="keep only this Log Type ('Conversation log' / 'API log', or conversation / api)"
+    )
     bg.add_argument("-o", "--output", required=True, help="output .parquet")
     bg.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
     bg.set_defaults(func=_import_burstgpt)

@@ -43,10 +43,17 @@ ALPACA_TEMPLATES: dict[str, tuple[str, str]] = {  # (with input, without input)
     ),
 }
 
+# A few-shot exemplar as it goes into the shared preamble; the problem asked follows in the "qa" template. This is
+# the few-shot form of lm-evaluation-harness's gsm8k task (its fewshot delimiter "\n\n", target " {{answer}}").
+GSM8K_SHOT = "Question: {question}\nAnswer: {answer}\n\n"
+GSM8K_SHOT_SOURCE = "first {k} problems of the GSM8K train split"
+
 GSM8K_HUB = ("gsm8k", "main")
 ALPACA_HUB = "tatsu-lab/alpaca"
 GSM8K_CITATION = "Cobbe et al., 'Training Verifiers to Solve Math Word Problems', arXiv:2110.14168, 2021 (GSM8K)"
-ALPACA_CITATION = "Taori et al., 'Stanford Alpaca: An Instruction-following LLaMA model', GitHub tatsu-lab/stanford_alpaca, 2023"
+ALPACA_CITATION = (
+    "Taori et al., 'Stanford Alpaca: An Instruction-following LLaMA model', GitHub tatsu-lab/stanford_alpaca, 2023"
+)
 
 N_IN_RULE = "tokens of the templated prompt, BOS included"
 N_OUT_RULE = "tokens of the reference answer/output, no BOS or EOS"
@@ -117,17 +124,22 @@ def _count(
 
 
 def _finish(
-    ids: list[str], n_in: np.ndarray, n_out: np.ndarray, prov: dict
+    ids: list[str], n_in: np.ndarray, n_out: np.ndarray, prov: dict, prefix_len: np.ndarray | None = None
 ) -> Trace:
-    """Drop rows whose reference output is empty (0 tokens: nothing to generate) and record the counts."""
+    """Drop rows whose reference output is empty (0 tokens: nothing to generate) and record the counts. With
+    `prefix_len`, every kept row gets prefix_id 0 (one prefix shared by all)."""
     keep = n_out >= 1
-    prov["rows_read"] = int(n_in.size)
+    prov["rows_read"] = prov.get("rows_read", int(n_in.size))
     prov["rows_dropped_empty_output"] = int((~keep).sum())
     prov["rows_kept"] = int(keep.sum())
     if not keep.any():
         raise UserError("no record has a non-empty output", prov.get("input"))
     src = np.array(ids, dtype=object)[keep]
-    return Trace(n_in[keep], n_out[keep], None, src, prov).validate()
+    pid = plen = None
+    if prefix_len is not None:
+        plen = np.asarray(prefix_len, np.int64)[keep]
+        pid = np.zeros(plen.size, np.int64)
+    return Trace(n_in[keep], n_out[keep], None, src, prov, pid, plen).validate()
 
 
 def _resolve_local(from_path: str | Path, split: str) -> Path:
@@ -142,17 +154,61 @@ def _resolve_local(from_path: str | Path, split: str) -> Path:
     return p
 
 
+def _common_run(a: list[int], b: list[int]) -> int:
+    """Length of the common leading run of two token-id lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _gsm8k_train(from_path: str | Path | None, split: str, ds, file: Path | None):
+    """The train split that few-shot exemplars come from: the main split itself when it is train, else train.jsonl
+    beside it (a folder --from) or the Hub's train split; a single-file --from has no train split to take."""
+    if split == "train":
+        return ds, file
+    if from_path is None:
+        return _load_hub(*GSM8K_HUB, split="train"), None
+    p = Path(from_path)
+    if not p.is_dir():
+        raise UserError("few-shot exemplars come from the train split: give --from a folder holding train.jsonl, "
+                        "not a single file", p, "shots")
+    for ext in (".jsonl", ".json"):
+        if (p / f"train{ext}").is_file():
+            tfile = p / f"train{ext}"
+            return _load_json_file(tfile, "train"), tfile
+    raise UserError("few-shot exemplars come from the train split, and there is no train.jsonl in this folder",
+                    p, "shots")
+
+
 def build_gsm8k(
     split: str = "test",
     from_path: str | Path | None = None,
     tokenizer: str | None = None,
-    template: str = "raw",
+    template: str | None = None,
     progress: bool = False,
+    shots: int = 0,
 ) -> Trace:
     """GSM8K as a trace: one request per problem. `from_path` is a folder with SPLIT.jsonl or a JSONL file;
-    without it the data set is loaded from the Hugging Face Hub (gsm8k/main)."""
+    without it the data set is loaded from the Hugging Face Hub (gsm8k/main).
+
+    With `shots` K > 0 every prompt is a fixed preamble of the first K train problems with their published answers
+    (GSM8K_SHOT each), then the problem asked in the "qa" template; every request carries prefix_id 0 and
+    prefix_len = the leading tokens (BOS included) its prompt shares with the preamble alone. Built on the train
+    split, the K exemplar rows are left out. The template defaults to "qa" with shots, else "raw"."""
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)):
+        raise UserError(f"shots must be a whole number, got {shots!r}", field="shots")
+    shots = int(shots)
+    if shots < 0:
+        raise UserError(f"shots must be 0 or more, got {shots}", field="shots")
+    if template is None:
+        template = "qa" if shots else "raw"
     if template not in GSM8K_TEMPLATES:
         raise UserError(f"unknown template '{template}' (choose from {sorted(GSM8K_TEMPLATES)})", field="template")
+    if shots and template != "qa":
+        raise UserError(f"few-shot prompts use the qa template (Question: ...\\nAnswer:), not '{template}'",
+                        field="template")
     tok = get_tokenizer(tokenizer)
     if from_path is not None:
         file = _resolve_local(from_path, split)
@@ -165,8 +221,46 @@ def build_gsm8k(
     questions = _text_column(ds, "question", file)
     answers = _text_column(ds, "answer", file)
     fmt = GSM8K_TEMPLATES[template]
-    prompts = [fmt.format(question=q) for q in questions]
-    n_in, n_out = _count(prompts, answers, tok, progress, f"tokenising gsm8k/{split}")
+    ids = [f"gsm8k/{split}/{i}" for i in range(len(questions))]
+    few: dict = {}
+    prefix_len = None
+    if shots:
+        tds, tfile = _gsm8k_train(from_path, split, ds, file)
+        tq, ta = _text_column(tds, "question", tfile), _text_column(tds, "answer", tfile)
+        if shots > len(tq):
+            raise UserError(f"shots {shots} is more than the {len(tq)} problems of the train split", tfile, "shots")
+        preamble = "".join(GSM8K_SHOT.format(question=q, answer=a) for q, a in zip(tq[:shots], ta[:shots]))
+        rows_read = len(questions)
+        if split == "train":  # an exemplar would be asked with its own answer in the prompt
+            questions, answers, ids = questions[shots:], answers[shots:], ids[shots:]
+            if not questions:
+                raise UserError(f"shots {shots} leaves no train problem to ask", file, "shots")
+        pre_ids = tok.ids(preamble, True)
+        prompts = [preamble + fmt.format(question=q) for q in questions]
+        n_in, n_out, prefix_len = _count_prefixed(prompts, answers, pre_ids, tok, progress, f"tokenising gsm8k/{split}")
+        few = {
+            "rows_read": rows_read,
+            "shots": shots,
+            "shot_source": GSM8K_SHOT_SOURCE.format(k=shots),
+            "shot_text": GSM8K_SHOT,
+            "few_shot_form": (
+                "few-shot form of EleutherAI lm-evaluation-harness's gsm8k task: fixed exemplars, as in its "
+                "chain-of-thought variant (which uses the 8 fixed exemplars of Wei et al. 2022); here the exemplars "
+                f"are the {GSM8K_SHOT_SOURCE.format(k=shots)} with their published answers instead"
+            ),
+            "prefix_tokens": len(pre_ids),
+            "prefix_len": "leading tokens (BOS included) that the preamble's token ids share with the prompt's",
+            "preamble_sha256": hashlib.sha256(preamble.encode()).hexdigest(),
+        }
+        if tfile is not None and tfile != file:
+            few["shot_input"] = tfile.name
+            few["shot_input_sha256"] = file_sha256(tfile)
+        if split == "train":
+            few["rows_dropped_exemplars"] = shots
+            few["exemplars_dropped"] = f"train problems 0..{shots - 1} are the exemplars and are not asked"
+    else:
+        prompts = [fmt.format(question=q) for q in questions]
+        n_in, n_out = _count(prompts, answers, tok, progress, f"tokenising gsm8k/{split}")
     prov = {
         "kind": "dataset",
         "source": f"GSM8K grade-school math (github.com/openai/grade-school-math), split '{split}'",
@@ -176,12 +270,30 @@ def build_gsm8k(
         "tokenizer": tok.name,
         "tokenizer_detail": tok.describe,
         "template": template,
-        "template_text": fmt,
+        "template_text": fmt if not shots else "{preamble}" + fmt,
         "n_in": N_IN_RULE,
         "n_out": N_OUT_RULE + " (the GSM8K answer text, calculator annotations <<...>> and '#### N' line included)",
+        **few,
     }
-    ids = [f"gsm8k/{split}/{i}" for i in range(len(prompts))]
-    return _finish(ids, n_in, n_out, prov)
+    return _finish(ids, n_in, n_out, prov, prefix_len)
+
+
+def _count_prefixed(
+    prompts: list[str], outputs: list[str], pre_ids: list[int], tok: TokenCounter, progress: bool, desc: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As _count, and each prompt's shared leading run with the preamble's token ids."""
+    from tqdm import tqdm
+
+    n = len(prompts)
+    n_in = np.empty(n, np.int64)
+    n_out = np.empty(n, np.int64)
+    plen = np.empty(n, np.int64)
+    for i in tqdm(range(n), desc=desc, unit="req", disable=not progress, mininterval=0.5):
+        full = tok.ids(prompts[i], True)
+        n_in[i] = len(full)
+        plen[i] = _common_run(pre_ids, full)
+        n_out[i] = tok.count(outputs[i], False)
+    return n_in, n_out, plen
 
 
 def _alpaca_prompt(template: str) -> Callable[[str, str], str]:

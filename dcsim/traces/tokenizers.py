@@ -19,15 +19,19 @@ _MISTRAL_V1_NAMES = {"mistral-7b-v1", "mistral-v1", "mistral"}
 
 @dataclass(frozen=True)
 class TokenCounter:
-    """A named tokenizer reduced to the one thing traces need: how many tokens a text is."""
+    """A named tokenizer reduced to what traces need: a text's token ids, and how many there are."""
 
     name: str
     describe: str
-    _encode: Callable[[str, bool], int]
+    _encode: Callable[[str, bool], list[int]]
+
+    def ids(self, text: str, bos: bool) -> list[int]:
+        """Token ids of `text`, led by the BOS token when `bos` is true (no EOS)."""
+        return list(self._encode(text, bos))
 
     def count(self, text: str, bos: bool) -> int:
         """Number of tokens of `text`, with the BOS token counted when `bos` is true."""
-        return self._encode(text, bos)
+        return len(self._encode(text, bos))
 
 
 def _mistral_v1() -> TokenCounter:
@@ -43,8 +47,8 @@ def _mistral_v1() -> TokenCounter:
             field="tokenizer",
         ) from None
 
-    def enc(text: str, bos: bool) -> int:
-        return len(raw.encode(text, bos=bos, eos=False))
+    def enc(text: str, bos: bool) -> list[int]:
+        return raw.encode(text, bos=bos, eos=False)
 
     return TokenCounter(
         DEFAULT_TOKENIZER,
@@ -68,8 +72,8 @@ def _huggingface(name: str) -> TokenCounter:
     except Exception as e:  # noqa: BLE001 - unknown name, no network, gated model
         raise UserError(f"cannot load Hugging Face tokenizer '{name}': {e}", field="tokenizer") from None
 
-    def enc(text: str, bos: bool) -> int:
-        return len(tok.encode(text, add_special_tokens=bos))
+    def enc(text: str, bos: bool) -> list[int]:
+        return tok.encode(text, add_special_tokens=bos)
 
     return TokenCounter(name, f"Hugging Face AutoTokenizer '{name}'", enc)
 
