@@ -379,7 +379,10 @@ def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> 
     busy_end = float(req["done_s"].max())
     print(json.dumps({"forecast_last_end_s": round(busy_end, 1),
                       "wait_mean_s": round(m["wait_mean_s"], 3), "e2e_p50_s": round(m["e2e_p50_s"], 3),
-                      "e2e_p95_s": round(m["e2e_p95_s"], 3), "warnings": warnings}, indent=1))
+                      "e2e_p95_s": round(m["e2e_p95_s"], 3),
+                      **{k: round(m[k], 3) for k in ("ttft_p50_s", "tpot_p50_s", "preemptions", "prefix_hit_rate")
+                         if k in m},
+                      "warnings": warnings}, indent=1))
     return 0
 
 

@@ -30,3 +30,30 @@ case_gsm8k_static() {  # GSM8K under static batching (up to 4, wait at most 1 s)
      --seed 2 --batching static --max-batch 4 --max-wait-s 1 --clip-in 128 --clip-out 192 \
      --probe 32:64,32:128,32:256,32:512,256:64:4 --out validation/$1-gsm8k-static
 }
+
+# The paged engine (vLLM v1-style: chunked prefill under a 2048-token budget, 64 sequences, KV in 16-token blocks,
+# decode graphs captured), forecast with the paged policy. --utilisation is a fraction of the request rate the
+# engine sustains on these requests (simulated); limits sized with --dry-run for windows of at least 3 minutes.
+PAGED="--backend paged --batching paged --max-num-seqs 64 --max-num-batched-tokens 2048"
+_paged_conv() {  # Azure conversation trace at utilisation $3, $4 requests (its own gaps stretched)
+  $V --profile "$2" $PAGED --trace traces/azure-conv-2023.parquet --arrivals replay --utilisation $3 --limit $4 \
+     --clip-in 2048 --clip-out 512 ${@:5} --out validation/$1
+}
+case_paged_conv30() { _paged_conv $1-paged-conv30 $2 0.3 ${3:-500}; }
+case_paged_conv60() { _paged_conv $1-paged-conv60 $2 0.6 ${3:-1000}; }
+case_paged_conv90() { _paged_conv $1-paged-conv90 $2 0.9 ${3:-1450}; }
+case_paged_smallkv() {  # KV pool of 600 blocks (9,600 tokens) on purpose, so that decodes preempt
+  _paged_conv $1-paged-smallkv $2 0.9 ${3:-420} --skip 2000 --kv-blocks 600
+}
+case_paged_code() {  # Azure code trace (prefill-heavy: chunking matters)
+  $V --profile "$2" $PAGED --trace traces/azure-code-2023.parquet --arrivals replay --utilisation 0.6 \
+     --limit ${3:-2100} --clip-in 2048 --clip-out 512 --out validation/$1-paged-code
+}
+case_paged_gsm8k() {  # GSM8K test prompts, Poisson arrivals
+  $V --profile "$2" $PAGED --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 0.28 \
+     --limit ${3:-1319} --seed 1 --out validation/$1-paged-gsm8k
+}
+case_paged_gsm8k_8shot() {  # GSM8K with one 8-shot preamble shared by every prompt: prefix caching
+  $V --profile "$2" $PAGED --trace traces/gsm8k-test-8shot.parquet --arrivals poisson --utilisation 0.6 \
+     --limit ${3:-1319} --seed 3 --out validation/$1-paged-gsm8k-8shot
+}
