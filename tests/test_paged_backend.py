@@ -429,3 +429,44 @@ def test_paged_policy_refuses_bad_settings():
     with pytest.raises(ValueError, match="token budget"):
         PagedPolicy(max_num_seqs=4, max_num_batched_tokens=8)
     assert PagedPolicy().enable_prefix_caching is True  # vLLM's default and the simulator's
+
+
+def test_paged_replay_schedules_as_the_simulator_does_under_preemption(tmp_path):
+    """Both follow vLLM v1's scheduler. With every request arriving at once the schedule does not depend on how
+    fast steps run, so the replay on the CPU and the simulator must admit, preempt and finish the same requests
+    in the same steps: ten requests on 16 blocks of 16 tokens, at most 4 running, 32 tokens a step, no prefix
+    caching. Preemptions happen as decodes outgrow the pool and as a partial prefill needs blocks; no request is
+    admitted in a step that preempted, and a chunk is never shrunk to the free blocks."""
+    import json
+
+    import pandas as pd
+    from test_calibrate_run import StandInMeter
+
+    from dcsim.validate import compare
+    from dcsim.validate import paged_replay as PR
+
+    wl = pd.DataFrame({"n_in": [40, 70, 12, 55, 30, 90, 20, 64, 8, 45],
+                       "n_out": [60, 20, 70, 40, 50, 10, 80, 30, 40, 25], "arrival_s": [0.0] * 10})
+    be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
+    be.load()
+    pol = PR.PagedPolicy(max_num_seqs=4, max_num_batched_tokens=32, kv_blocks=16, enable_prefix_caching=False)
+    be.kv_blocks, be.graph_sizes = pol.kv_blocks, PR.capture_sizes(4)
+    be.engine(pol.kv_blocks, 4, 160)
+    PR.warm_up(be, pol, 160, lambda m: None)
+    res = PR.serve(wl, be, StandInMeter(), pol, tmp_path, tail_s=0.05, settle_s=0.0)
+    got = pd.read_csv(tmp_path / "requests.csv").sort_values("id").reset_index(drop=True)
+    wl.to_csv(tmp_path / "workload.csv", index=False)
+    meta = {**res, "policy": {"policy": "paged", **pol.params()}}
+    (tmp_path / "replay.json").write_text(json.dumps(meta))
+    _, sim, _, _ = compare.forecast(tmp_path, meta, REPO / "profiles" / "h200--llama-2-7b--paged-bf16.yaml")
+    sim = sim.sort_values("id").reset_index(drop=True)
+
+    def steps_of(times: pd.Series) -> list[list[int]]:
+        """Requests grouped by the step (equal time) they were first scheduled in or finished in, in order."""
+        t = times.round(9)
+        return [sorted(int(i) for i in got["id"][t == v]) for v in sorted(t.unique())]
+
+    assert res["preemptions"] == int(sim["preemptions"].sum()) >= 3
+    assert got["preemptions"].tolist() == sim["preemptions"].astype(int).tolist()
+    assert steps_of(got["start_s"]) == steps_of(sim["start_s"])  # admissions, in the same steps
+    assert steps_of(got["end_s"]) == steps_of(sim["done_s"])  # and finishes

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dcsim.calibrate.timeline import csv_energy_j
 from dcsim.cli import main as cli
 from dcsim.errors import UserError
-from dcsim.calibrate.timeline import csv_energy_j
 from dcsim.validate.recover import window_facts, window_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +53,20 @@ def test_committed_cases_are_recovered_from_their_raw_files(case):
     # the opening is placed to a few ms (the timeline samples every 50 ms; labels bound it from both sides)
     assert got["wall_start"] == pytest.approx(meta["wall_start"], abs=0.01)
     assert got["window_s"] == pytest.approx(meta["window_s"], abs=0.01)
-    if pd.read_csv(case / "batches.csv")["energy_j"].notna().all():
+    paged = (case / "steps.csv").is_file()
+    if not paged and pd.read_csv(case / "batches.csv")["energy_j"].notna().all():
         # counter mode: the batches' own counter energies, summed again
         assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-9)
     else:
         # timeline mode: both integrate power.csv over the runs, the replay at its own clock's offsets, the
         # recovery at offsets placed from the labels (to a few ms): 0.3-2.8 J apart on 35-49 kJ
         assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-4)
-    assert got["batches"] == meta["batches"]
+    if paged:  # the paged engine's steps: their count, preemptions, busy time and prefix hits, as serve counted
+        for k in ("steps", "preemptions", "prefix_hit_tokens"):
+            assert got[k] == meta[k]
+        assert got["busy_s"] == pytest.approx(meta["busy_s"], rel=1e-5)  # steps.csv rounds times to 1 us
+    else:
+        assert got["batches"] == meta["batches"]
     # the integral of the sampled power against the energy counter over the same window: within 0.72% on
     # every committed case (median 0.09%)
     assert got["energy_j"] == pytest.approx(meta["energy_j"], rel=0.008)
@@ -93,6 +99,33 @@ def test_the_same_command_with_recover_finishes_the_replay_without_a_device(tmp_
     want = json.loads((case / "comparison.json").read_text())["metrics"]
     assert got["energy_j"]["measured"] == pytest.approx(want["energy_j"]["measured"], rel=0.008)
     for k in ("wait_mean_s", "e2e_p50_s", "e2e_p95_s"):  # per-request times are the raw rows: identical
+        assert got[k]["measured"] == pytest.approx(want[k]["measured"], rel=1e-9)
+        assert got[k]["forecast"] == pytest.approx(want[k]["forecast"], rel=1e-9)
+
+
+def test_a_paged_replay_is_recovered_from_its_steps_and_engine_json(tmp_path, capsys):
+    # the paged engine's raw files are steps.csv (samples labelled s<step>) and engine.json (the KV pool, written
+    # before the window); the committed case predates engine.json, so the copy gets the pool replay.json records
+    case = ROOT / "validation" / "h200b-paged-conv30"
+    meta = json.loads((case / "replay.json").read_text())
+    part = tmp_path / (case.name + ".partial")
+    part.mkdir()
+    for name in ("workload.csv", "requests.csv", "steps.csv", "power.csv"):
+        shutil.copy(case / name, part / name)
+    argv = shlex.split(meta["command"])[2:]
+    argv[argv.index("--out") + 1] = str(tmp_path / case.name)
+    argv = [a if not a.startswith(("traces/", "profiles/")) else str(ROOT / a) for a in argv]
+    assert cli(["validate", *argv, "--recover"]) == 2  # no engine.json, no --kv-blocks: which pool is unknown
+    err = capsys.readouterr().err
+    assert "engine.json" in err and "--kv-blocks" in err and "Traceback" not in err
+    (part / "engine.json").write_text(json.dumps({"kv_blocks": meta["kv_blocks"], "block_size": 16}))
+    assert cli(["validate", *argv, "--recover"]) == 0
+    got_meta = json.loads((tmp_path / case.name / "replay.json").read_text())
+    assert got_meta["kv_blocks"] == meta["kv_blocks"] == 7588 and got_meta["steps"] == meta["steps"]
+    got = json.loads((tmp_path / case.name / "comparison.json").read_text())["metrics"]
+    want = json.loads((case / "comparison.json").read_text())["metrics"]
+    assert got["energy_j"]["measured"] == pytest.approx(want["energy_j"]["measured"], rel=0.008)
+    for k in ("wait_mean_s", "e2e_p50_s", "ttft_p50_s", "tpot_p50_s"):  # per-request rows and the same forecast
         assert got[k]["measured"] == pytest.approx(want[k]["measured"], rel=1e-9)
         assert got[k]["forecast"] == pytest.approx(want[k]["forecast"], rel=1e-9)
 

@@ -212,6 +212,7 @@ def handler(args: argparse.Namespace) -> int:
         backend.kv_blocks = policy.kv_blocks or PR.default_blocks(backend, policy, need)
         backend.graph_sizes = policy.cudagraph_batch_sizes or PR.capture_sizes(policy.max_num_seqs)
         backend.engine(backend.kv_blocks, policy.max_num_seqs, max(need))
+        PR.write_engine(tmp, backend)  # the pool a recovery of this folder must forecast with
         warm_s = PR.warm_up(backend, policy, max(need), _log)
         env = capture(args.device)
         res = PR.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
@@ -304,6 +305,11 @@ def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, 
         raise UserError("the workload this command builds differs from the one replayed; give the replay's own "
                         "arguments", tmp / "workload.csv")
     res = window_facts(tmp, len(wl), args.tail_s, args.settle_s)
+    if args.batching == "paged":
+        from dcsim.validate.paged_replay import read_engine
+
+        res["kv_blocks"] = policy.kv_blocks or read_engine(tmp)["kv_blocks"]
+        policy = dataclasses.replace(policy, kv_blocks=res["kv_blocks"])
     env = {"recovered": "the replay's process ended before it recorded its environment; device name from the "
                         "profile", "gpu": {"name": profile.device.name}}
     meter = {"meter": "recovered", "energy_source": res["energy_source"]}

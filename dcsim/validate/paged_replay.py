@@ -9,8 +9,10 @@ Every step:
   the block is found or the decode itself was preempted;
 - then prefill chunks, of partially prefilled running requests, then of waiting ones (admitted while fewer than
   `max_num_seqs` run), fill what is left of the step's token budget (`max_num_batched_tokens`); without chunked
-  prefill a prompt that does not fit the rest of the budget waits for a later step. A chunk gets only the blocks
-  that are free (no preemption for prefill), and a waiting request is admitted only if its chunk's blocks are;
+  prefill a prompt that does not fit the rest of the budget waits for a later step. A partial prefill's chunk
+  (the rest of its prompt, up to the budget) that finds too few blocks preempts the newest running request, as a
+  decode does. No waiting request is admitted in a step that preempted, and one whose chunk's blocks are not
+  free is not admitted (its chunk is not shrunk to fit): it and those behind it wait for a later step;
 - the step runs on the engine (the padded decode graph, then one prefill forward of the chunks), the host reads
   the tokens back (one sync per step, as a server returns them), and each token gets the step's end time.
 
@@ -47,6 +49,7 @@ timeline's integral over the steps (merged where back to back).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import deque
@@ -58,6 +61,7 @@ import pandas as pd
 from dcsim.calibrate.backends.paged import PagedBackend, Sequence, default_graph_sizes
 from dcsim.calibrate.meter import Meter
 from dcsim.calibrate.store import RowWriter
+from dcsim.errors import UserError
 from dcsim.validate.intervals import merge
 from dcsim.validate.window import Window
 
@@ -222,6 +226,29 @@ def default_blocks(backend: PagedBackend, policy: PagedPolicy, lengths: list[int
     return max(want, 1)
 
 
+def write_engine(folder: Path, backend: PagedBackend) -> None:
+    """engine.json: the KV pool and graph sizes the engine was built with, written before the window opens, so a
+    replay that dies after its window is recovered (`--recover`) against the pool it served with."""
+    doc = {"kv_blocks": backend.eng.alloc.capacity, "block_size": backend.eng.block_size,
+           "graph_sizes": list(backend.eng.sizes)}
+    (folder / "engine.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def read_engine(folder: Path) -> dict:
+    """engine.json as write_engine left it; a clear error when it is missing or not that shape."""
+    path = folder / "engine.json"
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc.get("kv_blocks"), int) or doc["kv_blocks"] < 1:
+            raise ValueError("kv_blocks is not a positive whole number")
+    except FileNotFoundError:
+        raise UserError("the paged replay's engine.json is missing (a replay from before it was written); pass "
+                        "--kv-blocks with the pool its log printed", path) from None
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"not an engine description: {e}", path, "kv_blocks") from None
+    return doc
+
+
 def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPolicy, out: Path,
           tail_s: float = 10.0, settle_s: float = 10.0, timeline_hz: float = 20.0,
           log=lambda m: print(m, file=sys.stderr, flush=True),  # noqa: ANN001
@@ -311,16 +338,25 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                 for r in [x for x in running if not x.decoding]:  # partially prefilled
                     if budget <= 0:
                         break
+                    if r not in running:  # preempted for an earlier one's chunk
+                        continue
                     k = min(len(r.tokens) - r.computed, budget)
-                    room = (e.alloc.free + len(r.seq.blocks)) * bs - r.computed
-                    k = min(k, room)
-                    if k <= 0 or not e.reserve(r.seq, r.computed + k):
+                    while not e.reserve(r.seq, r.computed + k):  # as a decode: the newest gives its blocks up
+                        victim = running[-1]
+                        if victim in decodes:
+                            decodes.remove(victim)
+                        preempt(victim)
+                        if victim is r:
+                            break
+                    if r not in running:
                         continue
                     e.commit(r.seq, r.tokens, r.computed + k)
                     chunks.append((r, k))
                     budget -= k
                 step_hits = 0
-                while waiting and budget > 0 and len(running) < policy.max_num_seqs:
+                # no waiting request is admitted in a step that preempted (vLLM v1: `if not preempted_reqs`)
+                while (preempt_total == step_pre and waiting and budget > 0
+                       and len(running) < policy.max_num_seqs):
                     r = waiting[0]
                     if not r.admitted:
                         r.prompt = make_prompt.build(r)
@@ -330,11 +366,9 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                     need = len(tokens) - h
                     if not policy.chunked_prefill and need > budget:
                         break
-                    k = min(need, budget, (e.alloc.free - e.alloc.evictable(hit)) * bs)
-                    if k <= 0 or (not policy.chunked_prefill and k < need):
-                        break
+                    k = min(need, budget)
                     seq = e.add(r.i, hit)
-                    if not e.reserve(seq, h + k):
+                    if not e.reserve(seq, h + k):  # vLLM's allocate_slots refuses: it waits, chunk unshrunk
                         e.free(seq)
                         break
                     e.commit(seq, tokens, h + k)
