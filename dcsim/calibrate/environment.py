@@ -57,6 +57,12 @@ def gpu_facts(index: int) -> dict:
             out[name] = None
 
     get("name", pynvml.nvmlDeviceGetName, h)
+    # which physical GPU this was: identical models differ by about 13% in busy power for the same work, so a
+    # replay is set against its calibration knowing whether the same board ran both
+    get("uuid", pynvml.nvmlDeviceGetUUID, h)
+    get("serial", pynvml.nvmlDeviceGetSerial, h)
+    get("pci_bus_id", lambda: pynvml.nvmlDeviceGetPciInfo(h).busId)
+    get("vbios_version", pynvml.nvmlDeviceGetVbiosVersion, h)
     get("driver_version", pynvml.nvmlSystemGetDriverVersion)
     get("cuda_driver_version", pynvml.nvmlSystemGetCudaDriverVersion_v2)
     get("memory_total_gb", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).total / 1e9)

@@ -98,8 +98,8 @@ class PagedPolicy:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "policy"}
 
 
-@dataclass
-class _Req:
+@dataclass(eq=False)  # compared by identity: the loop's `in running` and `remove` stay cheap (field-wise
+class _Req:                # equality over prompts and outputs made them 2-3 ms a step at 64 running)
     i: int
     arrival: float
     n_in: int
