@@ -86,3 +86,35 @@ def test_too_few_steps_is_a_clear_error():
     only_decode = t[(t["kind"] != "step") | (t["n_in"] == 0)]
     with pytest.raises(UserError, match="steps with decodes and steps with a prefill chunk"):
         fit_profile(only_decode, meta_from_dict(dict(META)))
+
+
+PM = 3e-3  # the truth's cost of every chunk beyond the first in one step (its own attention call in every layer)
+
+
+def test_a_cost_per_chunk_is_recovered_from_steps_of_several_chunks_and_composed_as_the_simulator_does():
+    """Steps of m chunks of p, p + 1, ..., p + m - 1 tokens after h cached each (the plan's prefill_chunks):
+    the fit recovers the extra per chunk, and the simulator's evaluator, given the step's summed tokens,
+    attention pairs, chunk count and cached tokens, gives the step's time."""
+    rows = []
+    for b, p, h, m in [(0, 64, 0, 2), (0, 64, 1024, 4), (0, 256, 0, 3), (0, 512, 512, 6), (32, 64, 0, 4),
+                       (32, 256, 1024, 2)]:
+        lens = [p + j for j in range(m)]
+        td = (b > 0) * (D0 + DG * b + DC * b * 512)
+        tp = P0 + PM * (m - 1) + sum(PP * n + PSQ * ((h + n) ** 2 - h ** 2) + PH * h for n in lens)
+        for r in range(3):
+            rows.append({"kind": "step", "n_in": p, "n_out": K, "batch": b, "graph_batch": b, "context": b * 512,
+                         "prefill_prefix": h, "prefill_chunks": m, "runtime_s": K * (td + tp),
+                         "energy_device_j": K * (td * (WD0 + WDG * b) + tp * (WP0 + WPP * sum(lens))),
+                         "repeat": r, "source": f"t:s-b{b}-l512-p{p}-h{h}-k{m}"})
+    t = pd.concat([table(), normalise(pd.DataFrame(rows))], ignore_index=True)
+    prof = fit_profile(t, meta_from_dict(dict(META))).profile
+    c = prof.latency.prefill_s
+    assert c.coef["batch"] == pytest.approx(PM, rel=1e-6)
+    assert c.intercept + c.coef["batch"] == pytest.approx(P0, rel=1e-6)  # one chunk: the intercept it had
+    assert prof.fit_error["latency.step_s"].max_ape_pct < 1e-3
+    # 5 chunks of 100..104 tokens after 256 cached each, as the simulator composes them
+    lens, h = [100, 101, 102, 103, 104], 256
+    t_p, _, _ = prof.evaluator().prefill(sum(lens), float(sum((h + n) ** 2 - h ** 2 for n in lens)), 5,
+                                         float(5 * h))
+    want = P0 + PM * 4 + sum(PP * n + PSQ * ((h + n) ** 2 - h ** 2) + PH * h for n in lens)
+    assert t_p == pytest.approx(want, rel=1e-6)

@@ -233,6 +233,29 @@ def test_mixed_steps_time_the_same_step_and_leave_no_growth(backend):
     assert backend.run_step(5, 40, 0, 0, 2, 5, lambda: None).extra["graph_batch"] == 8
     with pytest.raises(ValueError):
         backend.run_step(0, 0, 0, 0, 2, 5, lambda: None)
+    # several chunks: distinct lengths 7, 8, 9, each in its own sequence after 9 cached tokens, beside 2 decodes
+    tm = backend.run_step(2, 20, 7, 9, 3, 5, lambda: None, chunks=3)
+    assert tm.gen_tokens == 3 and tm.extra["graph_batch"] == 2
+    assert sorted(s.length for s in backend.eng.seqs.values()) == [16, 17, 18, 19, 19]
+
+
+def test_a_plan_step_of_several_chunks_has_its_own_id_and_one_chunk_keeps_the_old_id():
+    from dcsim.calibrate.plan import Plan, expand
+    from dcsim.calibrate.run import plan_digest
+
+    base = {"name": "t", "steps": [{"name": "c", "decode_batch": [0, 4], "decode_context": [64],
+                                    "prefill_tokens": [0, 32]}], "step_repeats": 4}
+    one = Plan.model_validate(base)
+    ids = [p.id for p in expand(one)]
+    assert ids == ["s-b0-l0-p32-h0", "s-b4-l64-p0-h0", "s-b4-l64-p32-h0"]
+    assert plan_digest(one) == plan_digest(Plan.model_validate(
+        {**base, "steps": [{**base["steps"][0], "prefill_chunks": [1]}]}))  # earlier runs resume
+    many = Plan.model_validate({**base, "steps": [{**base["steps"][0], "prefill_chunks": [1, 3]}]})
+    pts = expand(many)
+    # the chunks axis multiplies the steps with a chunk only; decode-only steps stay one
+    assert [p.id for p in pts] == ["s-b0-l0-p32-h0", "s-b0-l0-p32-h0-k3", "s-b4-l64-p0-h0", "s-b4-l64-p32-h0",
+                                   "s-b4-l64-p32-h0-k3"]
+    assert [p.chunks for p in pts] == [1, 3, 1, 1, 3]
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA-graph and Triton paths need a CUDA device")
@@ -307,7 +330,7 @@ def test_calibration_with_mixed_steps_resumes_and_fits(tmp_path, monkeypatch):
 
     pts = expand(load_plan(SMOKE))
     steps = [p for p in pts if p.kind == "step"]
-    assert len(steps) == 4 + 4 + 2 and len(pts) - len(steps) == 11
+    assert len(steps) == 4 + 4 + 2 + 2 and len(pts) - len(steps) == 11
     assert sweep() == {"status": "complete", "runs": 2 * len(pts), "left": 0}
     rows = _rows(out)
     assert list(rows[0]) == list(store.COLUMNS)
@@ -317,6 +340,7 @@ def test_calibration_with_mixed_steps_resumes_and_fits(tmp_path, monkeypatch):
         p = next(x for x in steps if x.id == r["point"])
         assert (int(r["batch"]), int(r["n_in"]), int(r["n_out"])) == (p.batch, p.n_in, 4)
         assert int(r["context"]) == p.batch * p.context and int(r["prefill_prefix"]) == p.prefix
+        assert (r["prefill_chunks"] or "1") == str(p.chunks)  # written where a step has several
         g = int(r["graph_batch"])
         assert (g == 0) if p.batch == 0 else (g >= p.batch and g in default_graph_sizes(g))
         e, rt = float(r["energy_device_j"]), float(r["runtime_s"])
@@ -470,3 +494,20 @@ def test_paged_replay_schedules_as_the_simulator_does_under_preemption(tmp_path)
     assert got["preemptions"].tolist() == sim["preemptions"].astype(int).tolist()
     assert steps_of(got["start_s"]) == steps_of(sim["start_s"])  # admissions, in the same steps
     assert steps_of(got["end_s"]) == steps_of(sim["done_s"])  # and finishes
+
+
+def test_a_runs_csv_written_before_the_chunks_column_is_read_and_appended_to_as_it_is(tmp_path):
+    """The committed mixed-step runs have every column but prefill_chunks: they resume with their own header
+    (tests/test_profiles_shipped.py refits their profile from them, one chunk a step)."""
+    import csv
+
+    from dcsim.calibrate import store
+
+    src = REPO / "calibrate" / "runs" / "h200b-llama-2-7b-paged-paged-mixed-steps" / "runs.csv"
+    with src.open() as f:
+        head = next(csv.reader(f))
+    assert head == list(store.STEP_V1_COLUMNS) and "prefill_chunks" not in head
+    path = tmp_path / "runs.csv"
+    path.write_text(src.read_text())
+    assert store.columns_of(path) == store.STEP_V1_COLUMNS
+    assert len(store.read_rows(path)) == len(src.read_text().splitlines()) - 1

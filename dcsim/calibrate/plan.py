@@ -9,6 +9,7 @@ round) lives in `schedule.py`.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Literal
 
@@ -58,21 +59,24 @@ def _axis0(v: object) -> list[int]:
 class StepSweep(Strict):
     """Every combination of a mixed step's four axes: `decode_batch` sequences decoding one token each, every one
     reading `decode_context` KV tokens (its new one included), and one prefill chunk of `prefill_tokens` tokens
-    after `prefill_prefix` tokens of its sequence already cached. A step with neither decodes nor a chunk is
-    left out; without decodes the context axis is moot (recorded as 0)."""
+    after `prefill_prefix` tokens of its sequence already cached; with `prefill_chunks` k > 1, k chunks of
+    distinct lengths (prefill_tokens, +1, ..., +k-1), each after its own cached prefix, as a step admitting
+    several requests runs them. A step with neither decodes nor a chunk is left out; without decodes the context
+    axis is moot (recorded as 0)."""
 
     name: str
     decode_batch: list[int]
     decode_context: list[int] = Field(default_factory=lambda: [1])
     prefill_tokens: list[int] = Field(default_factory=lambda: [0])
     prefill_prefix: list[int] = Field(default_factory=lambda: [0])
+    prefill_chunks: list[int] = Field(default_factory=lambda: [1])
 
     @field_validator("decode_batch", "prefill_tokens", "prefill_prefix", mode="before")
     @classmethod
     def _parse_axis0(cls, v: object) -> list[int]:
         return _axis0(v)
 
-    @field_validator("decode_context", mode="before")
+    @field_validator("decode_context", "prefill_chunks", mode="before")
     @classmethod
     def _parse_axis(cls, v: object) -> list[int]:
         return _axis(v)
@@ -167,7 +171,7 @@ class Plan(Strict):
 class Point(Strict):
     """One unique shape to measure and the sweeps it belongs to. kind "step": a mixed step, with n_in the
     prefill chunk's tokens, n_out the repeats of one run, batch the decode batch, `context` each decode's KV
-    tokens and `prefix` the chunk's cached prefix."""
+    tokens, `prefix` the chunk's cached prefix and `chunks` how many chunks (see StepSweep)."""
 
     n_in: int
     n_out: int
@@ -176,11 +180,12 @@ class Point(Strict):
     kind: Literal["run", "step"] = "run"
     context: int = 0
     prefix: int = 0
+    chunks: int = 1
 
     @property
     def id(self) -> str:
         if self.kind == "step":
-            return step_id(self.batch, self.context, self.n_in, self.prefix)
+            return step_id(self.batch, self.context, self.n_in, self.prefix, self.chunks)
         return point_id(self.n_in, self.n_out, self.batch)
 
 
@@ -188,8 +193,9 @@ def point_id(n_in: int, n_out: int, batch: int) -> str:
     return f"i{n_in}-o{n_out}-b{batch}"
 
 
-def step_id(decode_batch: int, context: int, prefill_tokens: int, prefix: int) -> str:
-    return f"s-b{decode_batch}-l{context}-p{prefill_tokens}-h{prefix}"
+def step_id(decode_batch: int, context: int, prefill_tokens: int, prefix: int, chunks: int = 1) -> str:
+    """A step's id; one chunk keeps the id it had before the chunks axis (so earlier runs resume)."""
+    return f"s-b{decode_batch}-l{context}-p{prefill_tokens}-h{prefix}" + (f"-k{chunks}" if chunks > 1 else "")
 
 
 def expand(plan: Plan) -> list[Point]:
@@ -209,19 +215,17 @@ def expand(plan: Plan) -> list[Point]:
             g.append("off_axis")
     keys = sorted(seen, key=lambda k: (k[2], k[0], k[1]))
     out = [Point(n_in=i, n_out=o, batch=b, groups=seen[(i, o, b)]) for i, o, b in keys]
-    steps: dict[tuple[int, int, int, int], list[str]] = {}
+    steps: dict[tuple[int, int, int, int, int], list[str]] = {}
     for st in plan.steps:
-        for b in st.decode_batch:
-            for ctx in st.decode_context:
-                for p in st.prefill_tokens:
-                    for h in st.prefill_prefix:
-                        if b == 0 and p == 0:
-                            continue
-                        g = steps.setdefault((b, ctx if b else 0, p, h if p else 0), [])
-                        if st.name not in g:
-                            g.append(st.name)
-    out += [Point(kind="step", n_in=p, n_out=plan.step_repeats, batch=b, context=ctx, prefix=h,
-                  groups=steps[(b, ctx, p, h)]) for b, ctx, p, h in sorted(steps)]
+        for b, ctx, p, h, k in itertools.product(st.decode_batch, st.decode_context, st.prefill_tokens,
+                                                 st.prefill_prefix, st.prefill_chunks):
+            if b == 0 and p == 0:
+                continue
+            g = steps.setdefault((b, ctx if b else 0, p, h if p else 0, k if p else 1), [])
+            if st.name not in g:
+                g.append(st.name)
+    out += [Point(kind="step", n_in=p, n_out=plan.step_repeats, batch=b, context=ctx, prefix=h, chunks=k,
+                  groups=steps[(b, ctx, p, h, k)]) for b, ctx, p, h, k in sorted(steps)]
     return out
 
 

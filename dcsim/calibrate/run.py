@@ -68,11 +68,15 @@ def _point_work(p: Point) -> float:
 
 
 def plan_digest(plan: Plan) -> str:
-    """The plan's identity; a plan without mixed steps digests as before they existed, so older folders resume."""
+    """The plan's identity; a plan without mixed steps, or without several chunks a step, digests as before
+    those existed, so older folders resume."""
     d = plan.model_dump(mode="json")
     if not plan.steps:
         d.pop("steps", None)
         d.pop("step_repeats", None)
+    for st in d.get("steps") or ():  # nor does a step sweep of one chunk, as before the chunks axis
+        if st.get("prefill_chunks") == [1]:
+            del st["prefill_chunks"]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -260,9 +264,11 @@ class Sweep:
 
         row = {"entry": entry, "phase": "step", "point": p.id, "n_in": p.n_in, "n_out": p.n_out, "batch": p.batch,
                "repeat": repeat, "power_cap_w": cap, "session": self.session, "backend": self.backend.name,
-               "meter": m.name, "context": p.batch * p.context, "prefill_prefix": p.prefix}
+               "meter": m.name, "context": p.batch * p.context, "prefill_prefix": p.prefix,
+               **({"prefill_chunks": p.chunks} if p.chunks > 1 else {})}
         try:
-            tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start)
+            tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start,
+                                       **({"chunks": p.chunks} if p.chunks > 1 else {}))
         except Exception as e:  # out of memory: record it, do not retry this point
             return self._failed(m, entry, row, st, e)
         r = m.end(entry)

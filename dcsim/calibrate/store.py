@@ -27,10 +27,12 @@ COLUMNS = (
     "t_start", "t_end", "runtime_s", "ttft_s", "tpot_s", "gen_tokens",
     "energy_device_j", "energy_host_j", "energy_prefill_device_j", "energy_timeline_j",
     "avg_power_w", "peak_power_w", "tail_s", "tail_power_w", "energy_by_device",
-    "backend", "meter", "extra", "status", "error", "context", "prefill_prefix", "graph_batch",
+    "backend", "meter", "extra", "status", "error", "context", "prefill_prefix", "graph_batch", "prefill_chunks",
 )
-# runs.csv of folders written before the mixed-step columns: read, and appended to, as they are
-LEGACY_COLUMNS = COLUMNS[:-3]
+# runs.csv of folders written before the mixed-step columns, or before prefill_chunks: read, and appended to, as
+# they are
+LEGACY_COLUMNS = COLUMNS[:-4]
+STEP_V1_COLUMNS = COLUMNS[:-1]
 PHASES = ("run", "warmup", "idle_deep", "idle_serving", "step")
 
 
@@ -60,7 +62,7 @@ def read_rows(path: Path, repair: bool = False) -> list[dict[str, str]]:
         if repair:
             write_atomic(path, text)
     rows = list(csv.DictReader(io.StringIO(text)))
-    if rows and list(rows[0].keys()) not in (list(COLUMNS), list(LEGACY_COLUMNS)):
+    if rows and list(rows[0].keys()) not in (list(COLUMNS), list(LEGACY_COLUMNS), list(STEP_V1_COLUMNS)):
         raise UserError(f"columns differ from this dcsim version's {list(COLUMNS)}", path)
     return rows
 
@@ -71,8 +73,9 @@ def columns_of(path: Path) -> tuple[str, ...]:
     if path.exists() and path.stat().st_size:
         with path.open(newline="") as f:
             head = next(csv.reader(f), None)
-        if head == list(LEGACY_COLUMNS):
-            return LEGACY_COLUMNS
+        for cols in (LEGACY_COLUMNS, STEP_V1_COLUMNS):
+            if head == list(cols):
+                return cols
     return COLUMNS
 
 

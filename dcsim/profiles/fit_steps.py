@@ -5,11 +5,13 @@ A step of B decodes (padded to a graph of G rows) reading C KV tokens, and a pre
 cached ones, is modelled as the simulator's paged policy composes it (dcsim/sim/batching/paged.py):
     time   = [B > 0] decode_step_s(batch=G, context=C) + [P > 0] prefill_s(tokens=P, tokens_sq=(H+P)^2-H^2, batch=1)
     energy = decode part x decode_w + prefill part x prefill_w
-so the fitted curves are the ones the simulation evaluates. The time model is linear in its six coefficients and
-is fitted to all step rows at once (non-negative least squares on relative errors); decode power is fitted to the
-rows without a chunk and prefill power to the rows without decodes (average power = energy / time), both floored at
-the serving idle; the rows that mix both are checked, not fitted. Request-batch rows (kind "run") in the same table,
-where present, are predicted with the fitted curves and reported as a check.
+so the fitted curves are the ones the simulation evaluates. A step of M chunks (rows with prefill_chunks) sums
+tokens, tokens_sq and prefix over its chunks and adds (M - 1) x a cost per chunk (the curve's `batch` term, taken
+off its intercept), fitted where the sweep has steps of several chunks. The time model is linear in its coefficients
+and is fitted to all step rows at once (non-negative least squares on relative errors); decode power is fitted to
+the rows without a chunk and prefill power to the rows without decodes (average power = energy / time), both floored
+at the serving idle; the rows that mix both are checked, not fitted. Request-batch rows (kind "run") in the same
+table, where present, are predicted with the fitted curves and reported as a check.
 """
 
 from __future__ import annotations
@@ -32,25 +34,33 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     g = np.where(b > 0, np.maximum(g, b), 0.0)
     p = steps["n_in"].to_numpy(float)
     h = steps["prefill_prefix"].fillna(0.0).to_numpy(float)
+    m = steps["prefill_chunks"].fillna(1.0).to_numpy(float) if "prefill_chunks" in steps else np.ones(len(p))
+    m = np.where(p > 0, m, 0.0)
+    # m chunks of p, p + 1, ..., p + m - 1 tokens, each after h cached: as the simulator sums them over a step's
+    # chunks, tokens = sum p_j, tokens_sq = sum (h + p_j)^2 - h^2, prefix = m h and batch (chunks) = m
+    s1, s2 = m * (m - 1) / 2.0, (m - 1) * m * (2 * m - 1) / 6.0
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
             "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
-            "pf": (p > 0).astype(float), "p": p, "sq": (h + p) ** 2 - h ** 2, "h": h}
+            "pf": (p > 0).astype(float), "p": m * p + s1, "sq": m * ((h + p) ** 2 - h ** 2) + 2 * (h + p) * s1 + s2,
+            "h": m * h, "m": m, "p1": p}
 
 
-def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool,
-                 with_h: bool) -> tuple[np.ndarray, list[str]]:
+def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool, with_h: bool,
+                 with_m: bool = False) -> tuple[np.ndarray, list[str]]:
     cols = [f["dec"], f["dec"] * f["g"]] + ([f["dec"] * f["ctx"]] if with_ctx else [])
     cols += [f["pf"], f["pf"] * f["p"]] + ([f["pf"] * f["sq"]] if with_sq else []) + ([f["pf"] * f["h"]] if with_h
                                                                                          else [])
+    cols += [f["pf"] * (f["m"] - 1.0)] if with_m else []
     names = (["d0", "dg"] + (["dc"] if with_ctx else []) + ["p0", "pp"] + (["psq"] if with_sq else [])
-             + (["ph"] if with_h else []))
+             + (["ph"] if with_h else []) + (["pm"] if with_m else []))
     return np.column_stack(cols), names
 
 
 def _parts(f: dict[str, np.ndarray], x: dict[str, float], pf_floor: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Each step's decode and prefill seconds under coefficients x (the prefill held at its floor, if any)."""
     t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
-    lin = x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"] + x.get("ph", 0.0) * f["h"]
+    lin = (x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"] + x.get("ph", 0.0) * f["h"]
+           + x.get("pm", 0.0) * (f["m"] - 1.0))
     return t_dec, f["pf"] * (np.maximum(lin, pf_floor) if pf_floor else lin)
 
 
@@ -112,14 +122,19 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     with_ctx = np.unique(f["ctx"][f["dec"] > 0] / np.maximum(f["g"][f["dec"] > 0], 1)).size > 1
     with_sq = np.unique(f["sq"][f["pf"] > 0]).size > 2
     with_h = np.unique(f["h"][f["pf"] > 0]).size > 1
-    a, names = _time_design(f, with_sq, with_ctx, with_h)
+    with_m = np.unique(f["m"][f["pf"] > 0]).size > 1  # steps of several chunks: a cost per chunk beyond the first
+    a, names = _time_design(f, with_sq, with_ctx, with_h, with_m)
     if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
         raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
     x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
     x, pf_floor = _with_prefill_floor(f, x, names)
     decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {})})
-    prefill_s = Curve(intercept=x["p0"], coef={"tokens": x["pp"], **({"tokens_sq": x["psq"]} if with_sq else {}),
-                                               **({"prefix": x["ph"]} if with_h else {})}, lo=pf_floor)
+    # the per-chunk term is fitted on (chunks - 1) so the intercept stays a one-chunk step's; in the simulator's
+    # curve (batch = chunks) that is batch x pm with pm taken off the intercept
+    pm = x.get("pm", 0.0)
+    prefill_s = Curve(intercept=x["p0"] - pm, coef={"tokens": x["pp"], **({"tokens_sq": x["psq"]} if with_sq else {}),
+                                                    **({"prefix": x["ph"]} if with_h else {}),
+                                                    **({"batch": pm} if with_m else {})}, lo=pf_floor)
     t_dec, t_pf = _parts(f, x, pf_floor)
     pred_t = t_dec + t_pf
 

@@ -22,7 +22,9 @@ Columns
     whole at every decode step); NaN for a dynamic cache, whose steps read the live context only
 - step rows (kind "step", a paged engine's mixed-step sweep): the same step run n_out times; batch = its decodes,
     graph_batch = their padded batch, context = the KV tokens they read, n_in = its prefill chunk's tokens after
-    prefill_prefix cached ones; runtime_s and energy_device_j cover all n_out steps (NaN columns elsewhere)
+    prefill_prefix cached ones; runtime_s and energy_device_j cover all n_out steps (NaN columns elsewhere);
+    prefill_chunks k (NaN: 1): k chunks of n_in, n_in + 1, ..., n_in + k - 1 tokens, each after prefill_prefix
+    cached tokens of its own sequence
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ COLUMNS = {
     "kind": object, "n_in": "int64", "n_out": "int64", "batch": "int64", "runtime_s": "float64",
     "ttft_s": "float64", "tpot_s": "float64", "energy_device_j": "float64", "energy_host_j": "float64",
     "avg_power_w": "float64", "repeat": "int64", "warmup": bool, "source": object, "cache_len": "float64",
-    "context": "float64", "prefill_prefix": "float64", "graph_batch": "float64",
+    "context": "float64", "prefill_prefix": "float64", "graph_batch": "float64", "prefill_chunks": "float64",
 }
 KINDS = ("run", "decode", "step", "idle_serving", "idle_deep")
 
@@ -50,7 +52,8 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     out = df.copy()
     defaults = {"ttft_s": np.nan, "tpot_s": np.nan, "energy_device_j": np.nan, "energy_host_j": np.nan,
                 "avg_power_w": np.nan, "repeat": 0, "warmup": False, "source": "", "batch": 1,
-                "cache_len": np.nan, "context": np.nan, "prefill_prefix": np.nan, "graph_batch": np.nan}
+                "cache_len": np.nan, "context": np.nan, "prefill_prefix": np.nan, "graph_batch": np.nan,
+                "prefill_chunks": np.nan}
     for c, v in defaults.items():
         if c not in out.columns:
             out[c] = v

@@ -626,27 +626,34 @@ class PagedBackend(HFBackend):
         return Timing(runtime_s=t1 - t0, ttft_s=t_first - t0, gen_tokens=produced, extra=extra)
 
     def run_step(self, decode_batch: int, context: int, prefill_tokens: int, prefix: int, repeats: int, seed: int,
-                 on_start: Callable[[], None]) -> Timing:
+                 on_start: Callable[[], None], chunks: int = 1) -> Timing:
         """`repeats` times the same step: one decode token for each of `decode_batch` sequences holding `context`
         KV tokens (the token's own included), and a prefill chunk of `prefill_tokens` tokens after `prefix`
-        cached ones. The state is set up once (untimed, with one untimed step for first-time costs); each repeat
-        resets the positions, so nothing grows. Timed from a device sync to a device sync around the repeats;
+        cached ones (`chunks` > 1: that many chunks of prefill_tokens, +1, ..., +chunks-1 tokens, each in its
+        own sequence after its own `prefix` cached tokens: distinct lengths, as admissions' chunks are). The
+        state is set up once (untimed, with one untimed step for first-time costs); each repeat resets the
+        positions, so nothing grows. Timed from a device sync to a device sync around the repeats;
         `on_start` is called right before. extra["graph_batch"]: the padded decode batch (0 without decodes)."""
         b, ctx, p, h = decode_batch, context, prefill_tokens, prefix
-        if b < 0 or p < 0 or h < 0 or repeats < 1 or (b == 0 and p == 0) or (b and ctx < 1):
-            raise ValueError(f"bad step: decode batch {b}, context {ctx}, prefill {p}, prefix {h}, repeats {repeats}")
+        k = chunks if p else 1
+        if b < 0 or p < 0 or h < 0 or repeats < 1 or (b == 0 and p == 0) or (b and ctx < 1) or k < 1:
+            raise ValueError(f"bad step: decode batch {b}, context {ctx}, prefill {p}, prefix {h}, repeats {repeats}, "
+                             f"chunks {chunks}")
         torch = self.torch
-        e = self.engine(b * self._blocks(max(ctx, 1)) + self._blocks(h + p), max(b, 1), max(ctx, h + p, 1))
+        lens = [p + j for j in range(k)] if p else []
+        e = self.engine(b * self._blocks(max(ctx, 1)) + sum(self._blocks(h + n) for n in lens), max(b, 1),
+                        max(ctx, h + p + k, 1))
         e.reset()
         dec = [e.add(i) for i in range(b)]
         for s in dec:
             if not e.reserve(s, ctx):
                 raise RuntimeError(f"no KV blocks for {b} x {ctx} decode tokens ({e.alloc.capacity} blocks)")
             s.length = ctx - 1  # the step feeds the token at position ctx - 1 and reads ctx tokens
-        pre = e.add(b)
-        if p and not e.reserve(pre, h + p):
-            raise RuntimeError(f"no KV blocks for a {h} + {p} token chunk ({e.alloc.free} free)")
-        ids = self.prompt(max(p, 1), 1, seed)[0][:p]
+        pre = [e.add(b + j) for j in range(len(lens))]
+        for s, n in zip(pre, lens):
+            if not e.reserve(s, h + n):
+                raise RuntimeError(f"no KV blocks for a {h} + {n} token chunk ({e.alloc.free} free)")
+        ids = [self.prompt(n, 1, seed + (j + 1 if j else 0))[0] for j, n in enumerate(lens)]  # seed + 1: decodes
         g = e.graph_size(b) if b else 0
         graph = e.ensure_graph(g) if b else False
         with torch.no_grad():
@@ -659,9 +666,10 @@ class PagedBackend(HFBackend):
                     e.pos[:g].copy_(pos0)
                     e.tok[:g].copy_(tok0)
                     e.replay(g)
-                if p:
-                    pre.length = h
-                    e.prefill([(pre, ids, h)])
+                if lens:
+                    for s in pre:
+                        s.length = h
+                    e.prefill([(s, x, h) for s, x in zip(pre, ids)])
 
             one()
             self.sync()

@@ -133,6 +133,8 @@ def load(run_dir: str | Path, cap_w: float | None = None,
             "repeat": steps["repeat"].fillna(0), "warmup": False, "source": name + ":" + steps["point"],
             "context": steps["context"], "prefill_prefix": steps["prefill_prefix"],
             "graph_batch": steps["graph_batch"],
+            "prefill_chunks": (_num(steps["prefill_chunks"], d / "runs.csv", "prefill_chunks")
+                               if "prefill_chunks" in steps.columns else np.nan),
         })
         short = pd.concat([short, short_s])
     idle = raw[raw["phase"].isin(["idle_deep", "idle_serving"]) & ok]
