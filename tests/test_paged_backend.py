@@ -237,9 +237,19 @@ def test_mixed_steps_time_the_same_step_and_leave_no_growth(backend):
     tm = backend.run_step(2, 20, 7, 9, 3, 5, lambda: None, chunks=3)
     assert tm.gen_tokens == 3 and tm.extra["graph_batch"] == 2
     assert sorted(s.length for s in backend.eng.seqs.values()) == [16, 17, 18, 19, 19]
+    # decodes of different lengths: 4 contexts spread over 20 x (1 -/+ 0.5), the same 80 KV tokens in all
+    from dcsim.calibrate.backends.paged import spread_contexts
+
+    assert spread_contexts(20, 4, 0.5) == [10, 17, 23, 30] and spread_contexts(20, 4, 0.0) == [20] * 4
+    assert sum(spread_contexts(333, 7, 0.9)) == 7 * 333 and min(spread_contexts(2, 5, 0.99)) >= 1
+    tm = backend.run_step(4, 20, 0, 0, 3, 5, lambda: None, spread=0.5)
+    assert tm.extra["contexts"] == [10, 17, 23, 30]
+    assert sorted(s.length for s in backend.eng.seqs.values()) == [9, 16, 22, 29]  # each reads its context
+    with pytest.raises(ValueError, match="spread"):
+        backend.run_step(4, 20, 0, 0, 3, 5, lambda: None, spread=1.0)
 
 
-def test_a_plan_step_of_several_chunks_has_its_own_id_and_one_chunk_keeps_the_old_id():
+def test_plan_steps_of_several_chunks_or_spread_contexts_have_their_own_ids_and_the_old_ones_stay():
     from dcsim.calibrate.plan import Plan, expand
     from dcsim.calibrate.run import plan_digest
 
@@ -256,6 +266,11 @@ def test_a_plan_step_of_several_chunks_has_its_own_id_and_one_chunk_keeps_the_ol
     assert [p.id for p in pts] == ["s-b0-l0-p32-h0", "s-b0-l0-p32-h0-k3", "s-b4-l64-p0-h0", "s-b4-l64-p32-h0",
                                    "s-b4-l64-p32-h0-k3"]
     assert [p.chunks for p in pts] == [1, 3, 1, 1, 3]
+    spread = Plan.model_validate({**base, "steps": [{**base["steps"][0], "decode_context_spread": [0, 0.5]}]})
+    assert [p.id for p in expand(spread)] == ["s-b0-l0-p32-h0", "s-b4-l64-p0-h0", "s-b4-l64-p32-h0",
+                                              "s-b4-l64-p0-h0-v0.5", "s-b4-l64-p32-h0-v0.5"]
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        Plan.model_validate({**base, "steps": [{**base["steps"][0], "decode_context_spread": [1.5]}]})
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA-graph and Triton paths need a CUDA device")

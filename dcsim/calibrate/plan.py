@@ -61,8 +61,9 @@ class StepSweep(Strict):
     reading `decode_context` KV tokens (its new one included), and one prefill chunk of `prefill_tokens` tokens
     after `prefill_prefix` tokens of its sequence already cached; with `prefill_chunks` k > 1, k chunks of
     distinct lengths (prefill_tokens, +1, ..., +k-1), each after its own cached prefix, as a step admitting
-    several requests runs them. A step with neither decodes nor a chunk is left out; without decodes the context
-    axis is moot (recorded as 0)."""
+    several requests runs them. With `decode_context_spread` s > 0 the decodes' contexts spread evenly over
+    L (1 - s) .. L (1 + s), the same total, as a running batch's sequences differ in length. A step with neither
+    decodes nor a chunk is left out; without decodes the context axes are moot (recorded as 0)."""
 
     name: str
     decode_batch: list[int]
@@ -70,6 +71,7 @@ class StepSweep(Strict):
     prefill_tokens: list[int] = Field(default_factory=lambda: [0])
     prefill_prefix: list[int] = Field(default_factory=lambda: [0])
     prefill_chunks: list[int] = Field(default_factory=lambda: [1])
+    decode_context_spread: list[float] = Field(default_factory=lambda: [0.0])
 
     @field_validator("decode_batch", "prefill_tokens", "prefill_prefix", mode="before")
     @classmethod
@@ -80,6 +82,14 @@ class StepSweep(Strict):
     @classmethod
     def _parse_axis(cls, v: object) -> list[int]:
         return _axis(v)
+
+    @field_validator("decode_context_spread", mode="before")
+    @classmethod
+    def _parse_spread(cls, v: object) -> list[float]:
+        vals = v if isinstance(v, list) else [v]
+        if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in vals):
+            raise ValueError("values must be numbers in [0, 1): the contexts' spread either side of the mean")
+        return [float(x) for x in vals]
 
 
 class Sweep(Strict):
@@ -181,11 +191,12 @@ class Point(Strict):
     context: int = 0
     prefix: int = 0
     chunks: int = 1
+    spread: float = 0.0
 
     @property
     def id(self) -> str:
         if self.kind == "step":
-            return step_id(self.batch, self.context, self.n_in, self.prefix, self.chunks)
+            return step_id(self.batch, self.context, self.n_in, self.prefix, self.chunks, self.spread)
         return point_id(self.n_in, self.n_out, self.batch)
 
 
@@ -193,9 +204,11 @@ def point_id(n_in: int, n_out: int, batch: int) -> str:
     return f"i{n_in}-o{n_out}-b{batch}"
 
 
-def step_id(decode_batch: int, context: int, prefill_tokens: int, prefix: int, chunks: int = 1) -> str:
-    """A step's id; one chunk keeps the id it had before the chunks axis (so earlier runs resume)."""
-    return f"s-b{decode_batch}-l{context}-p{prefill_tokens}-h{prefix}" + (f"-k{chunks}" if chunks > 1 else "")
+def step_id(decode_batch: int, context: int, prefill_tokens: int, prefix: int, chunks: int = 1,
+            spread: float = 0.0) -> str:
+    """A step's id; one chunk and equal contexts keep the id they had before those axes (so earlier runs resume)."""
+    return (f"s-b{decode_batch}-l{context}-p{prefill_tokens}-h{prefix}" + (f"-k{chunks}" if chunks > 1 else "")
+            + (f"-v{spread:g}" if spread > 0 else ""))
 
 
 def expand(plan: Plan) -> list[Point]:
@@ -215,17 +228,17 @@ def expand(plan: Plan) -> list[Point]:
             g.append("off_axis")
     keys = sorted(seen, key=lambda k: (k[2], k[0], k[1]))
     out = [Point(n_in=i, n_out=o, batch=b, groups=seen[(i, o, b)]) for i, o, b in keys]
-    steps: dict[tuple[int, int, int, int, int], list[str]] = {}
+    steps: dict[tuple[int, int, float, int, int, int], list[str]] = {}
     for st in plan.steps:
-        for b, ctx, p, h, k in itertools.product(st.decode_batch, st.decode_context, st.prefill_tokens,
-                                                 st.prefill_prefix, st.prefill_chunks):
+        for b, ctx, v, p, h, k in itertools.product(st.decode_batch, st.decode_context, st.decode_context_spread,
+                                                    st.prefill_tokens, st.prefill_prefix, st.prefill_chunks):
             if b == 0 and p == 0:
                 continue
-            g = steps.setdefault((b, ctx if b else 0, p, h if p else 0, k if p else 1), [])
+            g = steps.setdefault((b, ctx if b else 0, v if b > 1 else 0.0, p, h if p else 0, k if p else 1), [])
             if st.name not in g:
                 g.append(st.name)
-    out += [Point(kind="step", n_in=p, n_out=plan.step_repeats, batch=b, context=ctx, prefix=h, chunks=k,
-                  groups=steps[(b, ctx, p, h, k)]) for b, ctx, p, h, k in sorted(steps)]
+    out += [Point(kind="step", n_in=p, n_out=plan.step_repeats, batch=b, context=ctx, prefix=h, chunks=k, spread=v,
+                  groups=steps[(b, ctx, v, p, h, k)]) for b, ctx, v, p, h, k in sorted(steps)]
     return out
 
 

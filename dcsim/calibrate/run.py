@@ -75,8 +75,9 @@ def plan_digest(plan: Plan) -> str:
         d.pop("steps", None)
         d.pop("step_repeats", None)
     for st in d.get("steps") or ():  # nor does a step sweep of one chunk, as before the chunks axis
-        if st.get("prefill_chunks") == [1]:
-            del st["prefill_chunks"]
+        for axis, alone in (("prefill_chunks", [1]), ("decode_context_spread", [0.0])):
+            if st.get(axis) == alone:
+                del st[axis]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -268,7 +269,8 @@ class Sweep:
                **({"prefill_chunks": p.chunks} if p.chunks > 1 else {})}
         try:
             tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start,
-                                       **({"chunks": p.chunks} if p.chunks > 1 else {}))
+                                       **({"chunks": p.chunks} if p.chunks > 1 else {}),
+                                       **({"spread": p.spread} if p.spread > 0 else {}))
         except Exception as e:  # out of memory: record it, do not retry this point
             return self._failed(m, entry, row, st, e)
         r = m.end(entry)

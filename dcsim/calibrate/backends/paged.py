@@ -496,6 +496,16 @@ class PagedEngine:
         self.tok = self.pos = self.live = self.bt = self.hist = None
 
 
+def spread_contexts(mean: int, batch: int, spread: float) -> list[int]:
+    """`batch` decode contexts spread evenly over mean x (1 - spread) .. mean x (1 + spread), each at least 1,
+    summing to batch x mean (the last takes the rounding)."""
+    if batch <= 1 or spread <= 0:
+        return [mean] * batch
+    c = [max(1, round(mean * (1 + spread * (2 * i / (batch - 1) - 1)))) for i in range(batch)]
+    c[-1] += batch * mean - sum(c)
+    return c
+
+
 class PagedBackend(HFBackend):
     """The `paged` engine as a calibration backend: request batches (prefill, then greedy decode steps over the
     live blocks) and mixed steps (`run_step`); `engine()` hands the replay server the same engine."""
@@ -626,11 +636,12 @@ class PagedBackend(HFBackend):
         return Timing(runtime_s=t1 - t0, ttft_s=t_first - t0, gen_tokens=produced, extra=extra)
 
     def run_step(self, decode_batch: int, context: int, prefill_tokens: int, prefix: int, repeats: int, seed: int,
-                 on_start: Callable[[], None], chunks: int = 1) -> Timing:
+                 on_start: Callable[[], None], chunks: int = 1, spread: float = 0.0) -> Timing:
         """`repeats` times the same step: one decode token for each of `decode_batch` sequences holding `context`
         KV tokens (the token's own included), and a prefill chunk of `prefill_tokens` tokens after `prefix`
         cached ones (`chunks` > 1: that many chunks of prefill_tokens, +1, ..., +chunks-1 tokens, each in its
-        own sequence after its own `prefix` cached tokens: distinct lengths, as admissions' chunks are). The
+        own sequence after its own `prefix` cached tokens: distinct lengths, as admissions' chunks are;
+        `spread` > 0: the decodes' contexts spread evenly over context x (1 -/+ spread), the same total). The
         state is set up once (untimed, with one untimed step for first-time costs); each repeat resets the
         positions, so nothing grows. Timed from a device sync to a device sync around the repeats;
         `on_start` is called right before. extra["graph_batch"]: the padded decode batch (0 without decodes)."""
@@ -640,15 +651,18 @@ class PagedBackend(HFBackend):
             raise ValueError(f"bad step: decode batch {b}, context {ctx}, prefill {p}, prefix {h}, repeats {repeats}, "
                              f"chunks {chunks}")
         torch = self.torch
+        if not 0 <= spread < 1:
+            raise ValueError(f"bad step: context spread {spread} is not in [0, 1)")
         lens = [p + j for j in range(k)] if p else []
-        e = self.engine(b * self._blocks(max(ctx, 1)) + sum(self._blocks(h + n) for n in lens), max(b, 1),
-                        max(ctx, h + p + k, 1))
+        ctxs = spread_contexts(ctx, b, spread)
+        e = self.engine(sum(self._blocks(max(c, 1)) for c in ctxs) + sum(self._blocks(h + n) for n in lens),
+                        max(b, 1), max(max(ctxs, default=1), h + p + k, 1))
         e.reset()
         dec = [e.add(i) for i in range(b)]
-        for s in dec:
-            if not e.reserve(s, ctx):
+        for s, c in zip(dec, ctxs):
+            if not e.reserve(s, c):
                 raise RuntimeError(f"no KV blocks for {b} x {ctx} decode tokens ({e.alloc.capacity} blocks)")
-            s.length = ctx - 1  # the step feeds the token at position ctx - 1 and reads ctx tokens
+            s.length = c - 1  # the step feeds the token at position c - 1 and reads c tokens
         pre = [e.add(b + j) for j in range(len(lens))]
         for s, n in zip(pre, lens):
             if not e.reserve(s, h + n):
@@ -680,7 +694,7 @@ class PagedBackend(HFBackend):
             self.sync()
             t1 = time.perf_counter()
         extra: dict = {"graph": graph, "graph_batch": g, "kv_blocks": e.alloc.capacity, "attention": e.attention,
-                       "context_per_seq": ctx if b else 0}
+                       "context_per_seq": ctx if b else 0, **({"contexts": ctxs} if spread and b > 1 else {})}
         if self.device.startswith("cuda"):
             extra["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
         return Timing(runtime_s=t1 - t0, ttft_s=math.nan, gen_tokens=repeats, extra=extra)
