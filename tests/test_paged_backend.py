@@ -417,6 +417,22 @@ def test_the_command_offers_paged_and_refuses_steps_on_other_backends(tmp_path, 
 
 
 # ---- serving replay on the paged engine -------------------------------------------------------------------------
+def serve_on_cpu(wl, pol, out: Path, prompts: dict | None = None):  # noqa: ANN001, ANN201
+    """Replay `wl` under `pol` on the tiny model on the CPU, the engine sized for its longest request and warmed up
+    as `dcsim validate` does: (backend, the window's facts)."""
+    from test_calibrate_run import StandInMeter
+
+    from dcsim.validate import paged_replay as PR
+
+    be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
+    be.load()
+    be.kv_blocks, be.graph_sizes = pol.kv_blocks, PR.capture_sizes(pol.max_num_seqs)
+    longest = int((wl["n_in"] + wl["n_out"]).max())
+    be.engine(pol.kv_blocks, pol.max_num_seqs, longest)
+    PR.warm_up(be, pol, longest, lambda m: None)
+    return be, PR.serve(wl, be, StandInMeter(), pol, out, tail_s=0.05, settle_s=0.0, prompts=prompts)
+
+
 def test_paged_replay_serves_every_request_its_greedy_tokens_through_a_preemption(tmp_path):
     """Six requests on a pool of 12 blocks of 16 tokens, at most 4 running, 32 tokens a step, no prefix caching
     (tests/test_paged_prefix_cache.py has it on): the longest request is
@@ -424,20 +440,14 @@ def test_paged_replay_serves_every_request_its_greedy_tokens_through_a_preemptio
     request still gets exactly generate's greedy tokens, the scheduler never exceeds its limits, and every block
     comes back."""
     import pandas as pd
-    from test_calibrate_run import StandInMeter
 
     from dcsim.validate import compare
     from dcsim.validate import paged_replay as PR
 
     # all at once, so that the schedule does not depend on how fast this machine steps
     wl = pd.DataFrame({"n_in": [20, 40, 8, 30, 12, 50], "n_out": [30, 10, 25, 20, 5, 15], "arrival_s": [0.0] * 6})
-    be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
-    be.load()
     pol = PR.PagedPolicy(max_num_seqs=4, max_num_batched_tokens=32, kv_blocks=12, enable_prefix_caching=False)
-    be.kv_blocks, be.graph_sizes = pol.kv_blocks, PR.capture_sizes(4)
-    be.engine(pol.kv_blocks, 4, 80)
-    PR.warm_up(be, pol, 80, lambda m: None)
-    res = PR.serve(wl, be, StandInMeter(), pol, tmp_path, tail_s=0.05, settle_s=0.0)
+    be, res = serve_on_cpu(wl, pol, tmp_path)
     req = pd.read_csv(tmp_path / "requests.csv").sort_values("id").reset_index(drop=True)
     tok = pd.read_csv(tmp_path / "tokens.csv")
     steps = pd.read_csv(tmp_path / "steps.csv")
@@ -479,20 +489,14 @@ def test_paged_replay_schedules_as_the_simulator_does_under_preemption(tmp_path)
     import json
 
     import pandas as pd
-    from test_calibrate_run import StandInMeter
 
     from dcsim.validate import compare
     from dcsim.validate import paged_replay as PR
 
     wl = pd.DataFrame({"n_in": [40, 70, 12, 55, 30, 90, 20, 64, 8, 45],
                        "n_out": [60, 20, 70, 40, 50, 10, 80, 30, 40, 25], "arrival_s": [0.0] * 10})
-    be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
-    be.load()
     pol = PR.PagedPolicy(max_num_seqs=4, max_num_batched_tokens=32, kv_blocks=16, enable_prefix_caching=False)
-    be.kv_blocks, be.graph_sizes = pol.kv_blocks, PR.capture_sizes(4)
-    be.engine(pol.kv_blocks, 4, 160)
-    PR.warm_up(be, pol, 160, lambda m: None)
-    res = PR.serve(wl, be, StandInMeter(), pol, tmp_path, tail_s=0.05, settle_s=0.0)
+    _, res = serve_on_cpu(wl, pol, tmp_path)
     got = pd.read_csv(tmp_path / "requests.csv").sort_values("id").reset_index(drop=True)
     wl.to_csv(tmp_path / "workload.csv", index=False)
     meta = {**res, "policy": {"policy": "paged", **pol.params()}}
@@ -509,6 +513,9 @@ def test_paged_replay_schedules_as_the_simulator_does_under_preemption(tmp_path)
     assert got["preemptions"].tolist() == sim["preemptions"].astype(int).tolist()
     assert steps_of(got["start_s"]) == steps_of(sim["start_s"])  # admissions, in the same steps
     assert steps_of(got["end_s"]) == steps_of(sim["done_s"])  # and finishes
+    # requests compare by identity: the loop's `in running` and `remove` must not compare prompts and outputs
+    a, b = PR._Req(0, 0.0, 8, 4), PR._Req(0, 0.0, 8, 4)
+    assert a != b and a in [a] and b not in [a]
 
 
 def test_a_runs_csv_written_before_the_chunks_column_is_read_and_appended_to_as_it_is(tmp_path):

@@ -16,7 +16,7 @@ pytest.importorskip("transformers", reason="transformers not installed (pip inst
 
 import pandas as pd  # noqa: E402
 
-from dcsim.calibrate.backends.paged import BlockAllocator, PagedBackend, PagedEngine  # noqa: E402
+from dcsim.calibrate.backends.paged import BlockAllocator, PagedEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "h200--llama-2-7b--paged-bf16.yaml"
@@ -147,21 +147,15 @@ def test_allocator_refcounts_and_registration():
 
 # ---- the serving replay ---------------------------------------------------------------------------------------
 def _replay(tmp_path: Path, wl: pd.DataFrame, caching: bool = True, name: str = "r", **policy):  # noqa: ANN202
-    from test_calibrate_run import StandInMeter
+    from test_paged_backend import serve_on_cpu
 
     from dcsim.validate import paged_replay as PR
 
     out = tmp_path / name
     out.mkdir()
-    be = PagedBackend("cpu", arch="tiny-llama", dtype="fp32")
-    be.load()
     pol = PR.PagedPolicy(enable_prefix_caching=caching, **policy)
-    be.kv_blocks, be.graph_sizes = pol.kv_blocks, PR.capture_sizes(pol.max_num_seqs)
-    longest = int((wl["n_in"] + wl["n_out"]).max())
-    be.engine(pol.kv_blocks, pol.max_num_seqs, longest)
-    PR.warm_up(be, pol, longest, lambda m: None)
     prompts: dict[int, list[int]] = {}
-    res = PR.serve(wl, be, StandInMeter(), pol, out, tail_s=0.05, settle_s=0.0, prompts=prompts)
+    be, res = serve_on_cpu(wl, pol, out, prompts)
     req = pd.read_csv(out / "requests.csv").sort_values("id").reset_index(drop=True)
     tok = pd.read_csv(out / "tokens.csv")
     outs = {i: g.sort_values("k")["token"].tolist() for i, g in tok.groupby("id")}

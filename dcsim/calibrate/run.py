@@ -266,11 +266,11 @@ class Sweep:
         row = {"entry": entry, "phase": "step", "point": p.id, "n_in": p.n_in, "n_out": p.n_out, "batch": p.batch,
                "repeat": repeat, "power_cap_w": cap, "session": self.session, "backend": self.backend.name,
                "meter": m.name, "context": p.batch * p.context, "prefill_prefix": p.prefix,
+               # only where several: a folder from before the column (its own header) resumes one-chunk steps
                **({"prefill_chunks": p.chunks} if p.chunks > 1 else {})}
         try:
             tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start,
-                                       **({"chunks": p.chunks} if p.chunks > 1 else {}),
-                                       **({"spread": p.spread} if p.spread > 0 else {}))
+                                       chunks=p.chunks, spread=p.spread)
         except Exception as e:  # out of memory: record it, do not retry this point
             return self._failed(m, entry, row, st, e)
         r = m.end(entry)

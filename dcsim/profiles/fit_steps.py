@@ -42,7 +42,7 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
             "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
             "pf": (p > 0).astype(float), "p": m * p + s1, "sq": m * ((h + p) ** 2 - h ** 2) + 2 * (h + p) * s1 + s2,
-            "h": m * h, "m": m, "p1": p}
+            "h": m * h, "m": m}
 
 
 def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool, with_h: bool,

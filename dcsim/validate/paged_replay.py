@@ -294,6 +294,18 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                 running.remove(r)
                 waiting.appendleft(r)
 
+            def make_room(r: _Req, upto: int, decodes: list[_Req]) -> bool:
+                """Blocks for r's first `upto` tokens, preempting the newest running request (out of this step's
+                `decodes` too) until they are free; False when r itself had to go."""
+                while not e.reserve(r.seq, upto):
+                    victim = running[-1]
+                    if victim in decodes:
+                        decodes.remove(victim)
+                    preempt(victim)
+                    if victim is r:
+                        return False
+                return True
+
             def finish(r: _Req, t: float) -> None:
                 nonlocal done
                 e.free(r.seq)
@@ -321,14 +333,7 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                 for r in [x for x in running if x.decoding]:
                     if r not in running:  # preempted earlier in this loop
                         continue
-                    while not e.reserve(r.seq, r.computed + 1):
-                        victim = running[-1]
-                        if victim in decodes:
-                            decodes.remove(victim)
-                        preempt(victim)
-                        if victim is r:
-                            break
-                    if r in running:
+                    if make_room(r, r.computed + 1, decodes):
                         decodes.append(r)
                 for r in decodes:  # a block its token fills is cached from this step on (one in block_size steps)
                     if e.prefix_caching and (r.computed + 1) // bs > len(r.seq.hashes):
@@ -341,14 +346,7 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                     if r not in running:  # preempted for an earlier one's chunk
                         continue
                     k = min(len(r.tokens) - r.computed, budget)
-                    while not e.reserve(r.seq, r.computed + k):  # as a decode: the newest gives its blocks up
-                        victim = running[-1]
-                        if victim in decodes:
-                            decodes.remove(victim)
-                        preempt(victim)
-                        if victim is r:
-                            break
-                    if r not in running:
+                    if not make_room(r, r.computed + k, decodes):  # as a decode: the newest gives its blocks up
                         continue
                     e.commit(r.seq, r.tokens, r.computed + k)
                     chunks.append((r, k))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from dcsim.calibrate.timeline import frame_energy_j
 from dcsim.errors import UserError
-from dcsim.validate.intervals import merge
+from dcsim.validate.intervals import covered_s, merge
 
 _WINDOW = ("window energy integrated from the sampled power timeline (power.csv); the counter's closing reading was "
            "lost with the process. ")
@@ -64,7 +64,8 @@ def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) 
                         "finish, so there is nothing to recover (run the replay again)", folder / "requests.csv")
     runs = pd.read_csv(folder / runs_name)
     power = pd.read_csv(folder / "power.csv")
-    wall0, uncertainty = window_start(power, runs, folder / "power.csv", *(("s", "step") if paged else ()))
+    wall0, uncertainty = window_start(power, runs, folder / "power.csv", tag="s" if paged else "b",
+                                      id_col="step" if paged else "batch_id")
     last_end = float(runs["end_s"].max())
     window_s = last_end + tail_s
     if float(power["t"].max()) < wall0 + window_s - 1.0:
@@ -84,7 +85,7 @@ def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) 
              "wall_start": wall0, "wall_start_uncertainty_s": uncertainty}
     if paged:  # what the steps hold of the serve loop's own totals (the query total and evictions died with it)
         facts |= {"steps": int(len(runs)), "preemptions": int(runs["preemptions"].sum()),
-                  "busy_s": float(sum(y - x for x, y in busy)),
+                  "busy_s": covered_s(busy),
                   "prefix_hit_tokens": int(runs["cached_tokens"].sum())}
     else:
         facts["batches"] = int(len(runs))

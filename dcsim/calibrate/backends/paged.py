@@ -646,17 +646,15 @@ class PagedBackend(HFBackend):
         positions, so nothing grows. Timed from a device sync to a device sync around the repeats;
         `on_start` is called right before. extra["graph_batch"]: the padded decode batch (0 without decodes)."""
         b, ctx, p, h = decode_batch, context, prefill_tokens, prefix
-        k = chunks if p else 1
-        if b < 0 or p < 0 or h < 0 or repeats < 1 or (b == 0 and p == 0) or (b and ctx < 1) or k < 1:
+        if (b < 0 or p < 0 or h < 0 or repeats < 1 or (b == 0 and p == 0) or (b and ctx < 1) or chunks < 1
+                or not 0 <= spread < 1):
             raise ValueError(f"bad step: decode batch {b}, context {ctx}, prefill {p}, prefix {h}, repeats {repeats}, "
-                             f"chunks {chunks}")
+                             f"chunks {chunks}, context spread {spread} (in [0, 1))")
         torch = self.torch
-        if not 0 <= spread < 1:
-            raise ValueError(f"bad step: context spread {spread} is not in [0, 1)")
-        lens = [p + j for j in range(k)] if p else []
+        lens = [p + j for j in range(chunks)] if p else []
         ctxs = spread_contexts(ctx, b, spread)
         e = self.engine(sum(self._blocks(max(c, 1)) for c in ctxs) + sum(self._blocks(h + n) for n in lens),
-                        max(b, 1), max(max(ctxs, default=1), h + p + k, 1))
+                        max(b, 1), max(max(ctxs, default=1), h + max(lens, default=0), 1))
         e.reset()
         dec = [e.add(i) for i in range(b)]
         for s, c in zip(dec, ctxs):
