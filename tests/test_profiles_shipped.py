@@ -32,6 +32,26 @@ def _curves(p) -> dict:
     return out
 
 
+def _measured_shapes(argv: list[str]) -> list[tuple[dict, dict]]:
+    """(prefill features, decode features) of every measured shape in the source the command reads."""
+    from dcsim.cli import build_parser
+    from dcsim.commands.fit import load_source
+    from dcsim.profiles.measurements import normalise
+
+    args = build_parser().parse_args(argv)
+    args.source = args.source or "run"
+    t = normalise(load_source(args)[0])
+    t = t[~t["warmup"] & t["kind"].isin(["run", "decode", "step"])]
+    shapes = []
+    for r in t.drop_duplicates(["kind", "n_in", "n_out", "batch", "cache_len", "context"]).itertuples():
+        b, n = float(r.batch), float(r.n_in)
+        held = r.context if r.kind == "step" else (b * r.cache_len if r.cache_len == r.cache_len
+                                                  else b * (n + r.n_out / 2.0))
+        shapes.append(({"tokens": b * n, "tokens_sq": b * n * n, "batch": b},
+                       {"batch": b, "context": 0.0 if held != held else float(held)}))
+    return shapes
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_recorded_command_reproduces_the_profile(path, shared_data, tmp_path):
     shipped = load_profile(path)
@@ -49,10 +69,14 @@ def test_recorded_command_reproduces_the_profile(path, shared_data, tmp_path):
         for k, v in b[name].items():
             if v is None:
                 assert a[name][k] is None, (name, k)
-            elif name.endswith("_s"):
-                # latency: an iterative least-squares fit whose last digits move with the numpy/scipy build
-                # and the BLAS underneath, so agreement is asked to the optimiser's tolerance
-                assert a[name][k] == pytest.approx(v, rel=1e-2, abs=1e-12), (name, k)
+    # Latency: an iterative least-squares fit whose last digits move with the numpy/scipy build and the BLAS
+    # underneath, and whose weakly determined terms (a per-prompt cost beside a 7.8 ms intercept, a per-token
+    # cost beside a squared one when few prompts rise above the floor) may trade off between builds. What must
+    # reproduce is what the profile says about the shapes that were measured: every one within 1%.
+    for pf_x, dec_x in _measured_shapes(argv):
+        for name, x in (("prefill_s", pf_x), ("decode_step_s", dec_x)):
+            got, want = getattr(again.latency, name).at(**x), getattr(shipped.latency, name).at(**x)
+            assert got == pytest.approx(want, rel=1e-2, abs=1e-9), (name, x)
     assert (again.power.serving_idle_w, again.power.deep_idle_w) == (shipped.power.serving_idle_w,
                                                                      shipped.power.deep_idle_w)
     assert again.power_cap == shipped.power_cap
@@ -60,7 +84,7 @@ def test_recorded_command_reproduces_the_profile(path, shared_data, tmp_path):
     # the power fit lie close (the ceiling refinement is kept only when it cuts the cost by 10%) a different
     # build can land on the other one; what must hold is how well the refit describes the same measurements.
     for k, e in shipped.fit_error.items():
-        tol = 0.01 if k.startswith("latency.") else 0.5
+        tol = 0.05 if k.startswith("latency.") else 0.5  # figures are rounded to 0.01
         assert again.fit_error[k].median_ape_pct == pytest.approx(e.median_ape_pct, abs=tol), k
 
 
