@@ -15,7 +15,14 @@ explicitly, as `generate` passes them (0..n_in-1 for the prompt, then one per st
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
+
+
+def cache_keyword(model: Any) -> str:
+    """The name the model's forward takes its KV cache under: `cache` in newer transformers (which deprecate
+    `past_key_values` for removal in 5.40), `past_key_values` before the rename."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class DecodeState:
@@ -27,6 +34,7 @@ class DecodeState:
         self.torch, self.model, self.batch, self.device = torch, model, batch, device
         self.cache_len = max(int(cache_len), 2)
         self.cache = StaticCache(config=model.config, max_cache_len=self.cache_len)
+        self._kv = {cache_keyword(model): self.cache}
         self.tok = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.pos = torch.zeros((batch, 1), dtype=torch.long, device=device)
         self.seq = torch.zeros((batch, self.cache_len), dtype=torch.long, device=device)
@@ -46,8 +54,7 @@ class DecodeState:
 
     def step(self) -> None:
         """One decode step on the device: model(tok at pos) -> argmax -> seq[pos + 1] and tok; pos += 1."""
-        logits = self.model(input_ids=self.tok, position_ids=self.pos, past_key_values=self.cache,
-                            use_cache=True).logits
+        logits = self.model(input_ids=self.tok, position_ids=self.pos, use_cache=True, **self._kv).logits
         nxt = logits[:, -1, :].argmax(-1, keepdim=True)
         self.seq.scatter_(1, self.pos + 1, nxt)
         self.tok.copy_(nxt)
@@ -64,8 +71,8 @@ class DecodeState:
     def prefill(self, ids: Any) -> None:
         """One forward over the prompts into the cache; the argmax of the last logits is the first token."""
         n_in = int(ids.shape[1])
-        logits = self.model(input_ids=ids, position_ids=self._prefill_pos, past_key_values=self.cache,
-                            use_cache=True, logits_to_keep=1).logits
+        logits = self.model(input_ids=ids, position_ids=self._prefill_pos, use_cache=True,
+                            logits_to_keep=1, **self._kv).logits
         first = logits[:, -1, :].argmax(-1, keepdim=True)
         self.tok.copy_(first)
         self.seq[:, n_in:n_in + 1].copy_(first)
