@@ -160,13 +160,3 @@ def test_dcsim_fit_bad_arguments_exit_2(capsys, tmp_path, shared_data):
     assert main(["fit", "--from", "wilkins2024", w, "--system", "M1-Pro", "--model", "Llama-2 (7B)",
                  "-o", str(tmp_path / "missing" / "x.yaml")]) == 2
     assert not list(tmp_path.glob("*"))  # nothing half-written
-
-
-def test_dcsim_fit_run_folder_dispatches_to_the_calibration_importer(capsys, tmp_path):
-    try:
-        import dcsim.profiles.importers.calibrate_runs  # noqa: F401
-    except ModuleNotFoundError:
-        assert main(["fit", str(tmp_path), "-o", str(tmp_path / "x.yaml")]) == 2
-        assert "calibrate_runs.py" in capsys.readouterr().err
-    else:
-        pytest.skip("calibrate_runs importer present; its own tests cover it")

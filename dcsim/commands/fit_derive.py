@@ -53,7 +53,7 @@ def _step_overhead_s(text: str, src, sdev) -> float:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcsim.commands.fit import check_out, write_profile
+    from dcsim.commands.profile_out import check_out, write_profile
     from dcsim.profiles import devices as catalogue
     from dcsim.profiles.check import error_table, load_run_rows, run_errors
     from dcsim.profiles.derive import derive_profile, source_device, transfer_between
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_out(args.out, args.force, bool(args.check) and not args.no_plot)
     if args.path:
-        raise UserError(f"--derive takes the source profile with --from, not a positional path ({args.path!r})",
+        raise UserError(f"--derive takes the source profile with --from, not a positional path ({args.path[0]!r})",
                         field="path")
     if not args.source or not Path(args.source).is_file():
         raise UserError("source profile not found (--derive needs --from PROFILE.yaml)", args.source, "--from")
@@ -113,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _figure(prof, rows, errs, out: Path) -> Path:  # noqa: ANN001
     """The derived curves against the target's measured points (the check's errors in the title)."""
-    from dcsim.commands.fit import write_figure
+    from dcsim.commands.profile_out import write_figure
 
     return write_figure(prof.model_copy(update={"fit_error": {f"check {k}": v for k, v in errs.items()}}), rows, out)

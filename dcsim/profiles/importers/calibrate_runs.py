@@ -23,6 +23,7 @@ import pandas as pd
 
 from dcsim.calibrate.backends.archs import params_b
 from dcsim.errors import UserError, read_text
+from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import idle_power_w, normalise
 
 MIN_ENERGY_S = 0.5
@@ -149,6 +150,49 @@ def load(run_dir: str | Path, cap_w: float | None = None,
 
 
 IDLE = (("idle_serving", "serving_idle_w"), ("idle_deep", "deep_idle_w"))
+
+
+def load_many(run_dirs: list[str | Path], model_config: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """One table of several run folders fitted together (e.g. a mixed-step sweep and a prefix-step sweep of one
+    engine): each row keeps its folder in `source`. They must share the device, the model, the engine and its
+    precision. The metadata is the first folder's with every folder's path, plan and measured power caps; its
+    idle powers come from the first folder that measured them; notes that differ are kept with their folder."""
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) == 1:
+        return load(dirs[0], model_config=model_config)
+    names = [d.name for d in dirs]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise UserError(f"two run folders named {n!r} (their rows would be taken for repeats of one shape)",
+                            dirs[i], "path")
+    loaded = [load(d, model_config=model_config) for d in dirs]
+    first = loaded[0][1]
+    for d, (_, m) in zip(dirs[1:], loaded[1:]):
+        for field, got, want in (
+                ("device", _device_name(m), _device_name(first)),
+                ("model", m["model"], first["model"]),
+                ("engine", m["engine"]["name"], first["engine"]["name"]),
+                ("precision", m["engine"]["precision"], first["engine"]["precision"])):
+            if got != want:
+                raise UserError(f"measured with {field} {got!r}, not {want!r} as {dirs[0].as_posix()}; folders fitted "
+                                "together must share the device, model, engine and precision", d, field)
+    table = normalise(pd.concat([t for t, _ in loaded], ignore_index=True), ", ".join(str(d) for d in dirs))
+    meta = dict(first)
+    paths = [m["path"] for _, m in loaded]
+    meta["path"] = "; ".join(paths)
+    meta["citation"] = ("measured with dcsim calibrate; raw data " + ", ".join(paths) +
+                        " (runs.csv, manifest.json, power.csv of each)")
+    meta["command"] = "dcsim fit " + " ".join(paths) + first["command"][len("dcsim fit " + paths[0]):]
+    meta["plan"] = ", ".join(str(m.get("plan")) for _, m in loaded)
+    meta["power_caps_measured_w"] = sorted({c for _, m in loaded for c in m["power_caps_measured_w"]})
+    for _, key in IDLE:
+        found = [m[key] for _, m in loaded if key in m]
+        if found:
+            meta[key] = found[0]
+    common = [n for n in first["notes"] if all(n in m["notes"] for _, m in loaded[1:])]
+    meta["notes"] = common + [f"{Path(m['path']).name}: {n}" for _, m in loaded for n in m["notes"] if n not in common]
+    meta["not_covered"] = list(dict.fromkeys(n for _, m in loaded for n in m["not_covered"]))  # in any folder
+    return table, meta
 
 
 def borrow_idle(table: pd.DataFrame, meta: dict, run_dir: str | Path, other_dir: str | Path) -> dict:
@@ -329,3 +373,23 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     if not (raw["energy_host_j"].notna().any()):
         meta["not_covered"].append("host (CPU, DRAM) energy: RAPL was not readable where this ran")
     return meta
+
+
+@IMPORTERS.register("run")
+class RunFolders(Importer):
+    """`dcsim fit RUN_DIR [RUN_DIR...] [--model-config C] [--idle-from OTHER]`: calibration run folders."""
+
+    help = "calibration run folders of dcsim calibrate (several of one device, model and engine fit together)"
+    takes = ("model_config", "idle_from")
+    many = True
+
+    def load(self, paths: list[Path], opts: dict) -> tuple[pd.DataFrame, dict]:
+        for d in paths:
+            if not Path(d).is_dir():
+                raise UserError("calibration run folder not found", d)
+        table, meta = load_many(paths, model_config=opts.get("model_config"))
+        if opts.get("idle_from"):
+            if not Path(opts["idle_from"]).is_dir():
+                raise UserError("calibration run folder not found", opts["idle_from"], "--idle-from")
+            meta = borrow_idle(table, meta, ", ".join(str(d) for d in paths), opts["idle_from"])
+        return table, meta

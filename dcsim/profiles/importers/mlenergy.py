@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dcsim.errors import UserError
+from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import normalise
 
 CITE_V2 = ("ML.ENERGY Leaderboard v2 (Chung et al., The ML.ENERGY Initiative, 2024), data at "
@@ -218,3 +219,16 @@ def _rows_v3(d: Path, task: str) -> list[dict]:
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise UserError(f"unexpected leaderboard v3 file: {e}", p) from None
     return out
+
+
+@IMPORTERS.register("mlenergy")
+class MLEnergy(Importer):
+    """`dcsim fit --from mlenergy DATA_DIR --gpu G --model M [--task T] [--gpus N] [--exclude K=V]`."""
+
+    help = "ML.ENERGY leaderboard v2 and v3 (one GPU, model, task and replica size)"
+    needs = ("gpu", "model")
+    takes = ("task", "gpus", "exclude")
+
+    def load(self, paths: list[Path], opts: dict) -> tuple[pd.DataFrame, dict]:
+        return load(paths[0], opts["gpu"], opts["model"], task=opts.get("task"), gpus=opts.get("gpus"),
+                    exclude=parse_exclude(opts.get("exclude")))

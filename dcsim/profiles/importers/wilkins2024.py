@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dcsim.errors import UserError
+from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import normalise
 
 CITATION = ("Wilkins, Keshav, Mortier 2024, 'Hybrid Heterogeneous Clusters Can Lower the Energy Consumption of "
@@ -161,3 +162,14 @@ def to_table(sub: pd.DataFrame, runtime_offset_s: float = 0.0) -> pd.DataFrame:
         raise UserError(f"{int(bad.sum())} rows have no time left after the {runtime_offset_s:g} s offset",
                         field="Runtime (s)")
     return normalise(df)
+
+
+@IMPORTERS.register("wilkins2024")
+class Wilkins2024(Importer):
+    """`dcsim fit --from wilkins2024 DATA_DIR --system S --model M`."""
+
+    help = "Wilkins, Keshav, Mortier 2024 token sweeps (one system and model)"
+    needs = ("system", "model")
+
+    def load(self, paths: list[Path], opts: dict) -> tuple[pd.DataFrame, dict]:
+        return load(paths[0], opts["system"], opts["model"])
