@@ -12,14 +12,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def run_plots(raw, summary: dict, power: pd.DataFrame, out: Path) -> list[Path]:
-    """The three standard figures of one run; returns the files written."""
-    from dcsim.results import requests_table
-
-    files = [power_plot(power, [p.name for p in raw.pools], out / "power.png", summary["scenario"])]
-    req = requests_table(raw)
-    pools = [p.name for p in raw.pools]
-    files.append(latency_cdf_plot(req[req["status"] == "done"], pools, out / "latency_cdf.png", summary["scenario"]))
+def run_plots(pools: list[str], summary: dict, power: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[Path]:
+    """The three standard figures of one run from its tables (dcsim.results); returns the files written."""
+    files = [power_plot(power, pools, out / "power.png", summary["scenario"])]
+    done = requests[requests["status"] == "done"]
+    files.append(latency_cdf_plot(done, pools, out / "latency_cdf.png", summary["scenario"]))
     files.append(energy_breakdown_plot(summary, out / "energy_breakdown.png"))
     return files
 

@@ -1,9 +1,10 @@
-"""Raw simulation results -> summary dict, per-request / per-replica tables, power over time, files."""
+"""Raw simulation results -> summary dict, per-request / per-replica tables, power over time, strict JSON text.
+
+Pure: nothing here writes a file or draws a figure (a run's output folder is dcsim.run_outputs)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -248,35 +249,6 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
         fleet += total
     cols["fleet_w"] = fleet / width
     return pd.DataFrame(cols)
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A folder `dcsim run --out` wrote before folders carried a marker: its summary.json and requests.parquet."""
-    try:
-        s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(s, dict) and {"scenario", "pools"} <= set(s) and (folder / "requests.parquet").is_file()
-
-
-def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True,
-                  force: bool = False) -> Path:
-    """Write summary.json, requests.parquet, replicas.csv, power.csv and plots; all or nothing, and never over
-    a folder of something else (dcsim.outputs)."""
-    from dcsim.outputs import staged_folder
-
-    out = Path(out_dir)
-    with staged_folder(out, "run", force, signature=is_run_folder) as tmp:
-        (tmp / "summary.json").write_text(strict_json(summary, indent=2) + "\n")
-        requests_table(raw).to_parquet(tmp / "requests.parquet", index=False)
-        replicas_table(raw).to_csv(tmp / "replicas.csv", index=False)
-        power = power_timeline(raw)
-        power.to_csv(tmp / "power.csv", index=False)
-        if plots:
-            from dcsim import plots as P
-
-            P.run_plots(raw, summary, power, tmp)
-    return out
 
 
 def strict_json(obj: object, indent: int | None = 2, default=None) -> str:  # noqa: ANN001

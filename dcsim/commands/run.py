@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dcsim.outputs import check_folder
-    from dcsim.results import is_run_folder, strict_json, summarize, write_outputs
+    from dcsim.results import strict_json, summarize
+    from dcsim.run_outputs import is_run_folder, write_outputs
     from dcsim.scenario import load_scenario
     from dcsim.sim.engine import simulate
 

@@ -1,0 +1,40 @@
+"""A run's output folder (`dcsim run --out`): summary.json, requests.parquet, replicas.csv, power.csv and the
+figures, written all or nothing through dcsim.outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dcsim.results import power_timeline, replicas_table, requests_table, strict_json
+from dcsim.sim.engine import RawResults
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder `dcsim run --out` wrote before folders carried a marker: its summary.json and requests.parquet."""
+    try:
+        s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(s, dict) and {"scenario", "pools"} <= set(s) and (folder / "requests.parquet").is_file()
+
+
+def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True,
+                  force: bool = False) -> Path:
+    """Write summary.json, requests.parquet, replicas.csv, power.csv and plots; all or nothing, and never over
+    a folder of something else (dcsim.outputs)."""
+    from dcsim.outputs import staged_folder
+
+    out = Path(out_dir)
+    with staged_folder(out, "run", force, signature=is_run_folder) as tmp:
+        (tmp / "summary.json").write_text(strict_json(summary, indent=2) + "\n")
+        req = requests_table(raw)
+        req.to_parquet(tmp / "requests.parquet", index=False)
+        replicas_table(raw).to_csv(tmp / "replicas.csv", index=False)
+        power = power_timeline(raw)
+        power.to_csv(tmp / "power.csv", index=False)
+        if plots:
+            from dcsim import plots as P
+
+            P.run_plots([p.name for p in raw.pools], summary, power, req, tmp)
+    return out
