@@ -11,4 +11,4 @@ for s in $SWEEPS; do
   dcsim sweep "scenarios/studies/$s.yaml" --out "results/studies/$s" --workers 1 --no-progress > /dev/null
   echo "$s done"
 done
-python -m dcsim.study_plots --results results/studies --out studies
+python studies/study_plots.py --results results/studies --out studies

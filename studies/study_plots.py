@@ -2,7 +2,7 @@
 tables, derived metrics, and the energy/latency Pareto front.
 
 Regenerate every figure and copy each sweep's results.csv beside its write-up:
-    python -m dcsim.study_plots --results results/studies --out studies
+    python studies/study_plots.py --results results/studies --out studies
 """
 
 from __future__ import annotations
@@ -211,19 +211,22 @@ def energy_change_pct(d: pd.DataFrame, cap: str, pair: list[str]) -> pd.Series:
     return pd.Series(100.0 * (d["energy_j"].to_numpy() / m["_ref"].to_numpy() - 1.0), index=d.index)
 
 
+def _rate_label(k: float) -> str:
+    return f"{k:g} req/s"
+
+
 def powercap_figures(res: Path, out: Path) -> list[Path]:
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), squeeze=False)
     for r, (sweep, dev) in enumerate((("powercap-a100", "a100"), ("powercap-h100", "h100"))):
         d = read(res / sweep)
         cap = f"fleet.{dev}.power_cap_w"
         d["energy_change_pct"] = energy_change_pct(d, cap, ["arrivals.rate_per_s", "seed"])
-        lab = (lambda k: f"{k:g} req/s")
         for c, (col, ylab, sc, log) in enumerate((("energy_change_pct", "fleet energy vs the default limit (%)",
                                                    1, False),
                                                   ("e2e_s.p99", "p99 end-to-end latency (s)", 1, True),
                                                   ("tokens_per_joule", "output tokens per joule", 1, False))):
             ax = axes[r][c]
-            _lines(ax, d, cap, col, "arrivals.rate_per_s", sc, lab)
+            _lines(ax, d, cap, col, "arrivals.rate_per_s", sc, _rate_label)
             ax.set_xlabel("power cap per GPU (W)")
             ax.set_ylabel(ylab)
             if log:

@@ -17,13 +17,18 @@ from dcsim.profiles.profile import Profile
 from dcsim.results import summarize
 from dcsim.scenario import load_scenario
 from dcsim.sim.engine import simulate
-from dcsim.study_plots import busy_seconds, fleet_table, pareto_front, request_energy_j
 from dcsim.sweep import flatten, load_sweep
 from dcsim.traces.trace import load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 SC = REPO / "scenarios" / "studies"
 STUDIES = REPO / "studies"
+
+_spec = importlib.util.spec_from_file_location("study_plots", STUDIES / "study_plots.py")
+study_plots = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study_plots)
+busy_seconds, fleet_table = study_plots.busy_seconds, study_plots.fleet_table
+pareto_front, request_energy_j = study_plots.pareto_front, study_plots.request_energy_j
 
 
 def run(base: str, *overrides: str) -> dict:
