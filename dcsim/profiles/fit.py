@@ -166,6 +166,17 @@ def robust_cost(r: np.ndarray) -> float:
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
 
 
+# an energy component that fits its own source points worse than this (median) is flagged in the profile's notes
+ENERGY_FLAG_PCT = 10.0
+
+
+def energy_flags(errors: dict[str, FitError]) -> list[str]:
+    """Notes flagging each energy component whose median error on its source points exceeds ENERGY_FLAG_PCT."""
+    return [f"Flag: {k} fits its source points with a {e.median_ape_pct:.1f}% median error (max {e.max_ape_pct:.1f}%), "
+            f"above {ENERGY_FLAG_PCT:g}%: forecasts of that component carry an error of that size"
+            for k, e in errors.items() if k.startswith("energy.") and e.median_ape_pct > ENERGY_FLAG_PCT]
+
+
 def ape(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
     return 100.0 * np.abs(pred - meas) / np.abs(meas)
 
@@ -564,7 +575,7 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         raise UserError("no energy or power measured on run or decode rows (a --latency-only run, or runs too "
                         "short for the energy counter); cannot fit power",
                         field="energy_device_j")
-    power_pf, power_dc, pred_e, pred_p = pw
+    power_pf, power_dc, pred_e, pred_p, _ = pw
     if len(runs):
         runs = runs.assign(pred_energy_device_j=pred_e)
     if len(dec):
@@ -602,15 +613,19 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
     # ---- host -------------------------------------------------------------------------------------------
     host = None
     if len(runs) and runs["energy_host_j"].notna().mean() >= 0.5:
-        hw = _fit_power(runs, dec.iloc[0:0], r, pl, terms, True, tie, "energy_host_j", None)
+        hw = _fit_power(runs, dec.iloc[0:0], r, pl, terms, True, tie, "energy_host_j", None, per_step=True)
         if hw is not None and hw[0] is not None:
-            host = HostPower(prefill_w=hw[0], decode_w=hw[1], idle_w=meta.host_idle_w[0])
-            prov["power.host"] = _src(src, "fitted to host (CPU) energy of the runs; idle: " + meta.host_idle_w[1])
+            host = HostPower(prefill_w=hw[0], decode_w=hw[1], idle_w=meta.host_idle_w[0],
+                             decode_step_j=round(hw[4], 6))
+            prov["power.host"] = _src(src, "fitted to host (CPU) energy of the runs as power x time plus "
+                                      f"{hw[4]:.4g} J per decode step; idle: " + meta.host_idle_w[1])
             runs = runs.assign(pred_energy_host_j=hw[2])
             errors["energy.run_host_j"] = shape_mean_error(runs.dropna(subset=["energy_host_j"]),
                                                        "pred_energy_host_j", "energy_host_j")
     if host is None:
         not_covered.append("host (CPU, DRAM) power")
+
+    notes += energy_flags(errors)
 
     # ---- idle, memory, ranges, spread --------------------------------------------------------------------
     prov.update(idle_prov)
@@ -697,12 +712,16 @@ def _assumed_prefill(meta: FitMeta, decode_s: Curve) -> tuple[Curve, str]:
 
 def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.ndarray], terms: Terms,
                has_prefill_info: bool, tie: bool, energy_col: str, hi: float | None, lo: float | None = None,
-               ) -> tuple[Curve | None, Curve, np.ndarray, np.ndarray] | None:
+               per_step: bool = False) -> tuple[Curve | None, Curve, np.ndarray, np.ndarray, float] | None:
     """Power curves from run energies (sum over the fitted step times) and decode-row average power.
-    Returns (prefill power or None, decode power, predicted run energies, predicted decode-row power). `lo`
-    floors both curves (the serving idle: a busy device draws no less)."""
+    Returns (prefill power or None, decode power, predicted run energies, predicted decode-row power, joules per
+    decode step). `lo` floors both curves (the serving idle: a busy device draws no less). `per_step` (run rows
+    only) adds a fixed energy per decode step beside power x time: work a step costs whatever its length, as a
+    host's CPU spends on each step of an engine it waits on."""
     pf_cols = (["1"] + terms.pf) if has_prefill_info and not tie and len(runs) else []
     dc_cols = ["1"] + terms.dc
+    per_step = per_step and len(runs) > 0 and not len(dec)
+    steps_per_run = r.per_row(np.ones(len(r.step_b))) if per_step else np.zeros(len(runs))
     blocks_a, blocks_y, blocks_w = [], [], []
     t_pf = pl["prefill"]
     if len(runs):
@@ -716,7 +735,8 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
         pff = {"1": t_pf, "tokens": r.tokens * t_pf, "tokens_sq": r.tokens_sq * t_pf, "batch": r.b * t_pf}
         e = runs[energy_col].to_numpy(float)
         ok = np.isfinite(e) & (e > 0)
-        a = np.column_stack([pff[c] for c in pf_cols] + [feat[c] for c in dc_cols])
+        a = np.column_stack([pff[c] for c in pf_cols] + [feat[c] for c in dc_cols]
+                            + ([steps_per_run] if per_step else []))
         blocks_a.append(a[ok]); blocks_y.append(e[ok]); blocks_w.append(_group_weights(runs)[ok])
     ok_p = np.zeros(0, bool)
     if len(dec):
@@ -738,7 +758,7 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
 
     def curves(v: np.ndarray, top: float | None) -> tuple[Curve | None, Curve]:
         xpf = dict(zip(pf_cols, v[:npf]))
-        xdc = dict(zip(dc_cols, v[npf:]))
+        xdc = dict(zip(dc_cols, v[npf:npf + len(dc_cols)]))
         dc = Curve(intercept=float(xdc["1"]), coef={k: float(xdc[k]) for k in terms.dc}, lo=lo, hi=top)
         if tie and has_runs:
             return _tied(dc, top), dc
@@ -746,16 +766,19 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
             return Curve(intercept=float(xpf["1"]), coef={k: float(xpf[k]) for k in terms.pf}, lo=lo, hi=top), dc
         return None, dc
 
-    def predict(pf: Curve | None, dc: Curve) -> tuple[np.ndarray, np.ndarray]:
+    def step_j(v: np.ndarray) -> float:
+        return float(v[-1]) if per_step else 0.0
+
+    def predict(pf: Curve | None, dc: Curve, j: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         pe = np.zeros(len(runs))
         if has_runs:  # energy as the simulator computes it: clamped power x time, step by step
             pf_w = _lin(pf, r.b, r.tokens, r.tokens_sq) if pf is not None else np.zeros(len(r.b))
-            pe = pf_w * t_pf + r.per_row(_lin(dc, r.step_b, r.step_ctx) * pl["step"])
+            pe = pf_w * t_pf + r.per_row(_lin(dc, r.step_b, r.step_ctx) * pl["step"]) + j * steps_per_run
         pp = _lin(dc, dec["batch"].to_numpy(float), dec["context"].to_numpy(float)) if len(dec) else np.zeros(0)
         return pe, pp
 
     def cost(v: np.ndarray, top: float | None) -> np.ndarray:
-        pe, pp = predict(*curves(v, top))
+        pe, pp = predict(*curves(v, top), step_j(v))
         return np.concatenate([pe[ok_e] / e_meas[ok_e] - 1.0, pp[ok_p] / p_meas - 1.0]) * w_all
 
     best_v, best_top = x, hi
@@ -785,8 +808,8 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
         if c1 < 0.9 * c0:
             best_v, best_top = v[:-1], float(v[-1])
     pw_pf, pw_dc = curves(best_v, best_top)
-    pred_e, pred_p = predict(pw_pf, pw_dc)
-    return pw_pf, pw_dc, pred_e, pred_p
+    pred_e, pred_p = predict(pw_pf, pw_dc, step_j(best_v))
+    return pw_pf, pw_dc, pred_e, pred_p, step_j(best_v)
 
 
 def _idle(t: pd.DataFrame, meta: FitMeta, prov: dict[str, Provenance], not_covered: list[str]) -> tuple[float, float]:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from dcsim.errors import UserError
 from dcsim.profiles.fit import (
-    FitMeta, FitResult, Terms, _dedupe, _idle, _memory, _spread, _src, fit_error, nnls_rel,
+    FitMeta, FitResult, Terms, _dedupe, _idle, _memory, _spread, _src, energy_flags, fit_error, nnls_rel,
 )
 from dcsim.profiles.profile import Curve, FitError, Latency, Power, Profile, Provenance
 
@@ -206,7 +206,7 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
         gpus_per_replica=meta.gpus_per_replica, latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s),
         power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
         power_cap=meta.power_cap, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
-        spread_cv=spread, not_covered=_dedupe(not_covered), notes="\n".join(meta.notes) if meta.notes else None,
+        spread_cv=spread, not_covered=_dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,
     )
     rows = steps.assign(pred_step_s=pred_t, step_s=f["t"], pred_step_j=pred_e, step_j=f["e"])
     return FitResult(profile=profile, rows=rows, terms=Terms(pf=[], dc=[]))

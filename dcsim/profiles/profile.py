@@ -128,11 +128,13 @@ class Latency(Strict):
 
 
 class HostPower(Strict):
-    """Host (CPU, memory) share of power, where the source measured it."""
+    """Host (CPU, memory) share of power, where the source measured it: power x time, plus a fixed energy per
+    decode step (the CPU work of launching a step, paid however long the device takes over it)."""
 
     prefill_w: Curve
     decode_w: Curve
     idle_w: float = Field(ge=0)
+    decode_step_j: float = Field(0.0, ge=0, description="host joules per decode step beyond decode_w x its time")
 
 
 class Power(Strict):
@@ -314,7 +316,7 @@ class ProfileEvaluator:
     """
 
     __slots__ = (
-        "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc",
+        "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc", "host_step_j",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache",
     )
@@ -334,6 +336,7 @@ class ProfileEvaluator:
         self.host_pf = host.prefill_w if host else None
         self.host_dc = host.decode_w if host else None
         self.host_idle_w = host.idle_w if host else 0.0
+        self.host_step_j = host.decode_step_j if host else 0.0
         self.idle_w = p.power.serving_idle_w
         self.deep_idle_w = p.power.deep_idle_w
         self.kv_capacity = p.kv_capacity_tokens()
@@ -517,5 +520,5 @@ class ProfileEvaluator:
         host_e = 0.0
         if self.host_dc is not None:
             hw = self.host_dc.at(batch=batch, context=context0 + grow * (k - 1) / 2.0)
-            host_e = hw * total_t
+            host_e = hw * total_t + self.host_step_j * k
         return total_t, total_e, host_e
