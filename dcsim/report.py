@@ -281,7 +281,7 @@ def _choose_metrics(info: dict, columns: list[str], asked: list[str] | None, whe
 
 
 def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
-    from dcsim.sweep_plots import metric_figure
+    from dcsim.sweep.plots import metric_figure
 
     info = _read_json(d / "sweep.json")
     for name in ("results.parquet", "summary.parquet"):

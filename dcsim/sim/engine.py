@@ -65,10 +65,22 @@ def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, 
         trace = trace.head(sc.trace.limit)
     if len(trace) == 0:
         raise UserError("the trace holds no requests", tpath)
+    return trace, load_pools(sc, scenario_file)
+
+
+def load_pools(sc: Scenario, scenario_file: str | Path | None,
+               profiles: dict[Path, Profile] | None = None) -> list[PoolInfo]:
+    """Every pool's profile, power cap and batching policy, checked. `profiles` (path -> profile) keeps the
+    profiles read, for a caller that loads many scenarios (a sweep checking its points)."""
     pools = []
     for i, pool in enumerate(sc.fleet):
         ppath = resolve_input(pool.profile, scenario_file, "profiles", f"fleet.{i}.profile", "profile")
-        prof = load_profile(ppath)
+        if profiles is None:
+            prof = load_profile(ppath)
+        else:
+            if ppath not in profiles:
+                profiles[ppath] = load_profile(ppath)
+            prof = profiles[ppath]
         if pool.cache_lengths is not None:
             if not prof.engine.cache_lengths:
                 raise UserError(f"profile {ppath.name} describes a dynamic KV cache (its engine has no "
@@ -85,7 +97,7 @@ def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, 
         if why:
             raise UserError(f"{why} (profile {ppath.name})", scenario_file, f"fleet.{i}.batching")
         pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle, pol))
-    return trace, pools
+    return pools
 
 
 def known_outputs(sc: Scenario, n_out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
