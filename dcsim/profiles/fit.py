@@ -888,8 +888,14 @@ def _valid_range(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs) -> dict[str, tu
     return vr
 
 
+POOLED_SPREAD_DF = 6  # the fewest degrees of freedom (repeats beyond the first, over all shapes) a pooled spread takes
+
+
 def _spread(t: pd.DataFrame) -> dict[str, float]:
-    """Median over repeated shapes of the run-to-run coefficient of variation."""
+    """Run-to-run coefficient of variation per term: the median over shapes repeated at least 3 times; where no
+    shape was, the CV pooled over the shapes repeated twice (root of the df-weighted mean of their squared CVs),
+    given at least POOLED_SPREAD_DF degrees of freedom, so a two-repeat calibration still lends the comparison a
+    band; otherwise none."""
     out = {}
     for col, key in (("runtime_s", "latency.run_s"), ("energy_device_j", "energy.run_device_j"),
                      ("energy_host_j", "energy.run_host_j")):
@@ -897,7 +903,12 @@ def _spread(t: pd.DataFrame) -> dict[str, float]:
         if sub.empty:
             continue
         g = sub.groupby(["batch", "source", "n_in"])[col]
-        cv = (g.std(ddof=1) / g.mean()).where(g.count() >= 3).dropna()
+        n, cv_all = g.count(), g.std(ddof=1) / g.mean()
+        cv = cv_all.where(n >= 3).dropna()
         if len(cv):
             out[key] = round(float(cv.median()), 4)
+            continue
+        df = (n - 1).where(n >= 2).dropna()
+        if df.sum() >= POOLED_SPREAD_DF:
+            out[key] = round(float(np.sqrt((df * cv_all[df.index] ** 2).sum() / df.sum())), 4)
     return out
