@@ -2,7 +2,8 @@
 
 Unknown keys are errors everywhere. `--set a.b=c` overrides any field before validation. Relative paths
 (trace, profiles) resolve against the scenario file's folder first, then the current directory, then the
-project's shipped `profiles/` and `traces/`.
+project's shipped `profiles/` and `traces/`; a router or policy named by file (`./my_router.py:Class`) is read
+from the scenario file's folder only.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ Arrivals = Annotated[
 
 # ---- fleet -----------------------------------------------------------------------------------
 class Batching(BaseModel):
-    """policy: a registered batching policy (dcsim/sim/batching/); every other key is one of that policy's own
-    parameters, checked by its parameter model (`fcfs`, `static`, `continuous`, `paged`)."""
+    """policy: a registered batching policy (dcsim/sim/batching/: `fcfs`, `static`, `continuous`, `paged`), an
+    installed package's (entry points `dcsim.policies`) or a class of one's own (`package.module:Class`,
+    `./file.py:Class` beside the scenario file); every other key is one of that policy's own parameters, checked
+    by its parameter model."""
 
     model_config = ConfigDict(extra="allow")
     policy: str = "fcfs"
@@ -130,7 +133,8 @@ class Pool(Strict):
 
 
 class RouterSpec(BaseModel):
-    """name plus the router's own parameters (checked by the router's parameter model)."""
+    """name (registered, an entry point in `dcsim.routers`, or `package.module:Class` / `./file.py:Class`) plus
+    the router's own parameters (checked by the router's parameter model)."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "round_robin"
@@ -229,10 +233,28 @@ def apply_overrides(data: dict, overrides: list[str], file: str | Path | None = 
     return data
 
 
+def absolute_refs(data: dict, folder: str | Path) -> dict:
+    """The router and batching policies a scenario names by file (`./my_router.py:Class`), made absolute
+    against the scenario's folder before validation: wherever the scenario is read next (a sweep's worker), the
+    same file is found."""
+    from dcsim.registry import absolute_ref
+
+    rt = data.get("router")
+    if isinstance(rt, dict) and "name" in rt:
+        rt["name"] = absolute_ref(rt["name"], folder)
+    fleet = data.get("fleet")
+    for pool in fleet if isinstance(fleet, list) else []:
+        b = pool.get("batching") if isinstance(pool, dict) else None
+        if isinstance(b, dict) and "policy" in b:
+            b["policy"] = absolute_ref(b["policy"], folder)
+    return data
+
+
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario; errors name the file and the field."""
     data = load_yaml(path)
     data = apply_overrides(data, overrides or [], path)
+    data = absolute_refs(data, Path(path).absolute().parent)
     return validate_file(Scenario, data, path)
 
 

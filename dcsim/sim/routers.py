@@ -1,9 +1,11 @@
 """Routers, chosen by name from the scenario. A router is one small class with a parameter model and
-`choose(request) -> Replica`; register it with @router("name")."""
+`choose(request) -> Replica`; register it with @router("name"), or name a class of your own in the scenario
+(`router: {name: "mypkg.routers:MyRouter"}` or `"./my_router.py:MyRouter"`; dcsim/registry.py)."""
 
 from __future__ import annotations
 
 from operator import attrgetter
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -11,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dcsim.errors import UserError, from_validation
 from dcsim.profiles.profile import ProfileEvaluator
+from dcsim.registry import Registry
 from dcsim.sim.replica import Replica, predicted_service_s
 from dcsim.sim.requests import Request
 
@@ -42,6 +45,9 @@ class Fleet:
 
 
 class Router:
+    """Chooses each arriving request's replica: `choose(r)` returns one of `self.candidates` (the replicas of
+    `params.pools`, or all). A subclass sets `Params` to its own parameter model (a subclass of `Params`)."""
+
     Params: type[Params] = Params
     needs_work = False  # True if it reads replicas' backlog_s (then requests carry a prediction)
 
@@ -59,24 +65,21 @@ class Router:
         raise NotImplementedError
 
 
-ROUTERS: dict[str, type[Router]] = {}
+ROUTERS: Registry[Router] = Registry("router", base=Router, group="dcsim.routers")
 
 
 def router(name: str) -> Callable[[type[Router]], type[Router]]:
-    def register(cls: type[Router]) -> type[Router]:
-        ROUTERS[name] = cls
-        return cls
-
-    return register
+    """Register a router under `name` (a scenario's `router.name`)."""
+    return ROUTERS.register(name)
 
 
 def make_router(spec: dict, fleet: Fleet, rng: np.random.Generator, file: str | None = None) -> Router:
-    """Build the router a scenario names, validating its parameters against the router's own model."""
+    """Build the router a scenario names (a registered name, an installed package's entry point, or a class
+    given as module:Class or file.py:Class beside the scenario file), validating its parameters against the
+    router's own model."""
     spec = dict(spec)
     name = spec.pop("name", "round_robin")
-    if name not in ROUTERS:
-        raise UserError(f"unknown router '{name}' (known: {sorted(ROUTERS)})", file, "router.name")
-    cls = ROUTERS[name]
+    cls = ROUTERS.get(name, file, "router.name", Path(file).parent if file else None)
     try:
         params = cls.Params.model_validate(spec)
     except ValidationError as e:

@@ -17,10 +17,12 @@ from dcsim.sim.batching.base import (
     make_policy,
     parse_params,
     policy,
+    policy_class,
 )
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base":
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["POLICIES", "BatchParams", "Policy", "PolicyParamsError", "make_policy", "parse_params", "policy"]
+__all__ = ["POLICIES", "BatchParams", "Policy", "PolicyParamsError", "make_policy", "parse_params", "policy",
+           "policy_class"]

@@ -3,6 +3,8 @@
 Adding a policy is one new module in this folder: subclass `Policy`, give it a `Params` model, decorate it
 with `@policy("name")`, and write `run(replica)`, a generator that yields one event per change of state.
 Scenarios choose it by name (`batching: {policy: name, ...}`); its parameters are checked by its own model.
+A policy defined outside dcsim is named by reference instead (`policy: "mypkg.batching:MyPolicy"` or
+`"./my_policy.py:MyPolicy"`, beside the scenario file) or by an entry point in the `dcsim.policies` group.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ClassVar, Generator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dcsim.errors import UserError
+from dcsim.registry import Registry
 
 if TYPE_CHECKING:
     from dcsim.profiles.profile import ProfileEvaluator
@@ -86,15 +91,15 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
     return steps, t, e, h
 
 
-POLICIES: dict[str, type[Policy]] = {}
+POLICIES: Registry[Policy] = Registry("batching policy", base=Policy, group="dcsim.policies")
 
 
 def policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
     """Register a batching policy under `name`."""
 
     def register(cls: type[Policy]) -> type[Policy]:
+        POLICIES.register(name)(cls)
         cls.name = name
-        POLICIES[name] = cls
         return cls
 
     return register
@@ -109,12 +114,21 @@ class PolicyParamsError(ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
+def policy_class(name: str) -> type[Policy]:
+    """The policy a scenario names: registered, an installed package's entry point, or a reference
+    (module:Class, /abs/file.py:Class; a relative file is read from the current folder); a PolicyParamsError
+    on the `policy` field otherwise."""
+    try:
+        return POLICIES.get(name, None, "policy")
+    except UserError as e:
+        raise PolicyParamsError("policy", e.reason) from None
+
+
 def parse_params(name: str, data: dict) -> BatchParams:
     """Validate `data` (the batching mapping without `policy`) against the named policy's model."""
-    if name not in POLICIES:
-        raise PolicyParamsError("policy", f"unknown batching policy '{name}' (known: {sorted(POLICIES)})")
+    cls = policy_class(name)
     try:
-        return POLICIES[name].Params.model_validate(data)
+        return cls.Params.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or None
@@ -124,4 +138,4 @@ def parse_params(name: str, data: dict) -> BatchParams:
 
 def make_policy(name: str, params: BatchParams) -> Policy:
     """The policy object for one replica."""
-    return POLICIES[name](params)
+    return policy_class(name)(params)
