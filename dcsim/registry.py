@@ -173,6 +173,7 @@ class Registry(Generic[T]):
     def _import(self, module: str, name: str, file: str | Path | None, field: str | None) -> ModuleType:
         if not _valid_dotted(module):
             raise self._refused(name, f"'{module}' is not a module path (expected {REF_FORMS})", file, field)
+        importlib.invalidate_caches()  # a package installed or written since this process looked
         try:
             return importlib.import_module(module)
         except ModuleNotFoundError as e:
