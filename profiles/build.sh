@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fit() { python -m dcsim.cli fit "$@"; }
 calibrated() {
-  # dcsim calibrate on the lent H100/H200, random weights in the real architecture (calibrate/README.md)
+  # dcsim calibrate on the project's H100/H200, random weights in the real architecture (calibrate/README.md)
   fit calibrate/runs/h100-llama-2-7b-hf -o profiles/h100-sxm-80gb--llama-2-7b--hf-bf16.yaml
   fit calibrate/runs/h100-llama-2-7b-hf-static --kv-cache live -o profiles/h100-sxm-80gb--llama-2-7b--hf-static-bf16.yaml
   fit calibrate/runs/h100-llama-2-7b-hf-graph --kv-cache live -o profiles/h100-sxm-80gb--llama-2-7b--hf-graph-bf16.yaml

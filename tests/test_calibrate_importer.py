@@ -1,4 +1,4 @@
-"""The calibrate_runs importer on the raw runs committed under calibrate/runs/ (measured on the lent
+"""The calibrate_runs importer on the raw runs committed under calibrate/runs/ (measured on the project's
 H100 and H200)."""
 
 from __future__ import annotations

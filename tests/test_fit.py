@@ -157,7 +157,7 @@ def test_idle_rows_become_idle_powers_and_warmups_are_ignored():
 
 def test_idle_falls_back_to_catalogue_then_to_a_derived_rule():
     t = synthetic_runs(noise=0.0, repeats=1)
-    p = fit_profile(t, _meta()).profile  # H100: both idle figures measured on the lent device
+    p = fit_profile(t, _meta()).profile  # H100: both idle figures measured on the project's device
     assert (p.power.deep_idle_w, p.power.serving_idle_w) == (70.2, 120.1)
     assert p.provenance["power.deep_idle_w"].source == "measured"
     p = fit_profile(t, _meta(device="b200")).profile  # no figure: fraction of the power limit measured on H100

@@ -1,5 +1,5 @@
 #!/bin/bash
-# First call on a lent H100: software check, the eager sweep (time-boxed; the same command resumes),
+# First call on an H100: software check, the eager sweep (time-boxed; the same command resumes),
 # then the static-cache probe with what time is left. Raw files land in $OUT.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1

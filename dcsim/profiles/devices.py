@@ -33,15 +33,15 @@ CITES = {
     "apple-m1pro-bw": "Apple MacBook Pro (14-inch, 2021) technical specifications: M1 Pro, 200 GB/s memory bandwidth",
     "smi-a100-sxm4": "nvidia-smi -q of an A100 SXM4 40 GB (HBM2 1215 MHz, 400 W) quoted in NVIDIA/nvidia-docker "
                      "issue #1648: Min Power Limit 100 W, Max Power Limit 400 W",
-    "lent-h100": "read with nvidia-smi on this project's lent NVIDIA H100 80GB HBM3 on 2026-11-23 "
+    "measured-h100": "read with nvidia-smi on this project's NVIDIA H100 80GB HBM3 on 2026-11-23 "
                  "(power.min_limit 200 W, power.max_limit 700 W, default 700 W, 81559 MiB); see "
                  "profiles/measured/h100-idle-2026-11-23/",
-    "lent-h100-idle": "measured on this project's lent NVIDIA H100 80GB HBM3 on 2026-11-23 with nvidia-smi at 4 Hz: "
+    "measured-h100-idle": "measured on this project's NVIDIA H100 80GB HBM3 on 2026-11-23 with nvidia-smi at 4 Hz: "
                       "70.2 W with no process; 120.1 W while a process held a CUDA context and 58 GB after a burst "
                       "of matrix products (SM clock stays at 1980 MHz); see profiles/measured/h100-idle-2026-11-23/",
-    "lent-h200": "read with NVML by dcsim calibrate on this project's lent NVIDIA H200 on 2026-11-23 (power limit "
+    "measured-h200": "read with NVML by dcsim calibrate on this project's NVIDIA H200 on 2026-11-23 (power limit "
                  "range 200-700 W, default 700 W); see calibrate/runs/h200-llama-2-7b-hf-static/manifest.json",
-    "lent-h200-idle": "measured by dcsim calibrate on this project's lent NVIDIA H200 on 2026-11-23, NVML energy over "
+    "measured-h200-idle": "measured by dcsim calibrate on this project's NVIDIA H200 on 2026-11-23, NVML energy over "
                       "the tail of each idle window: 79.3 W with no process (last 5 s of 15 s), 120.2 W with the "
                       "model loaded and no request (last 12 s of 36 s); see calibrate/runs/h200-llama-2-7b-hf/"
                       "runs.csv, rows idle_deep and idle_serving",
@@ -139,15 +139,15 @@ DEVICES: dict[str, DeviceSpec] = {
         DeviceSpec(
             "h100-sxm-80gb", "NVIDIA H100 80GB HBM3 (SXM)", "gpu", 80.0, 700.0, 989.0, 200.0, 700.0, 700.0, 70.2, 120.1,
             cite={"memory_gb": "nv-h100", "tdp_w": "nv-h100", "peak_bf16_tflops": "nv-h100",
-                  "cap_min_w": "lent-h100", "cap_max_w": "lent-h100", "cap_default_w": "lent-h100",
-                  "deep_idle_w": "lent-h100-idle", "serving_idle_w": "lent-h100-idle", "mem_bw_tbs": "nv-h100-bw"},
+                  "cap_min_w": "measured-h100", "cap_max_w": "measured-h100", "cap_default_w": "measured-h100",
+                  "deep_idle_w": "measured-h100-idle", "serving_idle_w": "measured-h100-idle", "mem_bw_tbs": "nv-h100-bw"},
             idle_source="measured", mem_bw_tbs=3.35,
         ),
         DeviceSpec(
             "h200", "NVIDIA H200 (SXM, 141 GB)", "gpu", 141.0, 700.0, 989.0, 200.0, 700.0, 700.0, 79.3, 120.2,
             cite={"memory_gb": "nv-h200", "tdp_w": "nv-h200", "peak_bf16_tflops": "nv-h200", "mem_bw_tbs": "nv-h200",
-                  "cap_min_w": "lent-h200", "cap_max_w": "lent-h200", "cap_default_w": "lent-h200",
-                  "deep_idle_w": "lent-h200-idle", "serving_idle_w": "lent-h200-idle"},
+                  "cap_min_w": "measured-h200", "cap_max_w": "measured-h200", "cap_default_w": "measured-h200",
+                  "deep_idle_w": "measured-h200-idle", "serving_idle_w": "measured-h200-idle"},
             idle_source="measured", mem_bw_tbs=4.8,
         ),
         DeviceSpec(

@@ -37,7 +37,7 @@ DC_FEATURES = ("batch", "context")
 # Assumed fraction of peak dense BF16 throughput that a prefill reaches where the source has no prefill data.
 PREFILL_MFU = 0.5
 # Derived idle rule where neither the source nor the catalogue has a figure: fractions of the power limit
-# measured on the lent H100 (70.2 W and 120.1 W of 700 W; devices.CITES['lent-h100-idle']).
+# measured on the project's H100 (70.2 W and 120.1 W of 700 W; devices.CITES['measured-h100-idle']).
 IDLE_DEEP_FRAC = 70.2 / 700.0
 IDLE_SERVING_FRAC = 120.1 / 700.0
 
@@ -586,9 +586,9 @@ def fit_profile(table: pd.DataFrame, meta: FitMeta) -> FitResult:
         pwf = cap_hi if cap_hi else float(power_dc.intercept)
         power_pf = Curve(intercept=float(pwf), hi=cap_hi)
         prov["power.prefill_w"] = Provenance(
-            source="assumed", citation=catalogue.CITES["lent-h100-idle"].split(" with ")[0],
+            source="assumed", citation=catalogue.CITES["measured-h100-idle"].split(" with ")[0],
             note="prefill draws the power limit of every GPU of the replica (compute-bound; a bf16 matrix-product "
-                 "burst drew 697 W of 700 W on the lent H100, profiles/measured/h100-idle-2026-11-23)")
+                 "burst drew 697 W of 700 W on an H100, profiles/measured/h100-idle-2026-11-23)")
         not_covered.append("prefill power (assumed at the power limit)")
     elif tie:
         prov["power.prefill_w"] = _src(src, "tied to the decode power curve (no KV cache), fitted with it to run "
@@ -835,15 +835,15 @@ def _idle(t: pd.DataFrame, meta: FitMeta, prov: dict[str, Provenance], not_cover
             not_covered.append(f"{label} power (from the device catalogue, not this source)")
         elif attr == "serving_idle" and "deep_idle" in out and dspec and dspec.deep_idle_w:
             out[attr] = out["deep_idle"] * IDLE_SERVING_FRAC / IDLE_DEEP_FRAC
-            prov[key] = Provenance(source="derived", citation=catalogue.CITES["lent-h100-idle"],
+            prov[key] = Provenance(source="derived", citation=catalogue.CITES["measured-h100-idle"],
                                    note=f"deep idle x {IDLE_SERVING_FRAC / IDLE_DEEP_FRAC:.3f}, the serving/deep "
-                                        "idle ratio measured on the lent H100")
+                                        "idle ratio measured on an H100")
             not_covered.append(f"{label} power (derived from deep idle by the ratio measured on an H100)")
         elif meta.device.tdp_w:
             out[attr] = frac * meta.device.tdp_w * g
-            prov[key] = Provenance(source="derived", citation=catalogue.CITES["lent-h100-idle"],
+            prov[key] = Provenance(source="derived", citation=catalogue.CITES["measured-h100-idle"],
                                    note=f"{frac:.4f} x power limit {meta.device.tdp_w:g} W x {g}: the fraction "
-                                        "measured on the lent H100")
+                                        "measured on an H100")
             not_covered.append(f"{label} power (derived as the fraction of the power limit measured on an H100)")
         else:
             raise UserError(f"no {label} power: not measured by the source, none in the device catalogue and no "

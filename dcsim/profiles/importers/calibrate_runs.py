@@ -6,7 +6,7 @@ Reads runs.csv and manifest.json (format: calibrate/README.md). Rows:
 - idle_deep / idle_serving -> kinds idle_deep / idle_serving (the whole window); the metadata's idle powers are
   the window's last third, after the decay from activity.
 Failed runs are left out. Energy of a run shorter than `min_energy_s` is set to NaN: the NVML energy counter of
-the lent H100/H200 advances in steps: on our runs its ratio to the integral of the 20 Hz power timeline had a
+the project's H100/H200 advances in steps: on our runs its ratio to the integral of the 20 Hz power timeline had a
 10-90% range of -40%/+50% at 0.1-0.2 s and -19%/+18% at 0.3-0.5 s, against -8%/+8% at 0.5-1 s and -3%/+4% above 2 s.
 """
 
@@ -328,7 +328,7 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     cites = f"measured with dcsim calibrate; raw data {rel} (runs.csv, manifest.json, power.csv)"
     notes = []
     if ident.get("weights") == "random":
-        notes.append("Random weights in the real architecture (the lent machine cannot download weights): same "
+        notes.append("Random weights in the real architecture (the measurement machine had no network access to download weights): same "
                      "shapes and FLOPs as the trained model; output tokens are forced (min_new_tokens = "
                      "max_new_tokens), so the lengths match the plan.")
     if be.get("backend") == "hf":
