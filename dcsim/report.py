@@ -219,7 +219,8 @@ def run_report(d: Path) -> str:
     if missing:
         raise UserError(f"not a dcsim run summary (missing {missing})", d / "summary.json")
     sections = []
-    head = [[cell(label), cell(s[k]), cell(unit)] for k, label, unit in HEADLINE if k in s]
+    head = [[cell(label), cell(s[k]), cell(s.get("currency", "") if k == "cost" else unit)]
+            for k, label, unit in HEADLINE if k in s]
     sections.append(("Headline", table(["figure", "value", "unit"], head, sortable=False, text_cols=1)))
     lat = [[cell(label)] + [cell(s[k].get(q)) for q in ("mean", "p50", "p90", "p99")]
            for k, label in LATENCIES if isinstance(s.get(k), dict)]

@@ -138,6 +138,7 @@ def summarize(raw: RawResults) -> dict:
         "unattributed_active_note": UNATTRIBUTED_NOTE,
         "carbon_g": kwh * sc.facility.carbon_g_per_kwh,
         "cost": kwh * sc.facility.price_per_kwh,
+        "currency": sc.facility.currency,
         "energy_per_request_j": en["energy_j"] / max(len(done), 1),
         "energy_per_output_token_j": en["energy_j"] / max(tokens_out, 1),
         "tokens_per_joule": tokens_out / en["energy_j"] if en["energy_j"] > 0 else float("nan"),

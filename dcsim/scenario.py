@@ -152,6 +152,7 @@ class Facility(Strict):
     pue: float = Field(default=1.0, ge=1.0)
     carbon_g_per_kwh: float = Field(default=0.0, ge=0)
     price_per_kwh: float = Field(default=0.0, ge=0)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of price_per_kwh")
 
 
 class Scenario(Strict):

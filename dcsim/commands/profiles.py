@@ -38,7 +38,8 @@ def summarize(path: Path) -> dict:
         "provenance": ", ".join(f"{n} {k}" for k, n in sorted(sources.items())),
         "fit_error": {k: [e.median_ape_pct, e.max_ape_pct] for k, e in p.fit_error.items()},
         "time_median_ape_pct": worst(("latency.",)),
-        "energy_median_ape_pct": worst(("energy.run_device", "power.decode")),
+        "energy_median_ape_pct": worst(("energy.run_device", "energy.step_device", "energy.mixed_step_device",
+                                        "power.decode")),
         "host_median_ape_pct": worst(("energy.run_host",)),
         "serving_idle_w": p.power.serving_idle_w, "not_covered": len(p.not_covered),
     }
@@ -59,16 +60,36 @@ def run(args: argparse.Namespace) -> int:
             json.dump(r, sys.stdout)
             sys.stdout.write("\n")
         return 0
+    for line in table_lines(rows):
+        print(line)
+    return 0
+
+
+WIDTH = 100  # the listing fits a terminal this wide
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """Two lines per profile, each at most WIDTH columns: the name and its fit errors, then (indented) device,
+    model, engine, GPUs and where its terms came from. A name too long to share its line has the errors below."""
     def pct(v: float | None) -> str:
         return f"{v:.1f}%" if v is not None else "-"
 
-    print("fit error: worst median absolute % error over the fitted points of time, device energy/power, host "
-          "energy\n")
-    print(f"{'name':<56} {'device':<28} {'model':<23} {'engine':<22} {'gpus':>4} {'time':>6} {'energy':>7} "
-          f"{'host':>6}  provenance of terms")
+    out = ["fit error: worst median absolute % error over the fitted points of time, device energy/power, host",
+           "energy; below each name: device, model, engine, GPUs per replica, where its terms came from", ""]
     for r in rows:
-        print(f"{r['name']:<56} {r['device'][:28]:<28} {r['model'][:23]:<23} {r['engine'][:22]:<22} "
-              f"{r['gpus_per_replica']:>4} {pct(r['time_median_ape_pct']):>6} {pct(r['energy_median_ape_pct']):>7} "
-              f"{pct(r['host_median_ape_pct']):>6}  "
-              f"{'DERIVED (datasheet transfer, not fitted): ' if r['derived'] else ''}{r['provenance']}")
-    return 0
+        errs = (f"time {pct(r['time_median_ape_pct']):>6}  energy {pct(r['energy_median_ape_pct']):>6}  "
+                f"host {pct(r['host_median_ape_pct']):>6}")
+        room = WIDTH - len(errs) - 1
+        if len(r["name"]) <= room:
+            out.append(f"{r['name']:<{room}} {errs}")
+        else:
+            out += [r["name"][:WIDTH], " " * (WIDTH - len(errs)) + errs]
+        gpus = f"{r['gpus_per_replica']} GPU" + ("s" if r["gpus_per_replica"] > 1 else "")
+        what = ("DERIVED (datasheet transfer, not fitted): " if r["derived"] else "") + r["provenance"]
+        detail = f"    {r['device']} | {r['model']} | {r['engine']} | {gpus} | {what}"
+        while len(detail) > WIDTH:  # wrap at a separator, continuation indented
+            cut = detail.rfind(" ", 0, WIDTH)
+            out.append(detail[:cut])
+            detail = "      " + detail[cut + 1:]
+        out.append(detail)
+    return out

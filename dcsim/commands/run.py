@@ -57,7 +57,7 @@ def format_summary(s: dict) -> str:
         f"TTFT p50 {s['ttft_s']['p50']:.3f} s; e2e p50 {s['e2e_s']['p50']:.2f} s p99 {s['e2e_s']['p99']:.2f} s",
     ]
     if s.get("carbon_g") or s.get("cost"):
-        lines.append(f"  facility   {s['carbon_g'] / 1e3:.3f} kg CO2e; cost {s['cost']:.4f}")
+        lines.append(f"  facility   {s['carbon_g'] / 1e3:.3f} kg CO2e; cost {s['cost']:.4f} {s.get('currency', '')}")
     hdr = f"  {'pool':<14}{'replicas':>9}{'done':>8}{'kWh':>10}{'tok/J':>9}{'util':>7}{'e2e p50':>9}{'e2e p99':>9}"
     lines += ["", hdr]
     for name, p in s["pools"].items():
