@@ -5,12 +5,16 @@ Pure: nothing here writes a file or draws a figure (a run's output folder is dcs
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from dcsim.sim.engine import RawResults
 from dcsim.sim.requests import DONE, REJECT_REASONS
+
+if TYPE_CHECKING:
+    from dcsim.scenario import Slo
 
 QUANTILES = (("p50", 50), ("p90", 90), ("p99", 99))
 
@@ -90,6 +94,29 @@ def requests_table(raw: RawResults) -> pd.DataFrame:
     return df
 
 
+def slo_met(req: pd.DataFrame, slo: "Slo") -> np.ndarray:
+    """Which requests completed within every target the SLO sets (a one-token output has no TPOT to miss)."""
+    ok = (req["status"] == "done").to_numpy().copy()
+    for col, target in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)):
+        if target is not None:
+            v = req[col].to_numpy(float)
+            within = v <= target
+            if col == "tpot_s":
+                within |= np.isnan(v)
+            ok &= within
+    return ok
+
+
+def _slo_block(counted: pd.DataFrame, slo: "Slo | None", span: float) -> dict:
+    """SLO attainment (share of counted requests, rejected and unfinished ones included, that met every target)
+    and goodput (those requests per second of the window); empty without an SLO."""
+    if slo is None:
+        return {}
+    met = int(slo_met(counted, slo).sum())
+    return {"slo": {"targets": slo.model_dump(exclude_none=True), "met": met,
+                    "attainment": met / len(counted) if len(counted) else float("nan"), "goodput_rps": met / span}}
+
+
 def _latency_block(req: pd.DataFrame) -> dict:
     return {k: stats(req[k].dropna().to_numpy()) for k in ("wait_s", "ttft_s", "tpot_s", "e2e_s")}
 
@@ -146,6 +173,7 @@ def summarize(raw: RawResults) -> dict:
         "throughput_tokens_per_s": tokens_out / span,
         "throughput_requests_per_s": len(done) / span,
         **_latency_block(done),
+        **_slo_block(counted, sc.slo, span),
         "rejections": {r: int(c) for r, c in
                        counted.loc[counted["status"] == "rejected", "reason"].value_counts().items()},
         "pools": {},
@@ -171,6 +199,7 @@ def summarize(raw: RawResults) -> dict:
             "mean_power_w": pen["energy_j"] / span,
             "utilisation": float(pr["busy_s"].sum() / (span * max(len(pr), 1))),
             **_latency_block(pd_),
+            **_slo_block(counted[counted["pool"] == p.name], sc.slo, span),
         }
         engine = _engine_block(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p])
         if engine:

@@ -155,6 +155,21 @@ class Facility(Strict):
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of price_per_kwh")
 
 
+class Slo(Strict):
+    """Latency targets a request must meet to count as served well (each optional, at least one): the summary
+    reports the share of counted requests that met all of them (attainment) and their rate (goodput)."""
+
+    ttft_s: float | None = Field(default=None, gt=0, description="time to first token, at most")
+    tpot_s: float | None = Field(default=None, gt=0, description="mean time per output token after the first, at most")
+    e2e_s: float | None = Field(default=None, gt=0, description="end-to-end latency, at most")
+
+    @model_validator(mode="after")
+    def _some_target(self) -> "Slo":
+        if self.ttft_s is None and self.tpot_s is None and self.e2e_s is None:
+            raise ValueError("an slo needs at least one of ttft_s, tpot_s, e2e_s")
+        return self
+
+
 class Scenario(Strict):
     name: str = "scenario"
     description: str | None = None
@@ -165,6 +180,7 @@ class Scenario(Strict):
     router: RouterSpec = Field(default_factory=RouterSpec)
     output_knowledge: OutputKnowledge = Field(default_factory=OutputKnowledge)
     facility: Facility = Field(default_factory=Facility)
+    slo: Slo | None = None
     horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
     warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
 

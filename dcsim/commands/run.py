@@ -58,6 +58,10 @@ def format_summary(s: dict) -> str:
     ]
     if s.get("carbon_g") or s.get("cost"):
         lines.append(f"  facility   {s['carbon_g'] / 1e3:.3f} kg CO2e; cost {s['cost']:.4f} {s.get('currency', '')}")
+    if s.get("slo"):
+        t = ", ".join(f"{k.removesuffix('_s').upper()} <= {v:g} s" for k, v in s["slo"]["targets"].items())
+        lines.append(f"  slo        {t}: {s['slo']['attainment']:.1%} of requests met it "
+                     f"({s['slo']['met']}); goodput {s['slo']['goodput_rps']:.3f} requests/s")
     hdr = f"  {'pool':<14}{'replicas':>9}{'done':>8}{'kWh':>10}{'tok/J':>9}{'util':>7}{'e2e p50':>9}{'e2e p99':>9}"
     lines += ["", hdr]
     for name, p in s["pools"].items():
