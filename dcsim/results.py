@@ -139,6 +139,35 @@ def _energy_block(rep: pd.DataFrame, pue: float, attributed_j: float) -> dict:
             "idle_j": idle, "host_j": host, "facility_j": total * pue}
 
 
+def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray:
+    """Cumulative joules (device active and idle, and host) the replicas drew by each of the times x."""
+    x = np.asarray(x, dtype=np.float64)
+    total = np.zeros_like(x)
+    for i in replicas:
+        pool = raw.pools[int(raw.replica_pool[i])]
+        ev = pool.evaluator
+        t0, t1, e, h = raw.segments[i]
+        idle_w = (ev.idle_w if pool.idle == "serving" else ev.deep_idle_w) + ev.host_idle_w
+        busy = cumulative(t0, t1, t1 - t0, x)
+        total += cumulative(t0, t1, e + h, x) + idle_w * np.maximum(x - busy, 0.0)
+    return total
+
+
+def _carbon_cost(raw: RawResults, replicas: list[int], kwh: float, lo: float, hi: float) -> dict:
+    """Carbon (g CO2e) and cost of a set of replicas' facility energy: at the facility's constants, or integrated
+    against its carbon and price series over the window."""
+    from dcsim.grid import weighted_kwh
+
+    f = raw.scenario.facility
+    out = {}
+    for key, series, const in (("carbon_g", "carbon", f.carbon_g_per_kwh), ("cost", "price", f.price_per_kwh)):
+        if series in raw.grid:
+            out[key] = f.pue * weighted_kwh(raw.grid[series], lambda x: energy_by(raw, replicas, x), lo, hi)
+        else:
+            out[key] = kwh * const
+    return out
+
+
 def summarize(raw: RawResults) -> dict:
     """The run's headline numbers; statistics leave out requests that arrived during warm-up."""
     sc = raw.scenario
@@ -163,8 +192,7 @@ def summarize(raw: RawResults) -> dict:
         "makespan_s": span,
         **en,
         "unattributed_active_note": UNATTRIBUTED_NOTE,
-        "carbon_g": kwh * sc.facility.carbon_g_per_kwh,
-        "cost": kwh * sc.facility.price_per_kwh,
+        **_carbon_cost(raw, list(range(len(raw.segments))), kwh, lo, hi),
         "currency": sc.facility.currency,
         "energy_per_request_j": en["energy_j"] / max(len(done), 1),
         "energy_per_output_token_j": en["energy_j"] / max(tokens_out, 1),
@@ -196,6 +224,8 @@ def summarize(raw: RawResults) -> dict:
             "tokens_out": ptok,
             **pen,
             "tokens_per_joule": ptok / pen["energy_j"] if pen["energy_j"] > 0 else float("nan"),
+            **_carbon_cost(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p],
+                           pen["facility_j"] / 3.6e6, lo, hi),
             "mean_power_w": pen["energy_j"] / span,
             "utilisation": float(pr["busy_s"].sum() / (span * max(len(pr), 1))),
             **_latency_block(pd_),

@@ -148,11 +148,29 @@ class OutputKnowledge(Strict):
     relative_error: float = Field(default=0.2, ge=0, description="predicted: lognormal error, sigma of log")
 
 
+class SeriesRef(Strict):
+    """A step series over simulated time in a CSV file (dcsim/grid.py): a time column in seconds, a value column."""
+
+    path: str
+    time_column: str = "t_s"
+    value_column: str = "value"
+    period_s: float | None = Field(default=None, gt=0, description="repeat the series every period_s seconds")
+
+
 class Facility(Strict):
     pue: float = Field(default=1.0, ge=1.0)
     carbon_g_per_kwh: float = Field(default=0.0, ge=0)
     price_per_kwh: float = Field(default=0.0, ge=0)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of price_per_kwh")
+    carbon_series: SeriesRef | None = Field(default=None, description="grid g CO2e per kWh over time")
+    price_series: SeriesRef | None = Field(default=None, description="price per kWh over time")
+
+    @model_validator(mode="after")
+    def _constant_or_series(self) -> "Facility":
+        for const, series in (("carbon_g_per_kwh", "carbon_series"), ("price_per_kwh", "price_series")):
+            if getattr(self, const) and getattr(self, series) is not None:
+                raise ValueError(f"give {const} or {series}, not both")
+        return self
 
 
 class Slo(Strict):

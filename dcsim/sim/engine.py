@@ -10,6 +10,7 @@ import numpy as np
 import simpy
 
 from dcsim.errors import UserError
+from dcsim.grid import StepSeries, load_series
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
 from dcsim.scenario import Scenario, resolve_input
 from dcsim.sim.batching import Policy, make_policy
@@ -48,6 +49,7 @@ class RawResults:
     policy_stats: list[dict] = field(default_factory=list)  # per replica: what its policy counted (paged)
     itl: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per replica: decode runs (start, first step's
     # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
+    grid: dict[str, StepSeries] = field(default_factory=dict)  # "carbon" / "price" series the facility names
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -116,6 +118,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     from dcsim.traces.arrivals import arrival_times
 
     trace, pools = load_inputs(sc, scenario_file)
+    grid = load_grid(sc, scenario_file)
     seeds = np.random.SeedSequence(sc.seed).spawn(3)
     rng_arr, rng_route, rng_pred = (np.random.default_rng(s) for s in seeds)
     tpath = resolve_input(sc.trace.path, scenario_file, "traces", "trace.path", "trace file")
@@ -154,8 +157,19 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl,
+        warnings=notes, policy_stats=stats, itl=itl, grid=grid,
     )
+
+
+def load_grid(sc: Scenario, scenario_file: str | Path | None) -> dict[str, StepSeries]:
+    """The carbon-intensity and price series the scenario's facility names, read and checked."""
+    out = {}
+    for key, ref in (("carbon", sc.facility.carbon_series), ("price", sc.facility.price_series)):
+        if ref is not None:
+            field_ = f"facility.{key}_series.path"
+            path = resolve_input(ref.path, scenario_file, "scenarios", field_, "series file")
+            out[key] = load_series(path, ref.time_column, ref.value_column, ref.period_s, scenario_file, field_)
+    return out
 
 
 def _check_warmup(sc: Scenario, arrivals: np.ndarray, scenario_file: str | Path | None) -> None:
