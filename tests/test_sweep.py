@@ -191,20 +191,26 @@ def test_killed_sweep_resumes_without_redoing_points(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dcsim.cli", "sweep", str(sw_file), "--out", str(out),
                              "--workers", "0", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    while time.time() < deadline and len(list((out / "points").glob("*.json"))) < 3 and proc.poll() is None:
+    def points() -> list:  # point files, not the hidden temporaries they are written through
+        return sorted(f for f in (out / "points").glob("*.json") if not f.name.startswith("."))
+
+    while time.time() < deadline and len(points()) < 3 and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    files = sorted((out / "points").glob("*.json"))
+    files = points()
     assert 3 <= len(files) < 20, "the sweep should have been killed part-way"
     assert all(json.loads(f.read_text())["summary"] for f in files)  # atomic writes: no half file
     mtimes = {f: f.stat().st_mtime_ns for f in files}
+    (out / "points" / f".{files[0].name}.k1ll3d.tmp.json").write_text('{"half')  # as a kill mid-write leaves
+    (out / "points" / "my-notes.txt").write_text("a user's file")
     rc = main(["sweep", str(sw_file), "--out", str(out), "--workers", "0", "--no-progress"])
     assert rc == 0
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())
-    assert len(list((out / "points").glob("*.json"))) == 20
+    assert len(points()) == 20
     assert len(pd.read_parquet(out / "results.parquet")) == 20
-    assert not list((out / "points").glob(".*.tmp"))
+    assert not list((out / "points").glob(".*.tmp.json"))  # the temporaries a kill left are gone
+    assert (out / "points" / "my-notes.txt").read_text() == "a user's file"
 
 
 # ---- command line ----------------------------------------------------------------------------

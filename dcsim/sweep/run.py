@@ -70,6 +70,10 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int | None = None, sch
 def _run_and_collect(sweep: Sweep, out: Path, fingerprints: dict[str, str], chosen: list[str] | None,
                      workers: int | None, client, progress: bool, t_start: float) -> SweepRun:
     (out / "points").mkdir(parents=True, exist_ok=True)
+    for p in sweep.points:  # temporaries a killed run left half-written (outputs.write_file's names): ours to drop
+        f = point_path(out, p)
+        for tmp in f.parent.glob(f".{f.name}.*.tmp{f.suffix}"):
+            tmp.unlink(missing_ok=True)
     write_json(out / "sweep.json", sweep_info(sweep))
     done = finished_points(out, sweep, fingerprints)
     reused = len(done)
