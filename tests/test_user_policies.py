@@ -196,3 +196,22 @@ def test_a_policy_by_module_path_or_entry_point_runs_on_dask_workers(tmp_path, c
     by = res.set_index("fleet.0.batching.policy")["e2e_s.p50"]
     # one replica, all six at 0: first come first served runs the longest first; shortest-first the reverse
     assert by["regtest_userpol.sjf:ShortestFirst"] == by["regtest_sjf"] < by["fcfs"]
+
+
+def test_a_resumed_sweep_reruns_its_points_when_the_users_router_file_changes(tmp_path):
+    from dcsim.sweep import load_sweep, run_sweep
+
+    ex = Path(__file__).resolve().parents[1] / "examples" / "custom_router"
+    d = tmp_path / "ex"
+    shutil.copytree(ex, d)
+    (d / "small.yaml").write_text(
+        "name: small\nbase: scenario.yaml\nset: ['trace.sample=200']\n"
+        "grid:\n  arrivals.rate_per_s: [10.0, 20.0]\nseeds: [1]\n")
+    out = tmp_path / "out"
+    first = run_sweep(load_sweep(d / "small.yaml"), out, workers=0, progress=False)
+    again = run_sweep(load_sweep(d / "small.yaml"), out, workers=0, progress=False)
+    assert (first.ran, again.ran, again.reused) == (2, 0, 2)
+    with open(d / "least_tokens.py", "a") as f:
+        f.write("\n# an edit: the router's code is not what the points ran\n")
+    edited = run_sweep(load_sweep(d / "small.yaml"), out, workers=0, progress=False)
+    assert (edited.ran, edited.reused) == (2, 0)

@@ -68,11 +68,35 @@ def validate_points(sweep: Sweep) -> dict[str, str]:
             sc = check_point(sweep.base, list(p.overrides), profiles)
         except UserError as e:
             raise UserError(f"point {p.values} makes an invalid scenario: {e.message}", sweep.file, None) from None
-        # the scenario as validated plus the bytes of its trace and profiles: a changed input is rerun on resume
+        # the scenario as validated plus the bytes of its trace, profiles, grid series and the user's own policy
+        # files: a changed input is rerun on resume
         inputs = [content(sc.trace.path, "traces")] + [content(pool.profile, "profiles") for pool in sc.fleet]
+        inputs += [content(ref.path, "scenarios") for ref in (sc.facility.carbon_series, sc.facility.price_series)
+                   if ref is not None]
+        inputs += [hashlib.sha256(f.read_bytes()).hexdigest() for f in _user_code(sc, sweep.base)]
         fingerprints[p.id] = stable_hash({"scenario": sc.model_dump(mode="json"), "inputs": inputs,
                                           "model_code": model_code_hash()})
     return fingerprints
+
+
+def _user_code(sc: "Scenario", base: Path) -> list[Path]:
+    """Source files of the router and batching policies the scenario names that live outside dcsim itself."""
+    import inspect
+
+    from dcsim.sim.batching import POLICIES
+    from dcsim.sim.routers import ROUTERS
+
+    classes = [ROUTERS.get(sc.router.name, base, "router.name", relative_to=base.parent)]
+    classes += [POLICIES.get(pool.batching.policy, base, f"fleet.{i}.batching.policy", relative_to=base.parent)
+                for i, pool in enumerate(sc.fleet)]
+    package = Path(__file__).resolve().parents[1]
+    out = []
+    for cls in classes:
+        src = inspect.getsourcefile(cls)
+        f = Path(src).resolve() if src else None
+        if f is not None and f.is_file() and package not in f.parents and f not in out:
+            out.append(f)
+    return out
 
 
 _MODEL_CODE: str | None = None
