@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from dcsim.cli import main
-from dcsim.errors import UserError
-from dcsim.traces.datasets import ALPACA_TEMPLATES, build_alpaca, build_gsm8k
-from dcsim.traces.trace import load_trace
+pytest.importorskip("datasets", reason="trace building needs the traces extra (pip install 'dcsim[traces]')")
+MistralTokenizer = pytest.importorskip(
+    "mistral_common.tokens.tokenizers.mistral", reason="trace building needs the traces extra").MistralTokenizer
+
+from dcsim.cli import main  # noqa: E402
+from dcsim.errors import UserError  # noqa: E402
+from dcsim.traces.datasets import ALPACA_TEMPLATES, build_alpaca, build_gsm8k  # noqa: E402
+from dcsim.traces.trace import load_trace  # noqa: E402
 
 SPM = MistralTokenizer.v1().instruct_tokenizer.tokenizer  # the tokenizer's own count, for comparison
 

@@ -67,9 +67,18 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _datasets():
+    """The `datasets` library, which only trace building needs: an install without it is told which extra."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("building traces needs the `datasets` library: pip install 'dcsim[traces]'") from None
+    return datasets
+
+
 def _load_json_file(path: Path, split: str = "train"):
     """Load a JSON / JSON-lines file with the `datasets` library's own json loader."""
-    import datasets
+    datasets = _datasets()
 
     if not path.is_file():
         raise UserError("file not found", path)
@@ -81,7 +90,7 @@ def _load_json_file(path: Path, split: str = "train"):
 
 
 def _load_hub(name: str, config: str | None, split: str):
-    import datasets
+    datasets = _datasets()
 
     try:
         return datasets.load_dataset(name, config, split=split)

@@ -37,8 +37,9 @@ class TokenCounter:
 def _mistral_v1() -> TokenCounter:
     try:
         from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-    except ImportError as e:  # pragma: no cover - mistral-common is a hard dependency
-        raise UserError(f"the offline tokenizer needs mistral-common: {e}", field="tokenizer") from None
+    except ImportError:
+        raise UserError("counting tokens with the offline tokenizer needs mistral-common: "
+                        "pip install 'dcsim[traces]'", field="tokenizer") from None
     try:
         raw = MistralTokenizer.v1().instruct_tokenizer.tokenizer
     except Exception as e:  # noqa: BLE001 - e.g. sentencepiece missing
