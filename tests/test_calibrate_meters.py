@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dcsim.calibrate.meter import Meter, select_meter
+from dcsim.calibrate.meters import Meter, select_meter
 from dcsim.calibrate.meters.powermetrics import (PowerSample, energy_j, parse_powermetrics,
                                                  window_energy_j)
 from dcsim.calibrate.meters.rapl import RaplCounter, RaplMeter, rapl_zones, wrap_delta_uj
@@ -142,3 +142,13 @@ def test_timeline_keeps_temperature_beside_power_once_a_second(tmp_path):
     none.start()
     none.stop()
     assert not (tmp_path / "b" / "temperature.csv").exists()
+
+
+def test_meters_register_themselves_and_no_vendor_library_loads_with_them():
+    import subprocess
+    import sys
+
+    code = ("import sys; from dcsim.calibrate.meters import METERS; "
+            "print(sorted(METERS), [m for m in ('zeus', 'pynvml', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['powermetrics', 'rapl', 'zeus'] []"

@@ -20,7 +20,7 @@ pytest.importorskip("torch", reason="torch not installed (pip install torch==2.1
 pytest.importorskip("transformers", reason="transformers not installed (pip install transformers)")
 
 from dcsim.calibrate.backends.hf import HFBackend  # noqa: E402
-from dcsim.calibrate.meter import Meter, Reading  # noqa: E402
+from dcsim.calibrate.meters import Meter, Reading  # noqa: E402
 from dcsim.calibrate.plan import expand, load_plan  # noqa: E402
 from dcsim.calibrate.run import Settings, calibrate  # noqa: E402
 from dcsim.calibrate.schedule import Schedule  # noqa: E402

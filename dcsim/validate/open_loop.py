@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcsim.calibrate.backends.endpoint import EndpointBackend
-from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.meters import Meter
 from dcsim.calibrate.store import RowWriter
 from dcsim.validate.intervals import merge
 from dcsim.validate.window import Window

@@ -59,7 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcsim.calibrate.backends.paged import PagedBackend, Sequence, default_graph_sizes
-from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.meters import Meter
 from dcsim.calibrate.store import RowWriter
 from dcsim.errors import UserError
 from dcsim.validate.intervals import merge

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from dcsim.calibrate.backends.base import Backend
-from dcsim.calibrate.meter import Meter
+from dcsim.calibrate.meters import Meter
 from dcsim.calibrate.store import RowWriter
 from dcsim.errors import UserError
 from dcsim.validate.window import Window

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcsim.calibrate.meter import Meter, Reading
+from dcsim.calibrate.meters import Meter, Reading
 from dcsim.calibrate.timeline import PowerTimeline, csv_energy_j
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dcsim.calibrate.meter import Meter, Reading
+from dcsim.calibrate.meters.base import METERS, Meter, MeterUnavailable, Reading
 
 _HEADER = re.compile(r"^\*\*\* Sampled system activity \((?P<when>[^)]*)\) \((?P<ms>[\d.]+)ms elapsed\) \*\*\*")
 _POWER = re.compile(r"^(?P<name>[A-Za-z0-9+\- ]+?) Power(?: \([^)]*\))?: (?P<val>[\d.]+) ?(?P<unit>mW|W)\s*$")
@@ -102,10 +102,20 @@ def powermetrics_usable() -> tuple[bool, str]:
     return True, ""
 
 
+@METERS.register("powermetrics")
 class PowermetricsMeter(Meter):
     """Runs `powermetrics -i interval_ms --samplers cpu_power,gpu_power` and integrates its samples."""
 
     name = "powermetrics"
+    kinds = ("mps",)
+    rank = 1
+
+    @classmethod
+    def open(cls, kind: str, index: int | None, sync: bool) -> "PowermetricsMeter":
+        ok, why = powermetrics_usable()
+        if not ok:
+            raise MeterUnavailable(f"powermetrics: {why}")
+        return cls()
 
     def __init__(self, interval_ms: int = 100) -> None:
         cmd = ["powermetrics", "-i", str(interval_ms), "--samplers", "cpu_power,gpu_power"]

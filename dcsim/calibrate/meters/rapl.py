@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from dcsim.calibrate.meter import Meter, Reading
+from dcsim.calibrate.meters.base import METERS, Meter, MeterUnavailable, Reading
 
 POWERCAP = Path("/sys/class/powercap")
 
@@ -62,11 +62,21 @@ class RaplCounter:
             return self.total_uj
 
 
+@METERS.register("rapl")
 class RaplMeter(Meter):
     """Package (and DRAM subzone) energy of every readable RAPL zone, polled by a thread every
     `poll_s` seconds so that no wrap goes unseen."""
 
     name = "rapl"
+    kinds = ("cpu",)
+    rank = 1
+
+    @classmethod
+    def open(cls, kind: str, index: int | None, sync: bool) -> "RaplMeter":
+        if not rapl_zones():
+            raise MeterUnavailable("RAPL: /sys/class/powercap has no readable intel-rapl zone (needs root on "
+                                   "recent kernels)")
+        return cls()
 
     def __init__(self, root: Path = POWERCAP, poll_s: float = 1.0) -> None:
         self.counters: dict[str, RaplCounter] = {}

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import warnings
 
-from dcsim.calibrate.meter import Meter, Reading
+from dcsim.calibrate.meters.base import METERS, Meter, MeterUnavailable, Reading
 
 # Apple SoC fields that belong to the accelerator; the rest (CPU clusters, DRAM) is host.
 _SOC_DEVICE_FIELDS = ("gpu_mj", "gpu_sram_mj", "ane_mj")
 _SOC_HOST_FIELDS = ("cpu_total_mj", "dram_mj")
 
 
+@METERS.register("zeus")
 class ZeusMeter(Meter):
     """kind 'cuda' meters GPU `index` (CUDA_VISIBLE_DEVICES-relative, like torch) and, where RAPL is
     readable, the CPU packages and DRAM as host; kind 'cpu' meters the CPU packages + DRAM as the
@@ -20,6 +21,17 @@ class ZeusMeter(Meter):
     windows around work that runs in another process)."""
 
     name = "zeus"
+    kinds = ("cuda", "cpu", "mps")
+    rank = 0
+
+    @classmethod
+    def open(cls, kind: str, index: int | None, sync: bool) -> "ZeusMeter":
+        try:
+            return cls(kind, index, sync=sync)
+        except ImportError as e:
+            raise MeterUnavailable(f"zeus not importable ({e}); pip install 'dcsim[calibrate]'") from None
+        except RuntimeError as e:
+            raise MeterUnavailable(f"zeus: {e}") from None
 
     def __init__(self, kind: str, index: int | None = None, sync: bool = True) -> None:
         from zeus.monitor import ZeusMonitor  # ImportError -> caller tries the next meter

@@ -4,13 +4,19 @@ powermetrics, so the sweep driver never cares which hardware it runs on.
 A meter measures windows (begin/end by key, windows may overlap) and reports joules per device label
 ("gpu0", "cpu0", "dram0", "soc_gpu", ...), split into the accelerator doing the work (`device_j`) and the
 host around it (`host_j`). `power_w` gives instantaneous watts for the power timeline where supported.
+
+Each vendor's meter is a `Meter` subclass in its own module of this folder, registered in METERS with the device
+kinds it can meter and its rank among them; `select_meter` (in the package) opens the first that can read the
+device. Importing this module imports no vendor library and no vendor meter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dcsim.errors import UserError
+from dcsim.registry import Registry
 
 
 @dataclass
@@ -29,10 +35,22 @@ class Reading:
         return sum(self.host_j.values()) if self.host_j else float("nan")
 
 
+class MeterUnavailable(Exception):
+    """A meter cannot read this device here; the message says why (collected into select_meter's error)."""
+
+
 class Meter:
-    """Base class: a meter that measures nothing (latency-only runs)."""
+    """Base class: a meter that measures nothing (latency-only runs). A vendor meter sets `kinds` (the device
+    kinds it meters: cuda, cpu, mps), `rank` (lower is tried first) and `open`."""
 
     name = "none"
+    kinds: ClassVar[tuple[str, ...]] = ()
+    rank: ClassVar[int] = 100
+
+    @classmethod
+    def open(cls, kind: str, index: int | None, sync: bool) -> "Meter":
+        """A meter of device `kind`/`index`, or MeterUnavailable saying why not."""
+        return cls()
 
     def begin(self, key: str, sync: bool = True) -> None:
         pass
@@ -70,37 +88,4 @@ def parse_device(device: str) -> tuple[str, int | None]:
     return kind, None
 
 
-def select_meter(device: str, latency_only: bool = False, meter_device: str | None = None) -> Meter:
-    """Pick the meter for a device. `meter_device` names what to meter when the work runs elsewhere
-    (an endpoint measured from outside: e.g. cuda:0 of this machine). Raises UserError when nothing
-    can be read, unless latency_only."""
-    if latency_only:
-        return Meter()
-    kind, idx = parse_device(meter_device or device)
-    errors: list[str] = []
-    if kind == "endpoint":
-        raise UserError("an endpoint run needs --meter-device (the local device the server uses), "
-                        "or --latency-only", None, "--meter-device")
-    try:
-        from dcsim.calibrate.meters.zeus_meter import ZeusMeter
-
-        return ZeusMeter(kind, idx, sync=meter_device is None)
-    except ImportError as e:
-        errors.append(f"zeus not importable ({e}); pip install 'dcsim[calibrate]'")
-    except RuntimeError as e:
-        errors.append(f"zeus: {e}")
-    if kind == "cpu":
-        from dcsim.calibrate.meters.rapl import RaplMeter, rapl_zones
-
-        if rapl_zones():
-            return RaplMeter()
-        errors.append("RAPL: /sys/class/powercap has no readable intel-rapl zone (needs root on recent kernels)")
-    if kind == "mps":
-        from dcsim.calibrate.meters.powermetrics import PowermetricsMeter, powermetrics_usable
-
-        ok, why = powermetrics_usable()
-        if ok:
-            return PowermetricsMeter()
-        errors.append(f"powermetrics: {why}")
-    raise UserError("no energy meter is readable for this device: " + "; ".join(errors)
-                    + ". Pass --latency-only to measure time alone.", None, "--device")
+METERS: Registry[Meter] = Registry("meter")
