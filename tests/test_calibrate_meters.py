@@ -145,9 +145,6 @@ def test_timeline_keeps_temperature_beside_power_once_a_second(tmp_path):
 
 
 def test_meters_register_themselves_and_no_vendor_library_loads_with_them():
-    import subprocess
-    import sys
-
     code = ("import sys; from dcsim.calibrate.meters import METERS; "
             "print(sorted(METERS), [m for m in ('zeus', 'pynvml', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
