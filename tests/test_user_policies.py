@@ -138,6 +138,40 @@ def test_a_batching_policy_by_file_is_checked_and_refused_like_a_shipped_one(tmp
         in err and "Traceback" not in err
 
 
+
+LOOSE = """
+from pydantic import BaseModel
+from dcsim.sim.batching import Policy
+from dcsim.sim.routers import Router
+
+
+class Loose(BaseModel):  # a model of its own, not the base's: it would let a misspelt key pass
+    weight: float = 1.0
+
+
+class LooseRouter(Router):
+    Params = Loose
+
+    def choose(self, r):
+        return self.candidates[0]
+
+
+class LoosePolicy(Policy):
+    Params = Loose
+"""
+
+
+def test_a_params_model_that_does_not_refuse_unknown_keys_is_refused(tmp_path, capsys):
+    (tmp_path / "loose.py").write_text(LOOSE)
+    sc = hand_case(tmp_path, {"name": "./loose.py:LooseRouter", "wieght": 2})
+    rc, _, err = run_cli(["run", str(sc)], capsys)
+    assert rc == 2 and f"{sc}: field 'router.name': " in err and "Traceback" not in err
+    assert "its Params (Loose) must subclass dcsim.sim.routers.Params, which refuses unknown keys" in err
+    rc, _, err = run_cli(["run", str(sc), "--set", "router={name: round_robin}",
+                          "--set", "fleet.p.batching.policy=./loose.py:LoosePolicy"], capsys)
+    assert rc == 2 and f"{sc}: field 'fleet.0.batching.policy': " in err and "Traceback" not in err
+    assert "its Params (Loose) must subclass dcsim.sim.batching.BatchParams" in err
+
 # ---- on Dask workers ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,9 @@ def make_router(spec: dict, fleet: Fleet, rng: np.random.Generator, file: str | 
     spec = dict(spec)
     name = spec.pop("name", "round_robin")
     cls = ROUTERS.get(name, file, "router.name", Path(file).parent if file else None)
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, Params)):
+        raise UserError(f"router {name!r}: its Params ({getattr(cls.Params, '__qualname__', cls.Params)}) must "
+                        "subclass dcsim.sim.routers.Params, which refuses unknown keys", file, "router.name")
     try:
         params = cls.Params.model_validate(spec)
     except ValidationError as e:

@@ -119,9 +119,14 @@ def policy_class(name: str) -> type[Policy]:
     (module:Class, /abs/file.py:Class; a relative file is read from the current folder); a PolicyParamsError
     on the `policy` field otherwise."""
     try:
-        return POLICIES.get(name, None, "policy")
+        cls = POLICIES.get(name, None, "policy")
     except UserError as e:
         raise PolicyParamsError("policy", e.reason) from None
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, BatchParams)):
+        what = getattr(cls.Params, "__qualname__", cls.Params)
+        raise PolicyParamsError("policy", f"batching policy {name!r}: its Params ({what}) must subclass "
+                                "dcsim.sim.batching.BatchParams, which refuses unknown keys")
+    return cls
 
 
 def parse_params(name: str, data: dict) -> BatchParams:
