@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def standalone(prog: str, doc: str | None, configure, handler, argv: list[str] | None = None) -> int:  # noqa: ANN001
+def standalone(prog: str, doc: str | None, configure, handler, argv: list[str] | None = None) -> int:
     """Entry for one command run as `python -m dcsim.commands.NAME` (as on a machine where only the measuring
     side is installed): parse, run guarded; the handler finds its own argument list in args.argv to record."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -229,7 +229,7 @@ def locked(folder: Path, what: str) -> Iterator[None]:
     """Hold `folder`/.dcsim-lock for the duration: a second process writing the same folder stops with exit 2.
     The lock is the operating system's (flock), so a killed process never leaves it held."""
     folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / LOCK, "a+")  # noqa: SIM115 - held open for the whole block
+    f = open(folder / LOCK, "a+")
     try:
         try:
             import fcntl

@@ -138,7 +138,8 @@ def table(headers: list[str], rows: Iterable[list[str]], sortable: bool = True, 
     body = "\n".join(f"<tr>{''.join(r)}</tr>" for r in rows)
     cap = f"<caption class=meta>{esc(caption)}</caption>" if caption else ""
     cls = ' class="sortable"' if sortable else ""
-    return f'<div class="scroll"><table{cls}>{cap}<thead><tr>{hcells}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
+    return (f'<div class="scroll"><table{cls}>{cap}<thead><tr>{hcells}</tr></thead>\n<tbody>\n{body}\n'
+            '</tbody></table></div>')
 
 
 def frame_table(df: pd.DataFrame, text_cols: int = 0, max_rows: int = MAX_TABLE_ROWS) -> str:
@@ -260,7 +261,8 @@ def run_report(d: Path) -> str:
                  for c in cols]
         sections.append(("Power over time (W, per time bin of power.csv)",
                          table(["series", "mean of bins", "max bin", "min bin"], stats, text_cols=1)))
-    meta = f"run folder <code>{esc(d.name)}</code> &middot; scenario {esc(s['scenario'])} &middot; seed {esc(s.get('seed'))}"
+    meta = (f"run folder <code>{esc(d.name)}</code> &middot; scenario {esc(s['scenario'])} &middot; "
+            f"seed {esc(s.get('seed'))}")
     return page(f"dcsim run: {s['scenario']}", meta, sections)
 
 

@@ -311,7 +311,7 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def strict_json(obj: object, indent: int | None = 2, default=None) -> str:  # noqa: ANN001
+def strict_json(obj: object, indent: int | None = 2, default=None) -> str:
     """JSON as the standard has it: NaN and infinities become null (json.dumps would write NaN/Infinity, which
     strict readers refuse). numpy scalars and arrays are written as numbers and lists; `default` (e.g. str)
     serialises anything else, which is otherwise a TypeError."""

@@ -16,9 +16,9 @@ from typing import Callable
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 # study folder -> the sweeps (folders under the results root) whose results.csv it keeps
 STUDIES: dict[str, list[str]] = {

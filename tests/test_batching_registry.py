@@ -26,7 +26,7 @@ class Lifo(Policy):
 
     Params = LifoParams
 
-    def run(self, rep) -> Generator:  # noqa: ANN001
+    def run(self, rep) -> Generator:
         env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
         while True:
             if not q:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from dcsim.calibrate.meters import Meter, select_meter
-from dcsim.calibrate.meters.powermetrics import (PowerSample, energy_j, parse_powermetrics,
-                                                 window_energy_j)
+from dcsim.calibrate.meters.powermetrics import PowerSample, energy_j, parse_powermetrics, window_energy_j
 from dcsim.calibrate.meters.rapl import RaplCounter, RaplMeter, rapl_zones, wrap_delta_uj
 from dcsim.calibrate.timeline import PowerTimeline
 from dcsim.errors import UserError

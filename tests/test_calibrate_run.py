@@ -19,12 +19,12 @@ import pytest
 pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
 pytest.importorskip("transformers", reason="transformers not installed (pip install transformers)")
 
-from dcsim.calibrate.backends.hf import HFBackend  # noqa: E402
-from dcsim.calibrate.meters import Meter, Reading  # noqa: E402
-from dcsim.calibrate.plan import expand, load_plan  # noqa: E402
-from dcsim.calibrate.run import Settings, calibrate  # noqa: E402
-from dcsim.calibrate.schedule import Schedule  # noqa: E402
-from dcsim.commands.calibrate import main  # noqa: E402
+from dcsim.calibrate.backends.hf import HFBackend
+from dcsim.calibrate.meters import Meter, Reading
+from dcsim.calibrate.plan import expand, load_plan
+from dcsim.calibrate.run import Settings, calibrate
+from dcsim.calibrate.schedule import Schedule
+from dcsim.commands.calibrate import main
 
 REPO = Path(__file__).resolve().parents[1]
 PLAN = """name: test

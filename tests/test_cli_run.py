@@ -10,9 +10,9 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from simkit import profile_dict, scenario, write_profile, write_scenario, write_trace
 
 from dcsim.cli import main
-from simkit import profile_dict, scenario, write_profile, write_scenario, write_trace
 
 CAP = {"min_w": 100, "max_w": 400, "default_w": 400, "static_w": 60, "exponent": 3}
 

@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is needed to run the served model")
-pytest.importorskip("fastapi", reason='transformers serve needs its serving extras: pip install "transformers[serving]"')
-pytest.importorskip("uvicorn", reason='transformers serve needs its serving extras: pip install "transformers[serving]"')
+SERVING = 'transformers serve needs its serving extras: pip install "transformers[serving]"'
+pytest.importorskip("fastapi", reason=SERVING)
+pytest.importorskip("uvicorn", reason=SERVING)
 pytest.importorskip("transformers.cli.serving", reason="this transformers has no `transformers serve`")
 
 from dcsim.calibrate.backends.endpoint import EndpointBackend  # noqa: E402

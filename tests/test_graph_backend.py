@@ -28,7 +28,7 @@ PREPARED = [(8, 5, 1), (16, 4, 3), (6, 1, 1)]
 SHAPES = PREPARED + [(1, 6, 1), (12, 1, 3), (30, 12, 1), (24, 9, 3)]
 
 
-def _generate(be: GraphBackend, n_in: int, n_out: int, batch: int, seed: int):  # noqa: ANN202
+def _generate(be: GraphBackend, n_in: int, n_out: int, batch: int, seed: int):
     ids = be.prompt(n_in, batch, seed)
     with torch.no_grad():
         return be.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, min_new_tokens=n_out,
@@ -81,7 +81,7 @@ class _HostReads(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.append(func._schema.name)
         return func(*args, **(kwargs or {}))
 
@@ -144,9 +144,9 @@ def test_the_command_offers_hf_graph(tmp_path):
 
 def test_a_validation_replay_serves_through_it(tmp_path):
     import pandas as pd
+    from test_calibrate_run import StandInMeter
 
     from dcsim.validate import replay as R
-    from test_calibrate_run import StandInMeter
 
     wl = pd.DataFrame({"n_in": [8, 16, 8, 20], "n_out": [4, 8, 1, 6], "arrival_s": [0.0, 0.0, 0.0, 0.4]})
     pol = R.ServePolicy("static", 3, 0.2)

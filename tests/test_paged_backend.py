@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 
 
-def _generate(model, ids, n_out: int):  # noqa: ANN001, ANN202
+def _generate(model, ids, n_out: int):
     with torch.no_grad():
         return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, min_new_tokens=n_out,
                               max_new_tokens=n_out, pad_token_id=0)
@@ -109,7 +109,7 @@ def test_chunked_prefill_equals_one_whole_prompt_prefill(gqa_model):
     assert int(t_parts) == int(t_whole) and parts.length == 37
     assert int(t_mid[0]) == int(t_side)  # the other sequence's token is untouched by sharing the forward
 
-    def kv(seq, cache):  # noqa: ANN001, ANN202
+    def kv(seq, cache):
         return torch.cat([cache[b] for b in seq.blocks])[:37]
 
     for i in range(len(eng.layers)):
@@ -118,7 +118,7 @@ def test_chunked_prefill_equals_one_whole_prompt_prefill(gqa_model):
     assert not torch.equal(kv(parts, eng.k_cache[0]), torch.zeros_like(kv(parts, eng.k_cache[0])))
 
 
-def _ragged(heads: int, kv_heads: int, dim: int = 16, bs: int = 16, dtype=torch.float32):  # noqa: ANN001, ANN202
+def _ragged(heads: int, kv_heads: int, dim: int = 16, bs: int = 16, dtype=torch.float32):
     g = torch.Generator().manual_seed(heads * 10 + kv_heads)
     nb = 64
     kc = torch.randn(nb, bs, kv_heads, dim, generator=g, dtype=dtype)
@@ -417,7 +417,7 @@ def test_the_command_offers_paged_and_refuses_steps_on_other_backends(tmp_path, 
 
 
 # ---- serving replay on the paged engine -------------------------------------------------------------------------
-def serve_on_cpu(wl, pol, out: Path, prompts: dict | None = None):  # noqa: ANN001, ANN201
+def serve_on_cpu(wl, pol, out: Path, prompts: dict | None = None):
     """Replay `wl` under `pol` on the tiny model on the CPU, the engine sized for its longest request and warmed up
     as `dcsim validate` does: (backend, the window's facts)."""
     from test_calibrate_run import StandInMeter

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "h200--llama-2-7b--paged-bf16.yaml"
 
 
-def _generate(model, ids, n_out: int):  # noqa: ANN001, ANN202
+def _generate(model, ids, n_out: int):
     """Greedy ids after `ids` [1, n] by full forwards of the transformers model, no cache and no logits processor
     (generate's min_new_tokens would mask the end-of-sequence id, which a forced-length engine may pick)."""
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_allocator_refcounts_and_registration():
 
 
 # ---- the serving replay ---------------------------------------------------------------------------------------
-def _replay(tmp_path: Path, wl: pd.DataFrame, caching: bool = True, name: str = "r", **policy):  # noqa: ANN202
+def _replay(tmp_path: Path, wl: pd.DataFrame, caching: bool = True, name: str = "r", **policy):
     from test_paged_backend import serve_on_cpu
 
     from dcsim.validate import paged_replay as PR
@@ -174,7 +174,7 @@ def _check_greedy(run: dict) -> None:
         assert run["outs"][i] == _generate(be.model, torch.tensor([p]), n_out)[0, len(p):].tolist(), i
 
 
-def _simulated_cached(tmp_path: Path, wl: pd.DataFrame, pol) -> list[int]:  # noqa: ANN001
+def _simulated_cached(tmp_path: Path, wl: pd.DataFrame, pol) -> list[int]:
     """The simulator's cached tokens per request for the same workload and scheduler settings, as `dcsim
     validate` forecasts a replay (compare.scenario_for over workload.csv)."""
     from dcsim.results import requests_table
@@ -191,7 +191,7 @@ def _simulated_cached(tmp_path: Path, wl: pd.DataFrame, pol) -> list[int]:  # no
     return req.sort_values("id")["cached_tokens"].astype(int).tolist()
 
 
-def _wl(n_in, n_out, pid, plen, arrival=None) -> pd.DataFrame:  # noqa: ANN001
+def _wl(n_in, n_out, pid, plen, arrival=None) -> pd.DataFrame:
     wl = pd.DataFrame({"n_in": n_in, "n_out": n_out, "arrival_s": arrival or [0.0] * len(n_in)})
     wl["prefix_id"] = pd.array([p if p >= 0 else None for p in pid], dtype="Int64")
     wl["prefix_len"] = plen

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from simkit import scenario, write_profile, write_trace
 
 from dcsim.results import requests_table
 from dcsim.scenario import Scenario
 from dcsim.sim.engine import simulate
-from simkit import scenario, write_profile, write_trace
 
 N = 200_000
 

@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
+from test_sweep import GRID, make_case, write_sweep
 
 from dcsim.cli import main
 from dcsim.sweep import load_sweep, run_sweep
-from test_sweep import GRID, make_case, write_sweep
 
 
 class Page(HTMLParser):
@@ -38,7 +38,8 @@ class Page(HTMLParser):
         elif tag == "script":
             self.scripts.append(a)
         elif tag == "table":
-            self.tables.append({"class": a.get("class", ""), "head": [], "rows": [], "h2": self.h2[-1] if self.h2 else ""})
+            self.tables.append({"class": a.get("class", ""), "head": [], "rows": [],
+                                "h2": self.h2[-1] if self.h2 else ""})
         elif tag == "tr" and self.tables:
             self.tables[-1]["rows"].append([])
         elif tag in ("td", "th"):

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_sweep import GRID, make_case, write_sweep
 
 from dcsim.cli import main
 from dcsim.report import write_report
 from dcsim.sweep import load_sweep, run_sweep
-from test_sweep import GRID, make_case, write_sweep
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -58,7 +58,8 @@ class Browser:
         self._id = 0
         self.events: list[dict] = []
         target = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})["sessionId"]
+        self.session = self.send("Target.attachToTarget",
+                                 {"targetId": target["targetId"], "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Page"):
             self.send(f"{domain}.enable", session=True)
 
@@ -149,7 +150,8 @@ def browser():
     b.close()
 
 
-CSP = """<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; script-src 'unsafe-inline'">"""
+CSP = ("""<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; """
+       """script-src 'unsafe-inline'">""")
 BROKEN = {
     "exception": ("<script>undefinedFunction();</script>", "undefinedFunction is not defined"),
     "console": ("<script>console.error('sorting failed');</script>", "sorting failed"),

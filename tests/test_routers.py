@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from simkit import scenario, write_profile, write_trace
 
 from dcsim.errors import UserError
 from dcsim.results import requests_table, summarize
 from dcsim.scenario import Scenario
 from dcsim.sim.engine import simulate
-from simkit import scenario, write_profile, write_trace
 
 
 def fleet_run(tmp_path, router, n_in, n_out, arrival, pools=None, **kw):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from simkit import scenario, write_profile, write_trace
 
 from dcsim.results import requests_table, summarize
 from dcsim.scenario import Scenario
 from dcsim.sim.engine import simulate
-from simkit import scenario, write_profile, write_trace
 
 # Toy profile (tests/simkit.py): prefill 0.1 + 0.001*tokens s at 300 W; decode step 0.02 + 0.001*batch s
 # at 200 + 10*batch W; serving idle 50 W.

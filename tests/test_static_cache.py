@@ -120,8 +120,8 @@ def test_a_profile_calibrated_on_one_cache_forecasts_a_replay_on_another(tmp_pat
 
 
 def test_cache_lengths_on_a_dynamic_profile_are_refused(tmp_path):
-    from dcsim.sim.engine import simulate
     from dcsim.scenario import load_scenario
+    from dcsim.sim.engine import simulate
 
     sc = tmp_path / "s.yaml"
     sc.write_text(

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from simkit import scenario, write_profile, write_scenario, write_trace
 
 from dcsim.cli import main
 from dcsim.errors import UserError
@@ -18,7 +19,6 @@ from dcsim.results import summarize
 from dcsim.scenario import load_scenario
 from dcsim.sim.engine import simulate
 from dcsim.sweep import flatten, load_sweep, run_sweep, summary_table, t_interval
-from simkit import scenario, write_profile, write_scenario, write_trace
 
 # Student t quantiles t(0.975, df) from published tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182}
@@ -135,7 +135,8 @@ def test_t_interval_hand_values(values, n, t):
 
 
 def test_summary_table_matches_t_interval(case):
-    sw = load_sweep(write_sweep(case, {"base": "base.yaml", "grid": {"fleet.gpu.count": [1, 2]}, "seeds": [1, 2, 3, 4]}))
+    sw = load_sweep(write_sweep(case, {"base": "base.yaml", "grid": {"fleet.gpu.count": [1, 2]},
+                                       "seeds": [1, 2, 3, 4]}))
     results = pd.DataFrame({"point": list("abcdefgh"), "config": ["c1"] * 4 + ["c2"] * 4, "seed": [1, 2, 3, 4] * 2,
                             "fleet.gpu.count": [1] * 4 + [2] * 4,
                             "m": [1.0, 2.0, 3.0, 4.0, 7.0, 7.0, 7.0, np.nan]})

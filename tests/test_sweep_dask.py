@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from test_sweep import GRID, make_case, write_sweep
 
 from dcsim.cli import main
 from dcsim.sweep import load_sweep, run_sweep
-from test_sweep import GRID, make_case, write_sweep
 
-distributed = pytest.importorskip("dask.distributed", reason="dask[distributed] not installed (pip install -e '.[dask]')")
+distributed = pytest.importorskip("dask.distributed",
+                                  reason="dask[distributed] not installed (pip install -e '.[dask]')")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,9 @@ def test_resume_on_dask_after_local_half(tmp_path, cluster):
 def test_failed_point_on_dask_is_reported_and_others_kept(tmp_path, cluster):
     """Points whose trace is empty pass validation (traces are not read then) and fail on the worker;
     the other points finish, are kept, and the error names the failures."""
-    from dcsim.errors import UserError
     from simkit import write_trace
+
+    from dcsim.errors import UserError
 
     make_case(tmp_path)
     write_trace(tmp_path, [], [], name="empty.parquet")

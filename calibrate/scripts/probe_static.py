@@ -5,7 +5,6 @@ per measurement. Usage: python3 calibrate/scripts/probe_static.py ARCH [DEVICE]"
 import sys
 import time
 
-
 from dcsim.calibrate.backends.hf import HFBackend
 
 arch = sys.argv[1] if len(sys.argv) > 1 else "llama-2-7b"
@@ -34,7 +33,7 @@ for k in range(2):
 try:
     from torch._dynamo.utils import counters
     print("PROBE dynamo counters", {k: dict(v) for k, v in counters.items() if k in ("stats", "recompiles")})
-except Exception as e:
+except Exception as e:  # noqa: BLE001 - a probe prints what it cannot read
     print("PROBE counters n/a", e)
 st.static = False
 st.name = "hf"

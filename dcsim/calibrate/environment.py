@@ -35,7 +35,7 @@ def gpu_facts(index: int) -> dict:
         return {}
     try:
         pynvml.nvmlInit()
-    except Exception as e:  # no driver
+    except Exception as e:  # noqa: BLE001 - no driver
         return {"nvml_error": str(e)}
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")
     phys = index
@@ -53,7 +53,7 @@ def gpu_facts(index: int) -> dict:
             if isinstance(v, bytes):
                 v = v.decode()
             out[name] = v / scale if scale else v
-        except Exception:
+        except Exception:  # noqa: BLE001 - a field this driver lacks is recorded as null
             out[name] = None
 
     get("name", pynvml.nvmlDeviceGetName, h)

@@ -35,7 +35,7 @@ def parse_caps(text: str | None) -> list[float]:
     return caps
 
 
-def _raise_interrupt(signum, frame):  # noqa: ANN001
+def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -44,7 +44,7 @@ class PowerLimitGuard:
     atexit hook as a last resort); turns SIGTERM/SIGHUP into KeyboardInterrupt meanwhile so that the exit
     path runs."""
 
-    def __init__(self, dev: PowerLimitDevice, index: int, log=print) -> None:  # noqa: ANN001
+    def __init__(self, dev: PowerLimitDevice, index: int, log=print) -> None:
         self.dev = dev
         self.index = index
         self.log = log
@@ -91,7 +91,7 @@ class PowerLimitGuard:
                     pass
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         try:
             self.restore()
         finally:

@@ -156,7 +156,7 @@ class Sweep:
         return {k: _float(row.get(k, "")) for k in ("runtime_s", "energy_device_j", "ttft_s")}
 
     # ---- one window ---------------------------------------------------------------------------
-    def _failed(self, m, entry: str, row: dict, st: dict, e: Exception, recover: bool = False) -> dict:  # noqa: ANN001
+    def _failed(self, m, entry: str, row: dict, st: dict, e: Exception, recover: bool = False) -> dict:
         """Record a run or step that raised (out of memory, a server error) as failed, closing its meter window;
         the point is not retried."""
         try:
@@ -232,7 +232,7 @@ class Sweep:
                "backend": self.backend.name, "meter": m.name}
         try:
             tm = self.backend.run(n_in, n_out, batch, seed, on_start, on_first)
-        except Exception as e:  # out of memory, server error: record it, do not retry this point
+        except Exception as e:  # noqa: BLE001 - out of memory, server error: record it, do not retry this point
             return self._failed(m, entry, row, st, e, recover=True)
         r = m.end(entry)
         t1 = time.time()
@@ -271,7 +271,7 @@ class Sweep:
         try:
             tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start,
                                        chunks=p.chunks, spread=p.spread)
-        except Exception as e:  # out of memory: record it, do not retry this point
+        except Exception as e:  # noqa: BLE001 - out of memory: record it, do not retry this point
             return self._failed(m, entry, row, st, e)
         r = m.end(entry)
         t1 = time.time()
@@ -366,8 +366,9 @@ class Sweep:
                 if sch.remaining() == 0:
                     continue
                 if cap is not None and guard is None:
-                    from dcsim.calibrate.powercap import PowerLimitGuard
                     from zeus.device import get_gpus
+
+                    from dcsim.calibrate.powercap import PowerLimitGuard
 
                     guard = PowerLimitGuard(get_gpus(), parse_device(s.device)[1], log=self._log)
                     guard.check(s.power_caps)

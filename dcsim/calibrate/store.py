@@ -84,7 +84,7 @@ class RowWriter:
     `durable` (a crash loses no finished measurement), flushed only where not (a replay's per-request rows,
     whose loop should not wait on the disk). `fmt` renders each value (None: as csv writes it)."""
 
-    def __init__(self, path: Path, fields: tuple[str, ...] = COLUMNS, fmt=None, durable: bool = True) -> None:  # noqa: ANN001
+    def __init__(self, path: Path, fields: tuple[str, ...] = COLUMNS, fmt=None, durable: bool = True) -> None:
         new = not path.exists() or path.stat().st_size == 0
         self.fields, self.fmt, self.durable = fields, fmt, durable
         self.f = path.open("a", newline="")

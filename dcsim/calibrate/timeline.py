@@ -37,7 +37,7 @@ def integrate(t: np.ndarray, w: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> n
     return at(t1) - at(t0)
 
 
-def frame_energy_j(power, t0: np.ndarray, t1: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN001
+def frame_energy_j(power, t0: np.ndarray, t1: np.ndarray) -> dict[str, np.ndarray]:
     """Joules per device over each window [t0[k], t1[k]] (Unix times) from a power.csv's rows (a DataFrame)."""
     return {str(dev): integrate(g["t"].to_numpy(float), g["power_w"].to_numpy(float), t0, t1)
             for dev, g in power.sort_values("t", kind="stable").groupby("device", sort=True)}
@@ -104,7 +104,7 @@ class PowerTimeline:
             t = time.time()
             try:
                 p = self.read()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed sample is counted, the sampler goes on
                 self.errors += 1
                 p = {}
             if p:
@@ -117,7 +117,7 @@ class PowerTimeline:
                 try:
                     for dev, c in self.read_temp().items():
                         self._tw.writerow((f"{t:.3f}", dev, f"{c:.1f}", self.label))
-                except Exception:
+                except Exception:  # noqa: BLE001 - a failed temperature read is counted, the sampler goes on
                     self.errors += 1
             if t - last_flush > 1.0:
                 self._fh.flush()

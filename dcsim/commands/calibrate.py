@@ -23,7 +23,7 @@ from dcsim.calibrate.backends.registry import HELP as ENGINE_HELP
 from dcsim.errors import UserError
 
 
-def add_parser(sub) -> None:  # noqa: ANN001
+def add_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="measure a token sweep on a real device (resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(p)

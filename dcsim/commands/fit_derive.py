@@ -39,7 +39,7 @@ def _shown(path: str | Path) -> str:
         return p.name
 
 
-def _step_overhead_s(text: str, src, sdev) -> float:  # noqa: ANN001
+def _step_overhead_s(text: str, src, sdev) -> float:
     """--step-overhead-ms: a number of milliseconds, or 'roofline' (derive.roofline_overhead_s)."""
     from dcsim.profiles.derive import roofline_overhead_s
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _figure(prof, rows, errs, out: Path) -> Path:  # noqa: ANN001
+def _figure(prof, rows, errs, out: Path) -> Path:
     """The derived curves against the target's measured points (the check's errors in the title)."""
     from dcsim.commands.profile_out import write_figure
 

@@ -24,7 +24,7 @@ def check_out(path: str, force: bool = False, figure: bool = True) -> Path:
     return out
 
 
-def write_figure(prof, rows, out: Path) -> Path:  # noqa: ANN001
+def write_figure(prof, rows, out: Path) -> Path:
     """The profile's curves against its measured points, as a PNG beside the YAML `out` (via a temporary file:
     a failed plot leaves no half-written PNG)."""
     from dcsim.outputs import write_file
@@ -35,7 +35,7 @@ def write_figure(prof, rows, out: Path) -> Path:  # noqa: ANN001
     return png
 
 
-def write_profile(prof, path: Path) -> None:  # noqa: ANN001
+def write_profile(prof, path: Path) -> None:
     """Profile YAML via a temporary file and a rename, so a failed write leaves nothing half-written."""
     import yaml
 

@@ -114,7 +114,7 @@ def _need(args: argparse.Namespace, *names: str) -> None:
             raise UserError(f"--{n} is required", None, f"--{n}")
 
 
-def _plan_shapes(args: argparse.Namespace, profile) -> tuple[list[tuple[int, int, int]], str | None]:  # noqa: ANN001
+def _plan_shapes(args: argparse.Namespace, profile) -> tuple[list[tuple[int, int, int]], str | None]:
     """(every calibrated shape incl. warm-up, plan path) for sizing static caches as calibration did."""
     from dcsim.calibrate.plan import expand, load_plan
 
@@ -249,7 +249,7 @@ def _engine_sizing(args: argparse.Namespace) -> dict | None:
     return None
 
 
-def _paged_policy(args: argparse.Namespace):  # noqa: ANN202 - a PagedPolicy
+def _paged_policy(args: argparse.Namespace):
     """--batching paged's scheduler settings (prefix caching on unless --no-prefix-caching)."""
     from dcsim.validate.paged_replay import PagedPolicy
 
@@ -262,7 +262,7 @@ def _paged_policy(args: argparse.Namespace):  # noqa: ANN202 - a PagedPolicy
         raise UserError(str(e), None, "--max-num-batched-tokens") from None
 
 
-def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,  # noqa: ANN001
+def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
               prof_path: Path) -> int:
     """Open-loop replay against a running server (dcsim.validate.open_loop), then the comparison."""
     from dcsim.calibrate.backends.endpoint import EndpointBackend
@@ -285,8 +285,8 @@ def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
     return _finish(tmp, out, meta, prof_path)
 
 
-def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, prof_path: Path,  # noqa: ANN001
-             profile, engine: str, plan_path: str | None, lengths: dict) -> int:  # noqa: ANN001
+def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, prof_path: Path,
+             profile, engine: str, plan_path: str | None, lengths: dict) -> int:
     """--recover: the window in OUT.partial was measured in full; rebuild replay.json from its raw files (the
     workload it holds must be the one this command builds) and finish as a replay would."""
     import numpy as np
@@ -318,7 +318,7 @@ def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, 
     return _finish(tmp, out, meta, prof_path)
 
 
-def _start_folder(out: Path, wl) -> Path:  # noqa: ANN001
+def _start_folder(out: Path, wl) -> Path:
     """The replay's working folder (out.partial, fresh), holding the workload; renamed to `out` when done, so a
     crash leaves what was measured there and no folder that looks complete."""
     tmp = start_staging(out.with_name(out.name + ".partial"), "validate")
@@ -326,8 +326,8 @@ def _start_folder(out: Path, wl) -> Path:  # noqa: ANN001
     return tmp
 
 
-def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, engine: str,  # noqa: ANN001
-          warm_s: float | None, res: dict, env: dict, meter: dict, model: dict, **extra) -> dict:  # noqa: ANN001
+def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, engine: str,
+          warm_s: float | None, res: dict, env: dict, meter: dict, model: dict, **extra) -> dict:
     """replay.json: what was replayed, how, where, and the window's measured facts."""
     from dcsim.cli import command_line
 
@@ -370,7 +370,7 @@ def _parse_probe(text: str | None) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> int:
     """Forecast the workload alone (no device): what the replay should look like."""
     import tempfile
 

@@ -35,7 +35,14 @@ from dcsim.errors import UserError
 from dcsim.profiles import devices as catalogue
 from dcsim.profiles.devices import DeviceSpec
 from dcsim.profiles.profile import (
-    Curve, DeviceInfo, Latency, Memory, Power, PowerCap, Profile, Provenance,
+    Curve,
+    DeviceInfo,
+    Latency,
+    Memory,
+    Power,
+    PowerCap,
+    Profile,
+    Provenance,
 )
 
 IdleRule = Literal["catalogue", "tdp-ratio"]

@@ -140,7 +140,8 @@ DEVICES: dict[str, DeviceSpec] = {
             "h100-sxm-80gb", "NVIDIA H100 80GB HBM3 (SXM)", "gpu", 80.0, 700.0, 989.0, 200.0, 700.0, 700.0, 70.2, 120.1,
             cite={"memory_gb": "nv-h100", "tdp_w": "nv-h100", "peak_bf16_tflops": "nv-h100",
                   "cap_min_w": "measured-h100", "cap_max_w": "measured-h100", "cap_default_w": "measured-h100",
-                  "deep_idle_w": "measured-h100-idle", "serving_idle_w": "measured-h100-idle", "mem_bw_tbs": "nv-h100-bw"},
+                  "deep_idle_w": "measured-h100-idle", "serving_idle_w": "measured-h100-idle",
+                  "mem_bw_tbs": "nv-h100-bw"},
             idle_source="measured", mem_bw_tbs=3.35,
         ),
         DeviceSpec(

@@ -28,7 +28,17 @@ from dcsim.profiles import devices as catalogue
 from dcsim.profiles.measurements import idle_power_w, normalise
 from dcsim.profiles.powercap_fit import power_cap_for
 from dcsim.profiles.profile import (
-    Curve, DeviceInfo, EngineInfo, FitError, HostPower, Latency, Memory, ModelInfo, Power, PowerCap, Profile,
+    Curve,
+    DeviceInfo,
+    EngineInfo,
+    FitError,
+    HostPower,
+    Latency,
+    Memory,
+    ModelInfo,
+    Power,
+    PowerCap,
+    Profile,
     Provenance,
 )
 
@@ -737,7 +747,9 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
         ok = np.isfinite(e) & (e > 0)
         a = np.column_stack([pff[c] for c in pf_cols] + [feat[c] for c in dc_cols]
                             + ([steps_per_run] if per_step else []))
-        blocks_a.append(a[ok]); blocks_y.append(e[ok]); blocks_w.append(_group_weights(runs)[ok])
+        blocks_a.append(a[ok])
+        blocks_y.append(e[ok])
+        blocks_w.append(_group_weights(runs)[ok])
     ok_p = np.zeros(0, bool)
     if len(dec):
         p = dec["avg_power_w"].to_numpy(float)
@@ -745,7 +757,9 @@ def _fit_power(runs: pd.DataFrame, dec: pd.DataFrame, r: Runs, pl: dict[str, np.
         ok = ok_p = np.isfinite(p) & (p > 0)
         dv = {"1": np.ones(len(dec)), "batch": dec["batch"].to_numpy(float), "context": dec["context"].to_numpy(float)}
         a = np.column_stack([np.zeros(len(dec)) for _ in pf_cols] + [dv[c] for c in dc_cols])
-        blocks_a.append(a[ok]); blocks_y.append(p[ok]); blocks_w.append(_group_weights(dec)[ok])
+        blocks_a.append(a[ok])
+        blocks_y.append(p[ok])
+        blocks_w.append(_group_weights(dec)[ok])
     if not blocks_a or sum(len(y) for y in blocks_y) == 0:
         return None
     a_all, y_all, w_all = np.vstack(blocks_a), np.concatenate(blocks_y), np.concatenate(blocks_w)

@@ -21,7 +21,17 @@ import pandas as pd
 
 from dcsim.errors import UserError
 from dcsim.profiles.fit import (
-    FitMeta, FitResult, Terms, _dedupe, _idle, _memory, _spread, _src, energy_flags, fit_error, nnls_rel,
+    FitMeta,
+    FitResult,
+    Terms,
+    _dedupe,
+    _idle,
+    _memory,
+    _spread,
+    _src,
+    energy_flags,
+    fit_error,
+    nnls_rel,
 )
 from dcsim.profiles.profile import Curve, FitError, Latency, Power, Profile, Provenance
 

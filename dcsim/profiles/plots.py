@@ -16,12 +16,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from dcsim.profiles.profile import Profile  # noqa: E402
+from dcsim.profiles.profile import Profile
 
 
 def run_prediction(profile: Profile, batch: float, n_in: float, n_out: float) -> tuple[float, float]:

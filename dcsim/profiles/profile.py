@@ -222,7 +222,8 @@ class Profile(Strict):
     provenance: dict[str, Provenance] = Field(default_factory=dict)
     valid_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
     fit_error: dict[str, FitError] = Field(default_factory=dict)
-    spread_cv: dict[str, float] = Field(default_factory=dict, description="run-to-run coefficient of variation per term")
+    spread_cv: dict[str, float] = Field(default_factory=dict,
+                                        description="run-to-run coefficient of variation per term")
     not_covered: list[str] = Field(default_factory=list, description="what the source could not measure")
     notes: str | None = None
 

@@ -29,7 +29,7 @@ FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s", "end_s
 
 def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, tail_s: float = 10.0,
           settle_s: float = 10.0, timeline_hz: float = 20.0,
-          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:  # noqa: ANN001
+          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Replay the workload against the server; writes requests.csv and power.csv into `out` and returns the
     window's facts (as replay.serve does). Raises RuntimeError, after writing every row, if a request failed."""
     arrival = wl["arrival_s"].to_numpy(float)

@@ -191,7 +191,7 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return [s for s in default_graph_sizes(max_num_seqs) if s <= max_num_seqs] or [1]
 
 
-def warm_up(backend: PagedBackend, policy: PagedPolicy, max_len: int, log) -> float:  # noqa: ANN001
+def warm_up(backend: PagedBackend, policy: PagedPolicy, max_len: int, log) -> float:
     """Outside the window: one prefill and a few decode steps at batch 1 and at a large batch (first-time costs of
     the kernels), then every decode graph the replay may use captured; returns seconds spent."""
     t0 = time.perf_counter()
@@ -251,7 +251,7 @@ def read_engine(folder: Path) -> dict:
 
 def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPolicy, out: Path,
           tail_s: float = 10.0, settle_s: float = 10.0, timeline_hz: float = 20.0,
-          log=lambda m: print(m, file=sys.stderr, flush=True),  # noqa: ANN001
+          log=lambda m: print(m, file=sys.stderr, flush=True),
           prompts: dict[int, list[int]] | None = None) -> dict:
     """Replay the workload on the engine (loaded; sized by the caller through backend.engine()); writes
     requests.csv, tokens.csv, steps.csv and power.csv into `out` and returns the window's facts (with the prefix

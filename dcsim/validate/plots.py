@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 
 def measured_power(folder: Path, wall_start: float, window_s: float, width_s: float = 1.0) -> pd.DataFrame:
@@ -38,7 +38,8 @@ def validation_plots(folder: Path, req: pd.DataFrame, sim_req: pd.DataFrame, sim
     ax.plot(req["arrival_s"], np.zeros(len(req)), "|", color="k", ms=8, label="arrivals")
     e = table.set_index("metric")
     ax.set_title(f"{title}: power over the window; energy measured {e.loc['energy_j', 'measured'] / 1e3:.1f} kJ, "
-                 f"forecast {e.loc['energy_j', 'forecast'] / 1e3:.1f} kJ ({e.loc['energy_j', 'rel_error'] * 100:+.1f}%)",
+                 f"forecast {e.loc['energy_j', 'forecast'] / 1e3:.1f} kJ "
+                 f"({e.loc['energy_j', 'rel_error'] * 100:+.1f}%)",
                  fontsize=9)
     ax.set_xlabel("time since the first arrival (s)")
     ax.set_ylabel("device power (W)")

@@ -82,7 +82,7 @@ def check_fits(wl: pd.DataFrame, lengths: dict[int, int], policy: ServePolicy, f
                         "prompt plus the longest output fit", file, "--clip-in")
 
 
-def warm_up(backend: Backend, policy: ServePolicy, lengths: dict[int, int], log,  # noqa: ANN001
+def warm_up(backend: Backend, policy: ServePolicy, lengths: dict[int, int], log,
             prompt_lengths: list[int] | None = None) -> float:
     """Run every batch size the replay may use until the backend has nothing left to compile, then once
     more; then, where given, one short run (2 output tokens) per prompt length and batch size. Returns
@@ -114,7 +114,7 @@ BATCH_ENERGY = ("timeline", "counter")
 
 def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy, out: Path,
           tail_s: float = 10.0, settle_s: float = 10.0, timeline_hz: float = 20.0, batch_energy: str = "timeline",
-          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:  # noqa: ANN001
+          log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Replay the workload; writes requests.csv, batches.csv and power.csv into `out` and returns the
     window's facts (length, measured energies, timing of the window in wall-clock seconds). With
     batch_energy="timeline" the per-batch energy columns stay empty and active_j is the timeline's integral

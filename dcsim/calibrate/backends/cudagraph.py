@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 
-def capture(step: Callable[[], None], reset: Callable[[], None], device: str, warmup: int = 3,  # noqa: ANN201
+def capture(step: Callable[[], None], reset: Callable[[], None], device: str, warmup: int = 3,
             pool: object = None):
     """A torch.cuda.CUDAGraph holding one call of `step`. `reset` puts the state `step` mutates back to a
     valid start before every eager call and before the capture (a capture records kernels without running

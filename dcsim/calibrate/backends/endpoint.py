@@ -23,7 +23,6 @@ from typing import Callable
 from dcsim.calibrate.backends.base import Backend, Timing, scalar_fields
 from dcsim.errors import UserError
 
-
 DIALECTS = ("vllm", "openai")
 DIALECT_HELP = ("with --endpoint: vllm (token-id prompts, min_tokens, ignore_eos: vLLM, SGLang) or openai (word "
                 "prompts, lengths checked against the server's usage counts: e.g. transformers serve)")
@@ -111,7 +110,7 @@ class EndpointBackend(Backend):
                         if "first" not in out:
                             out["first"] = time.perf_counter() - t0
                             out["first_event"].set()
-        except Exception as e:  # reported by the caller
+        except Exception as e:  # noqa: BLE001 - reported by the caller
             out["error"] = f"{type(e).__name__}: {e}"
         out["end"] = time.perf_counter() - t0
         out["first_event"].set()  # never leave the caller waiting on a request that failed early

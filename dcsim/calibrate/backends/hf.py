@@ -31,7 +31,7 @@ class _FirstToken:
         self.t_first: float | None = None
         self.on_first = on_first
 
-    def put(self, value) -> None:  # noqa: ANN001 - transformers passes a CPU tensor
+    def put(self, value) -> None:
         self.calls += 1
         if self.calls == 2:  # call 1 is the prompt
             self.t_first = time.perf_counter()
@@ -146,7 +146,7 @@ class HFBackend(Backend):
     def needs_warmup(self, n_in: int, n_out: int, batch: int) -> bool:
         return self.static and batch not in self._warm
 
-    def prompt(self, n_in: int, batch: int, seed: int):  # noqa: ANN201 - a torch tensor
+    def prompt(self, n_in: int, batch: int, seed: int):
         """`batch` random prompts of n_in ids on the device; the same seed gives the same prompts."""
         g = self.torch.Generator().manual_seed(seed)
         # Random prompt ids, clear of the low special ids (unk/bos/eos of Llama tokenizers).

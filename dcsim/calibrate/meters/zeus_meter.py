@@ -88,7 +88,7 @@ class ZeusMeter(Meter):
             return {}
         try:
             return {f"gpu{self.index}": self._gpus.get_instant_power_usage(self.index) / 1000.0}
-        except Exception:  # instant power field unsupported: fall back to NVML's averaged power
+        except Exception:  # noqa: BLE001 - instant power field unsupported: fall back to NVML's averaged power
             return {f"gpu{self.index}": self._gpus.get_average_power_usage(self.index) / 1000.0}
 
     def temperature_c(self) -> dict[str, float]:
@@ -96,7 +96,7 @@ class ZeusMeter(Meter):
             return {}
         try:
             return {f"gpu{self.index}": float(self._gpus.get_gpu_temperature(self.index))}
-        except Exception:  # a GPU or driver without the sensor: no temperature column
+        except Exception:  # noqa: BLE001 - a GPU or driver without the sensor: no temperature column
             return {}
 
     def describe(self) -> dict:

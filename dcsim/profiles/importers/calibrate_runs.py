@@ -328,9 +328,9 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     cites = f"measured with dcsim calibrate; raw data {rel} (runs.csv, manifest.json, power.csv)"
     notes = []
     if ident.get("weights") == "random":
-        notes.append("Random weights in the real architecture (the measurement machine had no network access to download weights): same "
-                     "shapes and FLOPs as the trained model; output tokens are forced (min_new_tokens = "
-                     "max_new_tokens), so the lengths match the plan.")
+        notes.append("Random weights in the real architecture (the measurement machine had no network access to "
+                     "download weights): same shapes and FLOPs as the trained model; output tokens are forced "
+                     "(min_new_tokens = max_new_tokens), so the lengths match the plan.")
     if be.get("backend") == "hf":
         notes.append("Transformers eager generate (dynamic KV cache): at small batch the host sets the pace, and "
                      "step times vary from run to run by tens of percent.")
