@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from dcsim.errors import UserError
+from dcsim.registry import Registry
 from dcsim.traces.tokenizers import DEFAULT_TOKENIZER
 from dcsim.traces.trace import Trace, load_trace
 
@@ -50,55 +52,108 @@ def _write(trace: Trace, out: Path, command: str) -> None:
     )
 
 
-# ---- handlers ----------------------------------------------------------------------------------
-def _build_gsm8k(args: argparse.Namespace) -> int:
-    from dcsim.traces.datasets import build_gsm8k
+# ---- sources -----------------------------------------------------------------------------------
+class TraceSource:
+    """A source that `dcsim trace build|import NAME` offers: a small class registered here by name with
+    `@SOURCES.register("name")`, so adding one touches one class. `action` is "build" (from a prompt data set,
+    token counts from a tokenizer) or "import" (a published trace); `make` returns the trace and the command that
+    rebuilds it (without its -o)."""
 
+    action: ClassVar[str] = "import"
+    help: ClassVar[str] = ""
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        """The source's own arguments (-o and --force are every source's)."""
+
+    def make(self, args: argparse.Namespace) -> tuple[Trace, str]:
+        raise NotImplementedError
+
+
+SOURCES: Registry[TraceSource] = Registry("trace source")
+
+
+@SOURCES.register("gsm8k")
+class Gsm8k(TraceSource):
+    action = "build"
+    help = "GSM8K: one request per problem"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--split", default="test", help="train or test (default test)")
+        p.add_argument("--from", dest="from_path", metavar="DIR", help="folder with SPLIT.jsonl (else the Hub)")
+        p.add_argument("--template", default=None, choices=["raw", "qa"],
+                       help="prompt template (default raw; qa with --shots, which needs qa)")
+        p.add_argument("--shots", type=int, default=0, metavar="K",
+                       help="prepend the first K training problems with their answers as a shared few-shot "
+                            "preamble (a prefix_id/prefix_len shared by every request)")
+        p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
+
+    def make(self, args: argparse.Namespace) -> tuple[Trace, str]:
+        from dcsim.traces.datasets import build_gsm8k
+
+        template = args.template or ("qa" if args.shots else "raw")
+        trace = build_gsm8k(args.split, args.from_path, args.tokenizer, template, progress=True, shots=args.shots)
+        src = f" --from {_shown(args.from_path, Path(args.from_path).is_file())}" if args.from_path else ""
+        shots = f" --shots {args.shots}" if args.shots else ""
+        return trace, (f"dcsim trace build gsm8k --split {args.split}{src} --tokenizer {args.tokenizer} "
+                       f"--template {template}{shots}")
+
+
+@SOURCES.register("alpaca")
+class Alpaca(TraceSource):
+    action = "build"
+    help = "Alpaca-format instruction data: one request per record"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--from", dest="from_path", metavar="FILE", help="Alpaca-format JSON/JSONL (else the Hub)")
+        p.add_argument("--hub", default="tatsu-lab/alpaca", help="Hub data set when --from is absent")
+        p.add_argument("--template", default="raw", choices=["raw", "alpaca"], help="prompt template (default raw)")
+        p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
+
+    def make(self, args: argparse.Namespace) -> tuple[Trace, str]:
+        from dcsim.traces.datasets import build_alpaca
+
+        trace = build_alpaca(args.from_path, args.tokenizer, args.template, hub_name=args.hub, progress=True)
+        src = f" --from {_shown(args.from_path, True)}" if args.from_path else f" --hub {args.hub}"
+        return trace, f"dcsim trace build alpaca{src} --tokenizer {args.tokenizer} --template {args.template}"
+
+
+@SOURCES.register("azure")
+class Azure(TraceSource):
+    help = "Azure LLM inference trace CSV, 2023 or 2024 release"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("file")
+
+    def make(self, args: argparse.Namespace) -> tuple[Trace, str]:
+        from dcsim.traces.formats import import_azure
+
+        return import_azure(args.file), f"dcsim trace import azure {_shown(args.file, True)}"
+
+
+@SOURCES.register("burstgpt")
+class BurstGpt(TraceSource):
+    help = "BurstGPT CSV"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("file")
+        p.add_argument("--model", help="keep only this Model (ChatGPT, GPT-4)")
+        p.add_argument("--log-type",
+                       help="keep only this Log Type ('Conversation log' / 'API log', or conversation / api)")
+
+    def make(self, args: argparse.Namespace) -> tuple[Trace, str]:
+        from dcsim.traces.formats import import_burstgpt
+
+        trace = import_burstgpt(args.file, model=args.model, log_type=args.log_type)
+        flt = (f" --model '{args.model}'" if args.model else "") + (
+            f" --log-type '{args.log_type}'" if args.log_type else "")
+        return trace, f"dcsim trace import burstgpt {_shown(args.file, True)}{flt}"
+
+
+def _from_source(args: argparse.Namespace) -> int:
+    """Any source: the output checked before any work, the trace made, written with its recorded command."""
     out = _output_path(args.output, args.force)
-    template = args.template or ("qa" if args.shots else "raw")
-    trace = build_gsm8k(args.split, args.from_path, args.tokenizer, template, progress=True, shots=args.shots)
-    src = f" --from {_shown(args.from_path, Path(args.from_path).is_file())}" if args.from_path else ""
-    shots = f" --shots {args.shots}" if args.shots else ""
-    cmd = (
-        f"dcsim trace build gsm8k --split {args.split}{src} --tokenizer {args.tokenizer} "
-        f"--template {template}{shots} -o {_shown(out, True)}"
-    )
-    _write(trace, out, cmd)
-    return 0
-
-
-def _build_alpaca(args: argparse.Namespace) -> int:
-    from dcsim.traces.datasets import build_alpaca
-
-    out = _output_path(args.output, args.force)
-    trace = build_alpaca(args.from_path, args.tokenizer, args.template, hub_name=args.hub, progress=True)
-    src = f" --from {_shown(args.from_path, True)}" if args.from_path else f" --hub {args.hub}"
-    cmd = (
-        f"dcsim trace build alpaca{src} --tokenizer {args.tokenizer} --template {args.template} "
-        f"-o {_shown(out, True)}"
-    )
-    _write(trace, out, cmd)
-    return 0
-
-
-def _import_azure(args: argparse.Namespace) -> int:
-    from dcsim.traces.formats import import_azure
-
-    out = _output_path(args.output, args.force)
-    trace = import_azure(args.file)
-    _write(trace, out, f"dcsim trace import azure {_shown(args.file, True)} -o {_shown(out, True)}")
-    return 0
-
-
-def _import_burstgpt(args: argparse.Namespace) -> int:
-    from dcsim.traces.formats import import_burstgpt
-
-    out = _output_path(args.output, args.force)
-    trace = import_burstgpt(args.file, model=args.model, log_type=args.log_type)
-    flt = (f" --model '{args.model}'" if args.model else "") + (
-        f" --log-type '{args.log_type}'" if args.log_type else ""
-    )
-    _write(trace, out, f"dcsim trace import burstgpt {_shown(args.file, True)}{flt} -o {_shown(out, True)}")
+    trace, cmd = args.source().make(args)
+    _write(trace, out, f"{cmd} -o {_shown(out, True)}")
     return 0
 
 
@@ -163,45 +218,14 @@ def add_parser(subparsers) -> None:
 
     build = sub.add_parser("build", help="build a trace from a prompt data set (token counts from a tokenizer)")
     bsub = build.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-
-    g = bsub.add_parser("gsm8k", help="GSM8K: one request per problem")
-    g.add_argument("--split", default="test", help="train or test (default test)")
-    g.add_argument("--from", dest="from_path", metavar="DIR", help="folder with SPLIT.jsonl (else the Hub)")
-    g.add_argument("--template", default=None, choices=["raw", "qa"],
-                   help="prompt template (default raw; qa with --shots, which needs qa)")
-    g.add_argument("--shots", type=int, default=0, metavar="K",
-                   help="prepend the first K training problems with their answers as a shared few-shot preamble "
-                        "(a prefix_id/prefix_len shared by every request)")
-    g.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
-    g.add_argument("-o", "--output", required=True, help="output .parquet")
-    g.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
-    g.set_defaults(func=_build_gsm8k)
-
-    a = bsub.add_parser("alpaca", help="Alpaca-format instruction data: one request per record")
-    a.add_argument("--from", dest="from_path", metavar="FILE", help="Alpaca-format JSON/JSONL (else the Hub)")
-    a.add_argument("--hub", default="tatsu-lab/alpaca", help="Hub data set when --from is absent")
-    a.add_argument("--template", default="raw", choices=["raw", "alpaca"], help="prompt template (default raw)")
-    a.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"default {DEFAULT_TOKENIZER} (offline)")
-    a.add_argument("-o", "--output", required=True, help="output .parquet")
-    a.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
-    a.set_defaults(func=_build_alpaca)
-
     imp = sub.add_parser("import", help="import a published request trace (arrival times and token counts)")
     isub = imp.add_subparsers(dest="format", metavar="FORMAT", required=True)
-    az = isub.add_parser("azure", help="Azure LLM inference trace CSV, 2023 or 2024 release")
-    az.add_argument("file")
-    az.add_argument("-o", "--output", required=True, help="output .parquet")
-    az.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
-    az.set_defaults(func=_import_azure)
-    bg = isub.add_parser("burstgpt", help="BurstGPT CSV")
-    bg.add_argument("file")
-    bg.add_argument("--model", help="keep only this Model (ChatGPT, GPT-4)")
-    bg.add_argument(
-        "--log-type", help="keep only this Log Type ('Conversation log' / 'API log', or conversation / api)"
-    )
-    bg.add_argument("-o", "--output", required=True, help="output .parquet")
-    bg.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
-    bg.set_defaults(func=_import_burstgpt)
+    for name, cls in SOURCES.items():
+        q = (bsub if cls.action == "build" else isub).add_parser(name, help=cls.help)
+        cls().add_arguments(q)
+        q.add_argument("-o", "--output", required=True, help="output .parquet")
+        q.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
+        q.set_defaults(func=_from_source, source=cls)
 
     sh = sub.add_parser("show", help="summarise a trace: counts, token statistics, rate, provenance")
     sh.add_argument("file")
