@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dcsim.calibrate.backends.paged import PagedBackend
-from dcsim.calibrate.meters import select_meter
+from dcsim.calibrate.meters.registry import select_meter
 from dcsim.validate import paged_replay as PR
 
 

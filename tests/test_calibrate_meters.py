@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dcsim.calibrate.meters import Meter, select_meter
+from dcsim.calibrate.meters import Meter
 from dcsim.calibrate.meters.powermetrics import PowerSample, energy_j, parse_powermetrics, window_energy_j
 from dcsim.calibrate.meters.rapl import RaplCounter, RaplMeter, rapl_zones, wrap_delta_uj
+from dcsim.calibrate.meters.registry import select_meter
 from dcsim.calibrate.timeline import PowerTimeline
 from dcsim.errors import UserError
 
@@ -144,7 +145,25 @@ def test_timeline_keeps_temperature_beside_power_once_a_second(tmp_path):
 
 
 def test_meters_register_themselves_and_no_vendor_library_loads_with_them():
-    code = ("import sys; from dcsim.calibrate.meters import METERS; "
+    code = ("import sys; from dcsim.calibrate.meters.registry import METERS; "
             "print(sorted(METERS), [m for m in ('zeus', 'pynvml', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['powermetrics', 'rapl', 'zeus'] []"
+
+
+VENDOR_METERS = ("zeus_meter", "rapl", "powermetrics")
+
+
+def test_the_meter_interface_loads_no_vendor_meter_and_each_meter_loads_first():
+    """No import cycle between the interface and the vendor meters: the base (and the package) load no vendor
+    meter and no registry, and each vendor module imported first in a fresh interpreter loads whole."""
+    pkg = "dcsim.calibrate.meters"
+    for first in (f"{pkg}.base", pkg):
+        code = (f"import sys, {first}; print(sorted(m for m in sys.modules if m.startswith('{pkg}.')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"['{pkg}.base']", first
+    for name in VENDOR_METERS:
+        code = (f"import {pkg}.{name}; from {pkg}.base import METERS; "
+                "print([c.__module__ for c in METERS.values()])")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"['{pkg}.{name}']"

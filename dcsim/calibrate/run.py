@@ -22,7 +22,8 @@ from typing import Callable
 from dcsim.calibrate import store
 from dcsim.calibrate.backends.base import Backend
 from dcsim.calibrate.environment import capture
-from dcsim.calibrate.meters import Meter, parse_device, select_meter
+from dcsim.calibrate.meters import Meter, parse_device
+from dcsim.calibrate.meters.registry import select_meter
 from dcsim.calibrate.plan import Plan, Point, check_fits, expand, load_plan, point_id
 from dcsim.calibrate.schedule import Schedule
 from dcsim.calibrate.timeline import PowerTimeline

@@ -197,7 +197,7 @@ def handler(args: argparse.Namespace) -> int:
 
     from dcsim.calibrate.backends.registry import make
     from dcsim.calibrate.environment import capture
-    from dcsim.calibrate.meters import select_meter
+    from dcsim.calibrate.meters.registry import select_meter
 
     meter = select_meter(args.device, args.latency_only)  # before anything is written: no meter, no folder
     tmp = _start_folder(out, wl)
@@ -267,7 +267,7 @@ def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
     """Open-loop replay against a running server (dcsim.validate.open_loop), then the comparison."""
     from dcsim.calibrate.backends.endpoint import EndpointBackend
     from dcsim.calibrate.environment import capture
-    from dcsim.calibrate.meters import select_meter
+    from dcsim.calibrate.meters.registry import select_meter
     from dcsim.validate import open_loop
 
     backend = EndpointBackend(args.endpoint, args.model, dialect=args.endpoint_dialect)

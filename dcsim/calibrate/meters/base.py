@@ -6,7 +6,7 @@ A meter measures windows (begin/end by key, windows may overlap) and reports jou
 host around it (`host_j`). `power_w` gives instantaneous watts for the power timeline where supported.
 
 Each vendor's meter is a `Meter` subclass in its own module of this folder, registered in METERS with the device
-kinds it can meter and its rank among them; `select_meter` (in the package) opens the first that can read the
+kinds it can meter and its rank among them; `select_meter` (registry.py) opens the first that can read the
 device. Importing this module imports no vendor library and no vendor meter.
 """
 
