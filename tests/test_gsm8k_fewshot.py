@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("datasets", reason="trace building needs the traces extra (pip install 'dcsim[traces]')")
+pytest.importorskip("mistral_common", reason="trace building needs the traces extra (pip install 'dcsim[traces]')")
+
 from dcsim.cli import main
 from dcsim.errors import UserError
 from dcsim.traces.datasets import GSM8K_SHOT, build_gsm8k
