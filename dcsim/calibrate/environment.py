@@ -1,5 +1,6 @@
-"""What the machine was, read-only: GPU name, driver, power limit and its range, clocks, persistence,
-library versions, CPU model. No serial numbers, UUIDs, bus ids or host names."""
+"""What the machine was, read-only: library versions, CPU model and, through the device's module
+(calibrate/devices/), what it records of the device: for a GPU its name and which board it was (UUID, serial, PCI
+bus, VBIOS), driver, power limit and its range, clocks, persistence. No host names."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import platform
 import sys
 from importlib import metadata
+
+from dcsim.calibrate.devices.registry import device_for
 
 
 def _version(pkg: str) -> str | None:
@@ -26,66 +29,6 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def gpu_facts(index: int) -> dict:
-    """NVML facts about one GPU (CUDA_VISIBLE_DEVICES-relative index); empty where NVML is absent.
-    Only getters are called."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # noqa: BLE001 - no driver
-        return {"nvml_error": str(e)}
-    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-    phys = index
-    if vis:
-        try:
-            phys = [int(x) for x in vis.split(",")][index]
-        except (ValueError, IndexError):
-            pass
-    h = pynvml.nvmlDeviceGetHandleByIndex(phys)
-    out: dict = {}
-
-    def get(name: str, fn, *args, scale: float | None = None):
-        try:
-            v = fn(*args)
-            if isinstance(v, bytes):
-                v = v.decode()
-            out[name] = v / scale if scale else v
-        except Exception:  # noqa: BLE001 - a field this driver lacks is recorded as null
-            out[name] = None
-
-    get("name", pynvml.nvmlDeviceGetName, h)
-    # which physical GPU this was: identical models differ by about 13% in busy power for the same work, so a
-    # replay is set against its calibration knowing whether the same board ran both
-    get("uuid", pynvml.nvmlDeviceGetUUID, h)
-    get("serial", pynvml.nvmlDeviceGetSerial, h)
-    get("pci_bus_id", lambda: pynvml.nvmlDeviceGetPciInfo(h).busId)
-    get("vbios_version", pynvml.nvmlDeviceGetVbiosVersion, h)
-    get("driver_version", pynvml.nvmlSystemGetDriverVersion)
-    get("cuda_driver_version", pynvml.nvmlSystemGetCudaDriverVersion_v2)
-    get("memory_total_gb", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).total / 1e9)
-    get("power_limit_w", pynvml.nvmlDeviceGetPowerManagementLimit, h, scale=1000)
-    get("power_limit_enforced_w", pynvml.nvmlDeviceGetEnforcedPowerLimit, h, scale=1000)
-    get("power_limit_default_w", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, h, scale=1000)
-    get("power_limit_range_w", lambda: [x / 1000 for x in pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h)])
-    get("persistence_mode", lambda: bool(pynvml.nvmlDeviceGetPersistenceMode(h)))
-    get("compute_mode", pynvml.nvmlDeviceGetComputeMode, h)
-    get("pstate", pynvml.nvmlDeviceGetPerformanceState, h)
-    get("temperature_c", pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU)
-    get("clock_sm_mhz", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
-    get("clock_mem_mhz", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM)
-    get("clock_sm_max_mhz", pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM)
-    get("clock_mem_max_mhz", pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM)
-    get("app_clock_sm_mhz", pynvml.nvmlDeviceGetApplicationsClock, h, pynvml.NVML_CLOCK_SM)
-    get("app_clock_mem_mhz", pynvml.nvmlDeviceGetApplicationsClock, h, pynvml.NVML_CLOCK_MEM)
-    get("power_now_w", pynvml.nvmlDeviceGetPowerUsage, h, scale=1000)
-    get("mig_mode", lambda: pynvml.nvmlDeviceGetMigMode(h)[0])
-    get("compute_processes", lambda: len(pynvml.nvmlDeviceGetComputeRunningProcesses(h)))
-    return out
-
-
 def capture(device: str) -> dict:
     """Environment of this session for the manifest."""
     env = {
@@ -99,7 +42,7 @@ def capture(device: str) -> dict:
         "device": device,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
-    if device.startswith("cuda"):
-        idx = int(device.partition(":")[2] or 0)
-        env["gpu"] = gpu_facts(idx)
+    # a device string that starts with cuda is a CUDA device
+    kind = "cuda" if device.startswith("cuda") else device.partition(":")[0]
+    env.update(device_for(kind).environment(device))
     return env

@@ -1,9 +1,9 @@
 """Power-limit sweeps on the user's own GPU: set each cap, and always put the original limit back, after
 an error, Ctrl-C or SIGTERM too. Only used behind --allow-power-limit-changes.
 
-The device object is anything with Zeus's GPUs interface (milliwatts):
-get_power_management_limit_constraints(i) -> (min, max), get_power_management_limit(i),
-set_power_management_limit(i, mw).
+The device object is a `devices.base.PowerLimits`, Zeus's GPUs interface (milliwatts), which the device's
+module gives (`device_for(kind).power_limits()`): get_power_management_limit_constraints(i) -> (min, max),
+get_power_management_limit(i), set_power_management_limit(i, mw).
 """
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ from __future__ import annotations
 import atexit
 import signal
 import sys
-from typing import Protocol
 
+from dcsim.calibrate.devices.base import PowerLimits
 from dcsim.errors import UserError
-
-
-class PowerLimitDevice(Protocol):
-    def get_power_management_limit_constraints(self, gpu_index: int) -> tuple[int, int]: ...
-    def get_power_management_limit(self, gpu_index: int) -> int: ...
-    def set_power_management_limit(self, gpu_index: int, power_limit_mw: int, block: bool = True) -> None: ...
 
 
 def parse_caps(text: str | None) -> list[float]:
@@ -44,7 +38,7 @@ class PowerLimitGuard:
     atexit hook as a last resort); turns SIGTERM/SIGHUP into KeyboardInterrupt meanwhile so that the exit
     path runs."""
 
-    def __init__(self, dev: PowerLimitDevice, index: int, log=print) -> None:
+    def __init__(self, dev: PowerLimits, index: int, log=print) -> None:
         self.dev = dev
         self.index = index
         self.log = log

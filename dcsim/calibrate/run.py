@@ -21,6 +21,7 @@ from typing import Callable
 
 from dcsim.calibrate import store
 from dcsim.calibrate.backends.base import Backend
+from dcsim.calibrate.devices.registry import device_for
 from dcsim.calibrate.environment import capture
 from dcsim.calibrate.meters import Meter, parse_device
 from dcsim.calibrate.meters.registry import select_meter
@@ -367,11 +368,10 @@ class Sweep:
                 if sch.remaining() == 0:
                     continue
                 if cap is not None and guard is None:
-                    from zeus.device import get_gpus
-
                     from dcsim.calibrate.powercap import PowerLimitGuard
 
-                    guard = PowerLimitGuard(get_gpus(), parse_device(s.device)[1], log=self._log)
+                    kind, index = parse_device(s.device)
+                    guard = PowerLimitGuard(device_for(kind).power_limits(), index, log=self._log)
                     guard.check(s.power_caps)
                     guard.__enter__()
                 if cap is not None:
