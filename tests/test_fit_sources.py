@@ -86,3 +86,19 @@ def test_one_folder_name_twice_and_several_published_folders_are_refused(tmp_pat
     err = capsys.readouterr().err
     assert "unknown measurement source 'nope'" in err and "wilkins2024" in err
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_served_and_pipelined_step_folders_are_refused_together_and_a_served_fit_says_so(tmp_path, capsys):
+    import json
+
+    served = _copy(STEPS, tmp_path / "served-steps")
+    man = json.loads((served / "manifest.json").read_text())
+    man["plan"]["step_loop"] = "served"  # as a served plan's manifest records it
+    (served / "manifest.json").write_text(json.dumps(man))
+    assert load(STEPS)[1]["step_loop"] == "pipelined" and load(served)[1]["step_loop"] == "served"
+    out = tmp_path / "x.yaml"
+    assert main(["fit", str(STEPS), str(served), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "field 'step_loop'" in err and "served" in err and "Traceback" not in err and not out.exists()
+    assert main(["fit", str(served), "-o", str(out), "--no-plot"]) == 0
+    assert "step_loop: served" in load_profile(out).notes

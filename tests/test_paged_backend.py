@@ -249,6 +249,40 @@ def test_mixed_steps_time_the_same_step_and_leave_no_growth(backend):
         backend.run_step(4, 20, 0, 0, 3, 5, lambda: None, spread=1.0)
 
 
+def test_a_served_step_runs_the_same_step_as_the_server_loop_does_and_leaves_the_same_state(backend):
+    """The served loop (plan step_loop: served) runs each repeat through the server's own calls: decode rows
+    loaded from host lists, chunk ids sent from the host, tokens read back. Same step, same end state, and the
+    row says which loop timed it."""
+    queued = backend.run_step(3, 20, 7, 9, 4, 5, lambda: None, chunks=2)
+    q_len = sorted(s.length for s in backend.eng.seqs.values())
+    served = backend.run_step(3, 20, 7, 9, 4, 5, lambda: None, chunks=2, served=True)
+    assert sorted(s.length for s in backend.eng.seqs.values()) == q_len == [16, 17, 19, 19, 19]
+    assert served.gen_tokens == queued.gen_tokens == 4 and served.extra["graph_batch"] == 4
+    assert served.extra["loop"] == "served" and "loop" not in queued.extra
+    # its decode rows are the server's: each sequence feeds the token at position context - 1
+    assert backend.eng.pos[:3].tolist() == [20, 20, 20]
+    tm = backend.run_step(0, 0, 7, 0, 2, 5, lambda: None, served=True)  # a prefill-only served step
+    assert tm.extra["graph_batch"] == 0 and tm.extra["loop"] == "served"
+
+
+def test_a_served_plan_has_its_own_digest_and_the_committed_step_plans_keep_theirs():
+    import json
+
+    from dcsim.calibrate.plan import Plan, load_plan
+    from dcsim.calibrate.run import plan_digest
+
+    for d in sorted((REPO / "calibrate" / "runs").glob("*paged*")):
+        man = json.loads((d / "manifest.json").read_text())
+        assert plan_digest(load_plan(d / "plan.yaml")) == man["identity"]["plan_sha256"], d.name
+    base = {"name": "t", "steps": [{"name": "c", "decode_batch": [4], "decode_context": [64]}], "step_repeats": 4}
+    assert Plan.model_validate(base).step_loop == "pipelined"
+    assert plan_digest(Plan.model_validate(base)) == plan_digest(Plan.model_validate({**base,
+                                                                                        "step_loop": "pipelined"}))
+    assert plan_digest(Plan.model_validate(base)) != plan_digest(Plan.model_validate({**base, "step_loop": "served"}))
+    with pytest.raises(ValueError, match="step_loop"):
+        Plan.model_validate({**base, "step_loop": "async"})
+
+
 def test_plan_steps_of_several_chunks_or_spread_contexts_have_their_own_ids_and_the_old_ones_stay():
     from dcsim.calibrate.plan import Plan, expand
     from dcsim.calibrate.run import plan_digest
@@ -464,6 +498,14 @@ def test_paged_replay_serves_every_request_its_greedy_tokens_through_a_preemptio
     assert res["preemptions"] == req["preemptions"].sum() == steps["preemptions"].sum() >= 1
     assert (steps["decodes"] + steps["prefill_tokens"] <= 32).all() and (steps["running"] <= 4).all()
     assert (steps["graph_batch"] >= steps["decodes"]).all() and steps["free_blocks"].min() >= 0
+    # what each step's cost reads: every prompt token computed in some step; a whole first chunk (nothing before
+    # it) pairs p x p; decodes read at least their own token each, and without decodes none
+    assert steps["prefill_tokens"].sum() == req["prefill_tokens"].sum()
+    whole = steps[(steps["chunks"] == 1) & (steps["chunk_prefix"] == 0)]
+    assert len(whole) and (whole["chunk_pairs"] == whole["prefill_tokens"] ** 2).all()
+    assert (steps["chunk_pairs"] >= steps["prefill_tokens"] ** 2 / steps["chunks"].clip(lower=1)).all()
+    assert (steps["decode_context"] > steps["decodes"]).where(steps["decodes"] > 0, True).all()
+    assert (steps.loc[steps["decodes"] == 0, "decode_context"] == 0).all()
     assert res["energy_j"] > res["active_j"] > 0 and res["busy_s"] <= res["window_s"]
     # the comparison reads these rows as a continuous-batching replay's: per request
     meta = {**res, "policy": {"policy": "paged", **pol.params()}}

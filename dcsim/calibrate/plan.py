@@ -170,6 +170,10 @@ class Plan(Strict):
     steps: list[StepSweep] = Field(default_factory=list, description="mixed steps (engines that run them: paged)")
     step_repeats: int = Field(default=32, ge=1, description="how many times one run of a step entry repeats "
                               "the same step (timed and metered together)")
+    step_loop: Literal["pipelined", "served"] = Field(
+        default="pipelined", description="pipelined: a step's repeats are queued back to back on the device, the "
+        "host running ahead; served: each repeat runs as a server runs a step (the decode rows loaded from the "
+        "host, the chunk's token ids sent, the step's tokens read back: one device sync a step)")
 
     @model_validator(mode="after")
     def _nonempty(self) -> "Plan":

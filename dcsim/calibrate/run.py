@@ -76,6 +76,8 @@ def plan_digest(plan: Plan) -> str:
     if not plan.steps:
         d.pop("steps", None)
         d.pop("step_repeats", None)
+    if d.get("step_loop") == "pipelined":  # the loop every plan ran before there was a choice
+        del d["step_loop"]
     for st in d.get("steps") or ():  # nor does a step sweep of one chunk, as before the chunks axis
         for axis, alone in (("prefill_chunks", [1]), ("decode_context_spread", [0.0])):
             if st.get(axis) == alone:
@@ -272,7 +274,8 @@ class Sweep:
                **({"prefill_chunks": p.chunks} if p.chunks > 1 else {})}
         try:
             tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start,
-                                       chunks=p.chunks, spread=p.spread)
+                                       chunks=p.chunks, spread=p.spread,
+                                       **({"served": True} if self.plan.step_loop == "served" else {}))
         except Exception as e:  # noqa: BLE001 - out of memory: record it, do not retry this point
             return self._failed(m, entry, row, st, e)
         r = m.end(entry)

@@ -69,7 +69,11 @@ REQUEST_FIELDS = ("id", "arrival_s", "n_in", "n_out", "start_s", "first_token_s"
                   "preemptions", "cached_tokens", "prefill_tokens")
 TOKEN_FIELDS = ("id", "k", "token", "t_s")
 STEP_FIELDS = ("step", "start_s", "end_s", "decodes", "graph_batch", "chunks", "prefill_tokens", "running",
-               "waiting", "free_blocks", "preemptions", "cached_tokens", "cached_blocks")
+               "waiting", "free_blocks", "preemptions", "cached_tokens", "cached_blocks",
+               # what the profile's step cost reads (as the simulator sums them): the KV tokens the decodes read
+               # (each its computed tokens plus the one it feeds), the tokens before the chunks (cached or
+               # computed in earlier steps) and the chunks' attention pairs, sum of (h + p)^2 - h^2
+               "decode_context", "chunk_prefix", "chunk_pairs")
 
 
 @dataclass(frozen=True)
@@ -387,6 +391,9 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                     if running:
                         preempt(running[-1])
                     continue
+                ctx_read = sum(r.computed + 1 for r in decodes)
+                before = sum(r.computed for r, _ in chunks)
+                pairs = sum((r.computed + k) ** 2 - r.computed ** 2 for r, k in chunks)
                 t0 = now()
                 for r, _ in chunks:
                     if r.start is None:
@@ -419,7 +426,8 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                           "graph_batch": g, "chunks": len(chunks), "prefill_tokens": sum(k for _, k in chunks),
                           "running": len(running), "waiting": len(waiting), "free_blocks": e.alloc.free,
                           "preemptions": preempt_total - step_pre, "cached_tokens": step_hits,
-                          "cached_blocks": e.alloc.cached})
+                          "cached_blocks": e.alloc.cached, "decode_context": ctx_read, "chunk_prefix": before,
+                          "chunk_pairs": pairs})
                 step += 1
                 for r in [x for x in running if len(x.out) >= x.n_out]:
                     finish(r, t1)

@@ -636,7 +636,7 @@ class PagedBackend(HFBackend):
         return Timing(runtime_s=t1 - t0, ttft_s=t_first - t0, gen_tokens=produced, extra=extra)
 
     def run_step(self, decode_batch: int, context: int, prefill_tokens: int, prefix: int, repeats: int, seed: int,
-                 on_start: Callable[[], None], chunks: int = 1, spread: float = 0.0) -> Timing:
+                 on_start: Callable[[], None], chunks: int = 1, spread: float = 0.0, served: bool = False) -> Timing:
         """`repeats` times the same step: one decode token for each of `decode_batch` sequences holding `context`
         KV tokens (the token's own included), and a prefill chunk of `prefill_tokens` tokens after `prefix`
         cached ones (`chunks` > 1: that many chunks of prefill_tokens, +1, ..., +chunks-1 tokens, each in its
@@ -644,7 +644,11 @@ class PagedBackend(HFBackend):
         `spread` > 0: the decodes' contexts spread evenly over context x (1 -/+ spread), the same total). The
         state is set up once (untimed, with one untimed step for first-time costs); each repeat resets the
         positions, so nothing grows. Timed from a device sync to a device sync around the repeats;
-        `on_start` is called right before. extra["graph_batch"]: the padded decode batch (0 without decodes)."""
+        `on_start` is called right before. extra["graph_batch"]: the padded decode batch (0 without decodes).
+        `served`: each repeat is a server's step, as the paged replay runs one (validate/paged_replay.py): the
+        decode rows loaded from the host (block tables, positions, tokens), the chunks' token ids sent from host
+        lists, the step's tokens read back to the host, so every step ends in a device sync and the host's work
+        between steps is not hidden behind the device's; otherwise the repeats are queued back to back."""
         b, ctx, p, h = decode_batch, context, prefill_tokens, prefix
         if (b < 0 or p < 0 or h < 0 or repeats < 1 or (b == 0 and p == 0) or (b and ctx < 1) or chunks < 1
                 or not 0 <= spread < 1):
@@ -673,7 +677,7 @@ class PagedBackend(HFBackend):
                 e.load_rows(dec, self.prompt(1, b, seed + 1)[:, 0])
                 pos0, tok0 = e.pos[:g].clone(), e.tok[:g].clone()
 
-            def one() -> None:
+            def queued() -> None:
                 if b:
                     e.pos[:g].copy_(pos0)
                     e.tok[:g].copy_(tok0)
@@ -683,6 +687,25 @@ class PagedBackend(HFBackend):
                         s.length = h
                     e.prefill([(s, x, h) for s, x in zip(pre, ids)])
 
+            dec_tok = self.prompt(1, b, seed + 1)[:, 0].tolist() if b and served else []
+            ids_host = [x.tolist() for x in ids] if served else []
+
+            def as_served() -> None:
+                d = c = None
+                if b:
+                    for s, cx in zip(dec, ctxs):
+                        s.length = cx - 1
+                    d = e.decode(dec, dec_tok)
+                if lens:
+                    for s in pre:
+                        s.length = h
+                    c = e.prefill([(s, torch.tensor(x, device=self.device), h) for s, x in zip(pre, ids_host)])
+                if d is not None:
+                    d.tolist()
+                if c is not None:
+                    c.tolist()
+
+            one = as_served if served else queued
             one()
             self.sync()
             on_start()
@@ -691,8 +714,11 @@ class PagedBackend(HFBackend):
                 one()
             self.sync()
             t1 = time.perf_counter()
+        for s, cx in zip(dec, ctxs):  # each decode left as a queued step leaves it: about to read cx tokens
+            s.length = cx - 1
         extra: dict = {"graph": graph, "graph_batch": g, "kv_blocks": e.alloc.capacity, "attention": e.attention,
-                       "context_per_seq": ctx if b else 0, **({"contexts": ctxs} if spread and b > 1 else {})}
+                       "context_per_seq": ctx if b else 0, **({"contexts": ctxs} if spread and b > 1 else {}),
+                       **({"loop": "served"} if served else {})}
         if self.device.startswith("cuda"):
             extra["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
         return Timing(runtime_s=t1 - t0, ttft_s=math.nan, gen_tokens=repeats, extra=extra)

@@ -172,10 +172,12 @@ def load_many(run_dirs: list[str | Path], model_config: str | Path | None = None
                 ("device", _device_name(m), _device_name(first)),
                 ("model", m["model"], first["model"]),
                 ("engine", m["engine"]["name"], first["engine"]["name"]),
-                ("precision", m["engine"]["precision"], first["engine"]["precision"])):
+                ("precision", m["engine"]["precision"], first["engine"]["precision"]),
+                ("step_loop", m["step_loop"], first["step_loop"])):
             if got != want:
                 raise UserError(f"measured with {field} {got!r}, not {want!r} as {dirs[0].as_posix()}; folders fitted "
-                                "together must share the device, model, engine and precision", d, field)
+                                "together must share the device, model, engine, precision and step loop (served "
+                                "steps hold the host's time between device syncs, pipelined ones do not)", d, field)
     table = normalise(pd.concat([t for t, _ in loaded], ignore_index=True), ", ".join(str(d) for d in dirs))
     meta = dict(first)
     paths = [m["path"] for _, m in loaded]
@@ -359,8 +361,12 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "command": f"dcsim fit {rel}" + (f" --model-config {Path(cfg_file).as_posix()}" if cfg_file else ""),
         "source_kind": "measured", "notes": notes, "not_covered": [],
         "environment": env, "plan": man.get("plan", {}).get("name"), "power_cap_w": cap_w,
+        "step_loop": man.get("plan", {}).get("step_loop", "pipelined"),
         "power_caps_measured_w": sorted({float(c) for c in raw["power_cap_w"].dropna()}),
     }
+    if meta["step_loop"] == "served":
+        notes.append("steps timed as a server runs them (step_loop: served): decode rows loaded from the host and "
+                     "tokens read back, one device sync a step")
     for phase, key in IDLE:
         rows = raw[(raw["phase"] == phase) & (raw["status"] == "ok")]
         if len(rows) and math.isfinite(rows["tail_power_w"].iloc[0]):
