@@ -1,0 +1,74 @@
+"""Read a paged replay's measured steps against a profile, step by step: each step's time from the profile's curves
+at the step's own composition (padded decode batch and its KV tokens, the chunks' tokens, attention pairs and the
+tokens before them), as the simulator's `paged` policy costs a step (a chunk beside decodes adds its prefill time;
+engine.step_includes_prefill profiles are not read here). This separates a step-cost error from a scheduling one.
+
+Replays recorded since steps.csv carried decode_context, chunk_prefix and chunk_pairs are read exactly. For older
+ones each decode's KV tokens are reconstructed from requests.csv (its prompt plus the share of its output made by
+then) and a chunk's start is its admission's cached tokens, a split prompt's later chunk taken as starting at 0.
+
+    python validation/scripts/step_costs.py validation/h200c-paged-conv60 [--profile P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcsim.profiles.profile import load_profile
+
+
+def step_table(folder: Path, profile_path: Path) -> pd.DataFrame:
+    """steps.csv with each step's measured and curve seconds (`dur_s`, `curve_s`) and its kind (dec, mix, pf)."""
+    ev = load_profile(profile_path).evaluator()
+    s = pd.read_csv(folder / "steps.csv")
+    s["dur_s"] = s["end_s"] - s["start_s"]
+    if "decode_context" not in s:
+        r = pd.read_csv(folder / "requests.csv")
+        t = s["start_s"].to_numpy()
+        ctx = np.zeros(len(s))
+        for first, end, n_in, n_out in r[["first_token_s", "end_s", "n_in", "gen_tokens"]].itertuples(index=False):
+            m = (t >= first) & (t < end)
+            ctx[m] += n_in + (t[m] - first) / max(end - first, 1e-9) * n_out
+        s["decode_context"] = ctx
+        s["chunk_prefix"] = s["cached_tokens"]
+        s["chunk_pairs"] = s["prefill_tokens"] ** 2 + 2 * s["cached_tokens"] * s["prefill_tokens"]
+    curve = np.zeros(len(s))
+    for i, x in enumerate(s.itertuples(index=False)):
+        if x.decodes:
+            curve[i] += ev.decode_step(int(x.graph_batch), float(x.decode_context))[0]
+        if x.chunks:
+            curve[i] += ev.prefill(float(x.prefill_tokens), float(x.chunk_pairs), int(x.chunks),
+                                   float(x.chunk_prefix))[0]
+    s["curve_s"] = curve
+    s["kind"] = np.where(s["chunks"] == 0, "dec", np.where(s["decodes"] == 0, "pf", "mix"))
+    return s
+
+
+def summary(s: pd.DataFrame) -> pd.DataFrame:
+    """Medians by kind and decode bin: measured and curve milliseconds, and the curve's median error."""
+    s = s.assign(decodes_bin=pd.cut(s["decodes"], [-1, 0, 4, 8, 16, 32, 64, 128, 256, 1024]),
+                 error=s["curve_s"] / s["dur_s"] - 1.0)
+    g = s.groupby(["kind", "decodes_bin"], observed=True)
+    return pd.DataFrame({"steps": g.size(), "measured_ms": 1e3 * g["dur_s"].median(),
+                         "curve_ms": 1e3 * g["curve_s"].median(), "error": g["error"].median()})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--profile", type=Path, help="default: the one the replay's comparison used")
+    a = ap.parse_args()
+    prof = a.profile or Path(json.loads((a.folder / "comparison.json").read_text())["profile"])
+    s = step_table(a.folder, prof)
+    print(summary(s).round(4).to_string())
+    print(f"all steps: {s['dur_s'].sum():.1f} s measured, {s['curve_s'].sum():.1f} s from the curves "
+          f"({s['curve_s'].sum() / s['dur_s'].sum() - 1:+.1%})")
+
+
+if __name__ == "__main__":
+    main()
