@@ -118,3 +118,45 @@ def test_a_cost_per_chunk_is_recovered_from_steps_of_several_chunks_and_composed
                                          float(5 * h))
     want = P0 + PM * 4 + sum(PP * n + PSQ * ((h + n) ** 2 - h ** 2) + PH * h for n in lens)
     assert t_p == pytest.approx(want, rel=1e-6)
+
+
+LAUNCH = (0.030, 1.5e-3, 7e-3)  # the truth's launch floor: one chunk, per chunk beyond it, per chunk after cache
+
+
+def test_a_launch_floor_with_chunk_and_prefix_terms_is_recovered_and_composed_as_the_simulator_does():
+    """Short chunks paced by the host: the prefill is max(curve, 30 ms + 1.5 ms per extra chunk + 7 ms per chunk
+    after cached tokens). Steps made that way, with short and long chunks, alone and after a prefix, one and
+    several chunks a step: the fit finds the floor's three figures, writes them as latency.prefill_launch_s, and
+    the evaluator reproduces every step."""
+    rows = []
+    shapes = [(b, 16 * 2 ** i, h, m) for b in (0, 16) for i in range(0, 8, 2) for h in (0, 256, 2048)
+              for m in (1, 3)]
+    for b, p, h, m in shapes:
+        lens = [p + j for j in range(m)]
+        td = (b > 0) * (D0 + DG * b + DC * b * 512)
+        lin = P0 + PM * (m - 1) + sum(PP * n + PSQ * ((h + n) ** 2 - h ** 2) + PH * h for n in lens)
+        tp = max(lin, LAUNCH[0] + LAUNCH[1] * (m - 1) + LAUNCH[2] * (m if h else 0))
+        for r in range(3):
+            rows.append({"kind": "step", "n_in": p, "n_out": K, "batch": b, "graph_batch": b, "context": b * 512,
+                         "prefill_prefix": h, "prefill_chunks": m, "runtime_s": K * (td + tp),
+                         "energy_device_j": K * (td * (WD0 + WDG * b) + tp * (WP0 + WPP * sum(lens))),
+                         "repeat": r, "source": f"t:s-b{b}-l512-p{p}-h{h}-k{m}"})
+    base = table()
+    base = base[(base["kind"] != "step") | (base["n_in"] == 0)]  # its decode-only steps and idle windows
+    t = pd.concat([base, normalise(pd.DataFrame(rows))], ignore_index=True)
+    res = fit_profile(t, meta_from_dict(dict(META)))
+    launch = res.profile.latency.prefill_launch_s
+    assert launch is not None and res.profile.latency.prefill_s.lo is None
+    assert launch.intercept + launch.coef["batch"] == pytest.approx(LAUNCH[0], rel=1e-3)
+    assert launch.coef["batch"] == pytest.approx(LAUNCH[1], rel=1e-2)
+    assert launch.coef["prefixed"] == pytest.approx(LAUNCH[2], rel=1e-3)
+    assert res.profile.fit_error["latency.step_s"].median_ape_pct < 0.1
+    assert "prefill_launch_s" in res.profile.provenance["latency.prefill_s"].note
+    ev = res.profile.evaluator()
+    # 3 chunks of 16..18 tokens after 256 cached each: under the floor, which charges 2 extra and 3 prefixed
+    lens, h = [16, 17, 18], 256
+    t_p = ev.prefill(sum(lens), float(sum((h + n) ** 2 - h ** 2 for n in lens)), 3, float(3 * h), 3)[0]
+    assert t_p == pytest.approx(LAUNCH[0] + 2 * LAUNCH[1] + 3 * LAUNCH[2], rel=1e-3)
+    # one long chunk: the curve, above the floor
+    t_p = ev.prefill(1024.0, 1024.0 ** 2, 1, 0.0, 0)[0]
+    assert t_p == pytest.approx(P0 + PP * 1024 + PSQ * 1024 ** 2, rel=1e-3)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from simkit import profile_dict, scenario, write_profile, write_trace
 
+from dcsim.profiles.profile import load_profile
 from dcsim.results import requests_table, summarize
 from dcsim.scenario import Scenario
 from dcsim.sim.engine import simulate
@@ -126,6 +127,39 @@ def test_prefix_hits_skip_exactly_the_cached_full_blocks(tmp_path):
                                           "cudagraph_batch_sizes": [], "enable_prefix_caching": False})
     assert req0["cached_tokens"].sum() == 0
     assert (req0["first_token_s"] - req0["start_s"]).iloc[1] == pytest.approx(pf(60))
+
+
+def test_a_launch_floor_holds_short_chunks_and_charges_each_chunk_after_cached_tokens(tmp_path):
+    """latency.prefill_launch_s: a prefill takes at least 0.17 + 0.01 x chunks + 0.05 x prefixed chunks s (an
+    eager forward paced by the host). The same trace as the prefix-hit case: R2's 28 tokens after its 32 cached
+    ones pay the floor with its prefixed term; R1's 100 tokens are above the floor; a prompt split over two steps
+    pays the prefixed term on its second chunk (computed in the first step, not cached)."""
+    d = profile_dict()
+    d["latency"]["prefill_launch_s"] = {"intercept": 0.17, "coef": {"batch": 0.01, "prefixed": 0.05}}
+    prof = tmp_path / "launch.yaml"
+    prof.write_text(yaml.safe_dump(d))
+
+    def floor(chunks, prefixed):
+        return 0.17 + 0.01 * chunks + 0.05 * prefixed
+
+    tr = _prefix_trace(tmp_path, [100, 60, 60, 30, 30], [2, 2, 2, 2, 2], [0, 10, 20, 30, 40],
+                       [7, 7, -1, 9, 9], [40, 40, 0, 10, 10])
+    _, req, _ = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 512,
+                                         "cudagraph_batch_sizes": []})
+    assert req["cached_tokens"].tolist() == [0, 32, 0, 0, 0]
+    assert pf(100) > floor(1, 0) > pf(60)
+    assert (req["first_token_s"] - req["start_s"]).tolist() == pytest.approx(
+        [pf(100), max(pf(28), floor(1, 1)), floor(1, 0), floor(1, 0), floor(1, 0)])
+    # one 150-token prompt over a 100-token budget, alone: chunks 0..100 (no prefix) and 100..150 (after 100)
+    tr = write_trace(tmp_path, [150], [2], [0.0])
+    _, req, _ = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 100,
+                                         "cudagraph_batch_sizes": [], "enable_prefix_caching": False})
+    assert req["first_token_s"].iloc[0] == pytest.approx(max(pf(100), floor(1, 0)) + max(pf(50), floor(1, 1)))
+    # the evaluator: the floor with its chunk and prefixed terms, or the curve where it is higher (power unchanged)
+    ev = load_profile(prof).evaluator()
+    assert ev.prefill(10, 100.0, 2, 32.0, 1)[0] == pytest.approx(floor(2, 1))
+    assert ev.prefill(400, 0.0, 1)[0] == pytest.approx(pf(400))
+    assert ev.prefill(400, 0.0, 1)[1] == pytest.approx(300.0)
 
 
 def test_session_turns_reuse_the_earlier_conversation(tmp_path):

@@ -506,6 +506,8 @@ def test_paged_replay_serves_every_request_its_greedy_tokens_through_a_preemptio
     assert (steps["chunk_pairs"] >= steps["prefill_tokens"] ** 2 / steps["chunks"].clip(lower=1)).all()
     assert (steps["decode_context"] > steps["decodes"]).where(steps["decodes"] > 0, True).all()
     assert (steps.loc[steps["decodes"] == 0, "decode_context"] == 0).all()
+    assert ((steps["prefixed_chunks"] > 0) == (steps["chunk_prefix"] > 0)).all()
+    assert (steps["prefixed_chunks"] <= steps["chunks"]).all() and steps["prefixed_chunks"].sum() >= 1
     assert res["energy_j"] > res["active_j"] > 0 and res["busy_s"] <= res["window_s"]
     # the comparison reads these rows as a continuous-batching replay's: per request
     meta = {**res, "policy": {"policy": "paged", **pol.params()}}

@@ -64,6 +64,8 @@ def test_validate_against_a_server_end_to_end(server, tmp_path, capsys):  # noqa
     floor = FIRST_DELAY_S + (req["n_out"] - 1) * STEP_S
     assert cmp["e2e_p50_s"]["measured"] >= float(np.median(floor))
     assert not (tmp_path / "v.partial").exists()
+    # the folder keeps the profile its workload was sized with, byte for byte
+    assert (out / "profile.yaml").read_bytes() == H100.read_bytes()
     # the same folder is refused without --force; a server that does not serve the model is refused early
     assert cli(args) == 2
     assert cli(args[:4] + ["other"] + args[5:-1] + [str(tmp_path / "w")]) == 2

@@ -110,7 +110,9 @@ def test_a_paged_replay_is_recovered_from_its_steps_and_engine_json(tmp_path, ca
     meta = json.loads((case / "replay.json").read_text())
     part = tmp_path / (case.name + ".partial")
     part.mkdir()
-    for name in ("workload.csv", "requests.csv", "steps.csv", "power.csv"):
+    # profile.yaml: the copy of the profile the workload was sized with, which a replay keeps from its start (the
+    # shipped profile has been refitted since, so the command's --profile alone would size another workload)
+    for name in ("workload.csv", "requests.csv", "steps.csv", "power.csv", "profile.yaml"):
         shutil.copy(case / name, part / name)
     argv = shlex.split(meta["command"])[2:]
     argv[argv.index("--out") + 1] = str(tmp_path / case.name)

@@ -154,12 +154,17 @@ def handler(args: argparse.Namespace) -> int:
     if not prof_path.is_file():
         raise UserError("profile not found", args.profile, "--profile")
     profile = load_profile(prof_path)
+    sizing_profile = profile
+    if args.recover and args.out:  # the replay's own copy of the profile it was sized with, where it kept one
+        kept = Path(args.out).with_name(Path(args.out).name + ".partial") / W.SIZING_PROFILE
+        if kept.is_file():
+            sizing_profile = load_profile(kept)
     sizing = _engine_sizing(args)
     spec = W.WorkloadSpec(trace=args.trace, arrivals=args.arrivals, time_scale=args.time_scale, rate_per_s=args.rate,
                           utilisation=args.utilisation, limit=args.limit, skip=args.skip, clip_in=args.clip_in,
                           clip_out=args.clip_out, seed=args.seed, batching=sizing)
-    wl = W.build(spec, profile)
-    info = W.describe(wl, profile, sizing)
+    wl = W.build(spec, sizing_profile)
+    info = W.describe(wl, sizing_profile, sizing)
     policy = _paged_policy(args) if args.batching == "paged" else \
         R.ServePolicy(args.batching, 1 if args.batching == "fcfs" else args.max_batch,
                       args.max_wait_s if args.batching == "static" else 0.0)
@@ -200,7 +205,7 @@ def handler(args: argparse.Namespace) -> int:
     from dcsim.calibrate.meters.registry import select_meter
 
     meter = select_meter(args.device, args.latency_only)  # before anything is written: no meter, no folder
-    tmp = _start_folder(out, wl)
+    tmp = _start_folder(out, wl, prof_path)
     backend = make(backend_name, args.device, args.model, args.model_arch, args.random_weights, args.dtype)
     load_info = backend.load()
     if lengths:
@@ -273,7 +278,7 @@ def _endpoint(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy,
     backend = EndpointBackend(args.endpoint, args.model, dialect=args.endpoint_dialect)
     meter = select_meter("endpoint", args.latency_only, args.meter_device)
     facts = backend.load()  # refuses an unreachable server or a model it does not serve, before writing
-    tmp = _start_folder(out, wl)
+    tmp = _start_folder(out, wl, prof_path)
     t_warm = time.perf_counter()
     for n_in in (128, 512):  # wake the server up: the first requests after a start pay one-off costs
         backend.run(n_in, 16, 1, seed=n_in, on_start=lambda: None, on_first_token=lambda: None)
@@ -318,11 +323,18 @@ def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, 
     return _finish(tmp, out, meta, prof_path)
 
 
-def _start_folder(out: Path, wl) -> Path:
-    """The replay's working folder (out.partial, fresh), holding the workload; renamed to `out` when done, so a
-    crash leaves what was measured there and no folder that looks complete."""
+def _start_folder(out: Path, wl, prof_path: Path) -> Path:
+    """The replay's working folder (out.partial, fresh), holding the workload and a copy of the profile it was
+    sized with (a later refit of that profile must not stop the workload from being rebuilt, or the replay from
+    being run again as it was); renamed to `out` when done, so a crash leaves what was measured there and no
+    folder that looks complete."""
+    import shutil
+
+    from dcsim.validate.workload import SIZING_PROFILE
+
     tmp = start_staging(out.with_name(out.name + ".partial"), "validate")
     wl.to_csv(tmp / "workload.csv", index=False)
+    shutil.copyfile(prof_path, tmp / SIZING_PROFILE)
     return tmp
 
 

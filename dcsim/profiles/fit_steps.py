@@ -8,7 +8,9 @@ cached ones, is modelled as the simulator's paged policy composes it (dcsim/sim/
 so the fitted curves are the ones the simulation evaluates. A step of M chunks (rows with prefill_chunks) sums
 tokens, tokens_sq and prefix over its chunks and adds (M - 1) x a cost per chunk (the curve's `batch` term, taken
 off its intercept), fitted where the sweep has steps of several chunks. The time model is linear in its coefficients
-and is fitted to all step rows at once (non-negative least squares on relative errors); decode power is fitted to
+and is fitted to all step rows at once (non-negative least squares on relative errors), then, where short chunks
+sit on a floor, refitted with the prefill as the larger of the curve and a launch floor (prefill_launch_s: per
+step, per extra chunk, per chunk after cached tokens; see _with_prefill_floor); decode power is fitted to
 the rows without a chunk and prefill power to the rows without decodes (average power = energy / time), both floored
 at the serving idle; the rows that mix both are checked, not fitted. Request-batch rows (kind "run") in the same
 table, where present, are predicted with the fitted curves and reported as a check.
@@ -52,7 +54,7 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
             "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
             "pf": (p > 0).astype(float), "p": m * p + s1, "sq": m * ((h + p) ** 2 - h ** 2) + 2 * (h + p) * s1 + s2,
-            "h": m * h, "m": m}
+            "h": m * h, "m": m, "hp": np.where(h > 0, m, 0.0)}
 
 
 def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool, with_h: bool,
@@ -66,42 +68,109 @@ def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool, with_h
     return np.column_stack(cols), names
 
 
-def _parts(f: dict[str, np.ndarray], x: dict[str, float], pf_floor: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _floor(f: dict[str, np.ndarray], fl: tuple[float, float, float]) -> np.ndarray:
+    """The launch-bound floor of each step's prefill: fl = (one chunk, per chunk beyond the first, per chunk after
+    a cached prefix)."""
+    return fl[0] + fl[1] * (f["m"] - 1.0) + fl[2] * f["hp"]
+
+
+def _parts(f: dict[str, np.ndarray], x: dict[str, float],
+           fl: tuple[float, float, float] | None) -> tuple[np.ndarray, np.ndarray]:
     """Each step's decode and prefill seconds under coefficients x (the prefill held at its floor, if any)."""
     t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
     lin = (x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"] + x.get("ph", 0.0) * f["h"]
            + x.get("pm", 0.0) * (f["m"] - 1.0))
-    return t_dec, f["pf"] * (np.maximum(lin, pf_floor) if pf_floor else lin)
+    return t_dec, f["pf"] * (np.maximum(lin, _floor(f, fl)) if fl else lin)
 
 
 def _with_prefill_floor(f: dict[str, np.ndarray], x: dict[str, float],
-                        names: list[str]) -> tuple[dict[str, float], float | None]:
+                        names: list[str]) -> tuple[dict[str, float], tuple[float, float, float] | None]:
     """Where short chunks all take about the same time (an eager forward paced by the host's kernel launches, not
-    by the GPU), a prefill is the larger of a floor and the linear curve: refit the time model with the floor (the
-    curve's `lo`, which the simulator applies) and keep it if it cuts the median relative error by a fifth."""
+    by the GPU), a prefill is the larger of a floor and the linear curve: refit the time model with the floor and
+    keep it if it cuts the median relative error by a fifth. The floor is one figure, or, where the sweep has
+    steps of several chunks or chunks after a cached prefix, it also grows by a cost per extra chunk and per
+    prefixed chunk (each its own launches in every layer), kept if that cuts the one-figure floor's median error
+    by a tenth. Returns the coefficients and the floor (one chunk, per extra chunk, per prefixed chunk).
+
+    Which steps sit on the floor is found by alternation: given that set the model is linear (those steps' prefill
+    is the floor's, the others' the curve's), so one non-negative least squares fits both; the set is then the
+    steps whose floor exceeds their curve, until it stops changing. It starts from each of a few token cut-offs
+    (the chunks up to it on the floor) and keeps the best."""
+    pf = f["pf"] > 0
+    if ((f["pf"] > 0) & (f["dec"] == 0)).sum() < 3:
+        return x, None
+    a_lin, _ = _time_design(f, "psq" in names, "dc" in names, "ph" in names, "pm" in names)
+    is_pf = np.array([n.startswith("p") for n in names])
+    has_m = np.unique(f["m"][pf]).size > 1
+    has_hp = np.unique(f["hp"][pf] > 0).size > 1
+    w = np.ones(len(f["t"]))
+
+    def solve(on: np.ndarray, full: bool) -> tuple[float, dict[str, float], tuple[float, float, float], np.ndarray]:
+        extra = [on * 1.0] + ([on * (f["m"] - 1.0)] if full and has_m else []) + ([on * f["hp"]] if full and has_hp
+                                                                                   else [])
+        a = np.column_stack([np.where(on[:, None] & is_pf[None, :], 0.0, a_lin), *extra])
+        z = nnls_rel(a, f["t"], w)
+        xx = dict(zip(names, z[:len(names)]))
+        rest = list(z[len(names):])
+        fl = (float(rest.pop(0)), float(rest.pop(0)) if full and has_m else 0.0,
+              float(rest.pop(0)) if full and has_hp else 0.0)
+        td, tp = _parts(f, xx, fl)
+        lin = _parts(f, xx, None)[1]
+        return float(np.median(np.abs((td + tp) / f["t"] - 1.0))), xx, fl, pf & (_floor(f, fl) > lin)
+
+    td, tp = _parts(f, x, None)
+    before = float(np.median(np.abs((td + tp) / f["t"] - 1.0)))
+    found: dict[bool, tuple] = {}
+    for full in (False, True):
+        if full and not (has_m or has_hp):
+            break
+        best = None
+        for cut in np.unique(f["p"][pf]):
+            on = pf & (f["p"] <= cut)
+            for _ in range(30):
+                err, xx, fl, nxt = solve(on, full)
+                if (nxt == on).all():
+                    break
+                on = nxt
+            if best is None or err < best[0]:
+                best = (err, xx, fl)
+        found[full] = best
+    err, xx, fl = found[False]
+    full = True in found and found[True][0] < 0.9 * err
+    if full:
+        err, xx, fl = found[True]
+    err, xx, fl = _polish(f, names, xx, fl, full and has_m, full and has_hp, err)
+    if err < 0.8 * before:
+        return xx, fl
+    return x, None
+
+
+def _polish(f: dict[str, np.ndarray], names: list[str], x: dict[str, float], fl: tuple[float, float, float],
+            with_m: bool, with_hp: bool, err: float) -> tuple[float, dict[str, float], tuple[float, float, float]]:
+    """The alternation's fit, refined by a robust (soft-L1) least squares from where it stands, so that a few
+    noisy steps do not pull the curve: kept where it lowers the median relative error."""
     from scipy.optimize import least_squares
 
+    k = len(names)
+
+    def unpack(z: np.ndarray) -> tuple[dict[str, float], tuple[float, float, float]]:
+        rest = list(z[k + 1:])
+        return dict(zip(names, z[:k])), (float(z[k]), float(rest.pop(0)) if with_m else 0.0,
+                                         float(rest.pop(0)) if with_hp else 0.0)
+
     def resid(z: np.ndarray) -> np.ndarray:
-        xx = dict(zip(names, z[:-1]))
-        td, tp = _parts(f, xx, z[-1])
+        xx, ff = unpack(z)
+        td, tp = _parts(f, xx, ff)
         return (td + tp) / f["t"] - 1.0
 
-    pf_only = (f["pf"] > 0) & (f["dec"] == 0)
-    if pf_only.sum() < 3:
-        return x, None
-    base = np.array([x[n] for n in names])
-    before = np.median(np.abs(resid(np.append(base, 0.0))))
-    best = None
-    for frac in (0.75, 1.0, 1.25):  # floor starts about the fastest prefill-only step; soft-L1 against noisy steps
-        z0 = np.append(base, frac * float(np.min(f["t"][pf_only])))
-        res = least_squares(resid, z0, bounds=(0.0, np.inf), x_scale=np.maximum(np.abs(z0), 1e-9),
-                            loss="soft_l1", f_scale=0.05)
-        err = np.median(np.abs(res.fun))
-        if best is None or err < best[0]:
-            best = (err, res.x)
-    if best[0] < 0.8 * before:
-        return dict(zip(names, best[1][:-1])), float(best[1][-1])
-    return x, None
+    z0 = np.array([x[n] for n in names] + [fl[0]] + ([fl[1]] if with_m else []) + ([fl[2]] if with_hp else []))
+    res = least_squares(resid, z0, bounds=(0.0, np.inf), x_scale=np.maximum(np.abs(z0), 1e-9), loss="soft_l1",
+                        f_scale=0.05)
+    got = float(np.median(np.abs(res.fun)))
+    if got < err:
+        xx, ff = unpack(res.x)
+        return got, xx, ff
+    return err, x, fl
 
 
 def _power_ceiling(p: np.ndarray, w: np.ndarray, x0: np.ndarray,
@@ -137,15 +206,18 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
         raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
     x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
-    x, pf_floor = _with_prefill_floor(f, x, names)
+    x, floor = _with_prefill_floor(f, x, names)
     decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {})})
     # the per-chunk term is fitted on (chunks - 1) so the intercept stays a one-chunk step's; in the simulator's
     # curve (batch = chunks) that is batch x pm with pm taken off the intercept
     pm = x.get("pm", 0.0)
     prefill_s = Curve(intercept=x["p0"] - pm, coef={"tokens": x["pp"], **({"tokens_sq": x["psq"]} if with_sq else {}),
                                                     **({"prefix": x["ph"]} if with_h else {}),
-                                                    **({"batch": pm} if with_m else {})}, lo=pf_floor)
-    t_dec, t_pf = _parts(f, x, pf_floor)
+                                                    **({"batch": pm} if with_m else {})},
+                      lo=floor[0] if floor and not any(floor[1:]) else None)
+    launch = (Curve(intercept=floor[0] - floor[1], coef={"batch": floor[1], "prefixed": floor[2]})
+              if floor and any(floor[1:]) else None)
+    t_dec, t_pf = _parts(f, x, floor)
     pred_t = t_dec + t_pf
 
     prov: dict[str, Provenance] = {}
@@ -154,8 +226,14 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     errors: dict[str, FitError] = {"latency.step_s": fit_error(pred_t, f["t"])}
     how = "fitted with the prefill curve to the time of every measured step (decode-only, prefill-only, mixed)"
     prov["latency.decode_step_s"] = _src(src, how + "; batch is the padded graph batch, context the live KV tokens")
-    floor_note = (f"; floor (lo) {pf_floor * 1e3:.1f} ms: chunks up to a size take that long whatever their tokens "
-                  "(an eager forward paced by the host)" if pf_floor else "")
+    floor_note = ""
+    if launch is not None:
+        floor_note = (f"; at least prefill_launch_s: {floor[0] * 1e3:.1f} ms a one-chunk step, "
+                      f"+{floor[1] * 1e3:.2f} ms a chunk beyond the first, +{floor[2] * 1e3:.2f} ms a chunk after "
+                      "cached tokens (an eager forward paced by the host's launches)")
+    elif floor:
+        floor_note = (f"; floor (lo) {floor[0] * 1e3:.1f} ms: chunks up to a size take that long whatever their "
+                      "tokens (an eager forward paced by the host)")
     prov["latency.prefill_s"] = _src(src, how + "; a chunk after h cached tokens adds (h+p)^2 - h^2 to tokens_sq "
                                      "and h to prefix" + floor_note)
     if not with_ctx:
@@ -213,7 +291,8 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
         spread["latency.step_s"] = round(float(cv.median()), 4)
     profile = Profile(
         name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=meta.engine,
-        gpus_per_replica=meta.gpus_per_replica, latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s),
+        gpus_per_replica=meta.gpus_per_replica,
+        latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s, prefill_launch_s=launch),
         power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
         power_cap=meta.power_cap, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
         spread_cv=spread, not_covered=_dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dcsim.errors import UserError, load_model
 
-# Features a curve may use. Prefill curves see the prompt tokens of one step; decode curves see a step
-# of `batch` sequences holding `context` KV tokens in all.
-PREFILL_FEATURES = ("tokens", "tokens_sq", "batch", "prefix")
+# Features a curve may use. Prefill curves see the prompt tokens of one step (`batch` prompts or chunks, `prefix`
+# tokens cached before them, `prefixed` chunks that have some); decode curves see a step of `batch` sequences
+# holding `context` KV tokens in all.
+PREFILL_FEATURES = ("tokens", "tokens_sq", "batch", "prefix", "prefixed")
 DECODE_FEATURES = ("batch", "context")
 
 
@@ -42,11 +43,11 @@ class Curve(Strict):
         return (-math.inf if self.lo is None else self.lo, math.inf if self.hi is None else self.hi)
 
     def prefill_terms(self) -> tuple:
-        """(intercept, per token, per token squared, per prompt, per cached prefix token, lo, hi) for fast
-        evaluation."""
+        """(intercept, per token, per token squared, per prompt, per cached prefix token, per chunk after a
+        cached prefix, lo, hi) for fast evaluation."""
         c = self.coef
         return (self.intercept, c.get("tokens", 0.0), c.get("tokens_sq", 0.0), c.get("batch", 0.0),
-                c.get("prefix", 0.0), *self.bounds())
+                c.get("prefix", 0.0), c.get("prefixed", 0.0), *self.bounds())
 
     def decode_terms(self) -> tuple:
         """(intercept, per sequence, per context token, lo, hi) for fast evaluation."""
@@ -125,6 +126,10 @@ class Latency(Strict):
 
     prefill_s: Curve
     decode_step_s: Curve
+    # An eager prefill launched kernel by kernel takes at least as long as the host needs to launch it, whatever
+    # the device's share: the prefill is the larger of prefill_s and this (features batch: chunks or prompts;
+    # prefixed: chunks after cached tokens, each its own gather and masked attention in every layer).
+    prefill_launch_s: Curve | None = None
 
 
 class HostPower(Strict):
@@ -230,6 +235,8 @@ class Profile(Strict):
     @model_validator(mode="after")
     def _features(self) -> "Profile":
         self.latency.prefill_s.check_features(PREFILL_FEATURES, "latency.prefill_s")
+        if self.latency.prefill_launch_s is not None:
+            self.latency.prefill_launch_s.check_features(("batch", "prefixed"), "latency.prefill_launch_s")
         self.power.prefill_w.check_features(PREFILL_FEATURES, "power.prefill_w")
         self.latency.decode_step_s.check_features(DECODE_FEATURES, "latency.decode_step_s")
         self.power.decode_w.check_features(DECODE_FEATURES, "power.decode_w")
@@ -256,8 +263,9 @@ class Profile(Strict):
         lat, pw = self.latency, self.power
         w = energy_x / time_x
         return self.model_copy(update={
-            "latency": lat.model_copy(update={"prefill_s": lat.prefill_s.scaled(time_x),
-                                              "decode_step_s": lat.decode_step_s.scaled(time_x)}),
+            "latency": lat.model_copy(update={
+                "prefill_s": lat.prefill_s.scaled(time_x), "decode_step_s": lat.decode_step_s.scaled(time_x),
+                "prefill_launch_s": lat.prefill_launch_s.scaled(time_x) if lat.prefill_launch_s else None}),
             "power": pw.model_copy(update={"prefill_w": pw.prefill_w.scaled(w), "decode_w": pw.decode_w.scaled(w)}),
         })
 
@@ -317,7 +325,7 @@ class ProfileEvaluator:
     """
 
     __slots__ = (
-        "profile", "gpus", "pf_t", "pf_p", "dc_t", "dc_p", "host_pf", "host_dc", "host_step_j",
+        "profile", "gpus", "pf_t", "pf_p", "pf_l", "dc_t", "dc_p", "host_pf", "host_dc", "host_step_j",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache",
     )
@@ -328,6 +336,9 @@ class ProfileEvaluator:
         self.gpus = p.gpus_per_replica
         self.pf_t = p.latency.prefill_s.prefill_terms()
         self.pf_p = p.power.prefill_w.prefill_terms()
+        launch = p.latency.prefill_launch_s
+        self.pf_l = None if launch is None else (launch.intercept, launch.coef.get("batch", 0.0),
+                                                 launch.coef.get("prefixed", 0.0))
         # decode linear terms: (intercept, per batch, per context token, lo[, hi]); step time has no ceiling
         self.dc_t = p.latency.decode_step_s.decode_terms()[:4]
         self.dc_p = p.power.decode_w.decode_terms()
@@ -384,17 +395,23 @@ class ProfileEvaluator:
         return s.time_x, s.power_x
 
     # ---- prefill ------------------------------------------------------------------------------
-    def prefill(self, tokens: float, tokens_sq: float, batch: int,
-                prefix: float = 0.0) -> tuple[float, float, float]:
-        """(seconds, device watts, host watts) of one prefill step; `prefix`: cached tokens its chunks read back."""
-        a, b, c, d, e, lo, hi = self.pf_t
-        t = a + b * tokens + c * tokens_sq + d * batch + e * prefix
+    def prefill(self, tokens: float, tokens_sq: float, batch: int, prefix: float = 0.0,
+                prefixed: int = 0) -> tuple[float, float, float]:
+        """(seconds, device watts, host watts) of one prefill step; `prefix`: cached tokens its chunks read back,
+        `prefixed`: how many of its chunks have any."""
+        a, b, c, d, e, f, lo, hi = self.pf_t
+        t = a + b * tokens + c * tokens_sq + d * batch + e * prefix + f * prefixed
+        if self.pf_l is not None:
+            la, lb, lf = self.pf_l
+            floor = la + lb * batch + lf * prefixed
+            if floor > lo:
+                lo = floor
         if t < lo:
             t = lo
         elif t > hi:
             t = hi
-        a, b, c, d, e, lo, hi = self.pf_p
-        w = a + b * tokens + c * tokens_sq + d * batch + e * prefix
+        a, b, c, d, e, f, lo, hi = self.pf_p
+        w = a + b * tokens + c * tokens_sq + d * batch + e * prefix + f * prefixed
         if w < lo:
             w = lo
         elif w > hi:
@@ -408,7 +425,8 @@ class ProfileEvaluator:
             w *= self.pf_px
         if self.host_pf is None:
             return t, w, 0.0
-        return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix)
+        return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix,
+                                     prefixed=prefixed)
 
     def served_alone(self, n_in: int, n_out: int) -> tuple[float, float]:
         """(seconds, device joules) of one request served alone: its prefill, then n_out - 1 decode steps at

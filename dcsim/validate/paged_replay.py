@@ -72,8 +72,9 @@ STEP_FIELDS = ("step", "start_s", "end_s", "decodes", "graph_batch", "chunks", "
                "waiting", "free_blocks", "preemptions", "cached_tokens", "cached_blocks",
                # what the profile's step cost reads (as the simulator sums them): the KV tokens the decodes read
                # (each its computed tokens plus the one it feeds), the tokens before the chunks (cached or
-               # computed in earlier steps) and the chunks' attention pairs, sum of (h + p)^2 - h^2
-               "decode_context", "chunk_prefix", "chunk_pairs")
+               # computed in earlier steps), the chunks' attention pairs, sum of (h + p)^2 - h^2, and the chunks with
+               # tokens before them
+               "decode_context", "chunk_prefix", "chunk_pairs", "prefixed_chunks")
 
 
 @dataclass(frozen=True)
@@ -394,6 +395,7 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                 ctx_read = sum(r.computed + 1 for r in decodes)
                 before = sum(r.computed for r, _ in chunks)
                 pairs = sum((r.computed + k) ** 2 - r.computed ** 2 for r, k in chunks)
+                after = sum(1 for r, _ in chunks if r.computed)
                 t0 = now()
                 for r, _ in chunks:
                     if r.start is None:
@@ -427,7 +429,7 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                           "running": len(running), "waiting": len(waiting), "free_blocks": e.alloc.free,
                           "preemptions": preempt_total - step_pre, "cached_tokens": step_hits,
                           "cached_blocks": e.alloc.cached, "decode_context": ctx_read, "chunk_prefix": before,
-                          "chunk_pairs": pairs})
+                          "chunk_pairs": pairs, "prefixed_chunks": after})
                 step += 1
                 for r in [x for x in running if len(x.out) >= x.n_out]:
                     finish(r, t1)

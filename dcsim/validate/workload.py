@@ -48,6 +48,17 @@ class WorkloadSpec:
     batching: dict | None = None  # an iteration-level engine's scheduler (policy + parameters): sizes by its rate
 
 
+# a replay folder's copy of the profile its workload was sized with (written by dcsim validate)
+SIZING_PROFILE = "profile.yaml"
+
+
+def sizing_profile(folder: Path, meta: dict, root: Path = Path(".")) -> Path:
+    """The profile a replay's workload was sized with: the folder's own copy, or (folders from before the copy
+    was kept) the path replay.json names."""
+    own = Path(folder) / SIZING_PROFILE
+    return own if own.is_file() else Path(root) / meta["profile"]
+
+
 def isolated_service_s(profile: Profile, n_in: np.ndarray, n_out: np.ndarray) -> np.ndarray:
     """Batch-1 service time of each request by the profile: what the simulator's routers predict."""
     from dcsim.sim.replica import predicted_service_s

@@ -3,9 +3,11 @@ at the step's own composition (padded decode batch and its KV tokens, the chunks
 tokens before them), as the simulator's `paged` policy costs a step (a chunk beside decodes adds its prefill time;
 engine.step_includes_prefill profiles are not read here). This separates a step-cost error from a scheduling one.
 
-Replays recorded since steps.csv carried decode_context, chunk_prefix and chunk_pairs are read exactly. For older
+Replays recorded since steps.csv carried decode_context, chunk_prefix, chunk_pairs and prefixed_chunks are
+read exactly. For older
 ones each decode's KV tokens are reconstructed from requests.csv (its prompt plus the share of its output made by
-then) and a chunk's start is its admission's cached tokens, a split prompt's later chunk taken as starting at 0.
+then), a chunk's start is its admission's cached tokens (a split prompt's later chunk taken as starting at 0),
+and a step has one prefixed chunk where its admissions hit the cache.
 
     python validation/scripts/step_costs.py validation/h200c-paged-conv60 [--profile P]
 """
@@ -37,13 +39,14 @@ def step_table(folder: Path, profile_path: Path) -> pd.DataFrame:
         s["decode_context"] = ctx
         s["chunk_prefix"] = s["cached_tokens"]
         s["chunk_pairs"] = s["prefill_tokens"] ** 2 + 2 * s["cached_tokens"] * s["prefill_tokens"]
+        s["prefixed_chunks"] = (s["cached_tokens"] > 0).astype(int)
     curve = np.zeros(len(s))
     for i, x in enumerate(s.itertuples(index=False)):
         if x.decodes:
             curve[i] += ev.decode_step(int(x.graph_batch), float(x.decode_context))[0]
         if x.chunks:
             curve[i] += ev.prefill(float(x.prefill_tokens), float(x.chunk_pairs), int(x.chunks),
-                                   float(x.chunk_prefix))[0]
+                                   float(x.chunk_prefix), int(x.prefixed_chunks))[0]
     s["curve_s"] = curve
     s["kind"] = np.where(s["chunks"] == 0, "dec", np.where(s["decodes"] == 0, "pf", "mix"))
     return s

@@ -476,12 +476,14 @@ class Paged(Policy):
             if n:
                 bg = self.padded(n)
                 t_d, e_d, h_d = decode_run(bg, self.S + n * self.D + n, 1, n)
-            tokens = sq = pre = 0  # the chunks' tokens, attention pairs ((h+p)^2 - h^2) and cached tokens read
+            # the chunks' tokens, attention pairs ((h+p)^2 - h^2), tokens before them, and chunks with any
+            tokens = sq = pre = after = 0
             for _, d, c in chunks:
                 tokens += c
                 sq += (d + c) * (d + c) - d * d
                 pre += d
-            t_p, w_p, hw_p = ev.prefill(tokens, float(sq), len(chunks), float(pre))
+                after += d > 0
+            t_p, w_p, hw_p = ev.prefill(tokens, float(sq), len(chunks), float(pre), after)
             if split and n:  # the prefill runs inside this decode step, at the step's measured power
                 t_p = max(0.0, t_p - pf_fixed)
                 self.pf_sum += t_p
