@@ -10,7 +10,7 @@ import sys
 from dcsim.errors import guarded
 
 # One module per command under dcsim/commands; each has add_parser(subparsers) that sets func=handler.
-COMMANDS = ("run", "trace", "fit", "profiles", "calibrate", "sweep", "report", "validate")
+COMMANDS = ("run", "trace", "fit", "profiles", "calibrate", "sweep", "plan", "report", "validate")
 
 
 def build_parser() -> argparse.ArgumentParser:
