@@ -329,19 +329,59 @@ def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
     return page(f"dcsim sweep: {name}", meta, sections)
 
 
+def plan_report(d: Path) -> str:
+    """A capacity plan's page: the question, the chosen fleet, the figure, the frontier and every fleet simulated."""
+    from dcsim.capacity import OBJECTIVES
+    from dcsim.capacity_plots import plan_figure
+
+    info = _read_json(d / "plan.json")
+    for name in ("evaluated.parquet", "frontier.parquet"):
+        if not (d / name).is_file():
+            raise UserError(f"{name} not found: the plan has not finished (run dcsim plan again to resume)", d)
+    evaluated = pd.read_parquet(d / "evaluated.parquet")
+    frontier = pd.read_parquet(d / "frontier.parquet")
+    metric = OBJECTIVES[info["minimise"]]
+    q = [[cell("scenario"), cell(Path(info["scenario"]).name)], [cell("seed"), cell(info["seed"])]]
+    q += [[cell("set"), cell(s)] for s in info.get("set", [])]
+    q += [[cell("vary"), cell(f"{v['path']} = {v['lo']}..{v['hi']}")] for v in info["vary"]]
+    q += [[cell("objective"), cell(s)] for s in info["slo"]]
+    q += [[cell("minimise"), cell(f"{info['minimise']} ({metric})")],
+          [cell("fleets simulated"), cell(f"{info['fleets_evaluated']} of {info['grid_fleets']}, "
+                                          f"{info['rounds']} rounds")]]
+    ans = info.get("answer")
+    if ans is None:
+        answer = "<p>No fleet in the ranges meets every objective.</p>"
+    else:
+        rows = [[cell(k), cell(_py(v))] for k, v in ans.items()]
+        answer = table(["", "the cheapest fleet that meets every objective"], rows, sortable=False, text_cols=1)
+    sections = [("Question", table(["setting", "value"], q, sortable=False, text_cols=2)), ("Answer", answer),
+                ("Plot", figure(plan_figure(evaluated, info, metric),
+                                f"{metric} and each objective's metric against {info['vary'][0]['path']}")),
+                ("Frontier: the least count meeting every objective, per value of the others",
+                 frame_table(frontier)),
+                ("Every fleet simulated", frame_table(evaluated)
+                 + "<p class=meta>evaluated.csv / evaluated.parquet; one point file each in points/</p>")]
+    meta = f"plan folder <code>{esc(d.name)}</code> &middot; {info['fleets_evaluated']} fleets"
+    return page(f"dcsim plan: {Path(info['scenario']).stem}", meta, sections)
+
+
 # ---- entry -----------------------------------------------------------------------------------
 def build_report(results: str | Path, metrics: list[str] | None = None) -> str:
-    """HTML for a run folder (summary.json) or a sweep folder (sweep.json + results)."""
+    """HTML for a run folder (summary.json), a sweep folder (sweep.json + results) or a plan folder (plan.json)."""
     d = Path(results)
     if not d.is_dir():
         raise UserError("not a folder (give a dcsim run --out or dcsim sweep --out folder)", d)
     if (d / "sweep.json").is_file():
         return sweep_report(d, metrics)
+    if (d / "plan.json").is_file():
+        if metrics:
+            raise UserError("--metric applies to sweep folders only", d, "--metric")
+        return plan_report(d)
     if (d / "summary.json").is_file():
         if metrics:
             raise UserError("--metric applies to sweep folders only", d, "--metric")
         return run_report(d)
-    raise UserError("neither summary.json (a run) nor sweep.json (a sweep) found here", d)
+    raise UserError("neither summary.json (a run), sweep.json (a sweep) nor plan.json (a plan) found here", d)
 
 
 def write_report(results: str | Path, out: str | Path, metrics: list[str] | None = None,

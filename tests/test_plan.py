@@ -86,6 +86,14 @@ def test_the_command_writes_the_frontier_and_resumes_from_its_folder(case, tmp_p
     assert f"fleet.slow.count={ans['fleet.slow.count']}" in text and "cheapest by energy" in text
     ev = pd.read_csv(out / "evaluated.csv")
     assert len(ev) == info["fleets_evaluated"] and ev["meets"].any() and not ev["meets"].all()
+    # its report: the question, the chosen fleet, the figure
+    assert main(["report", str(out), "-o", str(tmp_path / "plan.html")]) == 0
+    html = (tmp_path / "plan.html").read_text()
+    assert "dcsim plan" in html and SLO[0].replace("<", "&lt;") in html and "data:image/png;base64" in html
+    answer = html.split("<h2>Answer</h2>")[1].split("</section>")[0]
+    for k in ("fleet.slow.count", "fleet.fast.count"):
+        row = answer.split(k)[1].split("</tr>")[0]
+        assert f">{ans[k]}<" in row, (k, row)
     # again on the same folder: nothing simulated, the same answer; a lost point file is simulated again
     assert main(argv) == 0
     again = json.loads((out / "plan.json").read_text())

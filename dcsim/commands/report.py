@@ -1,4 +1,4 @@
-"""`dcsim report RESULTS -o report.html`: one self-contained HTML page for a run or a sweep folder."""
+"""`dcsim report RESULTS -o report.html`: one self-contained HTML page for a run, sweep or plan folder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="HTML report of a run or sweep folder", description=__doc__)
-    p.add_argument("results", help="a folder written by `dcsim run --out` or `dcsim sweep --out`")
+    p = sub.add_parser("report", help="HTML report of a run, sweep or plan folder", description=__doc__)
+    p.add_argument("results", help="a folder written by `dcsim run --out`, `dcsim sweep --out` or `dcsim plan --out`")
     p.add_argument("-o", "--output", help="HTML file to write (default: RESULTS/report.html)")
     p.add_argument("--metric", dest="metrics", action="append", metavar="NAME",
                    help="sweeps: metric to plot and tabulate (glob patterns allowed, repeatable; default: the "
