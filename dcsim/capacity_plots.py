@@ -37,6 +37,11 @@ def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str) -> b
                 ax.axhline(_bound_of(s), color="0.3", ls="--", lw=0.8)
         if answer is not None:
             ax.plot([answer[x]], [answer[m]], "o", ms=13, mfc="none", mec="k", mew=1.2)
+        bounds = [_bound_of(s) for s in slos if _metric_of(s) == m]
+        top = evaluated[m].max()
+        if bounds and bounds[0] > 0 and top > 10 * bounds[0]:
+            # a miss by far beside the bound: linear up to the bound, logarithmic above, the bound readable
+            ax.set_yscale("symlog", linthresh=bounds[0])
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(x)
         ax.set_ylabel(m)
