@@ -203,6 +203,28 @@ LATENCIES = (("wait_s", "queue wait"), ("ttft_s", "time to first token"), ("tpot
              ("e2e_s", "end-to-end"))
 RUN_PNGS = ("power.png", "latency_cdf.png", "energy_breakdown.png")
 
+EXTRA_LABELS = {"utilisation": ("utilisation", ""), "slo.attainment": ("SLO attainment", ""),
+                "slo.goodput_rps": ("goodput", "req/s"), "replicas": ("replicas", ""),
+                "power_cap_w": ("power cap", "W"), "makespan_s": ("makespan", "s")}
+
+
+def metric_label(metric: str, currency: str = "") -> str:
+    """A summary metric's human name with its unit: e2e_s.p99 -> 'end-to-end p99 (s)', pools.a100.energy_j ->
+    'a100: energy (device + host) (J)', cost -> 'cost (USD)'; an unknown name is returned as it is."""
+    if metric.startswith("pools.") and metric.count(".") >= 2:
+        _, pool, rest = metric.split(".", 2)
+        return f"{pool}: {metric_label(rest, currency)}"
+    units = {k: (label, currency if k == "cost" else unit) for k, label, unit in HEADLINE}
+    units.update(EXTRA_LABELS)
+    if metric in units:
+        label, unit = units[metric]
+        return f"{label} ({unit})" if unit else label
+    base, _, stat = metric.rpartition(".")
+    lat = dict(LATENCIES)
+    if base in lat:
+        return f"{lat[base]} {stat} (s)"
+    return metric
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -283,8 +305,46 @@ def _choose_metrics(info: dict, columns: list[str], asked: list[str] | None, whe
     return chosen
 
 
-def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
-    from dcsim.sweep.plots import metric_figure
+def _has_spread(mean: float, lo: float, hi: float, n_seeds: int) -> bool:
+    """An interval worth printing: several seeds, and a half-width above rounding (deterministic runs give 1e-9)."""
+    return n_seeds > 1 and math.isfinite(hi) and (hi - lo) / 2 > 1e-9 * max(abs(mean), 1e-12)
+
+
+def pareto_front(x: Iterable[float], y: Iterable[float]) -> list[bool]:
+    """Which points no other point beats on both (lower x and lower y, at least one strictly)."""
+    pts = list(zip(x, y))
+    return [not any(a <= px and b <= py and (a < px or b < py) for a, b in pts) for px, py in pts]
+
+
+def _baseline_row(summary: pd.DataFrame, keys: list[str], baseline: list[str] | None, where: Path) -> int:
+    """The configuration the change is taken against: the one --baseline KEY=VALUE names, else the first."""
+    if not baseline:
+        return 0
+    sel = pd.Series(True, index=summary.index)
+    for item in baseline:
+        k, eq, v = item.partition("=")
+        if not eq or k not in keys:
+            raise UserError(f"expected AXIS=VALUE with one of the sweep's axes ({', '.join(keys)}), got {item!r}",
+                            where, "--baseline")
+        sel &= summary[k].astype(str) == v
+    hits = list(summary.index[sel])
+    if len(hits) != 1:
+        raise UserError(f"{' '.join(baseline)} names {len(hits)} configurations, not one; give more axes",
+                        where, "--baseline")
+    return summary.index.get_loc(hits[0])
+
+
+def _currency(d: Path) -> str:
+    for f in sorted((d / "points").glob("*.json"))[:1]:
+        try:
+            return str(json.loads(f.read_text()).get("summary", {}).get("currency") or "")
+        except (OSError, ValueError):
+            return ""
+    return ""
+
+
+def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] | None = None) -> str:
+    from dcsim.sweep.plots import metric_figure, pareto_figure
 
     info = _read_json(d / "sweep.json")
     for name in ("results.parquet", "summary.parquet"):
@@ -295,6 +355,9 @@ def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
     axes: list[list[str]] = info.get("axes", [])
     keys = [k for g in axes for k in g]
     chosen = _choose_metrics(info, list(summary.columns), metrics, d)
+    base = _baseline_row(summary, keys, baseline, d)
+    cur = _currency(d)
+    label = {m: metric_label(m, cur) for m in chosen}
     sections = []
     desc = [[cell("base scenario"), cell(Path(info.get("base", "")).name)],
             [cell("points"), cell(len(results))],
@@ -303,24 +366,52 @@ def sweep_report(d: Path, metrics: list[str] | None = None) -> str:
     desc += [[cell("set"), cell(s)] for s in info.get("set", [])]
     for g in axes:
         vals = [", ".join(dict.fromkeys(str(v) for v in summary[k])) for k in g]
-        label = " + ".join(g) + (" (zip)" if len(g) > 1 else "")
-        desc.append([cell(label), cell("; ".join(vals))])
+        lab = " + ".join(g) + (" (zip)" if len(g) > 1 else "")
+        desc.append([cell(lab), cell("; ".join(vals))])
+    brow = summary.iloc[base]
+    desc.append([cell("baseline"), cell(", ".join(f"{k}={_py(brow[k])}" for k in keys) or "the only configuration")])
     text = f"<p>{esc(info['description'])}</p>" if info.get("description") else ""
     sections.append(("Sweep", text + table(["setting", "value"], desc, sortable=False, text_cols=2)))
-    figs = [figure(metric_figure(summary, axes, m), f"{m}: mean over seeds, bars = 95% t-interval") for m in chosen]
+    figs = [figure(metric_figure(summary, axes, m, label[m]), f"{label[m]}: mean over seeds, bars = 95% t-interval "
+                   "where the seeds differ") for m in chosen]
+    front = None
+    if {"energy_j.mean", "e2e_s.p99.mean"} <= set(summary.columns):
+        front = pareto_front(summary["energy_j.mean"], summary["e2e_s.p99.mean"])
+        figs.append(figure(pareto_figure(summary, keys, front, metric_label("energy_j", cur),
+                                         metric_label("e2e_s.p99")),
+                           "each configuration's energy against its end-to-end p99, numbered as in the summary "
+                           "table; the front (none better on both) joined"))
     if figs:
         sections.append(("Plots", "\n".join(figs)))
     rows = []
-    for _, r in summary.iterrows():
-        row = [cell(_py(r[k])) for k in keys] + [cell(int(r["n_seeds"]))]
+    for i, (_, r) in enumerate(summary.iterrows()):
+        row = [cell(i + 1)] + [cell(_py(r[k])) for k in keys] + [cell(int(r["n_seeds"]))]
         for m in chosen:
             mean, lo, hi = float(r[f"{m}.mean"]), float(r[f"{m}.ci95_lo"]), float(r[f"{m}.ci95_hi"])
-            txt = fmt(mean) + ("" if math.isnan(hi) else f" ± {fmt((hi - lo) / 2)}")
+            txt = fmt(mean) + (f" ± {fmt((hi - lo) / 2)}" if _has_spread(mean, lo, hi, int(r["n_seeds"])) else "")
+            b = float(brow[f"{m}.mean"])
+            if i != base and b and math.isfinite(b) and math.isfinite(mean):
+                txt += f" ({(mean - b) / abs(b):+.1%})"
             row.append(cell(mean, txt))
+        if front is not None:
+            row.append(cell("front" if front[i] else ""))
+        row.append(cell("baseline" if i == base else ""))
         rows.append(row)
-    sections.append(("Summary: mean ± 95% CI half-width over seeds",
-                     table(keys + ["seeds"] + chosen, rows, text_cols=0)
+    head = ["#"] + keys + ["seeds"] + [label[m] for m in chosen] + (["Pareto (energy, e2e p99)"] if front is not None else [])
+    sections.append(("Summary: mean ± 95% CI half-width over seeds (change against the baseline)",
+                     table(head + [""], rows, text_cols=0)
                      + "<p class=meta>every metric with its interval: summary.csv / summary.parquet</p>"))
+    pools = sorted({c.split(".")[1] for c in summary.columns if c.startswith("pools.") and c.endswith(".mean")})
+    per_pool = [m for m in ("energy_j", "utilisation", "e2e_s.p99", "requests_completed", "tokens_per_joule")
+                if any(f"pools.{p}.{m}.mean" in summary.columns for p in pools)]
+    if len(pools) and per_pool:
+        prow = []
+        for _, r in summary.iterrows():
+            for p in pools:
+                prow.append([cell(_py(r[k])) for k in keys] + [cell(p)]
+                            + [cell(float(r.get(f"pools.{p}.{m}.mean", float("nan")))) for m in per_pool])
+        sections.append(("Per pool: mean over seeds",
+                         table(keys + ["pool"] + [metric_label(m, cur) for m in per_pool], prow, text_cols=0)))
     cols = ["point", "seed"] + keys + chosen
     sections.append(("Points", frame_table(results[cols], text_cols=1)
                      + "<p class=meta>every flattened summary metric: results.csv / results.parquet</p>"))
@@ -366,13 +457,15 @@ def plan_report(d: Path) -> str:
 
 
 # ---- entry -----------------------------------------------------------------------------------
-def build_report(results: str | Path, metrics: list[str] | None = None) -> str:
+def build_report(results: str | Path, metrics: list[str] | None = None, baseline: list[str] | None = None) -> str:
     """HTML for a run folder (summary.json), a sweep folder (sweep.json + results) or a plan folder (plan.json)."""
     d = Path(results)
     if not d.is_dir():
         raise UserError("not a folder (give a dcsim run --out or dcsim sweep --out folder)", d)
     if (d / "sweep.json").is_file():
-        return sweep_report(d, metrics)
+        return sweep_report(d, metrics, baseline)
+    if baseline:
+        raise UserError("--baseline applies to sweep folders only", d, "--baseline")
     if (d / "plan.json").is_file():
         if metrics:
             raise UserError("--metric applies to sweep folders only", d, "--metric")
@@ -385,12 +478,12 @@ def build_report(results: str | Path, metrics: list[str] | None = None) -> str:
 
 
 def write_report(results: str | Path, out: str | Path, metrics: list[str] | None = None,
-                 force: bool = False) -> Path:
+                 force: bool = False, baseline: list[str] | None = None) -> Path:
     """Build the report and write it through a temporary file; an existing file is replaced only if it is a dcsim
     report (or with force)."""
     from dcsim.outputs import check_file, owned_report, write_file
 
     path = check_file(out, force, owned_report)
-    text = build_report(results, metrics)
+    text = build_report(results, metrics, baseline)
     write_file(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path

@@ -118,31 +118,77 @@ def test_names_are_escaped(tmp_path, capsys):
 
 
 def test_sweep_report_tables_and_plots(tmp_path, capsys):
+    """Human names with units, the change against a baseline, the energy / e2e p99 Pareto front, intervals only
+    where seeds differ, a per-pool table; every figure checked against the sweep's own summary."""
     make_case(tmp_path)
-    sw = load_sweep(write_sweep(tmp_path, {**GRID, "metrics": ["e2e_s.p99", "pools.*.energy_j"]}))
+    sw = load_sweep(write_sweep(tmp_path, {**GRID, "metrics": ["e2e_s.p99", "pools.*.energy_j", "energy_j"]}))
     res = run_sweep(sw, tmp_path / "sw", workers=0, progress=False)
     assert main(["report", str(tmp_path / "sw")]) == 0  # default output: inside the folder
     page = Page((tmp_path / "sw" / "report.html").read_text())
-    assert len(page.imgs) == 2  # one figure per chosen metric
+    assert len(page.imgs) == 4  # one figure per chosen metric, and the Pareto front
     summ = page.table("Summary")
-    assert summ["head"] == ["fleet.gpu.count", "fleet.gpu.batching.max_batch", "seeds", "e2e_s.p99",
-                            "pools.gpu.energy_j"]
+    assert summ["head"] == ["#", "fleet.gpu.count", "fleet.gpu.batching.max_batch", "seeds", "end-to-end p99 (s)",
+                            "gpu: energy (device + host) (J)", "energy (device + host) (J)",
+                            "Pareto (energy, e2e p99)", ""]
     assert len(summ["rows"]) == 6
-    for row, (_, r) in zip(summ["rows"], res.summary.iterrows()):
-        assert float(row[0][1]) == r["fleet.gpu.count"] and float(row[2][1]) == 2
-        assert float(row[3][1]) == r["e2e_s.p99.mean"]
+    sm = res.summary
+    e, p99 = sm["energy_j.mean"].to_numpy(), sm["e2e_s.p99.mean"].to_numpy()
+    for i, (row, (_, r)) in enumerate(zip(summ["rows"], sm.iterrows())):
+        assert float(row[1][1]) == r["fleet.gpu.count"] and float(row[3][1]) == 2
+        assert float(row[4][1]) == r["e2e_s.p99.mean"]
         half = (r["e2e_s.p99.ci95_hi"] - r["e2e_s.p99.ci95_lo"]) / 2
-        assert row[3][0].split(" ± ")[1] == f"{half:.4g}"
+        text = row[4][0]
+        assert text.split(" ± ")[1].split(" (")[0] == f"{half:.4g}"  # two seeds that differ: an interval
+        if i == 0:
+            assert row[-1][0] == "baseline" and "(" not in text
+        else:  # the change against the first configuration, the default baseline
+            assert text.endswith(f"({(r['e2e_s.p99.mean'] - p99[0]) / abs(p99[0]):+.1%})")
+        dominated = any(e[j] <= e[i] and p99[j] <= p99[i] and (e[j] < e[i] or p99[j] < p99[i]) for j in range(6))
+        assert (row[-2][0] == "front") == (not dominated)
+    assert any(r[-2][0] == "front" for r in summ["rows"])
+    pools = page.table("Per pool")
+    assert len(pools["rows"]) == 6 and pools["head"][:4] == ["fleet.gpu.count", "fleet.gpu.batching.max_batch",
+                                                              "pool", "energy (device + host) (J)"]
+    assert [float(r[3][1]) for r in pools["rows"]] == list(sm["pools.gpu.energy_j.mean"])
     pts = page.table("Points")
     assert len(pts["rows"]) == 12 and pts["head"][:2] == ["point", "seed"]
     assert [r[0][0] for r in pts["rows"]] == list(res.results["point"])
+    # another baseline: named by its axis values; changes are taken against it
+    out = tmp_path / "b.html"
+    assert main(["report", str(tmp_path / "sw"), "-o", str(out), "--baseline", "fleet.gpu.count=3",
+                 "--baseline", "fleet.gpu.batching.max_batch=8"]) == 0
+    rows = Page(out.read_text()).table("Summary")["rows"]
+    k = [i for i, r in enumerate(rows) if r[-1][0] == "baseline"]
+    assert k == [int(sm.index[(sm["fleet.gpu.count"] == 3) & (sm["fleet.gpu.batching.max_batch"] == 8)][0])]
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "y.html"), "--baseline", "fleet.gpu.count=3"]) == 2
+    assert "names 2 configurations" in capsys.readouterr().err and not (tmp_path / "y.html").exists()
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "y.html"), "--baseline", "seed=3"]) == 2
+    assert "field '--baseline'" in capsys.readouterr().err
     # --metric replaces the sweep file's choice; a pattern matching nothing is a user error
     assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "m.html"), "--metric", "tokens_per_joule"]) == 0
-    assert len(Page((tmp_path / "m.html").read_text()).imgs) == 1
+    assert len(Page((tmp_path / "m.html").read_text()).imgs) == 2  # the metric, and the Pareto front
     capsys.readouterr()
     assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "x.html"), "--metric", "joules"]) == 2
     assert "no metric matches 'joules'" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_deterministic_points_print_no_interval_and_far_off_values_are_categories(tmp_path, capsys):
+    """Seeds that give the same numbers print no '± 1e-09'; an axis whose 'off' value stands far from the rest
+    is drawn as categories."""
+    import numpy as np
+
+    from dcsim.report import _has_spread, metric_label, pareto_front
+    from dcsim.sweep.plots import categorical
+
+    assert not _has_spread(30060.0, 30060.0 - 1.5e-9, 30060.0 + 1.5e-9, 3)
+    assert _has_spread(30060.0, 30000.0, 30120.0, 3) and not _has_spread(30060.0, 30000.0, 30120.0, 1)
+    assert categorical(np.array([16.0, 32, 64, 128, 1_000_000])) and not categorical(np.array([1.0, 2, 3, 4]))
+    assert not categorical(np.array([0.0, 1e6]))  # two values: nothing to squash
+    assert pareto_front([1, 2, 3, 2], [3, 2, 1, 3]) == [True, True, True, False]
+    assert metric_label("pools.a100.e2e_s.p99") == "a100: end-to-end p99 (s)"
+    assert metric_label("cost", "EUR") == "cost (EUR)" and metric_label("no.such") == "no.such"
 
 
 @pytest.mark.parametrize("setup, words", [

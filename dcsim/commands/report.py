@@ -13,6 +13,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", dest="metrics", action="append", metavar="NAME",
                    help="sweeps: metric to plot and tabulate (glob patterns allowed, repeatable; default: the "
                         "sweep file's metrics, else energy, tokens/J, throughput, power, e2e p99, TTFT p50)")
+    p.add_argument("--baseline", action="append", metavar="AXIS=VALUE",
+                   help="sweeps: the configuration changes are taken against (repeatable, one per axis as needed; "
+                        "default: the first configuration)")
     p.add_argument("--force", action="store_true", help="replace an -o file that dcsim did not write")
     p.set_defaults(func=run)
 
@@ -21,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
     from dcsim.report import write_report
 
     out = Path(args.output) if args.output else Path(args.results) / "report.html"
-    path = write_report(args.results, out, args.metrics, force=args.force)
+    path = write_report(args.results, out, args.metrics, force=args.force, baseline=args.baseline)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
