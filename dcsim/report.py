@@ -397,7 +397,8 @@ def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] 
             row.append(cell("front" if front[i] else ""))
         row.append(cell("baseline" if i == base else ""))
         rows.append(row)
-    head = ["#"] + keys + ["seeds"] + [label[m] for m in chosen] + (["Pareto (energy, e2e p99)"] if front is not None else [])
+    head = ["#"] + keys + ["seeds"] + [label[m] for m in chosen]
+    head += ["Pareto (energy, e2e p99)"] if front is not None else []
     sections.append(("Summary: mean ± 95% CI half-width over seeds (change against the baseline)",
                      table(head + [""], rows, text_cols=0)
                      + "<p class=meta>every metric with its interval: summary.csv / summary.parquet</p>"))

@@ -161,7 +161,8 @@ def test_sweep_report_tables_and_plots(tmp_path, capsys):
     k = [i for i, r in enumerate(rows) if r[-1][0] == "baseline"]
     assert k == [int(sm.index[(sm["fleet.gpu.count"] == 3) & (sm["fleet.gpu.batching.max_batch"] == 8)][0])]
     capsys.readouterr()
-    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "y.html"), "--baseline", "fleet.gpu.count=3"]) == 2
+    y = str(tmp_path / "y.html")
+    assert main(["report", str(tmp_path / "sw"), "-o", y, "--baseline", "fleet.gpu.count=3"]) == 2
     assert "names 2 configurations" in capsys.readouterr().err and not (tmp_path / "y.html").exists()
     assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "y.html"), "--baseline", "seed=3"]) == 2
     assert "field '--baseline'" in capsys.readouterr().err
