@@ -1,11 +1,11 @@
 """The simulator side of a validation: simulate exactly the replayed requests and arrival times on one
 replica with the profile, over the same window, and compare with what the device measured.
 
-Targets (the validation issue's): total energy within 5%, and its active and idle parts each within 5%; p50 and
-p95 end-to-end latency within 10%, mean queue wait within 15%. Every forecast carries the run-to-run spread the profile's calibration
-measured (coefficient of variation of one run's time and energy) as a band: the forecast again with every
-active step that much slower and costlier, and that much faster and cheaper. A miss inside the band is noise
-to reduce; one outside it is a model error to find.
+Targets (the validation issue's): total energy within 5%, and its active and idle parts each within 5%; p50
+and p95 end-to-end latency within 10%, mean queue wait within 15%. Every forecast carries the run-to-run spread
+the profile's calibration measured (coefficient of variation of one run's time and energy) as a band: the
+forecast again with every active step that much slower and costlier, and that much faster and cheaper. A miss
+inside the band is noise to reduce; one outside it is a model error to find.
 """
 
 from __future__ import annotations
