@@ -59,7 +59,7 @@ def test_the_m1_pro_cpu_energy_fits_once_steps_are_counted(shared_data):
 def test_every_shipped_profile_flags_an_energy_component_that_fits_badly():
     from pathlib import Path
 
-    from dcsim.profiles.fit import ENERGY_FLAG_PCT
+    from dcsim.profiles.fit_stats import ENERGY_FLAG_PCT
     from dcsim.profiles.profile import load_profile
 
     for f in sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml")):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from dcsim.errors import UserError
-from dcsim.profiles.fit import held_cache_lengths, shape_mean_error
+from dcsim.profiles.fit import held_cache_lengths
+from dcsim.profiles.fit_stats import shape_mean_error
 from dcsim.profiles.measurements import normalise
 from dcsim.profiles.profile import FitError, Profile
 

@@ -22,19 +22,11 @@ import numpy as np
 import pandas as pd
 
 from dcsim.errors import UserError
-from dcsim.profiles.fit import (
-    FitMeta,
-    FitResult,
-    Terms,
-    _dedupe,
-    _idle,
-    _memory,
-    _spread,
-    _src,
-    energy_flags,
-    fit_error,
-    nnls_rel,
-)
+from dcsim.profiles.fit_meta import FitMeta, from_source, memory_of
+from dcsim.profiles.fit_power import idle_powers
+from dcsim.profiles.fit_result import FitResult, dedupe
+from dcsim.profiles.fit_runs import Terms
+from dcsim.profiles.fit_stats import energy_flags, fit_error, nnls_rel, spread_cv
 from dcsim.profiles.profile import Curve, FitError, Latency, Power, Profile, Provenance
 
 
@@ -225,7 +217,8 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     src = meta.source
     errors: dict[str, FitError] = {"latency.step_s": fit_error(pred_t, f["t"])}
     how = "fitted with the prefill curve to the time of every measured step (decode-only, prefill-only, mixed)"
-    prov["latency.decode_step_s"] = _src(src, how + "; batch is the padded graph batch, context the live KV tokens")
+    prov["latency.decode_step_s"] = from_source(src, how + "; batch is the padded graph batch, context the live KV "
+                                                     "tokens")
     floor_note = ""
     if launch is not None:
         floor_note = (f"; at least prefill_launch_s: {floor[0] * 1e3:.1f} ms a one-chunk step, "
@@ -234,15 +227,15 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     elif floor:
         floor_note = (f"; floor (lo) {floor[0] * 1e3:.1f} ms: chunks up to a size take that long whatever their "
                       "tokens (an eager forward paced by the host)")
-    prov["latency.prefill_s"] = _src(src, how + "; a chunk after h cached tokens adds (h+p)^2 - h^2 to tokens_sq "
-                                     "and h to prefix" + floor_note)
+    prov["latency.prefill_s"] = from_source(src, how + "; a chunk after h cached tokens adds (h+p)^2 - h^2 to "
+                                                 "tokens_sq and h to prefix" + floor_note)
     if not with_ctx:
         not_covered.append("decode-step dependence on context length (one context per batch in this sweep)")
 
     # ---- power: decode-only and prefill-only rows, floored at the serving idle ---------------------------------
     idle_prov: dict[str, Provenance] = {}
     idle_gaps: list[str] = []
-    serving, deep = _idle(t, meta, idle_prov, idle_gaps)
+    serving, deep = idle_powers(t, meta, idle_prov, idle_gaps)
     floor = round(serving, 2)
     cap_hi = meta.device.tdp_w * meta.gpus_per_replica if meta.device.tdp_w else None
     has_e = np.isfinite(f["e"])
@@ -274,17 +267,17 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     if mixed.any():
         errors["energy.mixed_step_device_j"] = fit_error(pred_e[mixed], f["e"][mixed])
         errors["latency.mixed_step_s"] = fit_error(pred_t[f["dec"] * f["pf"] > 0], f["t"][f["dec"] * f["pf"] > 0])
-    prov["power.decode_w"] = _src(src, "fitted to the average power of the decode-only steps (energy / time)")
-    prov["power.prefill_w"] = _src(src, "fitted to the average power of the prefill-only steps (energy / time)")
+    prov["power.decode_w"] = from_source(src, "fitted to the average power of the decode-only steps (energy / time)")
+    prov["power.prefill_w"] = from_source(src, "fitted to the average power of the prefill-only steps (energy / time)")
     prov.update(idle_prov)
     not_covered.extend(idle_gaps)
     not_covered.append("host (CPU, DRAM) power")
-    memory, mem_prov = _memory(meta)
+    memory, mem_prov = memory_of(meta)
     prov["memory"] = mem_prov
     prov["source"] = src
     vr = {"batch": (float(steps["batch"][steps["batch"] > 0].min()), float(steps["batch"].max())),
           "prefill_tokens": (float(steps["n_in"][steps["n_in"] > 0].min()), float(steps["n_in"].max()))}
-    spread = _spread(t)
+    spread = spread_cv(t)
     g = steps.assign(_t=f["t"]).groupby(steps["source"].str.replace(r"-r\d+$", "", regex=True))["_t"]
     cv = (g.std() / g.mean()).dropna()
     if len(cv):
@@ -295,7 +288,7 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
         latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s, prefill_launch_s=launch),
         power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
         power_cap=meta.power_cap, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
-        spread_cv=spread, not_covered=_dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,
+        spread_cv=spread, not_covered=dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,
     )
     rows = steps.assign(pred_step_s=pred_t, step_s=f["t"], pred_step_j=pred_e, step_j=f["e"])
     return FitResult(profile=profile, rows=rows, terms=Terms(pf=[], dc=[]))
