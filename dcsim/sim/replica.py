@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
+from typing import Callable
 
 import simpy
 
@@ -24,6 +25,7 @@ class Replica:
     __slots__ = (
         "env", "index", "pool", "ev", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
         "seg_t0", "seg_t1", "seg_e", "seg_h", "current", "wake", "proc", "decoding", "parallel", "busy_s",
+        "watchers",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, ev: ProfileEvaluator,
@@ -38,6 +40,8 @@ class Replica:
         self.queue: deque[Request] = deque()
         self.outstanding = 0  # assigned and not finished
         self.backlog_s = 0.0  # predicted isolated service seconds of outstanding requests
+        # told after every change of the two (submit, complete): routers' indexes (dcsim/sim/replica_index.py)
+        self.watchers: list[Callable[[Replica], None]] = []
         self.parallel = self.policy.parallel
         self.seg_t0 = array("d")
         self.seg_t1 = array("d")
@@ -54,6 +58,8 @@ class Replica:
         self.queue.append(r)
         self.outstanding += 1
         self.backlog_s += r.pred
+        for tell in self.watchers:
+            tell(self)
         w = self.wake
         if w is not None:
             self.wake = None
@@ -75,6 +81,8 @@ class Replica:
         self.backlog_s -= r.pred
         if self.outstanding == 0:
             self.backlog_s = 0.0
+        for tell in self.watchers:
+            tell(self)
         self.log.finish(r, now)
 
     def idle_wait(self) -> simpy.Event:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from operator import attrgetter
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,7 @@ from dcsim.errors import UserError, from_validation
 from dcsim.profiles.profile import ProfileEvaluator
 from dcsim.registry import Registry
 from dcsim.sim.replica import Replica, predicted_service_s
+from dcsim.sim.replica_index import OutstandingIndex, PoolIndex, pool_indexes
 from dcsim.sim.requests import Request
 
 
@@ -33,6 +35,8 @@ class Fleet:
         self.pool_names = pool_names
         self.evaluators = evaluators
         self.by_pool: list[list[Replica]] = [[r for r in replicas if r.pool == i] for i in range(len(pool_names))]
+        self._asked: tuple[Request | None, int, int] = (None, 0, 0)  # the request last predicted, as it was
+        self._known: dict[tuple[int, int], tuple[float, float]] = {}  # its predictions by (pool, batch)
 
     def pool_index(self, name: str, field: str) -> int:
         if name not in self.pool_names:
@@ -41,12 +45,35 @@ class Fleet:
 
     def predict(self, pool: int, r: Request) -> tuple[float, float]:
         """(seconds, device joules) of the request alone on a replica of this pool, with its known output."""
-        return self.evaluators[pool].served_alone(r.n_in, r.est_out)
+        return self.service(pool, r, 1)
+
+    def service(self, pool: int, r: Request, b: int) -> tuple[float, float]:
+        """(seconds, device joules) of the request's service on a replica of this pool in a batch of b: alone
+        (b = 1), or sharing decode steps with b - 1 others (batch_service). Kept for the request last asked about,
+        which a router asks for each pool and the dispatcher again for the one chosen."""
+        asked = self._asked
+        if asked[0] is not r or asked[1] != r.n_in or asked[2] != r.est_out:
+            self._asked = (r, r.n_in, r.est_out)
+            self._known = {}
+        known = self._known
+        got = known.get((pool, b))
+        if got is None:
+            ev = self.evaluators[pool]
+            if b == 1:
+                got = ev.served_alone(r.n_in, r.est_out)
+            else:
+                pf = known.get((pool, 0))  # the prefill alone, shared by every batch size
+                if pf is None:
+                    pf = known[(pool, 0)] = prefill_alone(ev, r)
+                got = batch_service(ev, b, r, pf)
+            known[(pool, b)] = got
+        return got
 
 
 class Router:
     """Chooses each arriving request's replica: `choose(r)` returns one of `self.candidates` (the replicas of
-    `params.pools`, or all). A subclass sets `Params` to its own parameter model (a subclass of `Params`)."""
+    `params.pools`, or all; the indexed routers index them when built, so they stay as built). A subclass sets
+    `Params` to its own parameter model (a subclass of `Params`)."""
 
     Params: type[Params] = Params
     needs_work = False  # True if it reads replicas' backlog_s (then requests carry a prediction)
@@ -100,7 +127,8 @@ _outstanding = attrgetter("outstanding")
 
 
 def least_outstanding_of(reps: list[Replica]) -> Replica:
-    """Fewest outstanding requests; min() keeps the first of equals."""
+    """Fewest outstanding requests; min() keeps the first of equals. A pass over `reps`: the shipped routers use
+    an OutstandingIndex instead."""
     return min(reps, key=_outstanding)
 
 
@@ -123,12 +151,25 @@ def predicted_finish(fleet: "Fleet", rep: Replica, r: Request, alone: tuple[floa
     if b == 1:
         return predicted_wait_s(rep) + alone[0], alone[1]
     ev = fleet.evaluators[rep.pool]
+    t, e = batch_service(ev, b, r, prefill_alone(ev, r))
+    return predicted_wait_s(rep) + t, e
+
+
+def prefill_alone(ev: ProfileEvaluator, r: Request) -> tuple[float, float]:
+    """(seconds, device watts) of the request's prompt prefilled alone."""
+    t_pf, w_pf, _ = ev.prefill(r.n_in, float(r.n_in) * r.n_in, 1)
+    return t_pf, w_pf
+
+
+def batch_service(ev: ProfileEvaluator, b: int, r: Request, pf: tuple[float, float]) -> tuple[float, float]:
+    """(seconds, device joules) of the request's service in a batch of b > 1: its prefill `pf`, then its decode
+    steps shared with the batch."""
     n_in, n_out = r.n_in, r.est_out
-    t_pf, w_pf, _ = ev.prefill(n_in, float(n_in) * n_in, 1)
+    t_pf, w_pf = pf
     step_t, step_w = ev.decode_step(b, b * (n_in + n_out / 2.0))
     t = t_pf + (n_out - 1) * step_t
     e = t_pf * w_pf + (n_out - 1) * step_t * step_w / b
-    return predicted_wait_s(rep) + t, e
+    return t, e
 
 
 @router("round_robin")
@@ -150,30 +191,48 @@ class Random(Router):
 
 @router("least_outstanding")
 class LeastOutstanding(Router):
-    """Fewest requests assigned and not finished; ties go to the first replica."""
+    """Fewest requests assigned and not finished; ties go to the first replica. Kept in an index the replicas
+    update (O(log n) a request, not a pass over the fleet)."""
+
+    def __init__(self, params: Params, fleet: Fleet, rng: np.random.Generator) -> None:
+        super().__init__(params, fleet, rng)
+        self.index = OutstandingIndex(self.candidates)
 
     def choose(self, r: Request) -> Replica:
-        return least_outstanding_of(self.candidates)
+        return self.index.best()
 
 
 @router("least_work")
 class LeastWork(Router):
     """Earliest predicted finish: predicted wait on the replica plus the request's own service there
-    (sharing decode steps with the batch it would join, on batching replicas)."""
+    (sharing decode steps with the batch it would join, on batching replicas); ties go to the first replica.
+
+    Without a pass over the fleet: the replicas of a pool with the same number outstanding, below its
+    parallelism, predict alike (one prediction for each such number present), and the saturated ones are kept
+    in order of backlog (PoolIndex.lowest)."""
 
     needs_work = True
 
+    def __init__(self, params: Params, fleet: Fleet, rng: np.random.Generator) -> None:
+        super().__init__(params, fleet, rng)
+        self.pools = pool_indexes(self.candidates)
+
     def choose(self, r: Request) -> Replica:
-        best, bt = None, float("inf")
-        alone = {}
-        for rep in self.candidates:
-            a = alone.get(rep.pool)
-            if a is None:
-                a = alone[rep.pool] = self.fleet.predict(rep.pool, r)
-            t = predicted_finish(self.fleet, rep, r, a)[0]
-            if t < bt:
-                best, bt = rep, t
-        return best
+        service = self.fleet.service
+        best = None  # (predicted finish, candidate position): the least, as the scan's `<` keeps it
+        for ix in self.pools:
+            pool = ix.pool
+            for o in ix.present:
+                key = (0.0 + service(pool, r, o + 1)[0], ix.first(o))  # 0.0: the wait predicted_wait_s gives them
+                if best is None or key < best:
+                    best = key
+            if ix.count[ix.parallel]:
+                P = ix.parallel
+                ts = service(pool, r, P)[0]
+                key = ix.lowest(lambda b: b / P + ts)  # P = 1: the backlog itself (b / 1 is b)
+                if best is None or key < best:
+                    best = key
+        return self.candidates[best[1]]
 
 
 class ThresholdParams(Params):
@@ -196,10 +255,12 @@ class TokenThreshold(Router):
         self.large = fleet.by_pool[fleet.pool_index(params.large_pool, "router.large_pool")]
         self.t_in = params.input_threshold
         self.t_out = params.output_threshold
+        self.small_ix = OutstandingIndex(self.small)
+        self.large_ix = self.small_ix if self.large is self.small else OutstandingIndex(self.large)
 
     def choose(self, r: Request) -> Replica:
         small = r.n_in <= self.t_in and (self.t_out is None or r.est_out <= self.t_out)
-        return least_outstanding_of(self.small if small else self.large)
+        return (self.small_ix if small else self.large_ix).best()
 
 
 class EnergyCostParams(Params):
@@ -210,12 +271,63 @@ class EnergyCostParams(Params):
 @router("energy_cost")
 class EnergyCost(Router):
     """Minimise lambda * E/E_max + (1 - lambda) * T/T_max over replicas, T including the predicted queue
-    wait (equation 1 of the hybrid-cluster paper, normalised by the largest candidate)."""
+    wait (equation 1 of the hybrid-cluster paper, normalised by the largest candidate); ties go to the first.
+
+    Found as least_work finds its replica: one prediction for each class of alike replicas, the saturated ones
+    in order of backlog (their score grows with it), the maxima from each class's extremes."""
 
     Params = EnergyCostParams
     needs_work = True
 
+    def __init__(self, params: EnergyCostParams, fleet: Fleet, rng: np.random.Generator) -> None:
+        super().__init__(params, fleet, rng)
+        self.pools = pool_indexes(self.candidates, highest=True)
+
     def choose(self, r: Request) -> Replica:
+        service = self.fleet.service
+        alike: list[tuple[float, float, int]] = []  # (T, E, first position) of each class of alike replicas
+        saturated: list[tuple[PoolIndex, float, float]] = []  # (pool, its service seconds, E): T adds the wait
+        t_top = e_top = -math.inf
+        for ix in self.pools:
+            pool, P = ix.pool, ix.parallel
+            for o in ix.present:
+                ts, e = service(pool, r, o + 1)
+                t = 0.0 + ts
+                alike.append((t, e, ix.first(o)))
+                t_top, e_top = max(t_top, t), max(e_top, e)
+            if ix.count[P]:
+                ts, e = service(pool, r, P)
+                saturated.append((ix, ts, e))
+                t_top, e_top = max(t_top, ix.highest() / P + ts), max(e_top, e)
+        e_max = e_top or 1.0
+        t_max = t_top or 1.0
+        if not t_max > 0.0:  # then the score would not grow with the wait, which the index relies on
+            return self.scan(r)
+        lam = self.params.lam
+        best = None  # (score, candidate position)
+        for t, e, p in alike:
+            key = (lam * e / e_max + (1.0 - lam) * t / t_max, p)
+            if best is None or key < best:
+                best = key
+        for ix, ts, e in saturated:
+            P = ix.parallel
+            ce = lam * e / e_max
+            k = 1.0 - lam
+
+            def score(b: float, ce: float = ce, k: float = k, P: int = P, ts: float = ts) -> float:
+                return ce + k * (b / P + ts) / t_max
+
+            if k == 0.0:  # lambda 1: no time term, so every saturated replica of the pool scores alike
+                p = ix.first(P)
+                key = (score(self.candidates[p].backlog_s), p)
+            else:
+                key = ix.lowest(score)
+            if best is None or key < best:
+                best = key
+        return self.candidates[best[1]]
+
+    def scan(self, r: Request) -> Replica:
+        """The score of every candidate, the least kept (the first of equals)."""
         alone = {}
         es, ts = [], []
         for rep in self.candidates:
