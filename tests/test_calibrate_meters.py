@@ -3,6 +3,7 @@ integral, and that calibrate's code never needs the simulator."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,16 @@ from dcsim.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_powermetrics_parser_on_real_m1_samples(shared_data):
-    text = (shared_data / "powermetrics-samples" / "macbookair10-1_macos12.txt").read_text()
+def test_powermetrics_parser_on_real_m1_samples(sample_data):
+    # the whole published file (tests/data/powermetrics-samples: a copy, byte for byte)
+    text = (sample_data / "powermetrics-samples" / "macbookair10-1_macos12.txt").read_text()
     s = parse_powermetrics(text)
     assert len(s) == 10  # ten "Sampled system activity" blocks
+    # every block's "(104.51ms elapsed)" and "Package Power: 1473 mW", read from the text with a plain regex
+    elapsed = [float(x) / 1e3 for x in re.findall(r"\*\*\* Sampled system activity .*\(([\d.]+)ms elapsed\)", text)]
+    package = [float(x) / 1e3 for x in re.findall(r"^Package Power: (\d+) mW$", text, re.M)]
+    assert [x.elapsed_s for x in s] == pytest.approx(elapsed) and len(elapsed) == 10
+    assert [x.watts["package"] for x in s] == pytest.approx(package) and len(package) == 10
     first = s[0]
     assert first.elapsed_s == pytest.approx(0.10451)
     assert first.watts == pytest.approx({"e-cluster": 0.105, "p-cluster": 0.842, "ane": 0.0, "dram": 0.220,

@@ -1,5 +1,6 @@
 """Few-shot GSM8K traces: a preamble of the first K train problems shared by every request (prefix_id/prefix_len),
-built from the published GSM8K files with the real Mistral-7B tokenizer; bad inputs refused naming the field."""
+built with the real Mistral-7B tokenizer from the first lines of the published GSM8K files (tests/data/gsm8k) and,
+where present, from the whole files; bad inputs refused naming the field."""
 
 from __future__ import annotations
 
@@ -31,16 +32,19 @@ def preamble(train: list[dict], k: int) -> str:
     return "".join(GSM8K_SHOT.format(question=r["question"], answer=r["answer"]) for r in train[:k])
 
 
+SHIPPED_8SHOT = Path(__file__).resolve().parents[1] / "traces" / "gsm8k-test-8shot.parquet"
+
+
 @pytest.fixture(scope="module")
 def published() -> dict:
-    """The published GSM8K folder, the zero-shot qa trace, and the 2- and 8-shot traces of the test split."""
-    from conftest import SHARED_DATA
+    """The GSM8K sample folder (the first lines of both published splits), the zero-shot qa trace, and the 2- and
+    8-shot traces of its test split."""
+    from conftest import SAMPLE_DATA
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"published data sets not found at {SHARED_DATA} (set DCSIM_SHARED_DATA)")
-    d = SHARED_DATA / "gsm8k"
+    d = SAMPLE_DATA / "gsm8k"
     return {
         "dir": d,
+        "n": len(read_jsonl(d / "test.jsonl")),
         "train": read_jsonl(d / "train.jsonl"),
         "qa": build_gsm8k("test", d, template="qa"),
         2: build_gsm8k("test", d, shots=2),
@@ -53,7 +57,7 @@ def test_prefix_is_the_preamble_and_the_rest_is_the_zero_shot_question(published
     t, qa = published[k], published["qa"]
     pre_ids = TOK.ids(preamble(published["train"], k), True)
     assert TOK.count(preamble(published["train"], k), True) == len(pre_ids)
-    assert len(t) == len(qa) == 1319
+    assert len(t) == len(qa) == published["n"] >= 100
     # the preamble ends with "\n\n", a clean token boundary: the whole preamble (BOS included) is shared
     assert np.all(t.prefix_len == len(pre_ids))
     assert np.all(t.prefix_id == 0)
@@ -66,6 +70,28 @@ def test_prefix_is_the_preamble_and_the_rest_is_the_zero_shot_question(published
     assert p["shots"] == k and p["shot_source"] == f"first {k} problems of the GSM8K train split"
     assert p["template"] == "qa" and p["template_text"] == "{preamble}Question: {question}\nAnswer:"
     assert p["shot_input"] == "train.jsonl"
+
+
+def test_sample_8shot_is_the_start_of_the_shipped_8shot_trace(published: dict) -> None:
+    """The shipped trace was built from the whole files; its preamble is the first 8 train problems, which the
+    sample holds, so its first requests are the sample's, token for token."""
+    t, shipped, n = published[8], load_trace(SHIPPED_8SHOT), published["n"]
+    assert shipped.provenance["shots"] == 8 and shipped.provenance["template"] == "qa"
+    for col in ("n_in", "n_out", "prefix_id", "prefix_len"):
+        assert np.array_equal(getattr(shipped, col)[:n], getattr(t, col)), col
+    for key in ("prefix_tokens", "preamble_sha256", "template_text", "shot_text"):
+        assert t.provenance[key] == shipped.provenance[key], key
+
+
+def test_published_8shot_split_is_the_shipped_trace(shared_data: Path) -> None:
+    """All 1,319 test problems of the published split (needs the full data)."""
+    d = shared_data / "gsm8k"
+    t, shipped = build_gsm8k("test", d, shots=8), load_trace(SHIPPED_8SHOT)
+    assert len(t) == len(shipped) == 1319
+    for col in ("n_in", "n_out", "prefix_id", "prefix_len"):
+        assert np.array_equal(getattr(shipped, col), getattr(t, col)), col
+    for key in ("input_sha256", "shot_input_sha256", "preamble_sha256", "prefix_tokens"):
+        assert t.provenance[key] == shipped.provenance[key], key
 
 
 def test_prefix_grows_with_shots(published: dict) -> None:

@@ -1,8 +1,10 @@
 """The paged engine against real vLLM runs (ML.ENERGY leaderboard v3), each configuration left out of the fit
-that simulates it: the committed table reproduces, and the errors stay within validation/mlenergy-v3-loo."""
+that simulates it: the committed table reproduces, and the errors stay within validation/mlenergy-v3-loo (these
+need the full leaderboard); `dcsim fit --exclude` on the v3 sample in tests/data (runs everywhere)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +20,9 @@ CASE = Path(__file__).resolve().parents[1] / "validation" / "mlenergy-v3-loo"
 
 @pytest.fixture(scope="module")
 def loo(tmp_path_factory) -> pd.DataFrame:
-    from conftest import SHARED_DATA
+    from conftest import require_shared
 
-    data = SHARED_DATA / "mlenergy-leaderboard-v3"
-    if not data.is_dir():
-        pytest.skip(f"ML.ENERGY leaderboard v3 not found at {data} (set DCSIM_SHARED_DATA)")
-    return M.run(data, tmp_path_factory.mktemp("loo"))
+    return M.run(require_shared("mlenergy-leaderboard-v3"), tmp_path_factory.mktemp("loo"))
 
 
 def test_the_committed_table_reproduces(loo):
@@ -62,19 +61,26 @@ def test_the_batch_the_scheduler_reaches(loo):
     assert set(pre["max_num_seqs"]) == {1536, 2048} and set(pre["gpu"]) == {"B200"}
 
 
-def test_fit_leaves_a_configuration_out(shared_data, tmp_path, capsys):
-    data = str(shared_data / "mlenergy-leaderboard-v3")
+def test_fit_leaves_a_configuration_out(sample_data, tmp_path, capsys):
+    data = sample_data / "mlenergy-leaderboard-v3"
+    configs = json.loads((data / "models/google__gemma-3-27b-it__lm-arena-chat.json").read_text())["configurations"]
+    b200 = sorted(c["max_num_seqs"] for c in configs if c["gpu_model"] == "B200")
+    assert len(b200) >= 3 and 64 in b200
+    fit = ["fit", "--from", "mlenergy", str(data), "--model", "gemma-3-27b-it", "--no-plot"]
     out = tmp_path / "p.yaml"
-    assert main(["fit", "--from", "mlenergy", data, "--gpu", "H100", "--model", "Llama-3.1-8B-Instruct",
-                 "--exclude", "max_num_seqs=256", "-o", str(out), "--no-plot"]) == 0
+    assert main(fit + ["--gpu", "B200", "--exclude", "max_num_seqs=64", "-o", str(out)]) == 0
     p = load_profile(out)
-    assert "--exclude max_num_seqs=256" in p.provenance["source"].command
+    assert "--exclude max_num_seqs=64" in p.provenance["source"].command
     assert p.engine.step_includes_prefill
-    assert p.provenance["source"].path.endswith("num_gpus 1: 10)")  # 11 H100 configurations, one left out
-    for bad, words in ((["--exclude", "max_num_seqs=300"], "no such configuration"),
-                       (["--exclude", "batch=8"], "KEY one of"),
-                       (["--exclude", "max_num_seqs=fast"], "must be numbers")):
+    assert p.provenance["source"].path.endswith(f"num_gpus 1: {len(b200) - 1})")  # one configuration left out
+    assert p.fit_error["latency.decode_step_s"].n_points == len(b200) - 1
+    h100_1 = [c["max_num_seqs"] for c in configs if (c["gpu_model"], c["num_gpus"]) == ("H100", 1)]
+    too_few = ["--gpu", "H100", "--gpus", "1", "--exclude", "max_num_seqs=" + ",".join(map(str, h100_1[:-1]))]
+    for bad, words in ((["--gpu", "B200", "--exclude", "max_num_seqs=300"], "no such configuration"),
+                       (["--gpu", "B200", "--exclude", "batch=8"], "KEY one of"),
+                       (["--gpu", "B200", "--exclude", "max_num_seqs=fast"], "must be numbers"),
+                       (too_few, "fewer than two configurations")):
         capsys.readouterr()
-        assert main(["fit", "--from", "mlenergy", data, "--gpu", "H100", "--model", "Llama-3.1-8B-Instruct",
-                     *bad, "-o", str(tmp_path / "q.yaml"), "--no-plot"]) == 2
+        assert main(fit + bad + ["-o", str(tmp_path / "q.yaml")]) == 2
         assert words in capsys.readouterr().err
+    assert not (tmp_path / "q.yaml").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -164,6 +165,23 @@ def test_cli_build_writes_parquet_with_provenance(gsm_dir: Path, tmp_path: Path,
     assert main(["trace", "build", "gsm8k", "--from", str(tmp_path / "none"), "-o", str(bad_out)]) == 2
     assert not bad_out.exists()
     assert main(["trace", "build", "gsm8k", "--from", str(gsm_dir), "-o", str(tmp_path / "x.csv")]) == 2
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_gsm8k_sample_builds_the_first_requests_of_the_shipped_trace(sample_data: Path, split: str) -> None:
+    """The first lines of each published split (tests/data/gsm8k): every request counted by the tokenizer itself,
+    and the same requests, in order, as the start of the shipped trace built from the whole split."""
+    f = sample_data / "gsm8k" / f"{split}.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines()]
+    t = build_gsm8k(split, sample_data / "gsm8k")
+    n = len(rows)
+    assert len(t) == n >= 100 and t.provenance["rows_read"] == t.provenance["rows_kept"] == n
+    assert list(t.n_in) == [spm_count(r["question"], True) for r in rows]
+    assert list(t.n_out) == [spm_count(r["answer"], False) for r in rows]
+    assert t.provenance["input_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    shipped = load_trace(Path(__file__).resolve().parents[1] / "traces" / f"gsm8k-{split}.parquet")
+    assert np.array_equal(shipped.n_in[:n], t.n_in) and np.array_equal(shipped.n_out[:n], t.n_out)
+    assert list(shipped.source[:n]) == list(t.source) == [f"gsm8k/{split}/{i}" for i in range(n)]
 
 
 # Measured with this builder (mistral-7b-v1, raw template) on the published GSM8K files; see traces/README.md.

@@ -166,6 +166,33 @@ def test_cli_import_and_show(tmp_path: Path, capsys) -> None:
     assert main(["trace", "import", "azure", str(tmp_path / "none.csv"), "-o", str(out)]) == 2
 
 
+@pytest.mark.parametrize("name", ["code", "conv"])
+def test_azure_2023_sample(sample_data: Path, name) -> None:
+    """The first rows of each published file (tests/data): tokens as the file has them, arrivals in seconds after
+    the first timestamp worked out from the text (7 fractional digits, 100 ns), and the same requests as the
+    first rows of the shipped trace built from the whole file."""
+    f = sample_data / "azure-llm-inference-2023" / f"AzureLLMInferenceTrace_{name}.csv"
+    lines = f.read_text().splitlines()
+    assert lines[0] == "TIMESTAMP,ContextTokens,GeneratedTokens"
+    rows = [line.split(",") for line in lines[1:]]
+    t = import_azure(f)
+    assert len(t) == len(rows) >= 200 and t.provenance["rows_read"] == len(rows)
+    assert list(t.n_in) == [int(r[1]) for r in rows] and list(t.n_out) == [int(r[2]) for r in rows]
+
+    def seconds(stamp: str) -> float:  # "2023-11-16 18:15:46.6805900", all within one day
+        hh, mm, ss = stamp.split(" ")[1].split(":")
+        return int(hh) * 3600 + int(mm) * 60 + int(ss.split(".")[0]) + int(ss.split(".")[1]) * 1e-7
+
+    start = seconds(rows[0][0])
+    assert {r[0].split(" ")[0] for r in rows} == {"2023-11-16"}
+    assert t.arrival_s == pytest.approx([seconds(r[0]) - start for r in rows], abs=1e-6)
+    assert t.provenance["trace_start_utc"].startswith(rows[0][0].replace(" ", "T")[:19])
+    shipped = load_trace(Path(__file__).resolve().parents[1] / "traces" / f"azure-{name}-2023.parquet")
+    n = len(t)
+    assert np.array_equal(shipped.n_in[:n], t.n_in) and np.array_equal(shipped.n_out[:n], t.n_out)
+    assert np.allclose(shipped.arrival_s[:n], t.arrival_s)
+
+
 # Figures measured with this importer on the published Azure 2023 files (see traces/README.md). The shared data
 # README says 8,818 code requests; the file holds 8,819 data rows (its last line has no newline). No rows are
 # dropped: both files have no 0-token rows.
