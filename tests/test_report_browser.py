@@ -194,7 +194,7 @@ def test_reports_load_cleanly_show_plots_and_sort(tmp_path, browser, capsys):
     sweep_html = write_report(tmp_path / "sw", tmp_path / "sweep.html")
     assert browser.load(sweep_html) == []
     imgs = browser.js(IMAGES_JS)
-    assert len(imgs) == 2 and all(ok and w > 300 for ok, w, _ in imgs), imgs
+    assert len(imgs) == 3 and all(ok and w > 300 for ok, w, _ in imgs), imgs  # two metrics and the Pareto front
     # clicking the energy header sorts the points ascending, then descending, moving whole rows
     before = browser.js(SORT_JS.replace("t.tHead.rows[0].cells[col].click();", "") % ("Points", "energy_j"))
     up = browser.js(SORT_JS % ("Points", "energy_j"))
