@@ -61,19 +61,11 @@ class Replay(Router):
 
 def make_case(d: Path, replicas: int, n: int, policy: str, router: str | dict) -> Path:
     """bench_sim.py's fleet scaled to `replicas` (a multiple of 4) and a trace of n requests."""
-    from simkit import write_profile, write_trace
+    from bench_sim import fleet_profiles, lengths
+    from simkit import write_trace
 
-    profs = {
-        "small": write_profile(d, name="small", prefill=(0.08, 0.002), decode=(0.06, 0.001), prefill_w=30,
-                               decode_w=(25, 0.2), idle_w=5, deep_w=2, kv_tokens=40_000),
-        "mid": write_profile(d, name="mid", prefill=(0.02, 0.0002), decode=(0.02, 0.0002), prefill_w=350,
-                             decode_w=(250, 1.0), idle_w=80, deep_w=40, kv_tokens=200_000),
-        "big": write_profile(d, name="big", prefill=(0.01, 0.0001), decode=(0.012, 0.0001), prefill_w=600,
-                             decode_w=(400, 1.5), idle_w=120, deep_w=60, kv_tokens=500_000),
-    }
-    rng = np.random.default_rng(0)
-    n_in = np.clip(rng.lognormal(5.5, 1.0, n), 1, 4000).astype(np.int64)
-    n_out = np.clip(rng.lognormal(4.5, 0.9, n), 1, 2000).astype(np.int64)
+    profs = fleet_profiles(d)
+    _, n_in, n_out = lengths(n)
     tr = write_trace(d, n_in, n_out, name="trace.parquet")
     b = BATCHING[policy]
     q = replicas // 4

@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def make_case(d: Path, n: int, policy: str) -> Path:
-    """A 64-replica fleet of three device kinds and a trace of n requests with lognormal lengths."""
-    from simkit import write_profile, write_trace
+def fleet_profiles(d: Path) -> dict[str, Path]:
+    """The benchmark's three device kinds (small, mid, big), written as toy profiles into d."""
+    from simkit import write_profile
 
-    profs = {
+    return {
         "small": write_profile(d, name="small", prefill=(0.08, 0.002), decode=(0.06, 0.001), prefill_w=30,
                                decode_w=(25, 0.2), idle_w=5, deep_w=2, kv_tokens=40_000),
         "mid": write_profile(d, name="mid", prefill=(0.02, 0.0002), decode=(0.02, 0.0002), prefill_w=350,
@@ -35,9 +35,22 @@ def make_case(d: Path, n: int, policy: str) -> Path:
         "big": write_profile(d, name="big", prefill=(0.01, 0.0001), decode=(0.012, 0.0001), prefill_w=600,
                              decode_w=(400, 1.5), idle_w=120, deep_w=60, kv_tokens=500_000),
     }
+
+
+def lengths(n: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """n lognormal prompt and output lengths (seed 0), and the generator, for draws that follow them."""
     rng = np.random.default_rng(0)
     n_in = np.clip(rng.lognormal(5.5, 1.0, n), 1, 4000).astype(np.int64)
     n_out = np.clip(rng.lognormal(4.5, 0.9, n), 1, 2000).astype(np.int64)
+    return rng, n_in, n_out
+
+
+def make_case(d: Path, n: int, policy: str) -> Path:
+    """A 64-replica fleet of three device kinds and a trace of n requests with lognormal lengths."""
+    from simkit import write_trace
+
+    profs = fleet_profiles(d)
+    rng, n_in, n_out = lengths(n)
     if policy == "paged":  # half the requests share one of 200 system prompts of up to 256 tokens
         from dcsim.traces.trace import Trace
 
