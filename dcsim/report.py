@@ -305,6 +305,15 @@ def _choose_metrics(info: dict, columns: list[str], asked: list[str] | None, whe
     return chosen
 
 
+def _tables(d: Path, command: str, *stems: str) -> list[pd.DataFrame]:
+    """The parquet tables a finished `dcsim COMMAND` folder holds; one missing means it has not finished."""
+    for stem in stems:
+        if not (d / f"{stem}.parquet").is_file():
+            raise UserError(f"{stem}.parquet not found: the {command} has not finished (run dcsim {command} again "
+                            "to resume)", d)
+    return [pd.read_parquet(d / f"{stem}.parquet") for stem in stems]
+
+
 def _has_spread(mean: float, lo: float, hi: float, n_seeds: int) -> bool:
     """An interval worth printing: several seeds, and a half-width above rounding (deterministic runs give 1e-9)."""
     return n_seeds > 1 and math.isfinite(hi) and (hi - lo) / 2 > 1e-9 * max(abs(mean), 1e-12)
@@ -347,11 +356,7 @@ def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] 
     from dcsim.sweep.plots import metric_figure, pareto_figure
 
     info = _read_json(d / "sweep.json")
-    for name in ("results.parquet", "summary.parquet"):
-        if not (d / name).is_file():
-            raise UserError(f"{name} not found: the sweep has not finished (run dcsim sweep again to resume)", d)
-    results = pd.read_parquet(d / "results.parquet")
-    summary = pd.read_parquet(d / "summary.parquet")
+    results, summary = _tables(d, "sweep", "results", "summary")
     axes: list[list[str]] = info.get("axes", [])
     keys = [k for g in axes for k in g]
     chosen = _choose_metrics(info, list(summary.columns), metrics, d)
@@ -427,11 +432,7 @@ def plan_report(d: Path) -> str:
     from dcsim.capacity_plots import plan_figure
 
     info = _read_json(d / "plan.json")
-    for name in ("evaluated.parquet", "frontier.parquet"):
-        if not (d / name).is_file():
-            raise UserError(f"{name} not found: the plan has not finished (run dcsim plan again to resume)", d)
-    evaluated = pd.read_parquet(d / "evaluated.parquet")
-    frontier = pd.read_parquet(d / "frontier.parquet")
+    evaluated, frontier = _tables(d, "plan", "evaluated", "frontier")
     metric = OBJECTIVES[info["minimise"]]
     q = [[cell("scenario"), cell(Path(info["scenario"]).name)], [cell("seed"), cell(info["seed"])]]
     q += [[cell("set"), cell(s)] for s in info.get("set", [])]
