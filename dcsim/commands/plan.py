@@ -102,20 +102,14 @@ class PointRunner:
             self.client.close()
 
     def _sweep(self, fleets: list[tuple[int, ...]]):
-        """The fleets as a sweep (the sweep machinery's points, ids and fingerprints)."""
-        from dcsim.sweep.spec import Point, Sweep, SweepSpec, stable_hash
+        """The fleets as a sweep whose zip rows are the fleets: the sweep machinery's own points, ids and
+        fingerprints (sweep.spec.expand), so the planner's point files are a sweep's."""
+        from dcsim.sweep.spec import Sweep, SweepSpec, expand
 
-        grid = {a.path: sorted({f[i] for f in fleets}) for i, a in enumerate(self.axes)}
-        spec = SweepSpec(base=str(self.scenario), set=list(self.overrides), grid=grid)
-        points = []
-        for f in fleets:
-            axis_over = [f"{a.path}={n}" for a, n in zip(self.axes, f)]
-            overrides = tuple(self.overrides + axis_over + [f"seed={self.seed}"])
-            pid = stable_hash({"overrides": list(overrides), "seed": self.seed})
-            config = stable_hash({"overrides": self.overrides + axis_over})
-            points.append(Point(len(points), pid, config, {a.path: n for a, n in zip(self.axes, f)}, self.seed,
-                                overrides))
-        return Sweep(self.scenario, spec, self.scenario, [[a.path] for a in self.axes], [self.seed], points)
+        rows = {a.path: [f[i] for f in fleets] for i, a in enumerate(self.axes)}
+        spec = SweepSpec(base=str(self.scenario), set=list(self.overrides), zip=rows)
+        points = expand(spec, [self.seed], self.scenario)
+        return Sweep(self.scenario, spec, self.scenario, [[a.path for a in self.axes]], [self.seed], points)
 
     def check(self, objectives, objective_metric: str) -> None:
         """Every objective's metric (and the one minimised) exists in this scenario's summary: a one-request run
