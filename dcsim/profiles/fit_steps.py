@@ -75,7 +75,7 @@ def _parts(f: dict[str, np.ndarray], x: dict[str, float],
     return t_dec, f["pf"] * (np.maximum(lin, _floor(f, fl)) if fl else lin)
 
 
-def _with_prefill_floor(f: dict[str, np.ndarray], x: dict[str, float],
+def _with_prefill_floor(f: dict[str, np.ndarray], x: dict[str, float], a_lin: np.ndarray,
                         names: list[str]) -> tuple[dict[str, float], tuple[float, float, float] | None]:
     """Where short chunks all take about the same time (an eager forward paced by the host's kernel launches, not
     by the GPU), a prefill is the larger of a floor and the linear curve: refit the time model with the floor and
@@ -91,7 +91,6 @@ def _with_prefill_floor(f: dict[str, np.ndarray], x: dict[str, float],
     pf = f["pf"] > 0
     if ((f["pf"] > 0) & (f["dec"] == 0)).sum() < 3:
         return x, None
-    a_lin, _ = _time_design(f, "psq" in names, "dc" in names, "ph" in names, "pm" in names)
     is_pf = np.array([n.startswith("p") for n in names])
     has_m = np.unique(f["m"][pf]).size > 1
     has_hp = np.unique(f["hp"][pf] > 0).size > 1
@@ -198,7 +197,7 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
         raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
     x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
-    x, floor = _with_prefill_floor(f, x, names)
+    x, floor = _with_prefill_floor(f, x, a, names)
     decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {})})
     # the per-chunk term is fitted on (chunks - 1) so the intercept stays a one-chunk step's; in the simulator's
     # curve (batch = chunks) that is batch x pm with pm taken off the intercept
