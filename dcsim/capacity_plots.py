@@ -18,8 +18,10 @@ def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str) -> b
     others; filled markers meet every objective, open ones miss; the chosen fleet circled."""
     paths = [v["path"] for v in info["vary"]]
     x, rest = paths[0], paths[1:]
-    slos = info["slo"]
-    metrics = [objective_metric] + [_metric_of(s) for s in slos]
+    from dcsim.capacity import parse_objective
+
+    slos = [parse_objective(s) for s in info["slo"]]
+    metrics = [objective_metric] + [o.metric for o in slos]
     fig, axs = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), squeeze=False)
     groups = evaluated.groupby(rest) if rest else [((), evaluated)]
     answer = info.get("answer")
@@ -32,12 +34,11 @@ def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str) -> b
             ok = g["meets"].astype(bool)
             ax.plot(g[x][ok], g[m][ok], "o", color=line.get_color(), ms=5)
             ax.plot(g[x][~ok], g[m][~ok], "o", mfc="none", color=line.get_color(), ms=5)
-        for s in slos:
-            if _metric_of(s) == m:
-                ax.axhline(_bound_of(s), color="0.3", ls="--", lw=0.8)
+        bounds = [o.bound for o in slos if o.metric == m]
+        for b in bounds:
+            ax.axhline(b, color="0.3", ls="--", lw=0.8)
         if answer is not None:
             ax.plot([answer[x]], [answer[m]], "o", ms=13, mfc="none", mec="k", mew=1.2)
-        bounds = [_bound_of(s) for s in slos if _metric_of(s) == m]
         top = evaluated[m].max()
         if bounds and bounds[0] > 0 and top > 10 * bounds[0]:
             # a miss by far beside the bound: linear up to the bound, logarithmic above, the bound readable
@@ -56,14 +57,3 @@ def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str) -> b
     plt.close(fig)
     return buf.getvalue()
 
-
-def _metric_of(slo: str) -> str:
-    from dcsim.capacity import parse_objective
-
-    return parse_objective(slo).metric
-
-
-def _bound_of(slo: str) -> float:
-    from dcsim.capacity import parse_objective
-
-    return parse_objective(slo).bound
