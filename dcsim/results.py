@@ -234,6 +234,10 @@ def summarize(raw: RawResults) -> dict:
         engine = _engine_block(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p])
         if engine:
             out["pools"][p.name]["engine"] = engine
+    if raw.facility is not None:  # the power hierarchy: peaks against limits, cap events (dcsim/facility_report.py)
+        from dcsim.facility_report import facility_summary
+
+        out["facility"] = facility_summary(raw, lo, hi)
     return out
 
 

@@ -21,7 +21,8 @@ def is_run_folder(folder: Path) -> bool:
 
 def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True,
                   force: bool = False) -> Path:
-    """Write summary.json, requests.parquet, replicas.csv, power.csv and plots; all or nothing, and never over
+    """Write summary.json, requests.parquet, replicas.csv, power.csv (and, with a power hierarchy,
+    power_levels.csv and power_events.csv) and plots; all or nothing, and never over
     a folder of something else (dcsim.outputs)."""
     from dcsim.outputs import staged_folder
 
@@ -33,6 +34,13 @@ def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bo
         replicas_table(raw).to_csv(tmp / "replicas.csv", index=False)
         power = power_timeline(raw)
         power.to_csv(tmp / "power.csv", index=False)
+        if raw.facility is not None:  # the power hierarchy: each level's power, and the manager's cap events
+            import pandas as pd
+
+            from dcsim.facility_report import events_columns, levels_timeline
+
+            pd.DataFrame(levels_timeline(raw)).to_csv(tmp / "power_levels.csv", index=False)
+            pd.DataFrame(events_columns(raw)).to_csv(tmp / "power_events.csv", index=False)
         if plots:
             from dcsim import plots as P
 

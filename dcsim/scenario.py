@@ -157,6 +157,65 @@ class SeriesRef(Strict):
     period_s: float | None = Field(default=None, gt=0, description="repeat the series every period_s seconds")
 
 
+class Rack(Strict):
+    """A rack: which replicas sit in it (pool name -> how many, taken in the pool's order) and its budget."""
+
+    name: str
+    limit_w: float | None = Field(default=None, gt=0, description="power budget: device and host watts of its "
+                                  "replicas")
+    replicas: dict[str, PositiveInt] = Field(min_length=1, description="pool name -> replicas of it in this rack")
+
+
+class Row(Strict):
+    """A row of racks (or a PDU): the racks it feeds and its budget."""
+
+    name: str
+    limit_w: float | None = Field(default=None, gt=0, description="power budget of all its racks together")
+    racks: list[Rack] = Field(min_length=1)
+
+
+class PowerPolicySpec(BaseModel):
+    """name: a registered power policy (dcsim/sim/power_policies.py: `none`, `cap_on_threshold`, `budget_share`),
+    an installed package's (entry points `dcsim.power_policies`) or `package.module:Class`; every other key is one
+    of that policy's parameters, checked by its own model."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "none"
+    _params: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _policy_params(self) -> "PowerPolicySpec":
+        from dcsim.sim.power_policies import PowerParamsError, parse_power_params
+
+        try:
+            self._params = parse_power_params(self.name, dict(self.__pydantic_extra__ or {}))
+        except PowerParamsError as e:
+            raise PydanticCustomError("nested_field", "{reason}", {"reason": e.reason, "subfield": e.field}) from None
+        return self
+
+    @property
+    def params(self) -> Any:
+        """The policy's validated parameters (its own pydantic model)."""
+        return self._params
+
+
+class FacilityPower(Strict):
+    """The power hierarchy around the fleet: rows of racks holding every replica, each level with an optional
+    limit, and the policy that manages them (dcsim/sim/facility.py)."""
+
+    control_interval_s: float = Field(default=1.0, gt=0, description="the manager samples level power this often")
+    policy: PowerPolicySpec = Field(default_factory=PowerPolicySpec)
+    rows: list[Row] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_levels(self) -> "FacilityPower":
+        names = [r.name for r in self.rows] + [k.name for r in self.rows for k in r.racks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"row and rack names must be unique, repeated: {dup}")
+        return self
+
+
 class Facility(Strict):
     pue: float = Field(default=1.0, ge=1.0)
     carbon_g_per_kwh: float = Field(default=0.0, ge=0)
@@ -164,6 +223,8 @@ class Facility(Strict):
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of price_per_kwh")
     carbon_series: SeriesRef | None = Field(default=None, description="grid g CO2e per kWh over time")
     price_series: SeriesRef | None = Field(default=None, description="price per kWh over time")
+    power: FacilityPower | None = Field(default=None, description="racks and rows with power limits, and their "
+                                        "power management (absent: no hierarchy)")
 
     @model_validator(mode="after")
     def _constant_or_series(self) -> "Facility":
@@ -221,6 +282,35 @@ class Scenario(Strict):
                           f"most {MAX_REPLICAS:,}", "subfield": f"{i}.count"})
         return fleet
 
+    @field_validator("facility")
+    @classmethod
+    def _placement(cls, v: Facility, info: ValidationInfo) -> Facility:
+        fleet = info.data.get("fleet")
+        if v.power is None or fleet is None:
+            return v
+        counts = {p.name: p.count for p in fleet}
+        placed = dict.fromkeys(counts, 0)
+        last: dict[str, str] = {}
+        for i, row in enumerate(v.power.rows):
+            for j, rack in enumerate(row.racks):
+                for name, n in rack.replicas.items():
+                    where = f"power.rows.{i}.racks.{j}.replicas.{name}"
+                    if name not in counts:
+                        raise PydanticCustomError("nested_field", "{reason}", {
+                            "reason": f"no pool named {name!r} (pools: {', '.join(counts)})", "subfield": where})
+                    placed[name] += n
+                    last[name] = where
+                    if placed[name] > counts[name]:
+                        raise PydanticCustomError("nested_field", "{reason}", {
+                            "reason": f"the racks place {placed[name]} replicas of pool {name!r}, which has "
+                                      f"{counts[name]}", "subfield": where})
+        for name, n in placed.items():
+            if n < counts[name]:
+                raise PydanticCustomError("nested_field", "{reason}", {
+                    "reason": f"the racks place {n} of the {counts[name]} replicas of pool {name!r}; every replica "
+                              "sits in one rack", "subfield": last.get(name, "power.rows")})
+        return v
+
     @model_validator(mode="after")
     def _unique_pools(self) -> "Scenario":
         names = [p.name for p in self.fleet]
@@ -269,7 +359,7 @@ def apply_overrides(data: dict, overrides: list[str], file: str | Path | None = 
 
 
 def absolute_refs(data: dict, folder: str | Path) -> dict:
-    """The router and batching policies a scenario names by file (`./my_router.py:Class`), made absolute
+    """The router, batching and power policies a scenario names by file (`./my_router.py:Class`), made absolute
     against the scenario's folder before validation: wherever the scenario is read next (a sweep's worker), the
     same file is found."""
     from dcsim.registry import absolute_ref
@@ -282,6 +372,11 @@ def absolute_refs(data: dict, folder: str | Path) -> dict:
         b = pool.get("batching") if isinstance(pool, dict) else None
         if isinstance(b, dict) and "policy" in b:
             b["policy"] = absolute_ref(b["policy"], folder)
+    fac = data.get("facility")
+    pw = fac.get("power") if isinstance(fac, dict) else None
+    pol = pw.get("policy") if isinstance(pw, dict) else None
+    if isinstance(pol, dict) and "name" in pol:
+        pol["name"] = absolute_ref(pol["name"], folder)
     return data
 
 

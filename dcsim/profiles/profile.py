@@ -384,6 +384,15 @@ class ProfileEvaluator:
         self.pc = pc
         self.pf_ceiling = self.dc_ceiling = cap_w * self.gpus
 
+    # what a cap sets in __init__: adopt_cap copies exactly these
+    CAP_SLOTS = ("cap_w", "pc", "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling")
+
+    def adopt_cap(self, other: "ProfileEvaluator") -> None:
+        """Take the cap of another evaluator of the same profile, in place: a facility's power manager changes a
+        replica's cap between steps, and the replica's batching policy holds this object's bound methods."""
+        for name in self.CAP_SLOTS:
+            setattr(self, name, getattr(other, name))
+
     def cap_effect(self, draw_w: float, phase: str) -> tuple[float, float]:
         """(time multiplier, power multiplier) the cap applies to a step whose uncapped replica draw is draw_w."""
         if self.pc is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generator
+from typing import Any, Generator
 
 import numpy as np
 import simpy
@@ -50,6 +50,7 @@ class RawResults:
     itl: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per replica: decode runs (start, first step's
     # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
     grid: dict[str, StepSeries] = field(default_factory=dict)  # "carbon" / "price" series the facility names
+    facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -129,7 +130,13 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     n_out = trace.n_out.astype(np.int64)
     est_out = known_outputs(sc, n_out, rng_pred)
 
-    env = simpy.Environment()
+    power = sc.facility.power
+    if power is None:
+        env = simpy.Environment()
+    else:
+        from dcsim.sim.facility import FacilityEnvironment, start_power_management
+
+        env = FacilityEnvironment()
     log = RequestLog(n)
     replicas: list[Replica] = []
     for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
@@ -141,23 +148,27 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
     prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
-    env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools], prefix))
+    src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
+                              prefix))
+    fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
         end = float(sc.horizon_s)
     else:
         env.run()
-        end = float(env.now)
+        end = float(env.now) if fac is None else float(env.last_event_s)
     if sc.warmup_s > 0 and end <= sc.warmup_s:
         raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
                         "is left to measure", scenario_file, "warmup_s")
     segments = [_segments(rep, end) for rep in replicas]
+    if fac is not None:
+        fac.close(end)
     stats = [rep.policy.stats() for rep in replicas]
     itl = [_itl_runs(rep.policy) for rep in replicas]
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl, grid=grid,
+        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac,
     )
 
 
