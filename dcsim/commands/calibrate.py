@@ -7,6 +7,7 @@ Examples:
   dcsim calibrate --device cuda:0 --model-arch llama-2-7b --random-weights --backend hf-graph ...
   dcsim calibrate --device cpu --model-arch tiny-llama --plan calibrate/plans/smoke.yaml --out ... --latency-only
   dcsim calibrate --endpoint http://127.0.0.1:8000/v1 --model NAME --meter-device cuda:0 --plan ... --out ...
+  dcsim calibrate --device cuda --model-arch llama-2-13b --backend hf-graph --tensor-parallel 2 --plan ... --out ...
 Interrupt with Ctrl-C at any time: finished runs are on disk and the same command resumes.
 """
 
@@ -51,6 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="allow changing the GPU power limit (restored afterwards); only on your own hardware")
     p.add_argument("--max-minutes", type=float, help="stop cleanly before this many minutes (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from dcsim.commands.calibrate_tp import add_arguments as tensor_parallel_arguments
+
+    tensor_parallel_arguments(p)
     p.set_defaults(func=handler)
 
 
@@ -62,6 +66,10 @@ def handler(args: argparse.Namespace) -> int:
     plan = Path(args.plan)
     if not plan.is_file():
         raise UserError("plan file not found", plan)
+    if getattr(args, "tensor_parallel", 1) != 1:
+        from dcsim.commands.calibrate_tp import handle
+
+        return handle(args)
     check_run_folder(Path(args.out))
     if args.endpoint:
         from dcsim.calibrate.backends.endpoint import EndpointBackend

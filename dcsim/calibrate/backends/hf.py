@@ -85,8 +85,7 @@ class HFBackend(Backend):
                 cfg = arch_config(self.arch)
             else:
                 cfg = AutoConfig.from_pretrained(self.model_name)
-            with torch.device(self.device):
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dt, attn_implementation=self.attn)
+            model = self.build(cfg, dt)
         else:
             model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dt,
                                                          attn_implementation=self.attn).to(self.device)
@@ -120,6 +119,14 @@ class HFBackend(Backend):
             info["cuda_runtime"] = torch.version.cuda
             info["memory_allocated_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3)
         return info
+
+    def build(self, cfg, dtype):
+        """The random-weight model of `cfg` on this backend's device, from the seeded generator (a tensor-parallel
+        backend builds and shards it instead)."""
+        from transformers import AutoModelForCausalLM
+
+        with self.torch.device(self.device):
+            return AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=self.attn)
 
     def _engine_facts(self) -> dict:
         """The manifest's description of how tokens are generated (subclasses describe their own loop)."""

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dcsim.calibrate.backends.archs import params_b
+from dcsim.calibrate.tp_power import note as per_device_note
 from dcsim.errors import UserError, read_text
 from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import idle_power_w, normalise
@@ -350,6 +351,10 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
     temp = _run_temperatures(d, raw)
     if temp:
         notes.append(temp)
+    gpus = int(ident.get("gpus_per_replica", 1))
+    tp_note = per_device_note(raw, gpus, ident.get("device_kind") == "cuda")
+    if tp_note:
+        notes.append(tp_note)
     sessions = man.get("sessions", [])
     notes.append(f"{len(sessions)} session(s): " + ", ".join(f"{s.get('status')}" for s in sessions))
     meta: dict = {
@@ -357,7 +362,7 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "engine": {"name": be.get("backend", ident.get("backend", "hf")),
                    "version": f"transformers {be.get('transformers')}, torch {be.get('torch')}",
                    "precision": ident.get("dtype") or "bf16"},
-        "gpus_per_replica": 1, "citation": cites, "path": rel,
+        "gpus_per_replica": gpus, "citation": cites, "path": rel,
         "command": f"dcsim fit {rel}" + (f" --model-config {Path(cfg_file).as_posix()}" if cfg_file else ""),
         "source_kind": "measured", "notes": notes, "not_covered": [],
         "environment": env, "plan": man.get("plan", {}).get("name"), "power_cap_w": cap_w,
