@@ -13,11 +13,13 @@ from dcsim.errors import guarded
 COMMANDS = ("run", "trace", "fit", "profiles", "calibrate", "sweep", "plan", "report", "validate")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command's, or with `only` (one of COMMANDS) that command's alone, so
+    that running one command imports no other command's module."""
     parser = argparse.ArgumentParser(prog="dcsim", description=__import__("dcsim").__doc__)
     parser.add_argument("--version", action="version", version=f"dcsim {__import__('dcsim').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         try:
             mod = importlib.import_module(f"dcsim.commands.{name}")
         except ModuleNotFoundError as e:
@@ -47,8 +49,15 @@ def command_line(args: argparse.Namespace, name: str) -> str:
     return f"dcsim {name} " + shlex.join(argv)
 
 
+def chosen(argv: list[str]) -> str | None:
+    """The command that argv names first, before any option; None when it names none (then help or an error
+    lists every command)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    only = chosen(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
