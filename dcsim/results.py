@@ -8,13 +8,18 @@ import json
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from dcsim.sim.engine import RawResults
 from dcsim.sim.requests import DONE, REJECT_REASONS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from dcsim.scenario import Slo
+
+# A table without pandas (summarize needs no more, and `dcsim run` then starts without importing it): column
+# name -> numpy array, every column of one length. The *_table functions turn the same columns into DataFrames.
+Columns = dict[str, np.ndarray]
 
 QUANTILES = (("p50", 50), ("p90", 90), ("p99", 99))
 
@@ -46,6 +51,12 @@ def stats(x: np.ndarray) -> dict[str, float]:
 
 def replica_energy(raw: RawResults, lo: float, hi: float) -> pd.DataFrame:
     """Per replica, over the window [lo, hi]: busy and idle seconds, device and host joules."""
+    import pandas as pd
+
+    return pd.DataFrame(_replica_rows(raw, lo, hi))
+
+
+def _replica_rows(raw: RawResults, lo: float, hi: float) -> list[dict]:
     rows = []
     for i, (t0, t1, e, h) in enumerate(raw.segments):
         pool = raw.pools[int(raw.replica_pool[i])]
@@ -61,10 +72,18 @@ def replica_energy(raw: RawResults, lo: float, hi: float) -> pd.DataFrame:
             "active_j": active, "idle_j": idle_w * idle_s,
             "host_j": host_active + ev.host_idle_w * idle_s,
         })
-    return pd.DataFrame(rows)
+    return rows
 
 
 def requests_table(raw: RawResults) -> pd.DataFrame:
+    """One row per request (requests.parquet)."""
+    import pandas as pd
+
+    return pd.DataFrame(request_columns(raw))
+
+
+def request_columns(raw: RawResults) -> Columns:
+    """requests_table's columns, as numpy arrays."""
     lg = raw.log
     status = lg["status"]
     names = np.array(["unfinished", "done", "rejected", "unfinished"], dtype=object)
@@ -73,7 +92,7 @@ def requests_table(raw: RawResults) -> pd.DataFrame:
     n_out = raw.n_out
     done = status == DONE
     tpot = np.where(done & (n_out > 1), (lg["done_s"] - lg["first_token_s"]) / np.maximum(n_out - 1, 1), np.nan)
-    df = pd.DataFrame({
+    cols = {
         "id": np.arange(len(raw.n_in)),
         "n_in": raw.n_in, "n_out": n_out, "arrival_s": raw.arrival_s,
         "pool": pool_names[raw.replica_pool[lg["replica"]]], "replica": lg["replica"],
@@ -87,19 +106,33 @@ def requests_table(raw: RawResults) -> pd.DataFrame:
         "e2e_s": np.where(done, lg["done_s"] - raw.arrival_s, np.nan),
         "energy_j": np.where(done, lg["energy_j"], np.nan),
         "host_j": np.where(done, lg["host_j"], np.nan),
-    })
+    }
     if any(raw.policy_stats):  # a paged engine: what its scheduler did to each request
-        df["preemptions"] = lg["preemptions"]
-        df["cached_tokens"] = lg["cached_tokens"]
-    return df
+        cols["preemptions"] = lg["preemptions"]
+        cols["cached_tokens"] = lg["cached_tokens"]
+    return cols
 
 
-def slo_met(req: pd.DataFrame, slo: "Slo") -> np.ndarray:
+def _rows(t: Columns, keep: np.ndarray) -> Columns:
+    """The rows of t where keep holds."""
+    return {k: v[keep] for k, v in t.items()}
+
+
+def _len(t: Columns) -> int:
+    return len(next(iter(t.values()))) if t else 0
+
+
+def _sum(x: np.ndarray) -> float:
+    """A column's sum as pandas takes it (NaN left out)."""
+    return float(np.nansum(x))
+
+
+def slo_met(req: pd.DataFrame | Columns, slo: "Slo") -> np.ndarray:
     """Which requests completed within every target the SLO sets (a one-token output has no TPOT to miss)."""
-    ok = (req["status"] == "done").to_numpy().copy()
+    ok = np.array(req["status"] == "done", dtype=bool)
     for col, target in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)):
         if target is not None:
-            v = req[col].to_numpy(float)
+            v = np.asarray(req[col], dtype=float)
             within = v <= target
             if col == "tpot_s":
                 within |= np.isnan(v)
@@ -107,18 +140,18 @@ def slo_met(req: pd.DataFrame, slo: "Slo") -> np.ndarray:
     return ok
 
 
-def _slo_block(counted: pd.DataFrame, slo: "Slo | None", span: float) -> dict:
+def _slo_block(counted: Columns, slo: "Slo | None", span: float) -> dict:
     """SLO attainment (share of counted requests, rejected and unfinished ones included, that met every target)
     and goodput (those requests per second of the window); empty without an SLO."""
     if slo is None:
         return {}
     met = int(slo_met(counted, slo).sum())
     return {"slo": {"targets": slo.model_dump(exclude_none=True), "met": met,
-                    "attainment": met / len(counted) if len(counted) else float("nan"), "goodput_rps": met / span}}
+                    "attainment": met / _len(counted) if _len(counted) else float("nan"), "goodput_rps": met / span}}
 
 
-def _latency_block(req: pd.DataFrame) -> dict:
-    return {k: stats(req[k].dropna().to_numpy()) for k in ("wait_s", "ttft_s", "tpot_s", "e2e_s")}
+def _latency_block(req: Columns) -> dict:
+    return {k: stats(req[k][~np.isnan(req[k])]) for k in ("wait_s", "ttft_s", "tpot_s", "e2e_s")}
 
 
 UNATTRIBUTED_NOTE = ("active energy of the window that no counted request carries: steps of requests unfinished "
@@ -126,11 +159,11 @@ UNATTRIBUTED_NOTE = ("active energy of the window that no counted request carrie
                      "warm-up drew after it; counted requests' energy_j plus this is active_j")
 
 
-def _energy_block(rep: pd.DataFrame, pue: float, attributed_j: float) -> dict:
+def _energy_block(rep: Columns, pue: float, attributed_j: float) -> dict:
     """Energies of a set of replicas over the window; `attributed_j` is what its counted requests carry."""
-    active = float(rep["active_j"].sum())
-    idle = float(rep["idle_j"].sum())
-    host = float(rep["host_j"].sum())
+    active = _sum(rep["active_j"])
+    idle = _sum(rep["idle_j"])
+    host = _sum(rep["host_j"])
     total = active + idle + host
     un = active - attributed_j
     if abs(un) <= 1e-10 * abs(active):  # float rounding of two sums of the same joules, not energy
@@ -172,19 +205,20 @@ def summarize(raw: RawResults) -> dict:
     """The run's headline numbers; statistics leave out requests that arrived during warm-up."""
     sc = raw.scenario
     lo, hi = float(sc.warmup_s), float(raw.end_s)
-    req = requests_table(raw)
-    counted = req[req["arrival_s"] >= lo]
-    done = counted[counted["status"] == "done"]
-    rep = replica_energy(raw, lo, hi)
+    req = request_columns(raw)
+    counted = _rows(req, req["arrival_s"] >= lo)
+    done = _rows(counted, counted["status"] == "done")
+    rows = _replica_rows(raw, lo, hi)
+    rep = {k: np.array([r[k] for r in rows]) for k in (rows[0] if rows else ())}
     span = max(hi - lo, 1e-12)
-    en = _energy_block(rep, sc.facility.pue, float(done["energy_j"].sum()))
+    en = _energy_block(rep, sc.facility.pue, _sum(done["energy_j"]))
     tokens_out = int(done["n_out"].sum())
     kwh = en["facility_j"] / 3.6e6
     out = {
         "scenario": sc.name,
         "seed": sc.seed,
-        "requests_total": int(len(counted)),
-        "requests_completed": int(len(done)),
+        "requests_total": _len(counted),
+        "requests_completed": _len(done),
         "requests_rejected": int((counted["status"] == "rejected").sum()),
         "requests_unfinished": int((counted["status"] == "unfinished").sum()),
         "tokens_in": int(done["n_in"].sum()),
@@ -194,42 +228,41 @@ def summarize(raw: RawResults) -> dict:
         "unattributed_active_note": UNATTRIBUTED_NOTE,
         **_carbon_cost(raw, list(range(len(raw.segments))), kwh, lo, hi),
         "currency": sc.facility.currency,
-        "energy_per_request_j": en["energy_j"] / max(len(done), 1),
+        "energy_per_request_j": en["energy_j"] / max(_len(done), 1),
         "energy_per_output_token_j": en["energy_j"] / max(tokens_out, 1),
         "tokens_per_joule": tokens_out / en["energy_j"] if en["energy_j"] > 0 else float("nan"),
         "mean_power_w": en["energy_j"] / span,
         "throughput_tokens_per_s": tokens_out / span,
-        "throughput_requests_per_s": len(done) / span,
+        "throughput_requests_per_s": _len(done) / span,
         **_latency_block(done),
         **_slo_block(counted, sc.slo, span),
-        "rejections": {r: int(c) for r, c in
-                       counted.loc[counted["status"] == "rejected", "reason"].value_counts().items()},
+        "rejections": value_counts(counted["reason"][counted["status"] == "rejected"]),
         "pools": {},
         "warnings": list(raw.warnings),
     }
-    if not len(done):
-        out["warnings"].append(f"no request completed in the measured window ({len(counted)} counted: "
+    if not _len(done):
+        out["warnings"].append(f"no request completed in the measured window ({_len(counted)} counted: "
                                f"{out['requests_rejected']} rejected, {out['requests_unfinished']} unfinished): "
                                "latency and per-token figures are undefined (null in summary.json)")
     for p in raw.pools:
-        pr = rep[rep["pool"] == p.name]
-        pd_ = done[done["pool"] == p.name]
-        pen = _energy_block(pr, sc.facility.pue, float(pd_["energy_j"].sum()))
+        pr = _rows(rep, rep["pool"] == p.name)
+        pd_ = _rows(done, done["pool"] == p.name)
+        pen = _energy_block(pr, sc.facility.pue, _sum(pd_["energy_j"]))
         ptok = int(pd_["n_out"].sum())
         out["pools"][p.name] = {
             "profile": p.profile.name,
             "replicas": p.count,
             "power_cap_w": p.cap_w,
-            "requests_completed": int(len(pd_)),
+            "requests_completed": _len(pd_),
             "tokens_out": ptok,
             **pen,
             "tokens_per_joule": ptok / pen["energy_j"] if pen["energy_j"] > 0 else float("nan"),
             **_carbon_cost(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p],
                            pen["facility_j"] / 3.6e6, lo, hi),
             "mean_power_w": pen["energy_j"] / span,
-            "utilisation": float(pr["busy_s"].sum() / (span * max(len(pr), 1))),
+            "utilisation": _sum(pr["busy_s"]) / (span * max(_len(pr), 1)),
             **_latency_block(pd_),
-            **_slo_block(counted[counted["pool"] == p.name], sc.slo, span),
+            **_slo_block(_rows(counted, counted["pool"] == p.name), sc.slo, span),
         }
         engine = _engine_block(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p])
         if engine:
@@ -239,6 +272,14 @@ def summarize(raw: RawResults) -> dict:
 
         out["facility"] = facility_summary(raw, lo, hi)
     return out
+
+
+def value_counts(x: np.ndarray) -> dict[str, int]:
+    """How often each value occurs, the most frequent first, ties in order of first occurrence (as pandas'
+    value_counts)."""
+    values, first, counts = np.unique(x, return_index=True, return_counts=True)
+    order = sorted(range(len(values)), key=lambda i: (-counts[i], first[i]))
+    return {str(values[i]): int(counts[i]) for i in order}
 
 
 def _engine_block(raw: RawResults, replicas: list[int]) -> dict:
@@ -295,6 +336,8 @@ def replicas_table(raw: RawResults) -> pd.DataFrame:
 
 def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
     """Mean power per pool and for the fleet in equal time bins over [0, end]: device active + idle + host."""
+    import pandas as pd
+
     end = max(raw.end_s, 1e-9)
     edges = np.linspace(0.0, end, bins + 1)
     width = np.diff(edges)
