@@ -138,9 +138,12 @@ def load_trace(path: str | Path) -> Trace:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(p)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot read Parquet: {e}", p) from None
+            table = pq.ParquetFile(p).read()  # one file; read_table would import pyarrow.dataset, and pandas
+        except Exception:  # noqa: BLE001 - read_table below says what is wrong
+            try:
+                table = pq.read_table(p)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"cannot read Parquet: {e}", p) from None
         meta = table.schema.metadata or {}
         try:
             prov = json.loads(meta.get(PROVENANCE_KEY, b"{}"))
@@ -148,6 +151,9 @@ def load_trace(path: str | Path) -> Trace:
             raise UserError("its provenance metadata is not valid JSON", p, PROVENANCE_KEY.decode()) from None
         if not isinstance(prov, dict):
             raise UserError("its provenance metadata is not a JSON object", p, PROVENANCE_KEY.decode())
+        plain = _plain_columns(table)
+        if plain is not None:
+            return _plain_trace(plain, prov, p)
         df = table.to_pandas()
     for col in ("n_in", "n_out"):
         if col not in df.columns:
@@ -163,6 +169,49 @@ def load_trace(path: str | Path) -> Trace:
     # prefixes after the token counts are known good: a session's prefixes add them up
     pid, plen = prefix_columns(df.assign(n_in=tr.n_in, n_out=tr.n_out), p)
     tr.prefix_id, tr.prefix_len = pid, plen
+    return tr.validate(p)
+
+
+def _plain_columns(table) -> dict[str, np.ndarray] | None:
+    """A Parquet table's trace columns as numpy arrays, where they need none of the pandas path's conversions
+    or checks: rows present, n_in and n_out, numbers without gaps, text source ids, prefix_id and prefix_len
+    together, no session_id. None otherwise (load_trace then takes the pandas path and its messages)."""
+    import pyarrow as pa
+
+    names = set(table.column_names)
+    if (table.num_rows == 0 or not {"n_in", "n_out"} <= names or "session_id" in names
+            or ("prefix_len" in names) != ("prefix_id" in names)):
+        return None
+    out = {}
+    for name in ("n_in", "n_out", "arrival_s", "prefix_id", "prefix_len", "source"):
+        if name not in names:
+            continue
+        col = table.column(name)
+        t = col.type
+        if col.null_count:
+            return None
+        if name == "source" and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            out[name] = np.array(col.to_pylist(), dtype=object)
+        elif name != "source" and (pa.types.is_integer(t) or pa.types.is_floating(t) and t != pa.float16()):
+            # the values buffer of each chunk (pyarrow's to_numpy would import pandas)
+            dt = np.dtype({"float": "float32", "double": "float64"}.get(str(t), str(t)))
+            out[name] = np.concatenate([np.frombuffer(c.buffers()[1], dt)[c.offset:c.offset + len(c)]
+                                        for c in col.chunks if len(c)])
+        else:
+            return None
+    return out
+
+
+def _plain_trace(cols: dict[str, np.ndarray], prov: dict, p: Path) -> Trace:
+    """load_trace's pandas path on _plain_columns: the same Trace."""
+    arr = cols["arrival_s"].astype(np.float64) if "arrival_s" in cols else None
+    src = cols["source"] if "source" in cols else None
+    tr = Trace(cols["n_in"], cols["n_out"], arr, src, prov).validate(p)
+    if "prefix_id" in cols:  # codes in order of first appearance, as pandas.factorize numbers them
+        _, first, inverse = np.unique(cols["prefix_id"], return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        tr.prefix_id, tr.prefix_len = rank[inverse.reshape(-1)], cols["prefix_len"]
     return tr.validate(p)
 
 
