@@ -13,6 +13,10 @@ ARCHS: dict[str, dict] = {
     # meta-llama/Llama-2-13b-hf config.json
     "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
                         num_key_value_heads=40, vocab_size=32000, max_position_embeddings=4096),
+    # meta-llama/Llama-2-70b-hf config.json (grouped-query attention: 8 key/value heads); the 70B-class shape of
+    # the tensor-parallel runs (140 GB of bf16 weights: two H200s at least)
+    "llama-2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                        num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096),
     # meta-llama/Llama-3.2-1B config.json (tied embeddings, grouped-query attention)
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
