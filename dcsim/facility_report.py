@@ -73,7 +73,8 @@ def facility_summary(raw: "RawResults", lo: float, hi: float) -> dict:
         peak = float(w[on].max()) if on.any() else float("nan")
         peak_at = float(max(t[:-1][on][int(np.argmax(w[on]))], lo)) if on.any() else float("nan")
         energy = float(np.sum(dur * w))
-        over = float(np.sum(dur[w > lv.limit_w])) if lv.limit_w is not None else 0.0
+        # above by more than float rounding: GPUs held at a cap that sums to the limit draw the limit, not more
+        over = float(np.sum(dur[w > lv.limit_w * (1 + 1e-9)])) if lv.limit_w is not None else 0.0
         ev = [e for e in fac.events if e[1] == lv.name and lo <= e[0] <= hi]
         levels[lv.name] = {
             "kind": lv.kind,

@@ -241,3 +241,31 @@ def test_run_outputs_hold_the_events_and_level_power(tmp_path, capsys):
     assert ev["action"].tolist() == ["cap", "release"] and ev["t_s"].tolist() == [1.0, 11.0]
     lv = pd.read_csv(tmp_path / "res" / "power_levels.csv")
     assert float(((lv["t_end_s"] - lv["t_start_s"]) * lv["row_w"]).sum()) == pytest.approx(6002.0)
+
+
+def test_a_pool_cap_stays_the_ceiling_and_returns_on_release(tmp_path):
+    """A pool capped at 180 W of its own: decode steps draw 180 W (0.0225 s each), the row 360 W, over a threshold
+    of 0.85 x 420 = 357 W; the manager's 150 W cap is lower and applies; on release the replica goes back to its
+    pool's 180 W, not to uncapped."""
+    data = two_replicas(tmp_path, {**THRESHOLD, "threshold": 0.85})
+    data["fleet"][0]["power_cap_w"] = 180.0
+    raw = run(tmp_path, data)
+    assert [e[2] for e in raw.facility.events] == ["cap", "release"]
+    t0, t1, e, h = raw.segments[0]
+    assert e / (t1 - t0) == pytest.approx([180.0, 180.0, 150.0, 180.0])
+    assert (t1[1] - t0[1]) / round((t1[1] - t0[1]) / 0.0225) == pytest.approx(0.0225)
+
+
+def test_warm_up_and_horizon_windows(tmp_path):
+    """The summary's figures cover the measured window only: a warm-up of 2 s leaves the cap event at 1 s out
+    and counts 11 - 2 = 9 s capped; a horizon at 5 s ends the stint there (4 s capped), with no release."""
+    s = summarize(run(tmp_path, {**two_replicas(tmp_path, THRESHOLD), "warmup_s": 0.0}))["facility"]["levels"]
+    assert s["row"]["time_capped_s"] == pytest.approx(10.0)
+    data = two_replicas(tmp_path, THRESHOLD)
+    data["trace"]["path"] = str(write_trace(tmp_path, [100, 100, 10], [1001, 201, 2], [0.0, 0.0, 3.0]))
+    lv = summarize(run(tmp_path, {**data, "warmup_s": 2.0}))["facility"]["levels"]["row"]
+    assert lv["cap_events"] == 0 and lv["releases"] == 1 and lv["time_capped_s"] == pytest.approx(9.0)
+    raw = run(tmp_path, {**two_replicas(tmp_path, THRESHOLD), "horizon_s": 5.0})
+    lv = summarize(raw)["facility"]["levels"]["row"]
+    assert raw.end_s == 5.0 and lv["cap_events"] == 1 and lv["releases"] == 0
+    assert lv["time_capped_s"] == pytest.approx(4.0)

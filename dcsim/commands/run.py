@@ -76,6 +76,14 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {name}: {e['preemptions']} preemptions, prefix-cache hits {e['prefix_hit_rate']:.1%} "
                          f"of prompt tokens" + (f"; ITL p50 {itl['p50'] * 1e3:.1f} ms p99 {itl['p99'] * 1e3:.1f} ms"
                                                 if itl else ""))
+    fac = s.get("facility")
+    if fac:  # the power hierarchy: each level's peak against its limit and what the manager did
+        lines += ["", f"  {'level':<14}{'limit W':>9}{'peak W':>9}{'above s':>9}{'caps':>6}{'capped s':>10}"
+                  f"   power policy {fac['policy']}"]
+        for name, lv in fac["levels"].items():
+            lim = "-" if lv["limit_w"] is None else f"{lv['limit_w']:.0f}"
+            lines.append(f"  {name:<14}{lim:>9}{lv['peak_w']:>9.0f}{lv['time_above_limit_s']:>9.1f}"
+                         f"{lv['cap_events']:>6}{lv['time_capped_s']:>10.1f}")
     un = s.get("unattributed_active_j") or 0.0
     if abs(un) > 1e-9 * max(s["active_j"], 1e-300):
         lines.append(f"  note: {un / 3.6e6:.4f} kWh of the active energy is carried by no counted request "
