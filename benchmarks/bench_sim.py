@@ -77,6 +77,33 @@ def make_case(d: Path, n: int, policy: str) -> Path:
     return p
 
 
+# a power-cap model per device kind for --facility (default = highest limit; static floor at a fifth of it)
+CAP_W = {"small": 40.0, "mid": 350.0, "big": 600.0}
+
+
+def with_facility(scenario: Path, policy: str) -> Path:
+    """The case with a power hierarchy: each pool's profile given a power-cap model, two rows of four racks of 8
+    (row 1: 16 small and 16 mid, row 2: 16 mid and 16 big), each row limited to 75% of its GPUs' nameplate, and
+    the named power policy (cap_on_threshold caps to 60% of each device's limit)."""
+    sc = yaml.safe_load(scenario.read_text())
+    for pool in sc["fleet"]:
+        prof = yaml.safe_load(Path(pool["profile"]).read_text())
+        w = CAP_W[pool["name"]]
+        prof["power_cap"] = {"min_w": 0.3 * w, "max_w": w, "default_w": w, "static_w": 0.2 * w, "exponent": 3.0}
+        path = scenario.parent / f"{pool['name']}-capped.yaml"
+        path.write_text(yaml.safe_dump(prof))
+        pool["profile"] = str(path)
+    pol = {"name": policy, **({"cap_fraction": 0.6} if policy == "cap_on_threshold" else {})}
+    racks = [[("small", 8), ("small", 8), ("mid", 8), ("mid", 8)], [("mid", 8), ("mid", 8), ("big", 8), ("big", 8)]]
+    rows = [{"name": f"row-{i + 1}", "limit_w": 0.75 * sum(CAP_W[k] * n for k, n in row),
+             "racks": [{"name": f"rack-{i + 1}{j + 1}", "replicas": {k: n}} for j, (k, n) in enumerate(row)]}
+            for i, row in enumerate(racks)]
+    sc["facility"] = {"power": {"control_interval_s": 1.0, "policy": pol, "rows": rows}}
+    out = scenario.parent / f"scenario-{policy}.yaml"
+    out.write_text(yaml.safe_dump(sc))
+    return out
+
+
 def child(scenario: str) -> None:
     """Time the simulation alone (inputs loaded first) and report peak RSS growth."""
     import resource
@@ -103,6 +130,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--policies", nargs="+", default=["fcfs", "static", "continuous", "paged"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--facility", choices=["none", "cap_on_threshold", "budget_share"],
+                    help="add a power hierarchy managed by this policy (with_facility)")
     ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
@@ -113,6 +142,8 @@ def main() -> None:
         for pol in a.policies:
             with tempfile.TemporaryDirectory() as d:
                 sc = make_case(Path(d), n, pol)
+                if a.facility:
+                    sc = with_facility(sc, a.facility)
                 runs = []
                 for _ in range(a.repeats):
                     out = subprocess.run([sys.executable, __file__, "--child", str(sc)], capture_output=True,
