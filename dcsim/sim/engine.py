@@ -131,12 +131,10 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     est_out = known_outputs(sc, n_out, rng_pred)
 
     power = sc.facility.power
-    if power is None:
-        env = simpy.Environment()
-    else:
-        from dcsim.sim.facility import FacilityEnvironment, start_power_management
-
-        env = FacilityEnvironment()
+    if power is not None:
+        from dcsim.sim.facility import FacilityEnvironment, needs_manager, start_power_management
+    # the power manager's environment keeps its own events out of the run's end; without a manager, SimPy's own
+    env = FacilityEnvironment() if power is not None and needs_manager(power) else simpy.Environment()
     log = RequestLog(n)
     replicas: list[Replica] = []
     for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
@@ -156,7 +154,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         end = float(sc.horizon_s)
     else:
         env.run()
-        end = float(env.now) if fac is None else float(env.last_event_s)
+        end = float(env.now) if fac is None or not fac.managed else float(env.last_event_s)
     if sc.warmup_s > 0 and end <= sc.warmup_s:
         raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
                         "is left to measure", scenario_file, "warmup_s")

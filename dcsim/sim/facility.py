@@ -132,6 +132,14 @@ def _floor_w(ev: "ProfileEvaluator") -> float:
     return lo
 
 
+def needs_manager(spec: "FacilityPower") -> bool:
+    """Whether the hierarchy needs a manager process: a policy that caps, and a level with a limit."""
+    from dcsim.sim.power_policies import power_policy_class
+
+    limited = any(r.limit_w is not None or any(k.limit_w is not None for k in r.racks) for r in spec.rows)
+    return limited and power_policy_class(spec.policy.name).caps
+
+
 def start_power_management(sc: "Scenario", scenario_file: str | Path | None, env: FacilityEnvironment,
                            pools: list["PoolInfo"], replicas: list["Replica"], source: simpy.Process) -> FacilityRun:
     """The scenario's hierarchy, checked against the pools' profiles; with a policy that caps, each replica gets
@@ -143,7 +151,7 @@ def start_power_management(sc: "Scenario", scenario_file: str | Path | None, env
     run = FacilityRun(spec.policy.name, spec.control_interval_s, levels)
     pool_of = [r.pool for r in replicas]
     limited = [lv for lv in levels if lv.limit_w is not None]
-    if not pol.caps or not limited:
+    if not needs_manager(spec):
         return run
     under = sorted({pool_of[i] for lv in limited for i in lv.replicas})
     for k in under:
