@@ -52,7 +52,9 @@ def test_committed_cases_are_recovered_from_their_raw_files(case):
     got = window_facts(case, meta["workload"]["requests"], meta["tail_s"], meta["settle_s"])
     # the opening is placed to a few ms (the timeline samples every 50 ms; labels bound it from both sides)
     assert got["wall_start"] == pytest.approx(meta["wall_start"], abs=0.01)
-    assert got["window_s"] == pytest.approx(meta["window_s"], abs=0.01)
+    # the recovery ends the window at the last step's end plus the tail; the replay at the loop's own last clock
+    # read after that step's bookkeeping: up to 11.7 ms later (h200d-paged-code)
+    assert got["window_s"] == pytest.approx(meta["window_s"], abs=0.02)
     paged = (case / "steps.csv").is_file()
     if not paged and pd.read_csv(case / "batches.csv")["energy_j"].notna().all():
         # counter mode: the batches' own counter energies, summed again

@@ -87,6 +87,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe", help="after the window, run these calibration shapes on the same engine: "
                                    "N_IN:N_OUT[:BATCH],... (written to probe.csv)")
     p.add_argument("--probe-repeats", type=int, default=3)
+    p.add_argument("--step-probe", help="paged: before and after the window, time these serving steps on the same "
+                                        "engine as the calibration's served loop does: DECODES:CONTEXT:CHUNK[:PREFIX"
+                                        "[:CHUNKS]],... (written to step_probe.csv; 'default': "
+                                        "16:1024:0,4:1024:64,32:1024:64,0:0:256)")
+    p.add_argument("--step-probe-repeats", type=int, default=2, help="paged: repeats of each probe step")
+    p.add_argument("--step-probe-steps", type=int, default=96, help="paged: steps in one probe repeat")
     p.add_argument("--batch-energy", default="timeline", choices=("timeline", "counter"),
                    help="active energy: the power timeline's integral over the batch runs (default; no meter read "
                         "between batches), or an energy-counter window per batch and its prefill (reads that cost "
@@ -186,6 +192,7 @@ def handler(args: argparse.Namespace) -> int:
             lengths = R.cache_lengths(shapes, policy.batch_sizes())
             R.check_fits(wl, lengths, policy, args.trace)
     probe_shapes = _parse_probe(args.probe)
+    step_shapes = _parse_step_probe(args, wl)
     out = Path(args.out)
     if not args.dry_run:
         if out.is_dir() and any(out.iterdir()) and not args.force:
@@ -219,8 +226,13 @@ def handler(args: argparse.Namespace) -> int:
         backend.engine(backend.kv_blocks, policy.max_num_seqs, max(need))
         PR.write_engine(tmp, backend)  # the pool a recovery of this folder must forecast with
         warm_s = PR.warm_up(backend, policy, max(need), _log)
+        probe_steps, step_probe = _step_probe_fit(step_shapes, backend, args)
+        _run_step_probe(probe_steps, backend, meter, args, tmp, "before")
         env = capture(args.device)
         res = PR.serve(wl, backend, meter, policy, tmp, tail_s=args.tail_s, settle_s=args.settle_s, log=_log)
+        _run_step_probe(probe_steps, backend, meter, args, tmp, "after")
+        if step_probe:
+            res["step_probe"] = step_probe
         res["kv_blocks"] = backend.eng.alloc.capacity
         policy = dataclasses.replace(policy, kv_blocks=backend.eng.alloc.capacity)  # the pool the forecast gets
     else:
@@ -380,6 +392,61 @@ def _parse_probe(text: str | None) -> list[tuple[int, int, int]]:
             raise UserError(f"bad probe shape {part!r}; expected N_IN:N_OUT[:BATCH]", None, "--probe")
         shapes.append((nums[0], nums[1], nums[2] if len(nums) == 3 else 1))
     return shapes
+
+
+def _parse_step_probe(args: argparse.Namespace, wl) -> list:
+    """--step-probe's shapes (paged replays only; 'default' for the standard four), refused before anything runs
+    if one cannot run on the replay's engine (more decodes than --max-num-seqs, a sequence longer than the
+    longest request sizes it for)."""
+    from dcsim.validate import step_probe as SP
+
+    if not args.step_probe:
+        return []
+    if args.batching != "paged" or args.endpoint:
+        raise UserError("the step probe times the paged engine's steps; it needs --batching paged on a device",
+                        None, "--step-probe")
+    for name in ("step_probe_repeats", "step_probe_steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"must be at least 1, got {getattr(args, name)}", None, "--" + name.replace("_", "-"))
+    try:
+        shapes = SP.parse_shapes(SP.DEFAULT_SHAPES if args.step_probe == "default" else args.step_probe)
+    except ValueError as e:
+        raise UserError(str(e), None, "--step-probe") from None
+    longest = int((wl["n_in"] + wl["n_out"]).max())
+    for s in shapes:
+        if s.decode_batch > args.max_num_seqs:
+            raise UserError(f"step {s.label()} has {s.decode_batch} decodes, more than --max-num-seqs "
+                            f"{args.max_num_seqs}", None, "--step-probe")
+        if max(s.context, s.prefix + s.prefill_tokens + s.chunks - 1) > longest:
+            raise UserError(f"step {s.label()} needs sequences of more tokens than the longest request "
+                            f"({longest}), which sizes the engine", None, "--step-probe")
+    return shapes
+
+
+def _step_probe_fit(shapes: list, backend, args: argparse.Namespace) -> tuple[list, dict | None]:
+    """The shapes to probe and the probe's record in replay.json: shapes the engine's KV pool cannot hold (a pool
+    made small on purpose) are skipped, so that the engine is never rebuilt around the window."""
+    if not shapes:
+        return [], None
+    pool = backend.eng.alloc.capacity
+    bs = backend.eng.block_size
+    keep, skipped = [], []
+    for s in shapes:
+        need = s.decode_batch * -(-s.context // bs) + s.chunks * -(-(s.prefix + s.prefill_tokens + s.chunks) // bs)
+        (keep if need <= pool else skipped).append(s)
+        if need > pool:
+            _log(f"step probe: {s.label()} needs {need} KV blocks, the pool holds {pool}: skipped")
+    return keep, {"shapes": [s.label() for s in keep], "skipped": [s.label() for s in skipped], "loop": "served",
+                  "repeats": args.step_probe_repeats, "steps": args.step_probe_steps}
+
+
+def _run_step_probe(shapes: list, backend, meter, args: argparse.Namespace, tmp: Path, when: str) -> None:
+    """Time the probe's steps (before or after the window) into tmp/step_probe.csv."""
+    from dcsim.validate import step_probe as SP
+
+    if shapes:
+        _log(f"step probe ({when} the window): {', '.join(s.label() for s in shapes)}")
+        SP.run(backend, meter, shapes, args.step_probe_repeats, args.step_probe_steps, tmp, when)
 
 
 def _dry_run(wl, profile, prof_path: Path, policy, args: argparse.Namespace) -> int:

@@ -34,7 +34,9 @@ case_gsm8k_static() {  # GSM8K under static batching (up to 4, wait at most 1 s)
 # The paged engine (vLLM v1-style: chunked prefill under a 2048-token budget, 64 sequences, KV in 16-token blocks,
 # decode graphs captured), forecast with the paged policy. --utilisation is a fraction of the request rate the
 # engine sustains on these requests (simulated); limits sized with --dry-run for windows of at least 3 minutes.
-PAGED="--backend paged --batching paged --max-num-seqs 64 --max-num-batched-tokens 2048"
+# --step-probe default: four serving steps timed before and after the window on the same engine (step_probe.csv;
+# read against the served-loop sweep with validation/scripts/step_costs.py --calibration RUN)
+PAGED="--backend paged --batching paged --max-num-seqs 64 --max-num-batched-tokens 2048 --step-probe default"
 _paged_conv() {  # Azure conversation trace at utilisation $3, $4 requests (its own gaps stretched)
   $V --profile "$2" $PAGED --trace traces/azure-conv-2023.parquet --arrivals replay --utilisation $3 --limit $4 \
      --clip-in 2048 --clip-out 512 ${@:5} --out validation/$1

@@ -9,7 +9,7 @@ ones each decode's KV tokens are reconstructed from requests.csv (its prompt plu
 then), a chunk's start is its admission's cached tokens (a split prompt's later chunk taken as starting at 0),
 and a step has one prefixed chunk where its admissions hit the cache.
 
-    python validation/scripts/step_costs.py validation/h200c-paged-conv60 [--profile P]
+    python validation/scripts/step_costs.py validation/h200c-paged-conv60 [--profile P] [--calibration RUN]
 """
 
 from __future__ import annotations
@@ -65,12 +65,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--profile", type=Path, help="default: the one the replay's comparison used")
+    ap.add_argument("--calibration", type=Path, help="a step sweep's run folder: the replay's step probe "
+                                                     "(step_probe.csv) read against its medians at the same steps")
     a = ap.parse_args()
     prof = a.profile or Path(json.loads((a.folder / "comparison.json").read_text())["profile"])
     s = step_table(a.folder, prof)
     print(summary(s).round(4).to_string())
     print(f"all steps: {s['dur_s'].sum():.1f} s measured, {s['curve_s'].sum():.1f} s from the curves "
           f"({s['curve_s'].sum() / s['dur_s'].sum() - 1:+.1%})")
+    if a.calibration and (a.folder / "step_probe.csv").is_file():
+        from dcsim.validate.step_probe import read_against
+
+        print(f"step probe against {a.calibration}:")
+        print(read_against(a.folder / "step_probe.csv", a.calibration).round(3).to_string())
 
 
 if __name__ == "__main__":
