@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+if TYPE_CHECKING:  # pydantic is imported where a model is validated, not by every command that may fail
+    from pydantic import ValidationError
 
 
 class UserError(Exception):
@@ -50,6 +52,8 @@ def validate_file(model: type, data: dict, path: str | Path):
     """Validate data read from `path` against a pydantic model; errors name the file and the field. A number
     that is not finite (.inf, .nan, an overflow such as 1e400, `--set x=inf`) is refused wherever it stands:
     no field of a scenario, profile or plan means anything at infinity."""
+    from pydantic import ValidationError
+
     try:
         obj = model.model_validate(data)
     except ValidationError as e:
