@@ -54,10 +54,11 @@ def timed(args: list[str], env: dict[str, str], cwd: Path) -> float:
     return time.perf_counter() - t
 
 
-def import_breakdown(args: list[str], env: dict[str, str], cwd: Path) -> list[tuple[str, float]]:
-    """Seconds of import time (self times, one run of python -X importtime) by what pulled each module in: the
-    outermost third-party package on its import chain (numpy, pydantic, ...), else the dcsim module nearest it
-    (dcsim.scenario, ...), else the standard library. What `python -c pass` imports is left out (the floor)."""
+def import_breakdown(args: list[str], env: dict[str, str], cwd: Path, runs: int = 5) -> list[tuple[str, float]]:
+    """Seconds of import time (self times, median of `runs` runs of python -X importtime) by what pulled each
+    module in: the outermost third-party package on its import chain (numpy, pydantic, ...), else the dcsim
+    module nearest it (dcsim.scenario, ...), else the standard library. What `python -c pass` imports is left
+    out (the floor)."""
     def parse(text: str) -> list[tuple[int, int, str]]:
         rows = []
         for line in text.splitlines():
@@ -72,7 +73,13 @@ def import_breakdown(args: list[str], env: dict[str, str], cwd: Path) -> list[tu
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
 
     floor = {name for _, _, name in parse(importtime(["-c", "pass"]))}
-    rows = parse(importtime(args))
+    per_run = [one_breakdown(parse(importtime(args)), floor) for _ in range(runs)]
+    groups = {g for b in per_run for g in b}
+    med = {g: statistics.median(b.get(g, 0.0) for b in per_run) for g in groups}
+    return sorted(med.items(), key=lambda kv: -kv[1])
+
+
+def one_breakdown(rows: list[tuple[int, int, str]], floor: set[str]) -> dict[str, float]:
     by: dict[str, float] = {}
     for i, (self_us, depth, name) in enumerate(rows):
         if name in floor:
@@ -87,7 +94,7 @@ def import_breakdown(args: list[str], env: dict[str, str], cwd: Path) -> list[tu
         ours = [m for m in chain if m.split(".")[0] == "dcsim"]
         group = (third[-1] if third else ".".join(ours[0].split(".")[:2]) if ours else "standard library")
         by[group] = by.get(group, 0.0) + self_us / 1e6
-    return sorted(by.items(), key=lambda kv: -kv[1])
+    return by
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 args, env, cwd = todo["dcsim run" if len(roots) == 1 else f"dcsim run [{root.name}]"]
                 parts = import_breakdown(args, env, cwd)
                 print(f"\nimport time of dcsim run ({root.name}) beyond python -c pass's, by what pulled it in "
-                      f"(one run): {sum(s for _, s in parts):.3f} s")
+                      f"(medians of 5 runs): {sum(s for _, s in parts):.3f} s")
                 for name, s in parts:
                     if s >= 0.001:
                         print(f"  {name:<24} {s:.3f} s")
