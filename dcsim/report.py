@@ -1,7 +1,8 @@
 """One self-contained HTML page for a run folder (dcsim run --out) or a sweep folder (dcsim sweep --out).
 
-Plots are embedded as base64 PNG, tables sort by clicking a header (a few lines of inline JavaScript),
-and a Content-Security-Policy forbids every network load, so the page works offline as a single file.
+Plots are embedded as base64 PNG, or, for a sweep where plotly is installed, drawn by plotly.js inlined once in
+the page; tables sort by clicking a header (a few lines of inline JavaScript), and a Content-Security-Policy
+forbids every network load, so the page works offline as a single file.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tbody tr:nth-child(even){background:#fafbfc}
 figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eaecef}
 figcaption{font-size:0.85em;color:#57606a}
+figure.iplot{border:1px solid #eaecef;padding:4px}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:4px}
 """
 
@@ -352,9 +354,44 @@ def _currency(d: Path) -> str:
     return ""
 
 
-def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] | None = None) -> str:
+def _plots(summary: pd.DataFrame, axes: list[list[str]], keys: list[str], chosen: list[str],
+           label: dict[str, str], front: list[bool] | None, cur: str, interactive: bool) -> str:
+    """The sweep's figures: interactive (plotly.js inlined once, before the first) where plotly is installed and
+    asked for, else the static PNGs, with a note saying how to get the interactive ones."""
+    from dcsim.sweep import interactive as iplots
+
+    pareto_caption = ("each configuration's energy against its end-to-end p99, numbered as in the summary table; "
+                      "the front (none better on both) joined")
+    xlabel, ylabel = metric_label("energy_j", cur), metric_label("e2e_s.p99")
+    if interactive and iplots.available():
+        figs = []
+        for i, m in enumerate(chosen):
+            for div in iplots.metric_html(summary, axes, m, label[m], f"plot-{i + 1}"):
+                figs.append(f'<figure class="iplot">{div}<figcaption>{esc(label[m])}: mean over seeds, bars = 95% '
+                            "t-interval where the seeds differ</figcaption></figure>")
+        if front is not None:
+            div = iplots.pareto_html(summary, keys, front, xlabel, ylabel, "plot-pareto")
+            figs.append(f'<figure class="iplot">{div}<figcaption>{esc(pareto_caption)}</figcaption></figure>')
+        if not figs:
+            return ""
+        return f"<p class=meta>{esc(iplots.HELP)}</p>\n{iplots.library_script()}\n" + "\n".join(figs)
     from dcsim.sweep.plots import metric_figure, pareto_figure
 
+    figs = [figure(metric_figure(summary, axes, m, label[m]), f"{label[m]}: mean over seeds, bars = 95% t-interval "
+                   "where the seeds differ") for m in chosen]
+    if front is not None:
+        figs.append(figure(pareto_figure(summary, keys, front, xlabel, ylabel), pareto_caption))
+    if not figs:
+        return ""
+    note = "" if not interactive else ('<p class=meta>static figures: for interactive ones (hover, toggle series) '
+                                       'install plotly: pip install "dcsim[report]"</p>\n')
+    return note + "\n".join(figs)
+
+
+def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] | None = None,
+                 interactive: bool = True) -> str:
+    """A sweep folder's page: its axes and baseline, figures (interactive where plotly is installed), the summary
+    with changes against the baseline and the Pareto front, the per-pool table and every point."""
     info = _read_json(d / "sweep.json")
     results, summary = _tables(d, "sweep", "results", "summary")
     axes: list[list[str]] = info.get("axes", [])
@@ -377,17 +414,12 @@ def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] 
     desc.append([cell("baseline"), cell(", ".join(f"{k}={_py(brow[k])}" for k in keys) or "the only configuration")])
     text = f"<p>{esc(info['description'])}</p>" if info.get("description") else ""
     sections.append(("Sweep", text + table(["setting", "value"], desc, sortable=False, text_cols=2)))
-    figs = [figure(metric_figure(summary, axes, m, label[m]), f"{label[m]}: mean over seeds, bars = 95% t-interval "
-                   "where the seeds differ") for m in chosen]
     front = None
     if {"energy_j.mean", "e2e_s.p99.mean"} <= set(summary.columns):
         front = pareto_front(summary["energy_j.mean"], summary["e2e_s.p99.mean"])
-        figs.append(figure(pareto_figure(summary, keys, front, metric_label("energy_j", cur),
-                                         metric_label("e2e_s.p99")),
-                           "each configuration's energy against its end-to-end p99, numbered as in the summary "
-                           "table; the front (none better on both) joined"))
-    if figs:
-        sections.append(("Plots", "\n".join(figs)))
+    plots = _plots(summary, axes, keys, chosen, label, front, cur, interactive)
+    if plots:
+        sections.append(("Plots", plots))
     rows = []
     for i, (_, r) in enumerate(summary.iterrows()):
         row = [cell(i + 1)] + [cell(_py(r[k])) for k in keys] + [cell(int(r["n_seeds"]))]
@@ -459,13 +491,15 @@ def plan_report(d: Path) -> str:
 
 
 # ---- entry -----------------------------------------------------------------------------------
-def build_report(results: str | Path, metrics: list[str] | None = None, baseline: list[str] | None = None) -> str:
-    """HTML for a run folder (summary.json), a sweep folder (sweep.json + results) or a plan folder (plan.json)."""
+def build_report(results: str | Path, metrics: list[str] | None = None, baseline: list[str] | None = None,
+                 interactive: bool = True) -> str:
+    """HTML for a run folder (summary.json), a sweep folder (sweep.json + results) or a plan folder (plan.json);
+    a sweep's figures are interactive unless `interactive` is False or plotly is not installed."""
     d = Path(results)
     if not d.is_dir():
         raise UserError("not a folder (give a dcsim run --out or dcsim sweep --out folder)", d)
     if (d / "sweep.json").is_file():
-        return sweep_report(d, metrics, baseline)
+        return sweep_report(d, metrics, baseline, interactive)
     if baseline:
         raise UserError("--baseline applies to sweep folders only", d, "--baseline")
     if (d / "plan.json").is_file():
@@ -480,12 +514,12 @@ def build_report(results: str | Path, metrics: list[str] | None = None, baseline
 
 
 def write_report(results: str | Path, out: str | Path, metrics: list[str] | None = None,
-                 force: bool = False, baseline: list[str] | None = None) -> Path:
+                 force: bool = False, baseline: list[str] | None = None, interactive: bool = True) -> Path:
     """Build the report and write it through a temporary file; an existing file is replaced only if it is a dcsim
     report (or with force)."""
     from dcsim.outputs import check_file, owned_report, write_file
 
     path = check_file(out, force, owned_report)
-    text = build_report(results, metrics, baseline)
+    text = build_report(results, metrics, baseline, interactive)
     write_file(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path

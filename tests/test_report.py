@@ -21,6 +21,7 @@ class Page(HTMLParser):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.imgs: list[str] = []
+        self.plots: list[str] = []  # interactive figures' <div> ids
         self.scripts: list[dict] = []
         self.urls: list[str] = []
         self.tables: list[dict] = []
@@ -35,6 +36,8 @@ class Page(HTMLParser):
                 self.urls.append(a[k])
         if tag == "img":
             self.imgs.append(a["src"])
+        elif tag == "div" and "plotly-graph-div" in (a.get("class") or ""):
+            self.plots.append(a["id"])
         elif tag == "script":
             self.scripts.append(a)
         elif tag == "table":
@@ -123,9 +126,9 @@ def test_sweep_report_tables_and_plots(tmp_path, capsys):
     make_case(tmp_path)
     sw = load_sweep(write_sweep(tmp_path, {**GRID, "metrics": ["e2e_s.p99", "pools.*.energy_j", "energy_j"]}))
     res = run_sweep(sw, tmp_path / "sw", workers=0, progress=False)
-    assert main(["report", str(tmp_path / "sw")]) == 0  # default output: inside the folder
+    assert main(["report", str(tmp_path / "sw"), "--static-plots"]) == 0  # default output: inside the folder
     page = Page((tmp_path / "sw" / "report.html").read_text())
-    assert len(page.imgs) == 4  # one figure per chosen metric, and the Pareto front
+    assert len(page.imgs) == 4 and page.plots == []  # one figure per chosen metric, and the Pareto front
     summ = page.table("Summary")
     assert summ["head"] == ["#", "fleet.gpu.count", "fleet.gpu.batching.max_batch", "seeds", "end-to-end p99 (s)",
                             "gpu: energy (device + host) (J)", "energy (device + host) (J)",
@@ -167,7 +170,8 @@ def test_sweep_report_tables_and_plots(tmp_path, capsys):
     assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "y.html"), "--baseline", "seed=3"]) == 2
     assert "field '--baseline'" in capsys.readouterr().err
     # --metric replaces the sweep file's choice; a pattern matching nothing is a user error
-    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "m.html"), "--metric", "tokens_per_joule"]) == 0
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "m.html"), "--metric", "tokens_per_joule",
+                 "--static-plots"]) == 0
     assert len(Page((tmp_path / "m.html").read_text()).imgs) == 2  # the metric, and the Pareto front
     capsys.readouterr()
     assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "x.html"), "--metric", "joules"]) == 2

@@ -191,7 +191,7 @@ def test_reports_load_cleanly_show_plots_and_sort(tmp_path, browser, capsys):
 
     sw = load_sweep(write_sweep(tmp_path, {**GRID, "metrics": ["e2e_s.p99", "energy_j"]}))
     run_sweep(sw, tmp_path / "sw", workers=0, progress=False)
-    sweep_html = write_report(tmp_path / "sw", tmp_path / "sweep.html")
+    sweep_html = write_report(tmp_path / "sw", tmp_path / "sweep.html", interactive=False)
     assert browser.load(sweep_html) == []
     imgs = browser.js(IMAGES_JS)
     assert len(imgs) == 3 and all(ok and w > 300 for ok, w, _ in imgs), imgs  # two metrics and the Pareto front
@@ -212,3 +212,68 @@ def test_reports_load_cleanly_show_plots_and_sort(tmp_path, browser, capsys):
     px = imread(shot)
     assert px.shape[0] > 1500 and px.shape[1] >= 1200  # the whole page, plots included
     assert px[..., :3].std() > 0.05  # not a blank page
+
+
+PLOTS_JS = """[...document.querySelectorAll('.plotly-graph-div')].map(g => ({id: g.id,
+  traces: g.data.map(t => ({name: t.name, x: t.x, y: t.y, visible: t.visible === undefined ? true : t.visible})),
+  drawn: g.querySelectorAll('.scatterlayer .trace').length,
+  hidden: [...g.querySelectorAll('.scatterlayer .trace')].filter(e => getComputedStyle(e).opacity === '0').length,
+  width: g.getBoundingClientRect().width}))"""
+
+# the centre of an element, scrolled into view, in the viewport's coordinates
+CENTRE_JS = """(() => { const e = document.querySelector(%r); e.scrollIntoView({block: 'center'});
+  const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"""
+
+
+def _mouse(browser, kind, x, y, **extra):
+    browser.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **extra}, session=True)
+
+
+def test_interactive_sweep_plots_hover_and_toggle_offline(tmp_path, browser):
+    """The sweep page's plotly figures draw with no console error and no network request, hold the summary's
+    numbers, show a point's value on hover, and hide a series when its legend entry is clicked."""
+    pytest.importorskip("plotly", reason="plotly not installed (pip install -e '.[report]')")
+    import pandas as pd
+
+    make_case(tmp_path)
+    sw = load_sweep(write_sweep(tmp_path, {**GRID, "metrics": ["e2e_s.p99", "energy_j"]}))
+    run_sweep(sw, tmp_path / "sw", workers=0, progress=False)
+    page = write_report(tmp_path / "sw", tmp_path / "interactive.html")
+    browser.send("Network.enable", session=True)
+    assert browser.load(page, settle_s=1.0) == []
+    urls = [e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
+    assert urls == [page.resolve().as_uri()], urls  # the page itself, nothing else
+    browser.send("Network.disable", session=True)
+    plots = {p["id"]: p for p in browser.js(PLOTS_JS)}
+    assert list(plots) == ["plot-1-0", "plot-1-1", "plot-2-0", "plot-2-1", "plot-pareto"]
+    assert all(p["drawn"] == len(p["traces"]) and p["width"] > 900 for p in plots.values()), plots
+    sm = pd.read_parquet(tmp_path / "sw" / "summary.parquet")
+    e2e = plots["plot-1-0"]["traces"]  # e2e p99 against the GPU count, one series per max_batch
+    assert [t["name"] for t in e2e] == ["max_batch=2", "max_batch=8"]
+    for t, b in zip(e2e, (2, 8)):
+        rows = sm[sm["fleet.gpu.batching.max_batch"] == b].sort_values("fleet.gpu.count")
+        assert t["x"] == list(rows["fleet.gpu.count"].astype(float)) and t["y"] == list(rows["e2e_s.p99.mean"])
+    # hover the first series' first point: its label shows the configuration and the value
+    first = sm[sm["fleet.gpu.batching.max_batch"] == 2].sort_values("fleet.gpu.count").iloc[0]
+    x, y = browser.js(CENTRE_JS % "#plot-1-0 .scatterlayer .trace:nth-child(1) .points path")
+    _mouse(browser, "mouseMoved", x, y)
+    time.sleep(0.5)
+    hover = browser.js("[...document.querySelectorAll('#plot-1-0 .hovertext')].map(e => e.textContent)")
+    assert len(hover) == 1 and f"{first['e2e_s.p99.mean']:.4g}" in hover[0] and "#1" in hover[0], hover
+    # click the second legend entry: that series is hidden, the other still drawn
+    x, y = browser.js(CENTRE_JS % "#plot-1-0 .legend .traces:nth-child(2) .legendtoggle")
+    _mouse(browser, "mouseMoved", x, y)
+    _mouse(browser, "mousePressed", x, y, button="left", clickCount=1)
+    _mouse(browser, "mouseReleased", x, y, button="left", clickCount=1)
+    time.sleep(1.0)  # plotly waits out the double-click delay before toggling
+    after = {p["id"]: p for p in browser.js(PLOTS_JS)}["plot-1-0"]
+    assert [t["visible"] for t in after["traces"]] == [True, "legendonly"], after
+    assert after["drawn"] - after["hidden"] == 1
+    assert all(p["traces"] == plots[k]["traces"] for k, p in
+               {p["id"]: p for p in browser.js(PLOTS_JS)}.items() if k != "plot-1-0")  # the others untouched
+    assert browser.errors() == []
+    shot = browser.screenshot(tmp_path / "interactive.png")
+    from matplotlib.image import imread
+
+    px = imread(shot)
+    assert px.shape[0] > 2500 and px[..., :3].std() > 0.05

@@ -1,4 +1,4 @@
-"""`dcsim run` starts without the heavy libraries: pandas, matplotlib, scipy and datasets are imported only by
+"""`dcsim run` starts without the heavy libraries: pandas, matplotlib, plotly, scipy and datasets are imported only by
 the commands and outputs that need them (tables written to disk, plots, fitting, trace building), and the CLI
 imports only the chosen command's module. Checked in a fresh interpreter's sys.modules, not by timing."""
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("pandas", "matplotlib", "scipy", "datasets")
+HEAVY = ("pandas", "matplotlib", "scipy", "datasets", "plotly")
 PROBE = """
 import json, sys
 from dcsim.cli import main
