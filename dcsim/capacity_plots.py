@@ -13,7 +13,7 @@ import matplotlib.ticker
 import pandas as pd
 
 
-def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str) -> bytes:
+def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str, currency: str = "") -> bytes:
     """One panel for the minimised metric, one per objective; x: the first varied count, a line per value of the
     others; filled markers meet every objective, open ones miss; the chosen fleet circled."""
     paths = [v["path"] for v in info["vary"]]
@@ -45,8 +45,9 @@ def plan_figure(evaluated: pd.DataFrame, info: dict, objective_metric: str) -> b
             ax.set_yscale("symlog", linthresh=bounds[0])
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(x)
-        ax.set_ylabel(m)
-        ax.set_title(m if m != objective_metric else f"{m} (minimised)", fontsize=9)
+        name = f"{m} ({currency})" if m == "cost" and currency else m  # money marked with its currency
+        ax.set_ylabel(name)
+        ax.set_title(name if m != objective_metric else f"{name} (minimised)", fontsize=9)
         if rest and ax is axs[0][0]:
             ax.legend(fontsize=7)
     fig.suptitle("filled: meets every objective; open: misses; circled: the chosen fleet; dashed: bound",

@@ -345,7 +345,8 @@ def _baseline_row(summary: pd.DataFrame, keys: list[str], baseline: list[str] | 
     return summary.index.get_loc(hits[0])
 
 
-def _currency(d: Path) -> str:
+def folder_currency(d: Path) -> str:
+    """The currency (ISO 4217) of a sweep or plan folder's costs, from its first point's summary; '' if none."""
     for f in sorted((d / "points").glob("*.json"))[:1]:
         try:
             return str(json.loads(f.read_text()).get("summary", {}).get("currency") or "")
@@ -398,7 +399,7 @@ def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] 
     keys = [k for g in axes for k in g]
     chosen = _choose_metrics(info, list(summary.columns), metrics, d)
     base = _baseline_row(summary, keys, baseline, d)
-    cur = _currency(d)
+    cur = folder_currency(d)
     label = {m: metric_label(m, cur) for m in chosen}
     sections = []
     desc = [[cell("base scenario"), cell(Path(info.get("base", "")).name)],
@@ -466,25 +467,27 @@ def plan_report(d: Path) -> str:
     info = _read_json(d / "plan.json")
     evaluated, frontier = _tables(d, "plan", "evaluated", "frontier")
     metric = OBJECTIVES[info["minimise"]]
+    cur = folder_currency(d)
+    money = {"cost": f"cost ({cur})"} if cur else {}  # unit-less money, marked with its currency
     q = [[cell("scenario"), cell(Path(info["scenario"]).name)], [cell("seed"), cell(info["seed"])]]
     q += [[cell("set"), cell(s)] for s in info.get("set", [])]
     q += [[cell("vary"), cell(f"{v['path']} = {v['lo']}..{v['hi']}")] for v in info["vary"]]
     q += [[cell("objective"), cell(s)] for s in info["slo"]]
-    q += [[cell("minimise"), cell(f"{info['minimise']} ({metric})")],
+    q += [[cell("minimise"), cell(f"{info['minimise']} ({money.get(metric, metric)})")],
           [cell("fleets simulated"), cell(f"{info['fleets_evaluated']} of {info['grid_fleets']}, "
                                           f"{info['rounds']} rounds")]]
     ans = info.get("answer")
     if ans is None:
         answer = "<p>No fleet in the ranges meets every objective.</p>"
     else:
-        rows = [[cell(k), cell(_py(v))] for k, v in ans.items()]
+        rows = [[cell(money.get(k, k)), cell(_py(v))] for k, v in ans.items()]
         answer = table(["", "the cheapest fleet that meets every objective"], rows, sortable=False, text_cols=1)
     sections = [("Question", table(["setting", "value"], q, sortable=False, text_cols=2)), ("Answer", answer),
-                ("Plot", figure(plan_figure(evaluated, info, metric),
+                ("Plot", figure(plan_figure(evaluated, info, metric, cur),
                                 f"{metric} and each objective's metric against {info['vary'][0]['path']}")),
                 ("Frontier: the least count meeting every objective, per value of the others",
-                 frame_table(frontier)),
-                ("Every fleet simulated", frame_table(evaluated)
+                 frame_table(frontier.rename(columns=money))),
+                ("Every fleet simulated", frame_table(evaluated.rename(columns=money))
                  + "<p class=meta>evaluated.csv / evaluated.parquet; one point file each in points/</p>")]
     meta = f"plan folder <code>{esc(d.name)}</code> &middot; {info['fleets_evaluated']} fleets"
     return page(f"dcsim plan: {Path(info['scenario']).stem}", meta, sections)

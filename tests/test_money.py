@@ -41,3 +41,26 @@ def test_the_default_is_usd_and_a_bad_code_is_refused(tmp_path, capsys):
     assert main(["run", str(_scenario(tmp_path / "b", {"price_per_kwh": 0.1, "currency": "euro"})), "--json"]) == 2
     err = capsys.readouterr().err
     assert "facility.currency" in err and "Traceback" not in err
+
+
+def test_sweep_and_plan_print_cost_with_its_currency(tmp_path, capsys):
+    """Wherever a cost is printed (the sweep's console table, the plan's answer, the plan's page and figure) its
+    currency stands beside it."""
+    import re
+
+    import yaml
+
+    sc = _scenario(tmp_path, {"price_per_kwh": 0.25, "currency": "EUR"})
+    sw = tmp_path / "sw.yaml"
+    sw.write_text(yaml.safe_dump({"base": sc.name, "grid": {"fleet.a.count": [1, 2]}, "seeds": [1],
+                                  "metrics": ["cost", "energy_j"]}))
+    assert main(["sweep", str(sw), "--out", str(tmp_path / "sw"), "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "cost EUR (±95%)" in out and "energy_j (±95%)" in out
+    assert main(["plan", str(sc), "--vary", "fleet.a.count=1..3", "--slo", "e2e_s.p99<=1000", "--minimise", "cost",
+                 "--out", str(tmp_path / "plan"), "--workers", "0"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cheapest by cost"))
+    assert re.search(r"\(cost [0-9.e-]+ EUR\)$", line), line
+    assert main(["report", str(tmp_path / "plan"), "-o", str(tmp_path / "p.html")]) == 0
+    page = (tmp_path / "p.html").read_text()
+    assert "cost (EUR)" in page and ">cost<" not in page  # every table's cost column and row marked

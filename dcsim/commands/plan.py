@@ -223,8 +223,11 @@ class PointRunner:
         if answer is None:
             lines.append("no fleet in the ranges meets every objective")
         else:
+            from dcsim.report import folder_currency
+
             metric = OBJECTIVES[minimise]
+            unit = f" {folder_currency(self.out)}" if metric == "cost" else ""  # money marked with its currency
             lines.append("cheapest by " + minimise + ": " + " ".join(f"{a.path}={answer[a.path]}" for a in self.axes)
-                         + f" ({metric} {answer[metric]:.6g})")
+                         + f" ({metric} {answer[metric]:.6g}{unit.rstrip()})")
         lines.append(f"wrote {self.out}/ (points/, frontier, evaluated, plan.json)")
         return "\n".join(lines)

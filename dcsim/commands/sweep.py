@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     res = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
                     force=args.force)
     print(f"{len(sweep.points)} points: {res.ran} run now, {res.reused} from earlier runs; {res.seconds:.1f} s")
-    print(format_summary(res.summary, sweep.axis_keys, res.metrics))
+    from pathlib import Path
+
+    from dcsim.report import folder_currency
+
+    print(format_summary(res.summary, sweep.axis_keys, res.metrics, folder_currency(Path(args.out))))
     print(f"\nwrote {args.out}/ (points/, results.parquet/.csv, summary.parquet/.csv)")
     return 0
 
@@ -57,9 +61,10 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if a < 1e5 else f"{x:.3e}"
 
 
-def format_summary(summary, axes: list[str], metrics: list[str], max_rows: int = 30) -> str:
-    """Console table: one row per configuration, each metric as mean ± 95% CI half-width."""
-    head = axes + [f"{m} (±95%)" for m in metrics[:5]]
+def format_summary(summary, axes: list[str], metrics: list[str], currency: str = "", max_rows: int = 30) -> str:
+    """Console table: one row per configuration, each metric as mean ± 95% CI half-width; cost (unit-less money)
+    marked with its currency."""
+    head = axes + [f"{m}{' ' + currency if m == 'cost' and currency else ''} (±95%)" for m in metrics[:5]]
     rows = []
     for _, r in summary.head(max_rows).iterrows():
         cells = [str(r[a]) for a in axes]
