@@ -73,6 +73,7 @@ def test_traces_are_the_summary_tables_values(sweep_dir):
         assert t["customdata"] == [i + 1 for i in rows.index]  # numbered as in the summary table
         assert t["mode"] == "lines+markers" and t["line"]["width"] == iplots.LINE_WIDTH == 2
         assert f"{rows['e2e_s.p99.mean'].iloc[0]:.4g}" in t["hovertext"][0]
+        assert "fleet.gpu.count = 1<br>" in t["hovertext"][0]
     # energy against max_batch: one series per count
     data, _ = figs["plot-2-1"]
     assert [t["name"] for t in data] == ["count=1", "count=2", "count=3"]

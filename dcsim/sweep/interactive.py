@@ -106,8 +106,9 @@ def metric_panel(summary: pd.DataFrame, axes: list[list[str]], group: list[str],
         s = Series(name, [v.item() if hasattr(v, "item") else v for v in x[sel][order]],
                    [float(v) for v in mean[sel][order]], [float(v) for v in half[sel][order]],
                    [int(v) for v in configs[sel][order]])
+        shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in s.x]  # 2, not 2.0
         s.text = [f"#{n}" + (f" ({name})" if others else "") + f"<br>{xkey} = {xv}<br>{_fmt(y)}"
-                  + (f" ± {_fmt(e)}" if e else "") for n, xv, y, e in zip(s.configs, s.x, s.y, s.err)]
+                  + (f" ± {_fmt(e)}" if e else "") for n, xv, y, e in zip(s.configs, shown, s.y, s.err)]
         series.append(s)
     return Panel(" / ".join(group) if len(group) > 1 else xkey, cats, series, lines=len(combos) <= MAX_LINES,
                  ticks=ticks if cats is None and len(ticks) <= 12 else None)
