@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dcsim.calibrate.backends.archs import ARCHS
 from dcsim.errors import UserError, guarded
+from dcsim.models import ARCHS
 
 if TYPE_CHECKING:  # transformers is imported where a model is built, not with this module
     from transformers import LlamaConfig

@@ -106,7 +106,7 @@ def build_sharded(torch: Any, cfg: Any, dtype: Any, attn: str, group: Group, ini
     """The random-weight model of `cfg` sharded across the group; (model, the init used)."""
     from transformers import AutoModelForCausalLM
 
-    from dcsim.calibrate.backends.archs import params_b
+    from dcsim.models import params_b
 
     kind = "cuda" if group.device.startswith("cuda") else "cpu"
     elem = torch.finfo(dtype).bits // 8

@@ -1,9 +1,9 @@
-"""Datasheet facts about devices and models, each number with where it came from.
+"""Datasheet facts about devices, each number with where it came from.
 
 Fitting a profile needs facts a measurement sweep does not give: memory size, power-limit range, peak
-throughput for the roofline prefill estimate, the model's shape for its KV-cache size; deriving a profile for
-an unmeasured device (derive.py) also needs its memory bandwidth and power limit. They live here,
-one entry per device or model, with a citation for every number; `None` means no public figure was found.
+throughput for the roofline prefill estimate; deriving a profile for an unmeasured device (derive.py) also needs
+its memory bandwidth and power limit. They live here, one entry per device, with a citation for every number;
+`None` means no public figure was found. Models (their shapes for the KV-cache size) are in dcsim/models.py.
 """
 
 from __future__ import annotations
@@ -83,26 +83,6 @@ class DeviceSpec:
         return CITES.get(ref, ref)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model's shape, from its public Hugging Face config.json."""
-
-    key: str
-    hf_id: str
-    name: str
-    params_b: float
-    layers: int
-    hidden_size: int
-    kv_heads: int
-    head_dim: int
-    max_context: int
-    cite: str
-
-    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
-        """K and V over all layers for one token."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value
-
-
 DEVICES: dict[str, DeviceSpec] = {
     d.key: d
     for d in (
@@ -160,34 +140,9 @@ DEVICES: dict[str, DeviceSpec] = {
     )
 }
 
-_HF = "Hugging Face config.json of {}"
-MODELS: dict[str, ModelSpec] = {
-    m.key: m
-    for m in (
-        ModelSpec("llama-2-7b", "meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b-chat", 6.74, 32, 4096, 32, 128, 4096,
-                  _HF.format("meta-llama/Llama-2-7b-chat-hf") + " (32 layers, 32 KV heads of 128)"),
-        ModelSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", "Mistral-7B-v0.1", 7.24, 32, 4096, 8, 128, 32768,
-                  _HF.format("mistralai/Mistral-7B-v0.1") + " (32 layers, 8 KV heads of 128)"),
-        ModelSpec("falcon-7b", "tiiuae/falcon-7b", "Falcon-7B", 7.22, 32, 4544, 1, 64, 2048,
-                  _HF.format("tiiuae/falcon-7b") + " (32 layers, multi-query: 1 KV head of 64)"),
-        ModelSpec("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", 8.03, 32, 4096, 8, 128,
-                  131072, _HF.format("meta-llama/Llama-3.1-8B-Instruct") + " (32 layers, 8 KV heads of 128)"),
-        ModelSpec("llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct", "Llama-3.1-70B-Instruct", 70.6, 80, 8192, 8,
-                  128, 131072, _HF.format("meta-llama/Llama-3.1-70B-Instruct") + " (80 layers, 8 KV heads of 128)"),
-    )
-}
-
-
 def device(key: str, field: str = "device") -> DeviceSpec:
     """The catalogue entry of `key`; an unknown key is a UserError naming `field` and the known keys."""
     try:
         return DEVICES[key]
     except KeyError:
         raise UserError(f"unknown device {key!r}; known: {', '.join(sorted(DEVICES))}", field=field) from None
-
-
-def model(key: str) -> ModelSpec:
-    try:
-        return MODELS[key]
-    except KeyError:
-        raise UserError(f"unknown model {key!r}; known: {sorted(MODELS)}", field="model") from None

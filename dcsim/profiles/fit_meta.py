@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dcsim import models
 from dcsim.errors import UserError
 from dcsim.profiles import devices as catalogue
 from dcsim.profiles.powercap_fit import power_cap_for
@@ -22,7 +23,7 @@ class FitMeta:
     name: str | None = None
     source: Provenance = field(default_factory=lambda: Provenance(source="measured"))
     device_spec: catalogue.DeviceSpec | None = None
-    model_spec: catalogue.ModelSpec | None = None
+    model_spec: models.ModelSpec | None = None
     power_cap: PowerCap | None = None
     power_cap_provenance: Provenance | None = None
     serving_idle: tuple[float, Provenance] | None = None
@@ -71,7 +72,7 @@ def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
                 dspec = catalogue.DEVICES[dev["name"]]
         mod = d["model"]
         if isinstance(mod, str):
-            mspec = catalogue.model(mod)
+            mspec = models.model(mod)
             bpv = 2 if d.get("engine", {}).get("precision", "bf16") in ("bf16", "fp16") else 1
             model = ModelInfo(name=mspec.name, params_b=mspec.params_b, layers=mspec.layers,
                               hidden_size=mspec.hidden_size, kv_bytes_per_token=mspec.kv_bytes_per_token(bpv),

@@ -80,7 +80,7 @@ class HFBackend(Backend):
         torch.manual_seed(self.seed)
         if self.random_weights:
             if self.arch:
-                from dcsim.calibrate.backends.archs import arch_config
+                from dcsim.models import arch_config
 
                 cfg = arch_config(self.arch)
             else:
@@ -103,7 +103,7 @@ class HFBackend(Backend):
                     setattr(dyn, knob, max(getattr(dyn, knob), 256))
         self.sync()
         load_s = time.perf_counter() - t0
-        from dcsim.calibrate.backends.archs import params_b
+        from dcsim.models import params_b
 
         info = {
             "backend": self.name, "model": self.model_name, "arch": self.arch,

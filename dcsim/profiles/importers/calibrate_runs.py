@@ -21,17 +21,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from dcsim.calibrate.backends.archs import params_b
 from dcsim.calibrate.tp_power import note as per_device_note
 from dcsim.errors import UserError, read_text
+from dcsim.models import ARCH_MODELS, params_b
 from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import idle_power_w, normalise
 
 MIN_ENERGY_S = 0.5
 # NVML GPU names -> device catalogue keys (dcsim/profiles/devices.py)
 CATALOGUE = {"NVIDIA H100 80GB HBM3": "h100-sxm-80gb"}
-# --model-arch names -> model catalogue keys
-MODEL_KEYS = {"llama-2-7b": "llama-2-7b"}
 CONFIG_FILE = "config.json"  # the served model's config, beside an endpoint run's runs.csv
 
 
@@ -307,8 +305,8 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
                   "kind": "cpu" if ident.get("device_kind") == "cpu" else "soc", "memory_gb": 1.0}
     cfg, cfg_file = _config(d, be, model_config)
     arch = ident.get("arch")
-    if arch in MODEL_KEYS and cfg_file is None:
-        model: object = MODEL_KEYS[arch]
+    if arch in ARCH_MODELS and cfg_file is None:
+        model: object = ARCH_MODELS[arch]
     else:
         if not cfg:
             raise UserError("the run records no model configuration (an endpoint run: the served model's shapes "
