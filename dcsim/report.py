@@ -452,7 +452,8 @@ def sweep_report(d: Path, metrics: list[str] | None = None, baseline: list[str] 
         sections.append(("Per pool: mean over seeds",
                          table(keys + ["pool"] + [metric_label(m, cur) for m in per_pool], prow, text_cols=0)))
     cols = ["point", "seed"] + keys + chosen
-    sections.append(("Points", frame_table(results[cols], text_cols=1)
+    money = {m: f"{m} ({cur})" for m in chosen if cur and m.rpartition(".")[2] == "cost"}  # marked with its currency
+    sections.append(("Points", frame_table(results[cols].rename(columns=money), text_cols=1)
                      + "<p class=meta>every flattened summary metric: results.csv / results.parquet</p>"))
     name = info.get("name") or d.name
     meta = f"sweep folder <code>{esc(d.name)}</code> &middot; {len(results)} points"

@@ -57,6 +57,9 @@ def test_sweep_and_plan_print_cost_with_its_currency(tmp_path, capsys):
     assert main(["sweep", str(sw), "--out", str(tmp_path / "sw"), "--workers", "0", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "cost EUR (±95%)" in out and "energy_j (±95%)" in out
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "s.html"), "--static-plots"]) == 0
+    page = (tmp_path / "s.html").read_text()
+    assert ">cost (EUR)<" in page and ">cost<" not in page  # the summary's and the points' columns
     assert main(["plan", str(sc), "--vary", "fleet.a.count=1..3", "--slo", "e2e_s.p99<=1000", "--minimise", "cost",
                  "--out", str(tmp_path / "plan"), "--workers", "0"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cheapest by cost"))
