@@ -250,3 +250,63 @@ class Registry(Generic[T]):
 
     def values(self) -> Iterator[type[T]]:
         return iter(self._classes.values())
+
+
+class ParamsError(ValueError):
+    """A named class's parameters failed its model: `field` is the parameter, `reason` what is wrong."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class ParamsRegistry(Registry[T]):
+    """A registry whose classes each carry their own pydantic `Params` model, a subclass of `params_base` (which
+    refuses unknown keys; `params_name`: its public dotted name, for messages), chosen by the scenario key
+    `name_field`: batching policies, power policies."""
+
+    def __init__(self, kind: str, base: type, group: str, params_base: type, params_name: str,
+                 name_field: str) -> None:
+        super().__init__(kind, base=base, group=group)
+        self.params_base = params_base
+        self.params_name = params_name
+        self.name_field = name_field
+
+    def named(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator: register the class under `name` and give it that `name`."""
+
+        def register(cls: type[T]) -> type[T]:
+            self.register(name)(cls)
+            cls.name = name  # type: ignore[attr-defined]
+            return cls
+
+        return register
+
+    def params_class(self, name: str) -> type[T]:
+        """The class a scenario names (registered, an entry point or a reference), its Params checked; a
+        ParamsError on the name's field otherwise."""
+        try:
+            cls = self.get(name, None, self.name_field)
+        except UserError as e:
+            raise ParamsError(self.name_field, e.reason) from None
+        params = getattr(cls, "Params", None)
+        if not (isinstance(params, type) and issubclass(params, self.params_base)):
+            what = getattr(params, "__qualname__", params)
+            raise ParamsError(self.name_field, f"{self.kind} {name!r}: its Params ({what}) must subclass "
+                              f"{self.params_name}, which refuses unknown keys")
+        return cls
+
+    def parse(self, name: str, data: dict):
+        """`data` (the mapping without the name) validated by the named class's own Params model; a ParamsError
+        naming the parameter that is wrong."""
+        from pydantic import ValidationError
+
+        cls = self.params_class(name)
+        try:
+            return cls.Params.model_validate(data)  # type: ignore[attr-defined]
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or None
+            msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ParamsError(loc, msg) from None

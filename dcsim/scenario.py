@@ -85,6 +85,17 @@ Arrivals = Annotated[
 
 
 # ---- fleet -----------------------------------------------------------------------------------
+def _own_params(registry: Any, name: str, extra: dict | None) -> Any:
+    """The extra keys of a mapping that names a class (`registry`: a dcsim.registry.ParamsRegistry) validated by
+    that class's own parameter model; its error is reported at the parameter's own field."""
+    from dcsim.registry import ParamsError
+
+    try:
+        return registry.parse(name, dict(extra or {}))
+    except ParamsError as e:
+        raise PydanticCustomError("nested_field", "{reason}", {"reason": e.reason, "subfield": e.field}) from None
+
+
 class Batching(BaseModel):
     """policy: a registered batching policy (dcsim/sim/batching/: `fcfs`, `static`, `continuous`, `paged`), an
     installed package's (entry points `dcsim.policies`) or a class of one's own (`package.module:Class`,
@@ -97,12 +108,9 @@ class Batching(BaseModel):
 
     @model_validator(mode="after")
     def _policy_params(self) -> "Batching":
-        from dcsim.sim.batching import PolicyParamsError, parse_params
+        from dcsim.sim.batching import POLICIES
 
-        try:
-            self._params = parse_params(self.policy, dict(self.__pydantic_extra__ or {}))
-        except PolicyParamsError as e:
-            raise PydanticCustomError("nested_field", "{reason}", {"reason": e.reason, "subfield": e.field}) from None
+        self._params = _own_params(POLICIES, self.policy, self.__pydantic_extra__)
         return self
 
     @property
@@ -185,12 +193,9 @@ class PowerPolicySpec(BaseModel):
 
     @model_validator(mode="after")
     def _policy_params(self) -> "PowerPolicySpec":
-        from dcsim.sim.power_policies import PowerParamsError, parse_power_params
+        from dcsim.sim.power_policies import POWER_POLICIES
 
-        try:
-            self._params = parse_power_params(self.name, dict(self.__pydantic_extra__ or {}))
-        except PowerParamsError as e:
-            raise PydanticCustomError("nested_field", "{reason}", {"reason": e.reason, "subfield": e.field}) from None
+        self._params = _own_params(POWER_POLICIES, self.name, self.__pydantic_extra__)
         return self
 
     @property

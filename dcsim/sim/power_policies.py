@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dcsim.errors import UserError
-from dcsim.registry import Registry
+from dcsim.registry import ParamsError, ParamsRegistry
 
 if TYPE_CHECKING:
     from dcsim.profiles.profile import PowerCap
@@ -62,51 +61,16 @@ class PowerPolicy:
         return None
 
 
-POWER_POLICIES: Registry[PowerPolicy] = Registry("power policy", base=PowerPolicy, group="dcsim.power_policies")
-
-
-def power_policy(name: str) -> Callable[[type[PowerPolicy]], type[PowerPolicy]]:
-    """Register a power policy under `name`."""
-
-    def register(cls: type[PowerPolicy]) -> type[PowerPolicy]:
-        POWER_POLICIES.register(name)(cls)
-        cls.name = name
-        return cls
-
-    return register
-
-
-class PowerParamsError(ValueError):
-    """A power policy's parameters failed its model: `field` is the parameter, `reason` what is wrong."""
-
-    def __init__(self, field: str | None, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" if field else reason)
-
-
-def power_policy_class(name: str) -> type[PowerPolicy]:
-    """The policy a scenario names (registered, an entry point or a reference), or a PowerParamsError on `name`."""
-    try:
-        cls = POWER_POLICIES.get(name, None, "name")
-    except UserError as e:
-        raise PowerParamsError("name", e.reason) from None
-    if not (isinstance(cls.Params, type) and issubclass(cls.Params, PowerParams)):
-        raise PowerParamsError("name", f"power policy {name!r}: its Params must subclass "
-                               "dcsim.sim.power_policies.PowerParams, which refuses unknown keys")
-    return cls
+POWER_POLICIES: ParamsRegistry[PowerPolicy] = ParamsRegistry(
+    "power policy", PowerPolicy, "dcsim.power_policies", PowerParams, "dcsim.sim.power_policies.PowerParams", "name")
+power_policy = POWER_POLICIES.named  # @power_policy("name"): register a power policy under `name`
+power_policy_class = POWER_POLICIES.params_class
+PowerParamsError = ParamsError  # a power policy's parameters failed its model (`field`, `reason`)
 
 
 def parse_power_params(name: str, data: dict) -> PowerParams:
     """Validate `data` (the policy mapping without `name`) against the named policy's own model."""
-    cls = power_policy_class(name)
-    try:
-        return cls.Params.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or None
-        msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-        raise PowerParamsError(loc, msg) from None
+    return POWER_POLICIES.parse(name, data)
 
 
 def make_power_policy(name: str, params: PowerParams) -> PowerPolicy:

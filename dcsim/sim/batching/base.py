@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, ClassVar, Generator
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from dcsim.errors import UserError
-from dcsim.registry import Registry
+from dcsim.registry import ParamsError, ParamsRegistry
 
 if TYPE_CHECKING:
     from dcsim.profiles.profile import ProfileEvaluator
@@ -91,54 +90,16 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
     return steps, t, e, h
 
 
-POLICIES: Registry[Policy] = Registry("batching policy", base=Policy, group="dcsim.policies")
-
-
-def policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
-    """Register a batching policy under `name`."""
-
-    def register(cls: type[Policy]) -> type[Policy]:
-        POLICIES.register(name)(cls)
-        cls.name = name
-        return cls
-
-    return register
-
-
-class PolicyParamsError(ValueError):
-    """A policy's parameters failed its model: `field` is the parameter, `reason` what is wrong."""
-
-    def __init__(self, field: str | None, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" if field else reason)
-
-
-def policy_class(name: str) -> type[Policy]:
-    """The policy a scenario names: registered, an installed package's entry point, or a reference
-    (module:Class, /abs/file.py:Class; a relative file is read from the current folder); a PolicyParamsError
-    on the `policy` field otherwise."""
-    try:
-        cls = POLICIES.get(name, None, "policy")
-    except UserError as e:
-        raise PolicyParamsError("policy", e.reason) from None
-    if not (isinstance(cls.Params, type) and issubclass(cls.Params, BatchParams)):
-        what = getattr(cls.Params, "__qualname__", cls.Params)
-        raise PolicyParamsError("policy", f"batching policy {name!r}: its Params ({what}) must subclass "
-                                "dcsim.sim.batching.BatchParams, which refuses unknown keys")
-    return cls
+POLICIES: ParamsRegistry[Policy] = ParamsRegistry("batching policy", Policy, "dcsim.policies", BatchParams,
+                                                  "dcsim.sim.batching.BatchParams", "policy")
+policy = POLICIES.named  # @policy("name"): register a batching policy under `name`
+policy_class = POLICIES.params_class
+PolicyParamsError = ParamsError  # a policy's parameters failed its model (`field`, `reason`)
 
 
 def parse_params(name: str, data: dict) -> BatchParams:
     """Validate `data` (the batching mapping without `policy`) against the named policy's model."""
-    cls = policy_class(name)
-    try:
-        return cls.Params.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or None
-        msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-        raise PolicyParamsError(loc, msg) from None
+    return POLICIES.parse(name, data)
 
 
 def make_policy(name: str, params: BatchParams) -> Policy:
