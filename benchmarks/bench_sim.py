@@ -2,7 +2,8 @@
 
 Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
     python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous paged] [--repeats 3]
-Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request.
+Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request, and SimPy
+events scheduled per request.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def child(scenario: str) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     s = summarize(raw)
     print(json.dumps({"seconds": dt, "rss_growth_kb": peak - base, "completed": s["requests_completed"],
+                      "events": raw.events,
                       "utilisation": {k: v["utilisation"] for k, v in s["pools"].items()}}))
 
 
@@ -137,7 +139,8 @@ def main() -> None:
     if a.child:
         child(a.child)
         return
-    print(f"{'policy':<11}{'requests':>10}{'median s':>10}{'req/s':>10}{'bytes/req':>11}  utilisation")
+    print(f"{'policy':<11}{'requests':>10}{'median s':>10}{'req/s':>10}{'bytes/req':>11}{'events/req':>11}"
+          "  utilisation")
     for n in a.sizes:
         for pol in a.policies:
             with tempfile.TemporaryDirectory() as d:
@@ -152,7 +155,8 @@ def main() -> None:
                 med = statistics.median(r["seconds"] for r in runs)
                 mem = statistics.median(r["rss_growth_kb"] for r in runs) * 1024 / n
                 util = ", ".join(f"{k} {v:.0%}" for k, v in runs[0]["utilisation"].items())
-                print(f"{pol:<11}{n:>10}{med:>10.2f}{n / med:>10.0f}{mem:>11.0f}  {util}", flush=True)
+                ev = runs[0]["events"] / n
+                print(f"{pol:<11}{n:>10}{med:>10.2f}{n / med:>10.0f}{mem:>11.0f}{ev:>11.2f}  {util}", flush=True)
 
 
 if __name__ == "__main__":

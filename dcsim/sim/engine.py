@@ -14,7 +14,7 @@ from dcsim.grid import StepSeries, load_series
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
 from dcsim.scenario import Scenario, resolve_input
 from dcsim.sim.batching import Policy, make_policy
-from dcsim.sim.replica import Replica
+from dcsim.sim.replica import Replica, cut_runs
 from dcsim.sim.requests import Request, RequestLog
 from dcsim.sim.routers import Fleet, make_router
 from dcsim.traces.trace import Trace, load_trace
@@ -51,6 +51,13 @@ class RawResults:
     # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
     grid: dict[str, StepSeries] = field(default_factory=dict)  # "carbon" / "price" series the facility names
     facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
+    events: int = 0  # SimPy events scheduled over the run (processed or, past a horizon, left pending)
+
+
+# an arrival that can join a decode run in progress ends it after the step in progress by moving the run's process
+# onto a timeout at that step's end (replica.cut_runs), not by Process.interrupt: the same results, one event fewer
+# per cut. False: every cut interrupts (kept to check the two agree, tests/test_sim_events.py)
+CUT_WITHOUT_INTERRUPT = True
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -134,7 +141,8 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     if power is not None:
         from dcsim.sim.facility import FacilityEnvironment, needs_manager, start_power_management
     # the power manager's environment keeps its own events out of the run's end; without a manager, SimPy's own
-    env = FacilityEnvironment() if power is not None and needs_manager(power) else simpy.Environment()
+    managed = power is not None and needs_manager(power)
+    env = FacilityEnvironment() if managed else simpy.Environment()
     log = RequestLog(n)
     replicas: list[Replica] = []
     for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
@@ -147,7 +155,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     _range_warnings(pools, sc, n_in, n_out, notes)
     prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
     src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
-                              prefix))
+                              prefix, managed))
     fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
@@ -158,6 +166,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     if sc.warmup_s > 0 and end <= sc.warmup_s:
         raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
                         "is left to measure", scenario_file, "warmup_s")
+    events = next(env._eid)  # SimPy numbers every event it schedules from 0 (Environment.schedule)
     segments = [_segments(rep, end) for rep in replicas]
     if fac is not None:
         fac.close(end)
@@ -166,7 +175,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac,
+        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, events=events,
     )
 
 
@@ -206,8 +215,9 @@ def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
 
 def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
             n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
-            prefix: tuple[list[int], list[int]] | None = None) -> Generator:
-    """The arrival process: hands each request to the router at its arrival time."""
+            prefix: tuple[list[int], list[int]] | None = None, managed: bool = False) -> Generator:
+    """The arrival process: hands each request to the router at its arrival time (`managed`: a power manager
+    interrupts decode runs too, and arrivals interrupt them as it does)."""
     needs_work = rtr.needs_work
     caps = [ev.kv_capacity for ev in fleet.evaluators]
     # policies with requests they can never serve (paged: more blocks than memory holds)
@@ -219,10 +229,17 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
     nout = n_out.tolist()
     est = est_out.tolist()
     timeout = env.timeout
+    # decode runs cut by arrivals without an interrupt (replica.cut_runs), where no power manager interrupts runs
+    cuts: list[Replica] | None = None if managed or not CUT_WITHOUT_INTERRUPT else []
+    for rep in fleet.replicas if cuts is not None else ():
+        rep.cuts = cuts
     for i in range(len(arr)):
         t = arr[i]
         if t > env.now:
-            yield timeout(t - env.now)
+            tmo = timeout(t - env.now)
+            if cuts:
+                cut_runs(env, cuts)
+            yield tmo
         r = Request(i, nin[i], nout[i], t, est[i])
         if pid is not None:
             r.prefix_id = pid[i]
@@ -245,6 +262,8 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         if needs_work:
             r.pred = fleet.predict(rep.pool, r)[0]
         rep.submit(r)
+    if cuts:
+        cut_runs(env, cuts)
 
 
 def _segments(rep: Replica, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ class Replica:
     __slots__ = (
         "env", "index", "pool", "ev", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
         "seg_t0", "seg_t1", "seg_e", "seg_h", "current", "wake", "proc", "decoding", "parallel", "busy_s",
-        "watchers",
+        "watchers", "cuts", "run_t0", "run_cut", "cut",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, ev: ProfileEvaluator,
@@ -51,6 +51,12 @@ class Replica:
         self.wake: simpy.Event | None = None
         self.decoding = False  # in a run of decode steps that an admissible arrival interrupts
         self.busy_s = 0.0
+        # arrivals that cut this replica's decode run, shared by the fleet and settled by the arrival process
+        # (cut_runs) before it next waits; None: an arrival interrupts the run (SimPy's Process.interrupt)
+        self.cuts: list[Replica] | None = None
+        self.run_t0 = 0.0  # the decode run in progress: its start and cut(elapsed) (decode_run_events)
+        self.run_cut: Callable | None = None
+        self.cut: tuple[int, float, float, float] | None = None  # the run once cut_runs cut it: steps, t, e, h
         self.proc = env.process(self.policy.run(self))
 
     # ---- called by the dispatcher -------------------------------------------------------------
@@ -66,7 +72,10 @@ class Replica:
             w.succeed()
         elif self.decoding and self.policy.admits(self, r):
             self.decoding = False
-            self.proc.interrupt()
+            if self.cuts is None:
+                self.proc.interrupt()
+            else:
+                self.cuts.append(self)
 
     # ---- bookkeeping shared by the policies ---------------------------------------------------
     def segment(self, t0: float, t1: float, e: float, h: float) -> None:
@@ -88,6 +97,34 @@ class Replica:
     def idle_wait(self) -> simpy.Event:
         self.wake = self.env.event()
         return self.wake
+
+
+def cut_runs(env: simpy.Environment, cuts: list[Replica]) -> None:
+    """End the decode runs that arrivals at this instant cut, each after its step in progress, as an interrupt
+    would but without one: the run's process is moved from its run's end onto a timeout at the cut step's end.
+    Called by the arrival process after it scheduled its next arrival, so that every event is scheduled in the
+    order Process.interrupt gives. A cut that ends now needs its process resumed now: that one, and every cut
+    after it in the list, still goes through Process.interrupt (the same order again)."""
+    now = env.now
+    interrupt = False
+    for rep in cuts:
+        if not interrupt:
+            t0 = rep.run_t0
+            steps, (t, e, h) = rep.run_cut(now - t0)
+            rest = t0 + t - now
+            if rest > 0:
+                rep.current = (t0, t0 + t, e, h)
+                rep.cut = (steps, t, e, h)
+                proc = rep.proc
+                old = proc._target  # SimPy's own: Process.interrupt detaches a process from its target so
+                old.callbacks.remove(proc._resume)
+                tmo = env.timeout(rest)
+                tmo.callbacks.append(proc._resume)
+                proc._target = tmo
+                continue
+            interrupt = True
+        rep.proc.interrupt()
+    cuts.clear()
 
 
 def predicted_service_s(ev: ProfileEvaluator, n_in: int, n_out: int) -> float:

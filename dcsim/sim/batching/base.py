@@ -76,8 +76,13 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
     steps = k
     rep.decoding = interruptible
     rep.current = (now, now + t, e, h)
+    rep.run_t0 = now
+    rep.run_cut = cut
     try:
         yield env.timeout(t)
+        if rep.cut is not None:  # cut by an arrival (replica.cut_runs): the run ended at its cut step's end
+            steps, t, e, h = rep.cut
+            rep.cut = None
     except simpy.Interrupt:
         steps, (t, e, h) = cut(env.now - now)
         rep.current = (now, now + t, e, h)

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
+from itertools import accumulate
 from typing import TYPE_CHECKING, Generator
 
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
@@ -197,24 +198,16 @@ class Paged(Policy):
 
     def _by_offset(self) -> list[int]:
         """Decoding requests by the step (0 .. block_size - 1 from now) at which each next needs a new block."""
-        bs = self.bs
-        byd = [0] * bs
-        D = self.D
-        for key, c in enumerate(self.cnt):
-            if c:
-                byd[(-key - D) % bs] += c
-        return byd
+        # a sequence of residue key needs one at step (-key - D) % bs: step j is key (r - j) % bs, r = -D % bs
+        cnt = self.cnt
+        r = -self.D % self.bs
+        return cnt[r::-1] + cnt[:r:-1]
 
     def max_steps(self, free: int) -> int:
         """The most decode steps the decoding requests can take before their block needs exceed `free`."""
         m, rem = divmod(free, self.n_dec)
-        byd = self._by_offset()
-        j = 0
-        acc = 0
-        while acc + byd[j] <= rem:
-            acc += byd[j]
-            j += 1
-        return m * self.bs + j
+        # j: the leading steps whose needs together stay within rem (rem < n_dec, so j < block_size)
+        return m * self.bs + bisect_right(list(accumulate(self._by_offset())), rem)
 
     def padded(self, n: int) -> int:
         """The captured graph batch a decode batch of n runs as: the next captured size, or n above them all."""
