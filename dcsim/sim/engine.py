@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any, Generator, NamedTuple
 
 import numpy as np
 import simpy
@@ -32,6 +32,15 @@ class PoolInfo:
     policy: Policy | None = None  # a template of the pool's batching policy (range checks, reports)
 
 
+class Segments(NamedTuple):
+    """One replica's busy segments, in time order: each a prefill step, a mixed step or a run of decode steps."""
+
+    t0: np.ndarray  # start, s
+    t1: np.ndarray  # end, s
+    e: np.ndarray  # device energy, J
+    h: np.ndarray  # host energy while busy, J
+
+
 @dataclass
 class RawResults:
     """Everything the simulation produced; results.py turns it into tables and a summary."""
@@ -43,7 +52,7 @@ class RawResults:
     n_out: np.ndarray
     arrival_s: np.ndarray
     log: dict[str, np.ndarray]
-    segments: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # per replica: t0, t1, e, h
+    segments: list[Segments]  # per replica
     end_s: float
     warnings: list[str] = field(default_factory=list)
     policy_stats: list[dict] = field(default_factory=list)  # per replica: what its policy counted (paged)
@@ -266,7 +275,7 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         cut_runs(env, cuts)
 
 
-def _segments(rep: Replica, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _segments(rep: Replica, end: float) -> Segments:
     """A replica's busy segments, with the one in progress at the horizon cut and prorated."""
     t0 = np.frombuffer(rep.seg_t0, dtype=np.float64).copy()
     t1 = np.frombuffer(rep.seg_t1, dtype=np.float64).copy()
@@ -280,7 +289,7 @@ def _segments(rep: Replica, end: float) -> tuple[np.ndarray, np.ndarray, np.ndar
             t1 = np.append(t1, min(c1, end))
             e = np.append(e, ce * f)
             h = np.append(h, ch * f)
-    return t0, t1, e, h
+    return Segments(t0, t1, e, h)
 
 
 def _range_warnings(pools: list[PoolInfo], sc: Scenario, n_in: np.ndarray, n_out: np.ndarray,
