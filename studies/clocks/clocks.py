@@ -70,7 +70,6 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(2, len(LOADS), figsize=(6 * len(LOADS), 8.4))
