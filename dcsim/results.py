@@ -264,6 +264,8 @@ def summarize(raw: RawResults) -> dict:
             **_latency_block(pd_),
             **_slo_block(_rows(counted, counted["pool"] == p.name), sc.slo, span),
         }
+        if p.clocks is not None:  # only where set: a run without a locked clock reads as it always has
+            out["pools"][p.name]["clock_mhz"] = {"prefill": p.clocks[0], "decode": p.clocks[1]}
         engine = _engine_block(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p])
         if engine:
             out["pools"][p.name]["engine"] = engine

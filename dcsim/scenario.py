@@ -125,12 +125,31 @@ class Batching(BaseModel):
 MAX_REPLICAS = 100_000
 
 
+class PhaseClocks(Strict):
+    """A locked SM clock per phase: prefill steps at prefill_mhz, decode steps at decode_mhz."""
+
+    prefill_mhz: float = Field(gt=0)
+    decode_mhz: float = Field(gt=0)
+
+
 class Pool(Strict):
     name: str
     profile: str
     count: int = Field(gt=0, le=MAX_REPLICAS, description=f"replicas (at most {MAX_REPLICAS:,} in all pools)")
     batching: Batching = Field(default_factory=Batching)
     power_cap_w: float | None = Field(default=None, gt=0, description="per-device power limit")
+    clock_mhz: float | PhaseClocks | None = Field(
+        default=None, description="locked SM clock (MHz) for every step, or {prefill_mhz, decode_mhz} per phase; "
+        "within the profile's clock range")
+
+    def clocks(self) -> tuple[float, float] | None:
+        """(prefill, decode) locked clock in MHz, or None for the device's own clocking."""
+        c = self.clock_mhz
+        if c is None:
+            return None
+        if isinstance(c, PhaseClocks):
+            return (c.prefill_mhz, c.decode_mhz)
+        return (float(c), float(c))
     idle: Literal["serving", "deep"] = Field(
         default="serving", description="power between requests: serving-idle (model loaded) or deep idle"
     )

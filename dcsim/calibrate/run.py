@@ -42,6 +42,8 @@ class Settings:
     latency_only: bool = False
     power_caps: list[float] = field(default_factory=list)
     allow_power_limit_changes: bool = False
+    sm_clocks: list[float] = field(default_factory=list)
+    allow_clock_changes: bool = False
     max_minutes: float | None = None
     command: str = ""
     progress: bool = True
@@ -107,7 +109,14 @@ class Sweep:
         if any(p.kind == "step" for p in self.points) and not hasattr(backend, "run_step"):
             raise UserError(f"the plan has mixed steps (steps:), which the {backend.name} backend cannot run; use "
                             "--backend paged", s.plan_path, "steps")
-        self.caps: list[float | None] = [None, *s.power_caps]
+        # each setting the plan runs under: (power cap W, locked SM clock MHz), None for the device's own
+        self.caps: list[tuple[float | None, float | None]] = [
+            (None, None), *((c, None) for c in s.power_caps), *((None, m) for m in s.sm_clocks)]
+        if s.sm_clocks and not s.allow_clock_changes:
+            raise UserError("locking the GPU's SM clock needs --allow-clock-changes (the clock is unlocked "
+                            "afterwards, also after an error or Ctrl-C)", None, "--sm-clocks")
+        if s.sm_clocks and parse_device(s.device)[0] != "cuda":
+            raise UserError("--sm-clocks needs a CUDA device", None, "--sm-clocks")
         if s.power_caps and not s.allow_power_limit_changes:
             raise UserError("changing the GPU power limit needs --allow-power-limit-changes (the original limit "
                             "is restored afterwards, also after an error or Ctrl-C)", None, "--power-caps")
@@ -122,6 +131,8 @@ class Sweep:
         self.identity = {**s.identity, "device_kind": parse_device(s.device)[0], "plan": self.plan.name,
                          "plan_sha256": plan_digest(self.plan), "power_caps_w": list(s.power_caps),
                          "prefill_energy": "timeline"}
+        if s.sm_clocks:  # only where set: folders without clock sweeps resume as before
+            self.identity["sm_clocks_mhz"] = list(s.sm_clocks)
         man = store.read_manifest(self.out)
         if man is not None:
             old = man.get("identity", {})
@@ -140,7 +151,7 @@ class Sweep:
         for row in self.rows:
             if row["phase"] not in ("run", "step"):
                 continue
-            cap = _cap_key(row["power_cap_w"])
+            cap = (_cap_key(row["power_cap_w"]), _cap_key(row.get("sm_clock_mhz")))
             if cap not in self.schedules:
                 continue
             self.schedules[cap].record(row["point"], int(row["repeat"]), self._metrics(row))
@@ -152,6 +163,7 @@ class Sweep:
         self._time_in_runs = 0.0
         self._warmup_s = 0.0  # longest warm-up seen (a compile, for compiled backends)
         self._warm_prompts: set[tuple[int, int]] = set()  # (n_in, batch) this process has run
+        self._clock: float | None = None  # the SM clock locked now (recorded in each row), None: the device's own
 
     @staticmethod
     def _metrics(row: dict) -> dict:
@@ -234,6 +246,8 @@ class Sweep:
         row = {"entry": entry, "phase": phase, "point": point_id(n_in, n_out, batch), "n_in": n_in,
                "n_out": n_out, "batch": batch, "repeat": repeat, "power_cap_w": cap, "session": self.session,
                "backend": self.backend.name, "meter": m.name}
+        if self._clock is not None:
+            row["sm_clock_mhz"] = self._clock
         try:
             tm = self.backend.run(n_in, n_out, batch, seed, on_start, on_first)
         except Exception as e:  # noqa: BLE001 - out of memory, server error: record it, do not retry this point
@@ -272,6 +286,8 @@ class Sweep:
                "meter": m.name, "context": p.batch * p.context, "prefill_prefix": p.prefix,
                # only where several: a folder from before the column (its own header) resumes one-chunk steps
                **({"prefill_chunks": p.chunks} if p.chunks > 1 else {})}
+        if self._clock is not None:
+            row["sm_clock_mhz"] = self._clock
         try:
             tm = self.backend.run_step(p.batch, p.context, p.n_in, p.prefix, p.n_out, seed, on_start,
                                        chunks=p.chunks, spread=p.spread,
@@ -337,6 +353,7 @@ class Sweep:
                                       read_temp=self.meter.temperature_c).start()
         sess["power_timeline"] = self.timeline.active
         guard = None
+        clock_guard = None
         n_new = 0
         try:
             metered = self.meter.name != "none"
@@ -366,10 +383,25 @@ class Sweep:
                 self._idle("idle_serving", plan.idle.serving_s)
             self._bar = _progress(s.progress, self._remaining_work())
             paused = False
-            for cap in self.caps:
-                sch = self.schedules[cap]
+            for key in self.caps:
+                cap, clock = key
+                sch = self.schedules[key]
                 if sch.remaining() == 0:
                     continue
+                self._clock = clock
+                tag = (f"-cap{cap:g}" if cap is not None else "") + (f"-clk{clock:g}" if clock is not None else "")
+                seed_key = cap if clock is None else f"clk{clock:g}"
+                if clock_guard is not None:
+                    clock_guard.restore()  # unlocked between clocks, and for every setting without one
+                if clock is not None and clock_guard is None:
+                    from dcsim.calibrate.clocks import ClockGuard
+
+                    kind, index = parse_device(s.device)
+                    clock_guard = ClockGuard(device_for(kind).clock_limits(), index, log=self._log)
+                    clock_guard.check(s.sm_clocks)
+                    clock_guard.__enter__()
+                if clock is not None:
+                    clock_guard.set(clock)
                 if cap is not None and guard is None:
                     from dcsim.calibrate.powercap import PowerLimitGuard
 
@@ -384,9 +416,9 @@ class Sweep:
                         paused = True
                         break
                     if p.kind == "step":
-                        entry = f"{p.id}-r{r}" + (f"-cap{cap:g}" if cap is not None else "")
+                        entry = f"{p.id}-r{r}" + tag
                         t_run = time.time()
-                        row = self._step(entry, p, r, cap, _seed(plan.seed, p.id, r, cap))
+                        row = self._step(entry, p, r, cap, _seed(plan.seed, p.id, r, seed_key))
                         self._time_in_runs += time.time() - t_run
                         self._work_done += _point_work(p)
                         sch.record(p.id, r, self._metrics({k: store.format_value(v) for k, v in row.items()}))
@@ -409,11 +441,12 @@ class Sweep:
                     if self._bar is not None:
                         rb = sch.remaining_by_point()
                         self._bar.set_postfix_str(f"{p.id} repeat {r + 1}" + (f" cap {cap:g}W" if cap else "")
+                                                  + (f" clock {clock:g} MHz" if clock else "")
                                                   + f" | {sum(rb.values())} runs left", refresh=True)
-                    entry = f"{p.id}-r{r}" + (f"-cap{cap:g}" if cap is not None else "")
+                    entry = f"{p.id}-r{r}" + tag
                     t_run = time.time()
                     row = self._run("run", entry, p.n_in, p.n_out, p.batch, r, cap,
-                                    _seed(plan.seed, p.id, r, cap))
+                                    _seed(plan.seed, p.id, r, seed_key))
                     self._time_in_runs += time.time() - t_run
                     self._work_done += _point_work(p)
                     sch.record(p.id, r, self._metrics({k: store.format_value(v) for k, v in row.items()}))
@@ -441,9 +474,14 @@ class Sweep:
             raise
         finally:
             try:
-                if guard is not None:
-                    guard.__exit__(None, None, None)
-                    sess["power_limit_restored"] = True
+                try:
+                    if clock_guard is not None:
+                        clock_guard.__exit__(None, None, None)
+                        sess["sm_clock_restored"] = True
+                finally:
+                    if guard is not None:
+                        guard.__exit__(None, None, None)
+                        sess["power_limit_restored"] = True
             finally:
                 if self._bar is not None:
                     self._bar.close()

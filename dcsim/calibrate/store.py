@@ -28,11 +28,13 @@ COLUMNS = (
     "energy_device_j", "energy_host_j", "energy_prefill_device_j", "energy_timeline_j",
     "avg_power_w", "peak_power_w", "tail_s", "tail_power_w", "energy_by_device",
     "backend", "meter", "extra", "status", "error", "context", "prefill_prefix", "graph_batch", "prefill_chunks",
+    "sm_clock_mhz",
 )
 # runs.csv of folders written before the mixed-step columns, or before prefill_chunks: read, and appended to, as
 # they are
-LEGACY_COLUMNS = COLUMNS[:-4]
-STEP_V1_COLUMNS = COLUMNS[:-1]
+LEGACY_COLUMNS = COLUMNS[:-5]
+STEP_V1_COLUMNS = COLUMNS[:-2]
+CLOCKLESS_COLUMNS = COLUMNS[:-1]  # before locked-clock sweeps
 PHASES = ("run", "warmup", "idle_deep", "idle_serving", "step")
 
 
@@ -62,7 +64,8 @@ def read_rows(path: Path, repair: bool = False) -> list[dict[str, str]]:
         if repair:
             write_atomic(path, text)
     rows = list(csv.DictReader(io.StringIO(text)))
-    if rows and list(rows[0].keys()) not in (list(COLUMNS), list(LEGACY_COLUMNS), list(STEP_V1_COLUMNS)):
+    if rows and list(rows[0].keys()) not in (list(COLUMNS), list(LEGACY_COLUMNS), list(STEP_V1_COLUMNS),
+                                          list(CLOCKLESS_COLUMNS)):
         raise UserError(f"columns differ from this dcsim version's {list(COLUMNS)}", path)
     return rows
 
@@ -73,7 +76,7 @@ def columns_of(path: Path) -> tuple[str, ...]:
     if path.exists() and path.stat().st_size:
         with path.open(newline="") as f:
             head = next(csv.reader(f), None)
-        for cols in (LEGACY_COLUMNS, STEP_V1_COLUMNS):
+        for cols in (LEGACY_COLUMNS, STEP_V1_COLUMNS, CLOCKLESS_COLUMNS):
             if head == list(cols):
                 return cols
     return COLUMNS

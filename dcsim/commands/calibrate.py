@@ -50,6 +50,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "GPU power limit; needs --allow-power-limit-changes")
     p.add_argument("--allow-power-limit-changes", action="store_true",
                    help="allow changing the GPU power limit (restored afterwards); only on your own hardware")
+    p.add_argument("--sm-clocks", help="MHz, comma-separated (e.g. 990,1410): repeat the plan with the SM clock "
+                   "locked at each (needs --allow-clock-changes; within the device's supported clocks)")
+    p.add_argument("--allow-clock-changes", action="store_true",
+                   help="permit locking this GPU's SM clock for --sm-clocks; it is unlocked afterwards, also "
+                   "after an error, Ctrl-C or SIGTERM. Only on hardware that is yours")
     p.add_argument("--max-minutes", type=float, help="stop cleanly before this many minutes (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from dcsim.commands.calibrate_tp import add_arguments as tensor_parallel_arguments
@@ -59,6 +64,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    from dcsim.calibrate.clocks import parse_clocks
     from dcsim.calibrate.powercap import parse_caps
     from dcsim.calibrate.run import Settings, calibrate
     from dcsim.cli import command_line
@@ -92,6 +98,7 @@ def handler(args: argparse.Namespace) -> int:
     settings = Settings(
         out=Path(args.out), plan_path=plan, device=device, identity=identity, latency_only=args.latency_only,
         power_caps=parse_caps(args.power_caps), allow_power_limit_changes=args.allow_power_limit_changes,
+        sm_clocks=parse_clocks(args.sm_clocks), allow_clock_changes=args.allow_clock_changes,
         max_minutes=args.max_minutes, command=command_line(args, "calibrate"),
         progress=not args.no_progress, meter_device=args.meter_device if args.endpoint else None)
     res = calibrate(settings, backend)

@@ -44,6 +44,8 @@ def check(args: argparse.Namespace) -> str:
                         None, "--endpoint")
     if args.power_caps:
         raise UserError("--power-caps are not available with --tensor-parallel", None, "--power-caps")
+    if getattr(args, "sm_clocks", None):
+        raise UserError("--sm-clocks are not available with --tensor-parallel", None, "--sm-clocks")
     if args.backend not in ENGINES:
         raise UserError(f"--tensor-parallel runs the {', '.join(ENGINES)} engines, not {args.backend}", None,
                         "--backend")

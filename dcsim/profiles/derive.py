@@ -33,6 +33,7 @@ from typing import Literal
 
 from dcsim.errors import UserError
 from dcsim.profiles import devices as catalogue
+from dcsim.profiles.clock_fit import clock_for
 from dcsim.profiles.devices import DeviceSpec
 from dcsim.profiles.profile import (
     Curve,
@@ -220,6 +221,9 @@ def derive_profile(src: Profile, t: Transfer, source_path: str, name: str | None
     }
     if cap is not None or src.power_cap is not None:
         provenance["power_cap"] = prov(cap_note)
+    clock, clock_prov, _ = clock_for(d)
+    if clock is not None:
+        provenance["clock"] = clock_prov
     if src.power.host is not None:
         provenance["power.host"] = prov("carried unchanged from the source (host, not device)")
     not_covered = [
@@ -237,7 +241,7 @@ def derive_profile(src: Profile, t: Transfer, source_path: str, name: str | None
         name=name or derived_name(src, d), device=DeviceInfo(name=d.name, kind=d.kind, memory_gb=d.memory_gb,
                                                              tdp_w=d.tdp_w),
         model=src.model, engine=src.engine, gpus_per_replica=src.gpus_per_replica, latency=lat, power=power,
-        power_cap=cap, memory=mem, provenance=provenance, valid_range=dict(src.valid_range), fit_error={},
+        power_cap=cap, clock=clock, memory=mem, provenance=provenance, valid_range=dict(src.valid_range), fit_error={},
         spread_cv={}, not_covered=not_covered, notes="\n".join(notes),
     )
 

@@ -45,6 +45,10 @@ CITES = {
                       "the tail of each idle window: 79.3 W with no process (last 5 s of 15 s), 120.2 W with the "
                       "model loaded and no request (last 12 s of 36 s); see calibrate/runs/h200-llama-2-7b-hf/"
                       "runs.csv, rows idle_deep and idle_serving",
+    "measured-h200-clocks": "read with NVML by dcsim calibrate on this project's NVIDIA H200 (manifest "
+                            "gpu facts of calibrate/runs/h200-llama-2-7b-hf-static): clock_sm_max_mhz 1980 "
+                            "(the default application clock, the profiles' curves' clock) and clock_sm_mhz 345 "
+                            "at idle, the lowest SM clock it reported",
     "wilkins-swing-idle": "nvidia-smi log at job start (no model loaded) in the authors' repository "
                           "github.com/grantwilkins/energy-inference, cuda/falcon-40b/2024-04-18/10-13-05/"
                           "nvidia-smi.csv: three A100 40 GB GPUs of Swing at 49.6, 55.1 and 51.3 W (mean 52.0 W)",
@@ -75,6 +79,8 @@ class DeviceSpec:
     cite: dict[str, str] = field(default_factory=dict)  # field -> key in CITES or free text
     idle_source: str = "published"  # provenance kind of the idle figures: measured | published | assumed
     mem_bw_tbs: float | None = None  # peak memory bandwidth per device, TB/s (datasheet)
+    clock_min_mhz: float | None = None  # lockable SM clock range (nvidia-smi -lgc), where a published clock sweep
+    clock_max_mhz: float | None = None  # covers the device (profiles/clock_fit.py)
 
     def citation(self, what: str) -> str:
         ref = self.cite.get(what)
@@ -128,8 +134,9 @@ DEVICES: dict[str, DeviceSpec] = {
             "h200", "NVIDIA H200 (SXM, 141 GB)", "gpu", 141.0, 700.0, 989.0, 200.0, 700.0, 700.0, 79.3, 120.2,
             cite={"memory_gb": "nv-h200", "tdp_w": "nv-h200", "peak_bf16_tflops": "nv-h200", "mem_bw_tbs": "nv-h200",
                   "cap_min_w": "measured-h200", "cap_max_w": "measured-h200", "cap_default_w": "measured-h200",
-                  "deep_idle_w": "measured-h200-idle", "serving_idle_w": "measured-h200-idle"},
-            idle_source="measured", mem_bw_tbs=4.8,
+                  "deep_idle_w": "measured-h200-idle", "serving_idle_w": "measured-h200-idle",
+                  "clock_min_mhz": "measured-h200-clocks", "clock_max_mhz": "measured-h200-clocks"},
+            idle_source="measured", mem_bw_tbs=4.8, clock_min_mhz=345.0, clock_max_mhz=1980.0,
         ),
         DeviceSpec(
             "b200", "NVIDIA B200 (HGX, 180 GB)", "gpu", 180.0, 1000.0, 2250.0, None, 1000.0, 1000.0, None, None,

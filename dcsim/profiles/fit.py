@@ -253,10 +253,13 @@ def _result(f: _Fit, latency: Latency, power: Power) -> FitResult:
     prov["source"] = src
     if meta.power_cap is not None and meta.power_cap_provenance is not None:
         prov["power_cap"] = meta.power_cap_provenance
+    if meta.clock is not None and meta.clock_provenance is not None:
+        prov["clock"] = meta.clock_provenance
     profile = Profile(
         name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=f.engine,
         gpus_per_replica=meta.gpus_per_replica, latency=latency, power=power,
-        power_cap=meta.power_cap, memory=memory, provenance=prov, valid_range=_valid_range(runs, dec, r),
+        power_cap=meta.power_cap, clock=meta.clock, memory=memory, provenance=prov,
+        valid_range=_valid_range(runs, dec, r),
         fit_error=errors, spread_cv=spread_cv(t), not_covered=dedupe(not_covered),
         notes="\n".join(notes) if notes else None,
     )

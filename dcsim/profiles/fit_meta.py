@@ -8,8 +8,9 @@ from typing import Any
 from dcsim import models
 from dcsim.errors import UserError
 from dcsim.profiles import devices as catalogue
+from dcsim.profiles.clock_fit import clock_for
 from dcsim.profiles.powercap_fit import power_cap_for
-from dcsim.profiles.profile import DeviceInfo, EngineInfo, Memory, ModelInfo, PowerCap, Provenance
+from dcsim.profiles.profile import ClockModel, DeviceInfo, EngineInfo, Memory, ModelInfo, PowerCap, Provenance
 
 
 @dataclass
@@ -26,6 +27,8 @@ class FitMeta:
     model_spec: models.ModelSpec | None = None
     power_cap: PowerCap | None = None
     power_cap_provenance: Provenance | None = None
+    clock: ClockModel | None = None
+    clock_provenance: Provenance | None = None
     serving_idle: tuple[float, Provenance] | None = None
     deep_idle: tuple[float, Provenance] | None = None
     host_idle_w: tuple[float, str] = (0.0, "host idle not measured by the source; 0 W assumed")
@@ -107,6 +110,7 @@ def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
         meta.power_cap, meta.power_cap_provenance, why = power_cap_for(dspec)
         if why:
             meta.not_covered.append(f"power caps: {why}")
+        meta.clock, meta.clock_provenance, _ = clock_for(dspec)
     if meta.name is None:
         meta.name = profile_name(dspec.key if dspec else device.name, mspec.key if mspec else model.name,
                                  engine.name, engine.precision, gpus)

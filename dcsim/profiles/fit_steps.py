@@ -274,6 +274,8 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     memory, mem_prov = memory_of(meta)
     prov["memory"] = mem_prov
     prov["source"] = src
+    if meta.clock is not None and meta.clock_provenance is not None:
+        prov["clock"] = meta.clock_provenance
     vr = {"batch": (float(steps["batch"][steps["batch"] > 0].min()), float(steps["batch"].max())),
           "prefill_tokens": (float(steps["n_in"][steps["n_in"] > 0].min()), float(steps["n_in"].max()))}
     spread = spread_cv(t)
@@ -286,7 +288,7 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
         gpus_per_replica=meta.gpus_per_replica,
         latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s, prefill_launch_s=launch),
         power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
-        power_cap=meta.power_cap, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
+        power_cap=meta.power_cap, clock=meta.clock, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
         spread_cv=spread, not_covered=dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,
     )
     rows = steps.assign(pred_step_s=pred_t, step_s=f["t"], pred_step_j=pred_e, step_j=f["e"])

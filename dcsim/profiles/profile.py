@@ -190,6 +190,48 @@ class PowerCap(Strict):
         return self
 
 
+class ClockPoint(Strict):
+    """A measured locked clock: multipliers on the default clock's time and power for each phase."""
+
+    mhz: float = Field(gt=0)
+    prefill_time_x: float = Field(gt=0)
+    decode_time_x: float = Field(gt=0)
+    prefill_power_x: float = Field(gt=0)
+    decode_power_x: float = Field(gt=0)
+
+
+class ClockModel(Strict):
+    """Allowed locked SM clock range per device and how a locked clock changes time and power: the clock-model
+    twin of PowerCap.
+
+    analytic: at r = clock / default_mhz (the clock the profile's curves were measured at), a phase whose
+    compute-bound share is beta takes t * (beta / r + 1 - beta) and draws w * (s + (1 - s) * r ** exponent), s the
+    phase's clock-independent share of its draw (memory, static power). Compute-bound prefill (beta near 1) slows
+    with the clock; memory-bound decode (beta near 0) barely does, and both draw less.
+    points: measured clocks, linearly interpolated (the default clock is 1, 1).
+    """
+
+    min_mhz: float = Field(gt=0)
+    max_mhz: float = Field(gt=0)
+    default_mhz: float = Field(gt=0)
+    method: Literal["analytic", "points"] = "analytic"
+    exponent: float = Field(default=3.0, gt=0)
+    compute_bound_prefill: float = Field(default=0.9, ge=0, le=1)
+    compute_bound_decode: float = Field(default=0.05, ge=0, le=1)
+    static_share_prefill: float = Field(default=0.3, ge=0, le=1)
+    static_share_decode: float = Field(default=0.6, ge=0, le=1)
+    points: list[ClockPoint] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _range(self) -> "ClockModel":
+        if not self.min_mhz <= self.default_mhz <= self.max_mhz:
+            raise ValueError(f"need min_mhz <= default_mhz <= max_mhz, got {self.min_mhz}, {self.default_mhz}, "
+                             f"{self.max_mhz}")
+        if self.method == "points" and not self.points:
+            raise ValueError("method 'points' needs at least one entry in points")
+        return self
+
+
 class Memory(Strict):
     """Device memory of the whole replica and what the model leaves for the KV cache."""
 
@@ -223,6 +265,7 @@ class Profile(Strict):
     latency: Latency
     power: Power
     power_cap: PowerCap | None = None
+    clock: ClockModel | None = None
     memory: Memory
     provenance: dict[str, Provenance] = Field(default_factory=dict)
     valid_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -253,8 +296,10 @@ class Profile(Strict):
         free_gb = self.memory.device_gb - self.memory.weights_gb - self.memory.activation_reserve_gb
         return max(0, int(free_gb * 1e9 // self.model.kv_bytes_per_token))
 
-    def evaluator(self, cap_w: float | None = None, file: str | None = None) -> "ProfileEvaluator":
-        return ProfileEvaluator(self, cap_w, file)
+    def evaluator(self, cap_w: float | None = None, file: str | None = None,
+                  clock: tuple[float, float] | None = None) -> "ProfileEvaluator":
+        """The simulator's evaluator at a per-device power cap, or a locked (prefill, decode) SM clock in MHz."""
+        return ProfileEvaluator(self, cap_w, file, clock)
 
     def drifted(self, time_x: float, energy_x: float) -> "Profile":
         """This profile with every active step taking time_x as long and using energy_x as much energy (power
@@ -306,6 +351,19 @@ def cap_scaling(pc: PowerCap, cap_w: float, uncapped_w: float, compute_bound: fl
     return CapScaling(time_x, cap_w / uncapped_w, cap_w)
 
 
+def clock_scaling(cm: ClockModel, mhz: float, phase: str) -> CapScaling:
+    """How a locked SM clock of `mhz` changes a phase ("prefill" or "decode"): time and power multipliers."""
+    if cm.method == "points":
+        pts = sorted([(p.mhz, getattr(p, f"{phase}_time_x"), getattr(p, f"{phase}_power_x")) for p in cm.points]
+                     + [(cm.default_mhz, 1.0, 1.0)])
+        xs = [p[0] for p in pts]
+        return CapScaling(_interp(mhz, xs, [p[1] for p in pts]), _interp(mhz, xs, [p[2] for p in pts]))
+    r = mhz / cm.default_mhz
+    beta = cm.compute_bound_prefill if phase == "prefill" else cm.compute_bound_decode
+    static = cm.static_share_prefill if phase == "prefill" else cm.static_share_decode
+    return CapScaling(beta / r + 1.0 - beta, static + (1.0 - static) * r ** cm.exponent)
+
+
 def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     if x <= xs[0]:
         return ys[0]
@@ -327,10 +385,11 @@ class ProfileEvaluator:
     __slots__ = (
         "profile", "gpus", "pf_t", "pf_p", "pf_l", "dc_t", "dc_p", "host_pf", "host_dc", "host_step_j",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
-        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache",
+        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache", "clock",
     )
 
-    def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None) -> None:
+    def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None,
+                 clock: tuple[float, float] | None = None) -> None:
         p = profile
         self.profile = p
         self.gpus = p.gpus_per_replica
@@ -361,6 +420,10 @@ class ProfileEvaluator:
         # measured cap points: constant multipliers per phase
         self.pf_tx = self.dc_tx = self.pf_px = self.dc_px = 1.0
         self.pf_ceiling = self.dc_ceiling = math.inf
+        self.clock = clock
+        if clock is not None:
+            self._lock_clock(clock, cap_w, file)
+            return
         if cap_w is None:
             return
         pc = p.power_cap
@@ -383,6 +446,24 @@ class ProfileEvaluator:
             )
         self.pc = pc
         self.pf_ceiling = self.dc_ceiling = cap_w * self.gpus
+
+    def _lock_clock(self, clock: tuple[float, float], cap_w: float | None, file: str | None) -> None:
+        """Set the constant per-phase multipliers of a locked (prefill, decode) clock (ClockModel)."""
+        cm = self.profile.clock
+        if cm is None:
+            raise UserError("a locked clock was set but the profile has no clock section (the model of how a "
+                            "clock changes its speed and power)", file, "clock_mhz")
+        if cap_w is not None:
+            raise UserError("a locked clock and a power cap on the same pool are not modelled together; set one",
+                            file, "clock_mhz")
+        for phase, mhz in zip(("prefill", "decode"), clock):
+            if not (math.isfinite(mhz) and cm.min_mhz <= mhz <= cm.max_mhz):
+                raise UserError(f"{phase} clock {mhz:g} MHz is outside the device's range {cm.min_mhz:g}-"
+                                f"{cm.max_mhz:g} MHz", file, f"clock_mhz.{phase}_mhz")
+        s = clock_scaling(cm, clock[0], "prefill")
+        self.pf_tx, self.pf_px = s.time_x, s.power_x
+        s = clock_scaling(cm, clock[1], "decode")
+        self.dc_tx, self.dc_px = s.time_x, s.power_x
 
     # what a cap sets in __init__: adopt_cap copies exactly these
     CAP_SLOTS = ("cap_w", "pc", "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling")

@@ -12,7 +12,7 @@ import simpy
 from dcsim.errors import UserError
 from dcsim.grid import StepSeries, load_series
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
-from dcsim.scenario import Scenario, resolve_input
+from dcsim.scenario import PhaseClocks, Scenario, resolve_input
 from dcsim.sim.batching import Policy, make_policy
 from dcsim.sim.replica import Replica, cut_runs
 from dcsim.sim.requests import Request, RequestLog
@@ -30,6 +30,7 @@ class PoolInfo:
     cap_w: float | None
     idle: str
     policy: Policy | None = None  # a template of the pool's batching policy (range checks, reports)
+    clocks: tuple[float, float] | None = None  # locked (prefill, decode) SM clock, MHz
 
 
 class Segments(NamedTuple):
@@ -107,15 +108,20 @@ def load_pools(sc: Scenario, scenario_file: str | Path | None,
                                 scenario_file, f"fleet.{i}.cache_lengths")
             prof = prof.model_copy(update={"engine": prof.engine.model_copy(
                 update={"cache_lengths": dict(pool.cache_lengths)})})
+        clocks = pool.clocks()
         try:
-            ev = prof.evaluator(pool.power_cap_w, str(ppath))
+            ev = prof.evaluator(pool.power_cap_w, str(ppath), clocks)
         except UserError as e:
-            raise UserError(f"{e.reason} (profile {ppath.name})", scenario_file, f"fleet.{i}.power_cap_w") from None
+            field = "power_cap_w" if clocks is None else e.field or "clock_mhz"
+            if field.startswith("clock_mhz.") and not isinstance(pool.clock_mhz, PhaseClocks):
+                field = "clock_mhz"
+            raise UserError(f"{e.reason} (profile {ppath.name})", scenario_file, f"fleet.{i}.{field}") from None
         pol = make_policy(pool.batching.policy, pool.batching.params)
         why = pol.check(ev)
         if why:
             raise UserError(f"{why} (profile {ppath.name})", scenario_file, f"fleet.{i}.batching")
-        pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle, pol))
+        pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle, pol,
+                              clocks))
     return pools
 
 

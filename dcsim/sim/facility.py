@@ -175,6 +175,10 @@ def _check_cappable(pol: PowerPolicy, pool: "PoolInfo", sc: "Scenario", scenario
                     k: int) -> None:
     """Refuse a pool the policy could cap whose profile has no power-cap model, or a cap outside its range."""
     where = "facility.power.policy.name"
+    if pool.clocks is not None:
+        raise UserError(f"policy {pol.name!r} may cap the GPUs of pool {pool.name!r}, whose SM clock is locked "
+                        f"(fleet.{k}.clock_mhz); a cap and a locked clock together are not modelled: unlock the "
+                        "clock or use policy 'none'", scenario_file, where)
     pc = pool.profile.power_cap
     if pc is None:
         raise UserError(f"policy {pol.name!r} may cap the GPUs of pool {pool.name!r}, but its profile "

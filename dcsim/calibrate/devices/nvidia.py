@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from dcsim.calibrate.devices.base import DEVICES, Device, PowerLimits
+from dcsim.calibrate.devices.base import DEVICES, ClockLimits, Device, PowerLimits
 
 
 def gpu_facts(index: int) -> dict:
@@ -80,6 +80,12 @@ class NvidiaGPU(Device):
     def environment(self, device: str) -> dict:
         """{"gpu": NVML facts} for "cuda" or "cuda:N" (N defaults to 0)."""
         return {"gpu": gpu_facts(int(device.partition(":")[2] or 0))}
+
+    def clock_limits(self) -> ClockLimits:
+        """Zeus's GPUs object, whose locked-clock methods take MHz; ImportError without zeus."""
+        from zeus.device import get_gpus
+
+        return get_gpus()
 
     def power_limits(self) -> PowerLimits:
         """Zeus's GPUs object (NVIDIA through NVML, else AMD through AMD SMI); ImportError without zeus."""

@@ -88,7 +88,7 @@ def read_raw(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
 REQUIRED = ("phase", "status", "n_in", "n_out", "batch", "runtime_s")
 NUMERIC = ("n_in", "n_out", "batch", "repeat", "runtime_s", "ttft_s", "tpot_s", "gen_tokens", "energy_device_j",
            "energy_host_j", "energy_prefill_device_j", "energy_timeline_j", "avg_power_w", "peak_power_w",
-           "tail_s", "tail_power_w", "power_cap_w", "t_start", "t_end")
+           "tail_s", "tail_power_w", "power_cap_w", "t_start", "t_end", "sm_clock_mhz")
 OPTIONAL = tuple(c for c in (*NUMERIC, "point", "extra") if c not in REQUIRED)
 
 
@@ -101,6 +101,7 @@ def load(run_dir: str | Path, cap_w: float | None = None,
     raw, man = read_raw(d)
     caps = raw["power_cap_w"]
     sel = caps.isna() if cap_w is None else np.isclose(caps, cap_w)
+    sel = sel & raw["sm_clock_mhz"].isna()  # rows under a locked SM clock are not the device's own clocking
     name = d.name
     ok = raw["status"] == "ok"
     runs = raw[raw["phase"].isin(["run", "warmup"]) & ok & sel].copy()
