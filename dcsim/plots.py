@@ -120,9 +120,10 @@ def grid_plot(grid: pd.DataFrame, requests: pd.DataFrame, path: Path, summary: d
     ax.legend(loc="upper left")
     if grid["cost"].abs().sum() > 0:
         ax2 = ax.twinx()
-        ax2.plot(t / scale, grid["cost"] / width, color="C1", lw=1, ls="--", label="cost")
+        ax2.plot(t / scale, grid["cost"] / width, color="C1", lw=1, ls="--", label="cost (right axis)")
         ax2.set_ylabel(f"cost per hour ({summary.get('currency', '')})")
         ax2.set_ylim(bottom=0)
+        ax2.legend(loc="upper right")
     if batch:
         ax = axes[2]
         b = requests[requests["request_class"] == "batch"]

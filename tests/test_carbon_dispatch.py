@@ -203,3 +203,35 @@ def test_a_bad_pool_series_exits_2_naming_the_pool(tmp_path, capsys):
         pools = [{"name": "a", "profile": prof, "count": 1, "carbon_series": series}]
         got = _run(tmp_path, capsys, pools=pools)
         assert got.get("code") == 2 and words in got["err"] and "Traceback" not in got["err"], got
+
+
+def test_the_shipped_example_scenario_defers_and_saves(tmp_path, capsys):
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[1] / "scenarios" / "carbon-defer-h100-azure-conv.yaml"
+    assert main(["run", str(ex), "--set", "trace.limit=600", "--set", "arrivals.mean_rate_per_s=0.007",
+                 "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    d, b = s["dispatch"], s["request_classes"]["batch"]
+    assert s["requests_completed"] == 600 and b["deferred"] > 0 and d["deadline_misses"] == 0
+    assert d["carbon_saved_g"] > 0 and d["carbon_g"] == pytest.approx(s["carbon_g"], rel=1e-9)
+
+
+def test_carbon_cleanest_waits_for_the_cleanest_hour_before_the_latest_start(tmp_path, capsys):
+    # 500 until 100 s, 300 until 200 s, 100 from 200 s: due at 1000 s the request starts at 200 s; due at 150 s
+    # (latest start 150 - 0.41 - 1 s) it starts at 100 s, the cleanest piece it can reach
+    series = "t_s,value\n0,500\n100,300\n200,100\n"
+    for due, start in ((1000.0, 200.0), (150.0, 100.0)):
+        (tmp_path / str(due)).mkdir()
+        s = _run(tmp_path / str(due), capsys, out=tmp_path / str(due) / "o", series=series,
+                 request_classes=_classes(due), dispatch={"name": "carbon_cleanest", "margin_s": 1.0})
+        req = pd.read_parquet(tmp_path / str(due) / "o" / "requests.parquet")
+        assert req["start_s"][0] == start and s["request_classes"]["batch"]["deadline_misses"] == 0
+        value = {200.0: 100, 100.0: 300}[start]
+        idle = IDLE_W * (start - 100) * 300 + (IDLE_W * 100 * 500)
+        assert s["carbon_g"] == pytest.approx((idle + ACTIVE_J * value) / 3.6e6, rel=1e-9)
+    # nothing cleaner ahead: at once
+    (tmp_path / "flat").mkdir()
+    s = _run(tmp_path / "flat", capsys, series="t_s,value\n0,100\n50,400\n", request_classes=_classes(1000.0),
+             dispatch={"name": "carbon_cleanest"})
+    assert s["request_classes"]["batch"]["deferred"] == 0 and s["makespan_s"] == pytest.approx(SERVICE_S)

@@ -94,5 +94,35 @@ class CarbonDefer(DispatchPolicy):
         return latest if clean is None else clean
 
 
+class CleanestParams(DispatchParams):
+    margin_s: float = Field(default=0.0, ge=0, description="start this much earlier than the latest start that "
+                            "the predicted service allows (room for queueing)")
+
+
+def cleanest_start(series: StepSeries, lo: float, hi: float) -> float:
+    """The start of the piece of lowest value in [lo, hi] (the earliest of equals); lo when none is below the
+    value at lo."""
+    if hi <= lo:
+        return lo
+    edges, values = series.breakpoints(lo, hi)
+    k = int(np.argmin(values))
+    return float(edges[k]) if values[k] < values[0] else lo
+
+
+@dispatch_policy("carbon_cleanest")
+class CarbonCleanest(DispatchPolicy):
+    """Hold a batch request until the cleanest hour before its latest start (deadline - predicted service -
+    margin_s): the start of the series' lowest piece in that window, the earliest of equals; at once where no
+    later piece is cleaner than the one it arrives in. Needs no threshold, and never starts dirtier than now."""
+
+    Params = CleanestParams
+    defers = True
+
+    def release_s(self, arrival: float, deadline: float, service_s: float, series: StepSeries | None) -> float:
+        if series is None:
+            return arrival
+        return cleanest_start(series, arrival, latest_start_s(arrival, deadline, service_s, self.params.margin_s))
+
+
 __all__ = ["DISPATCH", "DispatchPolicy", "DispatchParams", "dispatch_policy", "make_dispatch", "first_below",
-           "latest_start_s"]
+           "cleanest_start", "latest_start_s"]
