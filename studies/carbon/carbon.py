@@ -79,7 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.8), sharex=True)
     for col, idle in enumerate(IDLE):
         for k, dl in enumerate(DEADLINES_H):
             pts = sorted((r for r in rows if r["idle"] == idle and r["deadline_h"] == dl
@@ -99,10 +99,11 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.grid(alpha=0.3)
         axes[1, col].axhline(0, color="k", lw=0.8)
         axes[0, col].set_ylim(bottom=0)
-    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=2)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("batch deferral on one day of Azure conversation requests, 4 H100, half batch\n"
                  "(EXAMPLE carbon curve, not measured data)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
