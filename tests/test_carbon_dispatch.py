@@ -235,3 +235,16 @@ def test_carbon_cleanest_waits_for_the_cleanest_hour_before_the_latest_start(tmp
     s = _run(tmp_path / "flat", capsys, series="t_s,value\n0,100\n50,400\n", request_classes=_classes(1000.0),
              dispatch={"name": "carbon_cleanest"})
     assert s["request_classes"]["batch"]["deferred"] == 0 and s["makespan_s"] == pytest.approx(SERVICE_S)
+
+
+def test_a_request_held_past_the_horizon_is_unfinished_and_misses_its_deadline(tmp_path, capsys):
+    s = _run(tmp_path, capsys, n_in=[100, 100], n_out=[11, 11], arrival=[0.0, 1.0], horizon_s=50.0,
+             request_classes=_classes(1000.0), dispatch={"name": "carbon_defer", "threshold": 200})
+    assert (s["requests_total"], s["requests_completed"], s["requests_unfinished"]) == (2, 0, 2)
+    assert s["request_classes"]["batch"]["deadline_misses"] == 2
+    d = s["dispatch"]
+    assert d["deadline_misses"] == 2 and d["deadline_misses_without_deferral"] == 0
+    # the window is the horizon: idle all along against the two requests served at arrival, all at 500 g/kWh
+    assert d["carbon_g"] == pytest.approx(IDLE_W * 50 * DIRTY / 3.6e6, rel=1e-9)
+    assert d["carbon_g_without_deferral"] == pytest.approx(
+        (IDLE_W * (50 - 2 * SERVICE_S) + 2 * ACTIVE_J) * DIRTY / 3.6e6, rel=1e-9)
