@@ -64,6 +64,11 @@ def test_a_batch_request_arriving_dirty_starts_at_the_clean_hour(tmp_path, capsy
     assert grid["carbon_g_without_deferral"].sum() == pytest.approx(base, rel=1e-9)
     assert grid["facility_kwh"].sum() == pytest.approx(s["facility_j"] / 3.6e6, rel=1e-9)
     assert (tmp_path / "o" / "carbon_cost.png").stat().st_size > 10_000
+    # the run report carries the figure and the classes' figures
+    assert main(["report", str(tmp_path / "o"), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert 'alt="carbon cost"' in page and "Request classes and carbon-aware dispatch" in page
+    assert f'data-v="{d["carbon_saved_g"]!r}"' in page
 
 
 def test_a_deadline_forces_a_start_in_the_dirty_hour(tmp_path, capsys):
