@@ -367,7 +367,8 @@ def classes_block(raw: RawResults, counted: Columns, span: float) -> dict:
             held = rows["released_s"] - rows["arrival_s"]
             deferred = held[np.isfinite(held) & (held > 0)]
             met = int(np.sum(rows["deadline_met"]))
-            b.update({"deadline_s": sc.request_classes.batch.deadline_s, "deadline_met": met,
+            rcb = sc.request_classes.batch
+            b.update({"deadline_s": rcb.deadline_s if rcb is not None else None, "deadline_met": met,
                       "deadline_misses": _len(rows) - met,
                       "late": int(np.sum(done["done_s"] > done["due_s"])),
                       "deferred": int(deferred.size), "deferral_s": stats(deferred)})

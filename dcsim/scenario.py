@@ -177,9 +177,17 @@ class BatchClass(Strict):
 
 class RequestClasses(Strict):
     """Request classes: interactive requests (the rest) are held to the scenario's `slo`; batch requests carry a
-    deadline and may be deferred by the dispatch policy."""
+    deadline and may be deferred by the dispatch policy. Either `batch` (a share drawn with the seed) or
+    `from_trace` (the requests with a `deadline_s` in the trace are batch, due that many seconds after arrival)."""
 
-    batch: BatchClass
+    batch: BatchClass | None = None
+    from_trace: bool = Field(default=False, description="batch requests are those with a deadline_s in the trace")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RequestClasses":
+        if (self.batch is not None) == self.from_trace:
+            raise ValueError("give batch (a share and a deadline) or from_trace: true, one of the two")
+        return self
 
 
 class DispatchSpec(BaseModel):
@@ -366,7 +374,7 @@ class Scenario(Strict):
             if self.request_classes is None:
                 raise PydanticCustomError("nested_field", "{reason}", {
                     "reason": f"dispatch {self.dispatch.name!r} defers batch requests, and the scenario has none: "
-                              "set request_classes.batch", "subfield": "dispatch.name"})
+                              "set request_classes.batch (or request_classes.from_trace)", "subfield": "dispatch.name"})
             if self.facility.carbon_series is None:
                 raise PydanticCustomError("nested_field", "{reason}", {
                     "reason": f"dispatch {self.dispatch.name!r} follows the grid's carbon intensity: set "

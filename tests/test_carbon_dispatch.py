@@ -253,3 +253,40 @@ def test_a_request_held_past_the_horizon_is_unfinished_and_misses_its_deadline(t
     assert d["carbon_g"] == pytest.approx(IDLE_W * 50 * DIRTY / 3.6e6, rel=1e-9)
     assert d["carbon_g_without_deferral"] == pytest.approx(
         (IDLE_W * (50 - 2 * SERVICE_S) + 2 * ACTIVE_J) * DIRTY / 3.6e6, rel=1e-9)
+
+
+def _csv_run(tmp_path, capsys, rows: str, **kw) -> dict:
+    (tmp_path / "g.csv").write_text(SERIES)
+    (tmp_path / "t.csv").write_text(rows)
+    prof = write_profile(tmp_path)
+    sc = write_scenario(tmp_path, scenario(tmp_path / "t.csv", [{"name": "a", "profile": str(prof), "count": 1}],
+                                           facility={"carbon_series": {"path": "g.csv"}}, **kw))
+    code = main(["run", str(sc), "--out", str(tmp_path / "o")])
+    got = capsys.readouterr()
+    return {"code": code, "err": got.err}
+
+
+def test_the_trace_can_say_which_requests_are_batch(tmp_path, capsys):
+    # the first request is due 1000 s after it arrives (batch), the second has no deadline (interactive)
+    got = _csv_run(tmp_path, capsys, "n_in,n_out,arrival_s,deadline_s\n100,11,0,1000\n100,11,0.5,\n",
+                   request_classes={"from_trace": True}, dispatch={"name": "carbon_defer", "threshold": 200})
+    assert got["code"] == 0, got
+    req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
+    assert req["request_class"].tolist() == ["batch", "interactive"]
+    assert req["start_s"].tolist() == [CLEAN_AT, 0.5] and req["due_s"][0] == 1000.0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["request_classes"]["batch"]["deadline_s"] is None and s["request_classes"]["batch"]["deferred"] == 1
+
+
+@pytest.mark.parametrize("rows, classes, words", [
+    ("n_in,n_out,arrival_s,deadline_s\n100,11,0,-5\n", {"from_trace": True}, "deadline_s"),
+    ("n_in,n_out,arrival_s,deadline_s\n100,11,0,soon\n", {"from_trace": True}, "line 2"),
+    ("n_in,n_out,arrival_s\n100,11,0\n", {"from_trace": True}, "request_classes.from_trace"),
+    ("n_in,n_out,arrival_s\n100,11,0\n", {"from_trace": True, "batch": {"share": 1, "deadline_s": 9}},
+     "one of the two"),
+    ("n_in,n_out,arrival_s\n100,11,0\n", {}, "one of the two"),
+])
+def test_bad_trace_deadlines_exit_2_naming_the_column(tmp_path, capsys, rows, classes, words):
+    got = _csv_run(tmp_path, capsys, rows, request_classes=classes)
+    assert got["code"] == 2 and words in got["err"] and "Traceback" not in got["err"], got
+    assert not (tmp_path / "o").exists()

@@ -66,8 +66,9 @@ def format_summary(s: dict) -> str:
     rc = s.get("request_classes")
     if rc:  # batch requests: deadlines and deferrals
         b = rc["batch"]
+        due = f"the {b['deadline_s']:g} s deadline" if b["deadline_s"] is not None else "their deadlines"
         lines.append(f"  batch      {b['requests']} of {s['requests_total']} requests; {b['deadline_misses']} missed "
-                     f"the {b['deadline_s']:g} s deadline; {b['deferred']} deferred")
+                     f"{due}; {b['deferred']} deferred")
     d = s.get("dispatch")
     if d:
         lines.append(f"  dispatch   {d['name']}: {d['carbon_g'] / 1e3:.3f} kg CO2e against "

@@ -66,12 +66,20 @@ class RequestClassArrays:
     release_s: np.ndarray
 
 
-def draw_classes(sc: Scenario, arrivals: np.ndarray) -> RequestClassArrays | None:
+def draw_classes(sc: Scenario, arrivals: np.ndarray, trace: Trace | None = None,
+                 scenario_file: str | Path | None = None) -> RequestClassArrays | None:
     """The scenario's request classes: a seeded share of the requests are batch, due deadline_s after arrival
-    (a stream of its own, so that the other draws stay as they are)."""
+    (a stream of its own, so that the other draws stay as they are), or, with from_trace, the requests with a
+    deadline in the trace's `deadline_s` column."""
     rc = sc.request_classes
     if rc is None:
         return None
+    if rc.from_trace:
+        if trace is None or trace.deadline_s is None:
+            raise UserError("the trace has no deadline_s column (seconds after arrival by which a batch request "
+                            "is due; empty for interactive ones)", scenario_file, "request_classes.from_trace")
+        batch = ~np.isnan(trace.deadline_s)
+        return RequestClassArrays(batch, arrivals + trace.deadline_s, np.full(len(arrivals), np.nan))
     rng = np.random.default_rng(np.random.SeedSequence([sc.seed, 23]))
     batch = rng.random(len(arrivals)) < rc.batch.share
     deadline = np.where(batch, arrivals + rc.batch.deadline_s, np.nan)
@@ -170,7 +178,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     pool_carbon = load_pool_carbon(sc, scenario_file)
     fleet.carbon = [pc if pc is not None else grid.get("carbon", sc.facility.carbon_g_per_kwh) for pc in pool_carbon]
     rtr = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
-    classes = draw_classes(sc, arrivals)
+    classes = draw_classes(sc, arrivals, trace, scenario_file)
 
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
