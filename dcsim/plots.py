@@ -86,3 +86,57 @@ def energy_breakdown_plot(summary: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def grid_plot(grid: pd.DataFrame, requests: pd.DataFrame, path: Path, summary: dict) -> Path:
+    """Carbon and cost over time: the grid's carbon intensity (and price), the fleet's carbon and cost per bin
+    (against the same requests sent at arrival, where batch requests were deferred), and when batch requests
+    arrived and were released."""
+    t = (grid["t_start_s"] + grid["t_end_s"]) / 2
+    scale, unit = (3600.0, "h") if t.max() > 4 * 3600 else (60.0, "min") if t.max() > 1200 else (1.0, "s")
+    width = (grid["t_end_s"] - grid["t_start_s"]).to_numpy() / 3600.0
+    batch = "request_class" in requests.columns
+    fig, axes = plt.subplots(3 if batch else 2, 1, figsize=(9, 8 if batch else 5.8), sharex=True)
+    ax = axes[0]
+    ax.step(t / scale, grid["carbon_per_kwh"], where="mid", color="C2", label="carbon intensity")
+    ax.set_ylabel("g CO2e / kWh")
+    thr = (summary.get("dispatch") or {}).get("params", {}).get("threshold")
+    if thr is not None:
+        ax.axhline(thr, color="C2", ls=":", lw=1, label=f"release threshold ({thr:g})")
+    if grid["price_per_kwh"].nunique() > 1:
+        ax2 = ax.twinx()
+        ax2.step(t / scale, grid["price_per_kwh"], where="mid", color="C1", label="price")
+        ax2.set_ylabel(f"price per kWh ({summary.get('currency', '')})")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    ax.plot(t / scale, grid["carbon_g"] / width / 1e3, color="k", lw=1.3, label="carbon")
+    if "carbon_g_without_deferral" in grid.columns:
+        ax.plot(t / scale, grid["carbon_g_without_deferral"] / width / 1e3, color="C3", lw=1, alpha=0.8,
+                label="carbon, batch sent at arrival")
+    ax.set_ylabel("kg CO2e per hour")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    if grid["cost"].abs().sum() > 0:
+        ax2 = ax.twinx()
+        ax2.plot(t / scale, grid["cost"] / width, color="C1", lw=1, ls="--", label="cost (right axis)")
+        ax2.set_ylabel(f"cost per hour ({summary.get('currency', '')})")
+        ax2.set_ylim(bottom=0)
+        ax2.legend(loc="upper right")
+    if batch:
+        ax = axes[2]
+        b = requests[requests["request_class"] == "batch"]
+        edges = np.concatenate((grid["t_start_s"].to_numpy()[::8], [grid["t_end_s"].iloc[-1]]))
+        ax.hist(b["arrival_s"] / scale, bins=edges / scale, histtype="step", color="C0", label="batch arrivals")
+        ax.hist(b["released_s"].dropna() / scale, bins=edges / scale, histtype="step", color="C4",
+                label="batch released to the router")
+        ax.set_ylabel("requests per bin")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+    axes[-1].set_xlabel(f"time ({unit})")
+    fig.suptitle(f"{summary['scenario']}: carbon and cost over time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -238,6 +238,31 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _carbon_section(s: dict) -> str:
+    """Batch requests' deadlines and deferrals, and what deferral saved against sending at arrival (empty
+    without request classes)."""
+    rc, dp = s.get("request_classes"), s.get("dispatch")
+    if not rc:
+        return ""
+    cur = s.get("currency", "")
+    b, i = rc["batch"], rc["interactive"]
+    rows = [["batch requests", b["requests"], ""], ["batch deadline", b["deadline_s"], "s"],
+            ["batch deadline misses", b["deadline_misses"], ""], ["batch done late", b["late"], ""],
+            ["batch deferred", b["deferred"], ""], ["mean deferral", b["deferral_s"].get("mean"), "s"],
+            ["interactive requests", i["requests"], ""],
+            ["interactive TTFT p99", i["ttft_s"].get("p99"), "s"]]
+    if "slo" in i:
+        rows.append(["interactive SLO attainment", i["slo"]["attainment"], ""])
+    if dp:
+        rows += [["dispatch", dp["name"], ""], ["carbon", dp["carbon_g"], "g CO2e"],
+                 ["carbon, batch sent at arrival", dp["carbon_g_without_deferral"], "g CO2e"],
+                 ["carbon saved", dp["carbon_saved_g"], "g CO2e"], ["cost saved", dp["cost_saved"], cur],
+                 ["deadline misses, batch sent at arrival", dp["deadline_misses_without_deferral"], ""],
+                 ["window (from, to)", f"{dp['window_s'][0]:g}-{dp['window_s'][1]:g}", "s"]]
+    return table(["figure", "value", "unit"], [[cell(a), cell(v), cell(u)] for a, v, u in rows], sortable=False,
+                 text_cols=1)
+
+
 def run_report(d: Path) -> str:
     s = _read_json(d / "summary.json")
     missing = [k for k in ("scenario", "pools", "energy_j") if k not in s]
@@ -259,6 +284,9 @@ def run_report(d: Path) -> str:
     sections.append(("Pools", table(["pool", "profile", "replicas", "power cap W", "completed", "tokens out",
                                      "energy J", "tok/J", "mean W", "utilisation", "e2e p50 s", "e2e p99 s"],
                                     prow, text_cols=2)))
+    carbon = _carbon_section(s)
+    if carbon:
+        sections.append(("Request classes and carbon-aware dispatch", carbon))
     notes = ""
     if s.get("rejections"):
         notes += table(["rejection reason", "requests"], [[cell(r), cell(n)] for r, n in s["rejections"].items()],

@@ -107,6 +107,12 @@ def request_columns(raw: RawResults) -> Columns:
         "energy_j": np.where(done, lg["energy_j"], np.nan),
         "host_j": np.where(done, lg["host_j"], np.nan),
     }
+    if raw.classes is not None:  # request classes: batch requests' deadlines and when they went to the router
+        c = raw.classes
+        cols["request_class"] = np.where(c.batch, "batch", "interactive").astype(object)
+        cols["due_s"] = c.deadline_s
+        cols["released_s"] = c.release_s
+        cols["deadline_met"] = np.where(c.batch, done & (lg["done_s"] <= c.deadline_s), False)
     if any(raw.policy_stats):  # a paged engine: what its scheduler did to each request
         cols["preemptions"] = lg["preemptions"]
         cols["cached_tokens"] = lg["cached_tokens"]
@@ -186,19 +192,84 @@ def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray
     return total
 
 
-def _carbon_cost(raw: RawResults, replicas: list[int], kwh: float, lo: float, hi: float) -> dict:
+def _carbon_cost(raw: RawResults, replicas: list[int], kwh: float, lo: float, hi: float,
+                 pool: int | None = None) -> dict:
     """Carbon (g CO2e) and cost of a set of replicas' facility energy: at the facility's constants, or integrated
-    against its carbon and price series over the window."""
+    against its carbon and price series over the window. A pool with its own carbon series (`pool`, or for the
+    fleet, `pool` None, any pool) is integrated against that one."""
     from dcsim.grid import weighted_kwh
 
     f = raw.scenario.facility
     out = {}
     for key, series, const in (("carbon_g", "carbon", f.carbon_g_per_kwh), ("cost", "price", f.price_per_kwh)):
-        if series in raw.grid:
+        if key == "carbon_g" and any(s is not None for s in raw.pool_carbon):
+            pools = [pool] if pool is not None else range(len(raw.pools))
+            out[key] = sum(float(cumulative_grid(raw, _pool_replicas(raw, k), "carbon", np.array([lo, hi]),
+                                                 k)[-1]) for k in pools)
+        elif series in raw.grid:
             out[key] = f.pue * weighted_kwh(raw.grid[series], lambda x: energy_by(raw, replicas, x), lo, hi)
         else:
             out[key] = kwh * const
     return out
+
+
+def _pool_replicas(raw: RawResults, pool: int) -> list[int]:
+    return np.flatnonzero(raw.replica_pool == pool).tolist()
+
+
+def cumulative_grid(raw: RawResults, replicas: list[int], kind: str, x: np.ndarray, pool: int | None = None
+                    ) -> np.ndarray:
+    """Grams (kind "carbon") or cost ("price") of the replicas' facility energy from x[0] to each of the sorted
+    times x: energy in each piece of the series times its value (a pool's own carbon series where `pool` has
+    one, else the facility's series, else its constant)."""
+    f = raw.scenario.facility
+    x = np.asarray(x, dtype=np.float64)
+    series = raw.pool_carbon[pool] if kind == "carbon" and pool is not None and raw.pool_carbon else None
+    if series is None:
+        series = raw.grid.get(kind)
+    if series is None:
+        const = f.carbon_g_per_kwh if kind == "carbon" else f.price_per_kwh
+        e = energy_by(raw, replicas, x)
+        return f.pue * const * (e - e[0]) / 3.6e6
+    edges, _ = series.breakpoints(float(x[0]), float(x[-1]))
+    u = np.union1d(edges, x)
+    vals = series.at(0.5 * (u[:-1] + u[1:]))
+    cum = np.concatenate(([0.0], np.cumsum(vals * np.diff(energy_by(raw, replicas, u)))))
+    return f.pue * cum[np.searchsorted(u, x)] / 3.6e6
+
+
+def fleet_grid(raw: RawResults, kind: str, x: np.ndarray) -> np.ndarray:
+    """cumulative_grid for the whole fleet, each pool at its own carbon series where it has one."""
+    if kind == "carbon" and any(s is not None for s in raw.pool_carbon):
+        return sum(cumulative_grid(raw, _pool_replicas(raw, k), kind, x, k) for k in range(len(raw.pools)))
+    return cumulative_grid(raw, list(range(len(raw.segments))), kind, x)
+
+
+def grid_timeline(raw: RawResults, bins: int = 400) -> Columns:
+    """Carbon (g) and cost of the fleet's facility energy in equal time bins over [0, end], with the carbon
+    intensity and price at each bin's middle and, where the run deferred batch requests, the carbon of the same
+    requests sent at arrival (over the same bins, its fleet idle once done)."""
+    end = max(raw.end_s, raw.baseline.end_s if raw.baseline is not None else 0.0, 1e-9)
+    edges = np.linspace(0.0, end, bins + 1)
+    mid = 0.5 * (edges[:-1] + edges[1:])
+    f = raw.scenario.facility
+    cols: Columns = {"t_start_s": edges[:-1], "t_end_s": edges[1:]}
+    for kind, const in (("carbon", f.carbon_g_per_kwh), ("price", f.price_per_kwh)):
+        s = raw.grid.get(kind)
+        cols[f"{kind}_per_kwh"] = s.at(mid) if s is not None else np.full(bins, float(const))
+    e = energy_by(raw, list(range(len(raw.segments))), edges)
+    cols["facility_kwh"] = f.pue * np.diff(e) / 3.6e6
+    cols["carbon_g"] = np.diff(fleet_grid(raw, "carbon", edges))
+    cols["cost"] = np.diff(fleet_grid(raw, "price", edges))
+    if raw.baseline is not None:
+        cols["carbon_g_without_deferral"] = np.diff(fleet_grid(raw.baseline, "carbon", edges))
+        cols["cost_without_deferral"] = np.diff(fleet_grid(raw.baseline, "price", edges))
+    return cols
+
+
+def has_grid(raw: RawResults) -> bool:
+    """Whether the run's carbon or price varies over time (a series, or pools in different grid regions)."""
+    return bool(raw.grid) or any(s is not None for s in raw.pool_carbon)
 
 
 def summarize(raw: RawResults) -> dict:
@@ -235,7 +306,8 @@ def summarize(raw: RawResults) -> dict:
         "throughput_tokens_per_s": tokens_out / span,
         "throughput_requests_per_s": _len(done) / span,
         **_latency_block(done),
-        **_slo_block(counted, sc.slo, span),
+        **_slo_block(counted if raw.classes is None else _rows(counted, counted["request_class"] == "interactive"),
+                     sc.slo, span),
         "rejections": value_counts(counted["reason"][counted["status"] == "rejected"]),
         "pools": {},
         "warnings": list(raw.warnings),
@@ -258,22 +330,72 @@ def summarize(raw: RawResults) -> dict:
             **pen,
             "tokens_per_joule": ptok / pen["energy_j"] if pen["energy_j"] > 0 else float("nan"),
             **_carbon_cost(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p],
-                           pen["facility_j"] / 3.6e6, lo, hi),
+                           pen["facility_j"] / 3.6e6, lo, hi, raw.pools.index(p)),
             "mean_power_w": pen["energy_j"] / span,
             "utilisation": _sum(pr["busy_s"]) / (span * max(_len(pr), 1)),
             **_latency_block(pd_),
-            **_slo_block(_rows(counted, counted["pool"] == p.name), sc.slo, span),
+            **_slo_block(_rows(counted, (counted["pool"] == p.name) & (
+                True if raw.classes is None else counted["request_class"] == "interactive")), sc.slo, span),
         }
         if p.clocks is not None:  # only where set: a run without a locked clock reads as it always has
             out["pools"][p.name]["clock_mhz"] = {"prefill": p.clocks[0], "decode": p.clocks[1]}
         engine = _engine_block(raw, [i for i, k in enumerate(raw.replica_pool.tolist()) if raw.pools[k] is p])
         if engine:
             out["pools"][p.name]["engine"] = engine
+    if raw.classes is not None:
+        out["request_classes"] = classes_block(raw, counted, span)
+    if raw.baseline is not None:
+        out["dispatch"] = dispatch_block(raw, counted, lo)
     if raw.facility is not None:  # the power hierarchy: peaks against limits, cap events (dcsim/facility_report.py)
         from dcsim.facility_report import facility_summary
 
         out["facility"] = facility_summary(raw, lo, hi)
     return out
+
+
+def classes_block(raw: RawResults, counted: Columns, span: float) -> dict:
+    """Per request class over the counted requests: interactive ones' latencies (and SLO, where the scenario
+    sets one), batch ones' deadline misses (done late, rejected, or unfinished) and deferrals."""
+    sc = raw.scenario
+    out = {}
+    for name in ("interactive", "batch"):
+        rows = _rows(counted, counted["request_class"] == name)
+        done = _rows(rows, rows["status"] == "done")
+        b = {"requests": _len(rows), "completed": _len(done), **{k: stats(done[k][~np.isnan(done[k])])
+                                                                  for k in ("ttft_s", "e2e_s")}}
+        if name == "interactive":
+            b.update(_slo_block(rows, sc.slo, span))
+        else:
+            held = rows["released_s"] - rows["arrival_s"]
+            deferred = held[np.isfinite(held) & (held > 0)]
+            met = int(np.sum(rows["deadline_met"]))
+            rcb = sc.request_classes.batch
+            b.update({"deadline_s": rcb.deadline_s if rcb is not None else None, "deadline_met": met,
+                      "deadline_misses": _len(rows) - met,
+                      "late": int(np.sum(done["done_s"] > done["due_s"])),
+                      "deferred": int(deferred.size), "deferral_s": stats(deferred)})
+        out[name] = b
+    return out
+
+
+def dispatch_block(raw: RawResults, counted: Columns, lo: float) -> dict:
+    """What deferring batch requests did against sending them at arrival (the same run with dispatch
+    `immediate`): carbon and cost of both over one window, from the warm-up to the later run's end (the earlier
+    run's fleet idle until then), and deadline misses of both."""
+    base = raw.baseline
+    hi = max(raw.end_s, base.end_s)
+    x = np.array([lo, hi])
+    c, c0 = float(fleet_grid(raw, "carbon", x)[-1]), float(fleet_grid(base, "carbon", x)[-1])
+    m, m0 = float(fleet_grid(raw, "price", x)[-1]), float(fleet_grid(base, "price", x)[-1])
+    bc = request_columns(base)
+    bcount = _rows(bc, bc["arrival_s"] >= lo)
+    bb = bcount["request_class"] == "batch"
+    return {"name": raw.scenario.dispatch.name, "params": raw.scenario.dispatch.params.model_dump(),
+            "window_s": [lo, hi], "carbon_g": c, "carbon_g_without_deferral": c0, "carbon_saved_g": c0 - c,
+            "carbon_saved_share": (c0 - c) / c0 if c0 > 0 else float("nan"),
+            "cost": m, "cost_without_deferral": m0, "cost_saved": m0 - m,
+            "deadline_misses": int(np.sum(counted["request_class"] == "batch") - np.sum(counted["deadline_met"])),
+            "deadline_misses_without_deferral": int(bb.sum() - np.sum(bcount["deadline_met"]))}
 
 
 def value_counts(x: np.ndarray) -> dict[str, int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcsim.results import power_timeline, replicas_table, requests_table, strict_json
+from dcsim.results import grid_timeline, has_grid, power_timeline, replicas_table, requests_table, strict_json
 from dcsim.sim.engine import RawResults
 
 
@@ -22,8 +22,8 @@ def is_run_folder(folder: Path) -> bool:
 def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True,
                   force: bool = False) -> Path:
     """Write summary.json, requests.parquet, replicas.csv, power.csv (and, with a power hierarchy,
-    power_levels.csv and power_events.csv) and plots; all or nothing, and never over
-    a folder of something else (dcsim.outputs)."""
+    power_levels.csv and power_events.csv; with carbon or price over time, grid.csv) and plots; all or
+    nothing, and never over a folder of something else (dcsim.outputs)."""
     from dcsim.outputs import staged_folder
 
     out = Path(out_dir)
@@ -41,8 +41,16 @@ def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bo
 
             pd.DataFrame(levels_timeline(raw)).to_csv(tmp / "power_levels.csv", index=False)
             pd.DataFrame(events_columns(raw)).to_csv(tmp / "power_events.csv", index=False)
+        grid = None
+        if has_grid(raw) or raw.baseline is not None:  # carbon and cost over time
+            import pandas as pd
+
+            grid = pd.DataFrame(grid_timeline(raw))
+            grid.to_csv(tmp / "grid.csv", index=False)
         if plots:
             from dcsim import plots as P
 
             P.run_plots([p.name for p in raw.pools], summary, power, req, tmp)
+            if grid is not None:
+                P.grid_plot(grid, req, tmp / "carbon_cost.png", summary)
     return out

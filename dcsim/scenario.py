@@ -132,6 +132,15 @@ class PhaseClocks(Strict):
     decode_mhz: float = Field(gt=0)
 
 
+class SeriesRef(Strict):
+    """A step series over simulated time in a CSV file (dcsim/grid.py): a time column in seconds, a value column."""
+
+    path: str
+    time_column: str = "t_s"
+    value_column: str = "value"
+    period_s: float | None = Field(default=None, gt=0, description="repeat the series every period_s seconds")
+
+
 class Pool(Strict):
     name: str
     profile: str
@@ -157,6 +166,8 @@ class Pool(Strict):
         default=None, description="static-KV-cache engines only: tokens of cache per sequence at each batch size "
         "(default: the lengths the profile was calibrated with); every decode step reads the whole cache"
     )
+    carbon_series: SeriesRef | None = Field(default=None, description="the pool's own grid carbon intensity over "
+                                              "time (its grid region), in place of the facility's")
 
 
 class RouterSpec(BaseModel):
@@ -175,13 +186,49 @@ class OutputKnowledge(Strict):
     relative_error: float = Field(default=0.2, ge=0, description="predicted: lognormal error, sigma of log")
 
 
-class SeriesRef(Strict):
-    """A step series over simulated time in a CSV file (dcsim/grid.py): a time column in seconds, a value column."""
+class BatchClass(Strict):
+    """Which requests are batch work and how long they may take: a seeded share of the trace's requests, each due
+    `deadline_s` after its arrival."""
 
-    path: str
-    time_column: str = "t_s"
-    value_column: str = "value"
-    period_s: float | None = Field(default=None, gt=0, description="repeat the series every period_s seconds")
+    share: float = Field(ge=0, le=1, description="share of requests that are batch (drawn with the seed)")
+    deadline_s: float = Field(gt=0, description="a batch request is due this many seconds after it arrives")
+
+
+class RequestClasses(Strict):
+    """Request classes: interactive requests (the rest) are held to the scenario's `slo`; batch requests carry a
+    deadline and may be deferred by the dispatch policy. Either `batch` (a share drawn with the seed) or
+    `from_trace` (the requests with a `deadline_s` in the trace are batch, due that many seconds after arrival)."""
+
+    batch: BatchClass | None = None
+    from_trace: bool = Field(default=False, description="batch requests are those with a deadline_s in the trace")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "RequestClasses":
+        if (self.batch is not None) == self.from_trace:
+            raise ValueError("give batch (a share and a deadline) or from_trace: true, one of the two")
+        return self
+
+
+class DispatchSpec(BaseModel):
+    """name: a registered dispatch policy (dcsim/sim/dispatch.py: `immediate`, `carbon_defer`), an installed
+    package's (entry points `dcsim.dispatch`) or `package.module:Class`; every other key is one of that policy's
+    parameters, checked by its own model."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "immediate"
+    _params: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _policy_params(self) -> "DispatchSpec":
+        from dcsim.sim.dispatch import DISPATCH
+
+        self._params = _own_params(DISPATCH, self.name, self.__pydantic_extra__)
+        return self
+
+    @property
+    def params(self) -> Any:
+        """The policy's validated parameters (its own pydantic model)."""
+        return self._params
 
 
 class Rack(Strict):
@@ -284,6 +331,9 @@ class Scenario(Strict):
     output_knowledge: OutputKnowledge = Field(default_factory=OutputKnowledge)
     facility: Facility = Field(default_factory=Facility)
     slo: Slo | None = None
+    request_classes: RequestClasses | None = Field(default=None, description="batch requests with deadlines "
+                                                   "(absent: every request is interactive)")
+    dispatch: DispatchSpec = Field(default_factory=DispatchSpec, description="when batch requests go to the router")
     horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
     warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
 
@@ -334,6 +384,21 @@ class Scenario(Strict):
                     "reason": f"the racks place {n} of the {counts[name]} replicas of pool {name!r}; every replica "
                               "sits in one rack", "subfield": last.get(name, "power.rows")})
         return v
+
+    @model_validator(mode="after")
+    def _dispatch_needs(self) -> "Scenario":
+        from dcsim.sim.dispatch import DISPATCH
+
+        if DISPATCH.params_class(self.dispatch.name).defers:
+            if self.request_classes is None:
+                raise PydanticCustomError("nested_field", "{reason}", {
+                    "reason": f"dispatch {self.dispatch.name!r} defers batch requests, and the scenario has none: "
+                              "set request_classes.batch (or request_classes.from_trace)", "subfield": "dispatch.name"})
+            if self.facility.carbon_series is None:
+                raise PydanticCustomError("nested_field", "{reason}", {
+                    "reason": f"dispatch {self.dispatch.name!r} follows the grid's carbon intensity: set "
+                              "facility.carbon_series", "subfield": "dispatch.name"})
+        return self
 
     @model_validator(mode="after")
     def _unique_pools(self) -> "Scenario":
@@ -401,6 +466,9 @@ def absolute_refs(data: dict, folder: str | Path) -> dict:
     pol = pw.get("policy") if isinstance(pw, dict) else None
     if isinstance(pol, dict) and "name" in pol:
         pol["name"] = absolute_ref(pol["name"], folder)
+    dsp = data.get("dispatch")
+    if isinstance(dsp, dict) and "name" in dsp:
+        dsp["name"] = absolute_ref(dsp["name"], folder)
     return data
 
 

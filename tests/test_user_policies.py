@@ -112,7 +112,8 @@ def test_its_parameters_are_checked_by_its_own_model(tmp_path, capsys):
      "class LeastTokensParams is not a router: it must subclass dcsim.sim.routers.Router"),
     ("./missing.py:Sqf", "router.name", "file not found: "),
     ("./broken.py:Sqf", "router.name", "broken.py, line 2): NameError: name 'undefined_name' is not defined"),
-    ("nosuch", "router.name", "unknown router 'nosuch' (known: energy_cost, least_outstanding, least_work, "),
+    ("nosuch", "router.name",
+     "unknown router 'nosuch' (known: carbon_cost, energy_cost, least_outstanding, least_work, "),
 ])
 def test_a_router_that_cannot_be_found_is_refused_naming_file_and_field(tmp_path, capsys, name, field, says):
     sc = hand_case(tmp_path, {"name": name})

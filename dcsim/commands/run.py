@@ -60,8 +60,21 @@ def format_summary(s: dict) -> str:
         lines.append(f"  facility   {s['carbon_g'] / 1e3:.3f} kg CO2e; cost {s['cost']:.4f} {s.get('currency', '')}")
     if s.get("slo"):
         t = ", ".join(f"{k.removesuffix('_s').upper()} <= {v:g} s" for k, v in s["slo"]["targets"].items())
-        lines.append(f"  slo        {t}: {s['slo']['attainment']:.1%} of requests met it "
+        which = "interactive requests" if s.get("request_classes") else "requests"
+        lines.append(f"  slo        {t}: {s['slo']['attainment']:.1%} of {which} met it "
                      f"({s['slo']['met']}); goodput {s['slo']['goodput_rps']:.3f} requests/s")
+    rc = s.get("request_classes")
+    if rc:  # batch requests: deadlines and deferrals
+        b = rc["batch"]
+        due = f"the {b['deadline_s']:g} s deadline" if b["deadline_s"] is not None else "their deadlines"
+        lines.append(f"  batch      {b['requests']} of {s['requests_total']} requests; {b['deadline_misses']} missed "
+                     f"{due}; {b['deferred']} deferred")
+    d = s.get("dispatch")
+    if d:
+        lines.append(f"  dispatch   {d['name']}: {d['carbon_g'] / 1e3:.3f} kg CO2e against "
+                     f"{d['carbon_g_without_deferral'] / 1e3:.3f} kg sent at arrival ({d['carbon_saved_g'] / 1e3:.3f} "
+                     f"kg saved); deadline misses {d['deadline_misses']} against "
+                     f"{d['deadline_misses_without_deferral']}")
     hdr = f"  {'pool':<14}{'replicas':>9}{'done':>8}{'kWh':>10}{'tok/J':>9}{'util':>7}{'e2e p50':>9}{'e2e p99':>9}"
     lines += ["", hdr]
     for name, p in s["pools"].items():

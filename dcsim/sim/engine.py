@@ -60,6 +60,9 @@ class RawResults:
     itl: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # per replica: decode runs (start, first step's
     # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
     grid: dict[str, StepSeries] = field(default_factory=dict)  # "carbon" / "price" series the facility names
+    pool_carbon: list[StepSeries | None] = field(default_factory=list)  # each pool's own carbon series, or None
+    classes: "RequestClassArrays | None" = None  # batch requests, their deadlines and releases (request_classes)
+    baseline: "RawResults | None" = None  # the same run without deferral, where the dispatch policy defers
     facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
     events: int = 0  # SimPy events scheduled over the run (processed or, past a horizon, left pending)
 
@@ -68,6 +71,36 @@ class RawResults:
 # onto a timeout at that step's end (replica.cut_runs), not by Process.interrupt: the same results, one event fewer
 # per cut. False: every cut interrupts (kept to check the two agree, tests/test_sim_events.py)
 CUT_WITHOUT_INTERRUPT = True
+
+
+@dataclass
+class RequestClassArrays:
+    """Which requests are batch, when each is due (absolute seconds; NaN for interactive ones) and when the
+    dispatch policy released it to the router (its arrival unless deferred; NaN if never released)."""
+
+    batch: np.ndarray
+    deadline_s: np.ndarray
+    release_s: np.ndarray
+
+
+def draw_classes(sc: Scenario, arrivals: np.ndarray, trace: Trace | None = None,
+                 scenario_file: str | Path | None = None) -> RequestClassArrays | None:
+    """The scenario's request classes: a seeded share of the requests are batch, due deadline_s after arrival
+    (a stream of its own, so that the other draws stay as they are), or, with from_trace, the requests with a
+    deadline in the trace's `deadline_s` column."""
+    rc = sc.request_classes
+    if rc is None:
+        return None
+    if rc.from_trace:
+        if trace is None or trace.deadline_s is None:
+            raise UserError("the trace has no deadline_s column (seconds after arrival by which a batch request "
+                            "is due; empty for interactive ones)", scenario_file, "request_classes.from_trace")
+        batch = ~np.isnan(trace.deadline_s)
+        return RequestClassArrays(batch, arrivals + trace.deadline_s, np.full(len(arrivals), np.nan))
+    rng = np.random.default_rng(np.random.SeedSequence([sc.seed, 23]))
+    batch = rng.random(len(arrivals)) < rc.batch.share
+    deadline = np.where(batch, arrivals + rc.batch.deadline_s, np.nan)
+    return RequestClassArrays(batch, deadline, np.full(len(arrivals), np.nan))
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -164,13 +197,24 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         for _ in range(pool.count):
             replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log))
     fleet = Fleet(replicas, [p.name for p in pools], [p.evaluator for p in pools])
+    fleet.env = env
+    pool_carbon = load_pool_carbon(sc, scenario_file)
+    fleet.carbon = [pc if pc is not None else grid.get("carbon", sc.facility.carbon_g_per_kwh) for pc in pool_carbon]
     rtr = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
+    classes = draw_classes(sc, arrivals, trace, scenario_file)
 
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
     prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
-    src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
-                              prefix, managed))
+    if classes is None:
+        src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
+                                  prefix, managed))
+    else:
+        from dcsim.sim.dispatch import make_dispatch
+
+        disp = make_dispatch(sc.dispatch.name, sc.dispatch.params)
+        src = env.process(_class_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out,
+                                        [p.policy for p in pools], prefix, classes, disp, grid.get("carbon")))
     fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
@@ -187,11 +231,31 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         fac.close(end)
     stats = [rep.policy.stats() for rep in replicas]
     itl = [_itl_runs(rep.policy) for rep in replicas]
-    return RawResults(
+    raw = RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, events=events,
+        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon, events=events,
+        classes=classes,
     )
+    if classes is not None and disp.defers:  # the same requests sent at arrival: what the deferral saved
+        from dcsim.scenario import DispatchSpec
+
+        raw.baseline = simulate(sc.model_copy(update={"dispatch": DispatchSpec()}), scenario_file)
+    return raw
+
+
+def load_pool_carbon(sc: Scenario, scenario_file: str | Path | None) -> list[StepSeries | None]:
+    """Each pool's own carbon-intensity series (its grid region), read and checked; None where it has none."""
+    out: list[StepSeries | None] = []
+    for i, pool in enumerate(sc.fleet):
+        ref = pool.carbon_series
+        if ref is None:
+            out.append(None)
+            continue
+        field_ = f"fleet.{i}.carbon_series.path"
+        path = resolve_input(ref.path, scenario_file, "scenarios", field_, "series file")
+        out.append(load_series(path, ref.time_column, ref.value_column, ref.period_s, scenario_file, field_))
+    return out
 
 
 def load_grid(sc: Scenario, scenario_file: str | Path | None) -> dict[str, StepSeries]:
@@ -279,6 +343,75 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         rep.submit(r)
     if cuts:
         cut_runs(env, cuts)
+
+
+def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
+                  n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
+                  prefix: tuple[list[int], list[int]] | None, classes: RequestClassArrays, disp,
+                  series: StepSeries | None) -> Generator:
+    """The arrival process with request classes: an interactive request goes to the router at its arrival, a
+    batch one at the time the dispatch policy computes when it arrives (held in a queue ordered by release time;
+    the process wakes at the next arrival or release, whichever is first, never to poll)."""
+    import heapq
+
+    caps = [ev.kv_capacity for ev in fleet.evaluators]
+    refusers = [getattr(p, "refuses", None) for p in policies]
+    pid, plen = prefix if prefix is not None else (None, None)
+    ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
+    needs_work = rtr.needs_work
+    batch = classes.batch.tolist()
+    deadline = classes.deadline_s.tolist()
+    release = classes.release_s
+    held: list[tuple[float, int, Request]] = []  # (release time, id, request)
+    arr = arrivals.tolist()
+    n = len(arr)
+    i = 0
+
+    def admit(r: Request) -> None:
+        rid = r.rid
+        release[rid] = env.now
+        rep = rtr.choose(r)
+        refuse = refusers[rep.pool]
+        if refuse is not None:
+            why = refuse(r, fleet.evaluators[rep.pool])
+            if why:
+                log.reject(rid, rep.index, why, env.now)
+                return
+        need = r.n_in + r.n_out
+        if need > caps[rep.pool]:
+            log.reject(rid, rep.index, 1, env.now)
+            return
+        if need > ctx[rep.pool]:
+            log.reject(rid, rep.index, 2, env.now)
+            return
+        log.replica[rid] = rep.index
+        if needs_work:
+            r.pred = fleet.predict(rep.pool, r)[0]
+        rep.submit(r)
+
+    while i < n or held:
+        t_arr = arr[i] if i < n else np.inf
+        if held and held[0][0] <= t_arr:  # a release due first (at a tie, before the newcomer: it came earlier)
+            t, _, r = heapq.heappop(held)
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            admit(r)
+            continue
+        if t_arr > env.now:
+            yield env.timeout(t_arr - env.now)
+        r = Request(i, int(n_in[i]), int(n_out[i]), t_arr, int(est_out[i]))
+        if pid is not None:
+            r.prefix_id = pid[i]
+            r.prefix_len = plen[i]
+        if batch[i]:
+            service = max(ev.served_alone(r.n_in, r.est_out)[0] for ev in fleet.evaluators)
+            t_rel = disp.release_s(t_arr, deadline[i], service, series)
+            if t_rel > env.now:
+                heapq.heappush(held, (t_rel, i, r))
+                i += 1
+                continue
+        admit(r)
+        i += 1
 
 
 def _segments(rep: Replica, end: float) -> Segments:

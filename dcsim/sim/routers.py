@@ -37,6 +37,15 @@ class Fleet:
         self.by_pool: list[list[Replica]] = [[r for r in replicas if r.pool == i] for i in range(len(pool_names))]
         self._asked: tuple[Request | None, int, int] = (None, 0, 0)  # the request last predicted, as it was
         self._known: dict[tuple[int, int], tuple[float, float]] = {}  # its predictions by (pool, batch)
+        self.env = None  # the run's SimPy environment (the engine sets it), for routers that read the clock
+        # each pool's grid carbon intensity: a dcsim.grid.StepSeries (its own region's, or the facility's) or a
+        # constant in g/kWh (the engine sets it)
+        self.carbon: list = [0.0] * len(pool_names)
+
+    def carbon_now(self) -> list[float]:
+        """Each pool's grid carbon intensity (g CO2e/kWh) at the current simulated time."""
+        now = self.env.now if self.env is not None else 0.0
+        return [float(c) if isinstance(c, (int, float)) else float(c.at(np.array([now]))[0]) for c in self.carbon]
 
     def pool_index(self, name: str, field: str) -> int:
         if name not in self.pool_names:
@@ -284,25 +293,32 @@ class EnergyCost(Router):
         self.pools = pool_indexes(self.candidates, highest=True)
 
     def choose(self, r: Request) -> Replica:
+        return self.best(r, None)
+
+    def best(self, r: Request, weight: list[float] | None) -> Replica:
+        """The least score, each pool's energy multiplied by its `weight` (None: by 1)."""
         service = self.fleet.service
         alike: list[tuple[float, float, int]] = []  # (T, E, first position) of each class of alike replicas
         saturated: list[tuple[PoolIndex, float, float]] = []  # (pool, its service seconds, E): T adds the wait
         t_top = e_top = -math.inf
         for ix in self.pools:
             pool, P = ix.pool, ix.parallel
+            w = 1.0 if weight is None else weight[pool]
             for o in ix.present:
                 ts, e = service(pool, r, o + 1)
+                e = e * w
                 t = 0.0 + ts
                 alike.append((t, e, ix.first(o)))
                 t_top, e_top = max(t_top, t), max(e_top, e)
             if ix.count[P]:
                 ts, e = service(pool, r, P)
+                e = e * w
                 saturated.append((ix, ts, e))
                 t_top, e_top = max(t_top, ix.highest() / P + ts), max(e_top, e)
         e_max = e_top or 1.0
         t_max = t_top or 1.0
         if not t_max > 0.0:  # then the score would not grow with the wait, which the index relies on
-            return self.scan(r)
+            return self.scan(r, weight)
         lam = self.params.lam
         best = None  # (score, candidate position)
         for t, e, p in alike:
@@ -326,8 +342,8 @@ class EnergyCost(Router):
                 best = key
         return self.candidates[best[1]]
 
-    def scan(self, r: Request) -> Replica:
-        """The score of every candidate, the least kept (the first of equals)."""
+    def scan(self, r: Request, weight: list[float] | None = None) -> Replica:
+        """The score of every candidate, the least kept (the first of equals); energies times `weight`."""
         alone = {}
         es, ts = [], []
         for rep in self.candidates:
@@ -335,7 +351,7 @@ class EnergyCost(Router):
             if a is None:
                 a = alone[rep.pool] = self.fleet.predict(rep.pool, r)
             t, e = predicted_finish(self.fleet, rep, r, a)
-            es.append(e)
+            es.append(e if weight is None else e * weight[rep.pool])
             ts.append(t)
         e_max = max(es) or 1.0
         t_max = max(ts) or 1.0
@@ -346,6 +362,17 @@ class EnergyCost(Router):
             if c < bc:
                 best, bc = rep, c
         return best
+
+
+@router("carbon_cost")
+class CarbonCost(EnergyCost):
+    """energy_cost's score with each replica's energy weighted by its pool's grid carbon intensity now (a pool's
+    own `carbon_series`, its grid region, else the facility's series or constant): minimise
+    lambda * C/C_max + (1 - lambda) * T/T_max, C the predicted grams of the request's device energy. With one
+    intensity for all pools it chooses as energy_cost does."""
+
+    def choose(self, r: Request) -> Replica:
+        return self.best(r, self.fleet.carbon_now())
 
 
 __all__ = ["ROUTERS", "Router", "Params", "Fleet", "make_router", "router", "predicted_service_s"]

@@ -28,6 +28,8 @@ class Trace:
     # and a request's whole sequence may be the prefix of later ones with its id (conversation turns)
     prefix_id: np.ndarray | None = None
     prefix_len: np.ndarray | None = None
+    # request classes: seconds after arrival by which a batch request is due (NaN: an interactive request)
+    deadline_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.n_in.shape[0])
@@ -38,7 +40,7 @@ class Trace:
             return None if a is None else a[idx]
 
         return Trace(self.n_in[idx], self.n_out[idx], cut(self.arrival_s), cut(self.source), dict(self.provenance),
-                     cut(self.prefix_id), cut(self.prefix_len))
+                     cut(self.prefix_id), cut(self.prefix_len), cut(self.deadline_s))
 
     def head(self, n: int) -> "Trace":
         return self.take(slice(0, n))
@@ -105,6 +107,8 @@ class Trace:
         if self.prefix_id is not None:
             cols["prefix_id"] = pa.array(self.prefix_id, pa.int64())
             cols["prefix_len"] = pa.array(self.prefix_len, pa.int64())
+        if self.deadline_s is not None:
+            cols["deadline_s"] = pa.array(self.deadline_s, pa.float64())
         table = pa.table(cols)
         meta = dict(table.schema.metadata or {})
         meta[PROVENANCE_KEY] = json.dumps(self.provenance, sort_keys=True).encode()
@@ -169,7 +173,23 @@ def load_trace(path: str | Path) -> Trace:
     # prefixes after the token counts are known good: a session's prefixes add them up
     pid, plen = prefix_columns(df.assign(n_in=tr.n_in, n_out=tr.n_out), p)
     tr.prefix_id, tr.prefix_len = pid, plen
+    if "deadline_s" in df.columns:
+        tr.deadline_s = deadline_column(_numbers(df["deadline_s"], p, "deadline_s", csv), p, csv)
     return tr.validate(p)
+
+
+def deadline_column(col, path: Path, csv: bool) -> np.ndarray:
+    """A trace's `deadline_s` column (seconds after arrival by which a batch request is due; empty for an
+    interactive one) as float64 with NaN for empty cells; a deadline that is not positive and finite is a
+    UserError naming the row."""
+    d = np.asarray(col, dtype=np.float64)
+    bad = np.flatnonzero(~np.isnan(d) & ~(np.isfinite(d) & (d > 0)))
+    if len(bad):
+        i = int(bad[0])
+        where = f"row {i} (line {i + 2})" if csv else f"row {i}"
+        raise UserError(f"{where} holds {d[i]:g}: a deadline is a positive number of seconds after arrival (empty "
+                        "for an interactive request)", path, "deadline_s")
+    return d
 
 
 def _plain_columns(table) -> dict[str, np.ndarray] | None:
@@ -179,7 +199,7 @@ def _plain_columns(table) -> dict[str, np.ndarray] | None:
     import pyarrow as pa
 
     names = set(table.column_names)
-    if (table.num_rows == 0 or not {"n_in", "n_out"} <= names or "session_id" in names
+    if (table.num_rows == 0 or not {"n_in", "n_out"} <= names or "session_id" in names or "deadline_s" in names
             or ("prefix_len" in names) != ("prefix_id" in names)):
         return None
     out = {}
