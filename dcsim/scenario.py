@@ -125,6 +125,29 @@ class Batching(BaseModel):
 MAX_REPLICAS = 100_000
 
 
+class ColdStartSpec(Strict):
+    """A pool's model load (autoscaling): load_s and load_j, or a published load by name ('SYSTEM / MODEL' of
+    dcsim.cold_start.PUBLISHED_LOADS); absent: the profile's cold_start."""
+
+    load_s: float | None = Field(default=None, gt=0, description="seconds from off to serving")
+    load_j: float | None = Field(default=None, ge=0, description="device joules of one load")
+    published: str | None = Field(default=None, description="a published load, 'SYSTEM / MODEL'")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ColdStartSpec":
+        from dcsim.cold_start import PUBLISHED_LOADS, published_load, published_name
+
+        if self.published is not None:
+            if self.load_s is not None or self.load_j is not None:
+                raise ValueError("give published, or load_s and load_j, not both")
+            if published_load(self.published) is None:
+                names = ", ".join(repr(published_name(*k)) for k in PUBLISHED_LOADS)
+                raise ValueError(f"no published load {self.published!r} (published: {names})")
+        elif self.load_s is None or self.load_j is None:
+            raise ValueError("a cold_start needs load_s and load_j (or published)")
+        return self
+
+
 class Pool(Strict):
     name: str
     profile: str
@@ -138,6 +161,8 @@ class Pool(Strict):
         default=None, description="static-KV-cache engines only: tokens of cache per sequence at each batch size "
         "(default: the lengths the profile was calibrated with); every decode step reads the whole cache"
     )
+    cold_start: ColdStartSpec | None = Field(default=None, description="model-load time and energy for "
+                                             "autoscaling (default: the profile's)")
 
 
 class RouterSpec(BaseModel):
@@ -221,6 +246,28 @@ class FacilityPower(Strict):
         return self
 
 
+class AutoscalingSpec(BaseModel):
+    """name: a registered autoscaling policy (dcsim/sim/autoscale.py: `always_on`, `reactive`, `scheduled`), an
+    installed package's (entry points `dcsim.autoscalers`) or `package.module:Class`; every other key is one of
+    that policy's parameters, checked by its own model. It applies to every pool, each scaled on its own."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "always_on"
+    _params: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _policy_params(self) -> "AutoscalingSpec":
+        from dcsim.sim.autoscale import AUTOSCALERS
+
+        self._params = _own_params(AUTOSCALERS, self.name, self.__pydantic_extra__)
+        return self
+
+    @property
+    def params(self) -> Any:
+        """The policy's validated parameters (its own pydantic model)."""
+        return self._params
+
+
 class Facility(Strict):
     pue: float = Field(default=1.0, ge=1.0)
     carbon_g_per_kwh: float = Field(default=0.0, ge=0)
@@ -265,6 +312,7 @@ class Scenario(Strict):
     output_knowledge: OutputKnowledge = Field(default_factory=OutputKnowledge)
     facility: Facility = Field(default_factory=Facility)
     slo: Slo | None = None
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
     warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
 
@@ -382,6 +430,9 @@ def absolute_refs(data: dict, folder: str | Path) -> dict:
     pol = pw.get("policy") if isinstance(pw, dict) else None
     if isinstance(pol, dict) and "name" in pol:
         pol["name"] = absolute_ref(pol["name"], folder)
+    sc = data.get("autoscaling")
+    if isinstance(sc, dict) and "name" in sc:
+        sc["name"] = absolute_ref(sc["name"], folder)
     return data
 
 

@@ -51,6 +51,7 @@ class RawResults:
     # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
     grid: dict[str, StepSeries] = field(default_factory=dict)  # "carbon" / "price" series the facility names
     facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
+    scaling: Any = None  # the autoscaler and its state changes (dcsim.sim.autoscale.Scaler), or None (always on)
 
 
 def load_inputs(sc: Scenario, scenario_file: str | Path | None) -> tuple[Trace, list[PoolInfo]]:
@@ -146,8 +147,13 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
     prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
+    scaler = None
+    if sc.autoscaling.name != "always_on":
+        from dcsim.sim.autoscale import start_autoscaling
+
+        scaler = start_autoscaling(sc, scenario_file, env, pools, replicas, n)
     src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
-                              prefix))
+                              prefix, scaler))
     fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
@@ -155,6 +161,8 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     else:
         env.run()
         end = float(env.now) if fac is None or not fac.managed else float(env.last_event_s)
+        if scaler is not None:  # the run ends with its last request or load, not with the scaler's last tick
+            end = scaler.end_s(log, arrivals)
     if sc.warmup_s > 0 and end <= sc.warmup_s:
         raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
                         "is left to measure", scenario_file, "warmup_s")
@@ -166,7 +174,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac,
+        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, scaling=scaler,
     )
 
 
@@ -206,8 +214,9 @@ def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
 
 def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
             n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
-            prefix: tuple[list[int], list[int]] | None = None) -> Generator:
-    """The arrival process: hands each request to the router at its arrival time."""
+            prefix: tuple[list[int], list[int]] | None = None, scaler=None) -> Generator:
+    """The arrival process: hands each request to the router at its arrival time (with an autoscaler, the router
+    picks the pool and the scaler the replica in it)."""
     needs_work = rtr.needs_work
     caps = [ev.kv_capacity for ev in fleet.evaluators]
     # policies with requests they can never serve (paged: more blocks than memory holds)
@@ -241,10 +250,17 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         if need > ctx[rep.pool]:
             log.reject(i, rep.index, 2, env.now)
             continue
+        if scaler is not None:
+            rep = scaler.place(rep.pool)
         log.replica[i] = rep.index
         if needs_work:
             r.pred = fleet.predict(rep.pool, r)[0]
-        rep.submit(r)
+        if scaler is None:
+            rep.submit(r)
+        else:
+            scaler.submit(rep, r)
+    if scaler is not None:
+        scaler.done = True
 
 
 def _segments(rep: Replica, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
