@@ -41,7 +41,8 @@ def scaling_summary(raw: "RawResults", rep: dict, counted: dict, lo: float, hi: 
     return {
         "policy": raw.scenario.autoscaling.name,
         "params": raw.scenario.autoscaling.params.model_dump(),
-        "cold_starts": {p.cold.source: {"load_s": p.cold.load_s, "load_j": p.cold.load_j} for p in sc.pools},
+        "cold_starts": {raw.pools[p.index].name: {"load_s": p.cold.load_s, "load_j": p.cold.load_j,
+                                                  "source": p.cold.source} for p in sc.pools},
         "loads": int(sc.loads),
         "off_replica_s": off_s, "loading_replica_s": load_s,
         "energy_j": energy,
