@@ -195,3 +195,39 @@ def test_outputs_states_table(tmp_path):
     assert float((st["p_busy"] * w).sum()) == pytest.approx(0.82)
     assert (out / "replica_states.png").is_file()
     json.loads((out / "summary.json").read_text())
+
+
+def test_profile_cold_start_used(tmp_path):
+    import yaml
+
+    prof = write_profile(tmp_path)
+    d = yaml.safe_load(prof.read_text())
+    d["cold_start"] = {"load_s": 5.0, "load_j": 300.0}
+    prof.write_text(yaml.safe_dump(d))
+    tr = write_trace(tmp_path, [100], [11], [0.0])
+    sc = Scenario.model_validate(scenario(tr, [{"name": "p", "profile": str(prof), "count": 1}],
+                                          autoscaling={"name": "reactive"}))
+    raw = simulate(sc)
+    s = summarize(raw)
+    assert requests_table(raw)["ttft_s"].tolist() == pytest.approx([5.2])
+    assert s["load_j"] == pytest.approx(300.0) and s["energy_j"] == pytest.approx(300.0 + 104.1)
+
+
+def test_study_cut_down():
+    # the study's code-trace case on its first 1,500 requests: scale-to-zero saves energy and makes requests wait
+    # for loads; one replica kept loaded makes none wait
+    sys.path.insert(0, str(REPO / "studies" / "autoscaling"))
+    import autoscaling as study
+
+    out = {}
+    for pol in ("always_on", "reactive_zero", "reactive_one_warm"):
+        data = study.scenario("code, own timestamps", pol, study.FAST)
+        data["trace"]["limit"] = 1500
+        data["trace"]["path"] = str(REPO / data["trace"]["path"])
+        out[pol] = summarize(simulate(Scenario.model_validate(data)))
+    base = out["always_on"]["energy_j"]
+    assert out["reactive_zero"]["energy_j"] < base and out["reactive_one_warm"]["energy_j"] < base
+    assert out["reactive_zero"]["autoscaling"]["requests_waited_for_load"] > 0
+    assert out["reactive_one_warm"]["autoscaling"]["requests_waited_for_load"] == 0
+    for s in out.values():
+        assert s["requests_completed"] == 1500

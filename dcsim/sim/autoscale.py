@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from operator import attrgetter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Generator
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from dcsim.sim.requests import Request
 
 OFF, LOADING, ON = 0, 1, 2
+_outstanding = attrgetter("outstanding")
 STATE_NAMES = ("off", "loading", "on")
 
 
@@ -199,6 +201,7 @@ class PoolScaling:
         self.first = replicas[0].index  # a pool's replicas are numbered in one run
         self.cold = cold
         self.st = [ON] * self.count
+        self.on = list(replicas)  # the replicas on, in index order
         self.pending: list[list["Request"]] = [[] for _ in replicas]
         self.ready_s = [0.0] * self.count  # when each loading replica will be on
         self.change_t = [array("d") for _ in replicas]
@@ -225,7 +228,9 @@ class PoolScaling:
         return share
 
     def set(self, i: int, state: int, now: float) -> None:
+        """Replica i enters `state` now."""
         self.st[i] = state
+        self.on = [r for r, s in zip(self.replicas, self.st) if s == ON]
         self.change_t[i].append(now)
         self.change_s[i].append(state)
 
@@ -251,20 +256,11 @@ class Scaler:
     def place(self, pool_idx: int) -> "Replica":
         """The replica of the pool an arrival goes to (see the module docstring)."""
         pool = self.pools[pool_idx]
-        best, best_loading = None, None
-        for i, rep in enumerate(pool.replicas):
-            s = pool.st[i]
-            if s == ON:
-                if best is None or rep.outstanding < best.outstanding:
-                    best = rep
-            elif s == LOADING:
-                k = len(pool.pending[i])
-                if best_loading is None or k < best_loading[1]:
-                    best_loading = (rep, k)
-        if best is not None:
-            return best
-        if best_loading is not None:
-            return best_loading[0]
+        if pool.on:
+            return min(pool.on, key=_outstanding)
+        loading = [i for i, s in enumerate(pool.st) if s == LOADING]
+        if loading:
+            return pool.replicas[min(loading, key=lambda i: len(pool.pending[i]))]
         i = pool.st.index(OFF)
         self._load(pool, i)
         return pool.replicas[i]
