@@ -89,14 +89,15 @@ def states_plot(timeline: "pd.DataFrame", pools: list[str], path, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(pools), 1, figsize=(8, 2.6 * len(pools) + 0.6), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(pools), 1, figsize=(9.5, 2.6 * len(pools) + 0.6), squeeze=False, sharex=True)
     t = 0.5 * (timeline["t_start_s"] + timeline["t_end_s"]) / 3600.0
     colours = {"off": "#bbbbbb", "loading": "#e6a23c", "idle": "#7fb3d5", "busy": "#1f5f8b"}
     for ax, name in zip(axes[:, 0], pools):
         ax.stackplot(t, *[timeline[f"{name}_{k}"] for k in STATES], labels=[
             "off", "loading", "serving-idle", "busy"], colors=[colours[k] for k in STATES], step=None)
         ax.set_ylabel(f"{name}: replicas")
-        ax.legend(loc="upper right", fontsize=8, ncol=4)
+        ax.set_ylim(0, None)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes[-1, 0].set_xlabel("time (h)")
     fig.suptitle(title)
     fig.tight_layout()
