@@ -2,6 +2,7 @@
 
 Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
     python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous paged] [--repeats 3]
+        [--facility POLICY] [--autoscaling reactive|scheduled]
 Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request.
 """
 

@@ -10,8 +10,9 @@ Dispatch: the router picks the pool; within it, the scaler places the request on
 outstanding requests, else on the loading replica with the fewest (the request waits in that replica's queue until
 its load ends, and its TTFT carries the wait), else, when every replica of the pool is off, it starts loading one
 on the spot (scale from zero on an arrival, whatever the policy). A replica is turned off only when it holds no
-request. Off draws the profile's deep-idle power, loading load_j / load_s, on the serving-idle power between
-batches; the host draws its idle power throughout.
+request. A router that weighs replicas' work when it picks the pool sees off and loading replicas as empty ones
+(a limit of this first design). Off draws the profile's deep-idle power, loading load_j / load_s, on the
+serving-idle power between batches; the host draws its idle power throughout.
 
 `always_on` builds no scaler at all: its runs are those of a scenario without `autoscaling`, byte for byte.
 Register a policy with `@autoscaler("name")`; a class of one's own is named by reference or through the
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from operator import attrgetter
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, ClassVar, Generator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
