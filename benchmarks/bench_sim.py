@@ -2,6 +2,7 @@
 
 Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
     python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous paged] [--repeats 3]
+        [--facility POLICY] [--autoscaling reactive|scheduled]
 Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request, and SimPy
 events scheduled per request.
 """
@@ -105,6 +106,21 @@ def with_facility(scenario: Path, policy: str) -> Path:
     return out
 
 
+def with_autoscaling(scenario: Path, policy: str) -> Path:
+    """The case with an autoscaler: every pool loads in 20 s and 2,000 J (toy figures), `reactive` aims at 4
+    outstanding requests per replica from zero (scale-down after 60 s), `scheduled` holds half the replicas for
+    12 of every 24 simulated minutes and all of them otherwise; decisions every 5 s."""
+    sc = yaml.safe_load(scenario.read_text())
+    for pool in sc["fleet"]:
+        pool["cold_start"] = {"load_s": 20.0, "load_j": 2000.0}
+    sc["autoscaling"] = ({"name": "reactive", "interval_s": 5, "target_outstanding": 4, "scale_down_delay_s": 60,
+                          "min_replicas": 0} if policy == "reactive" else
+                         {"name": "scheduled", "interval_s": 5, "day_s": 1440, "hourly": [8] * 12 + [32] * 12})
+    out = scenario.parent / f"scenario-as-{policy}.yaml"
+    out.write_text(yaml.safe_dump(sc))
+    return out
+
+
 def child(scenario: str) -> None:
     """Time the simulation alone (inputs loaded first) and report peak RSS growth."""
     import resource
@@ -134,6 +150,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--facility", choices=["none", "cap_on_threshold", "budget_share"],
                     help="add a power hierarchy managed by this policy (with_facility)")
+    ap.add_argument("--autoscaling", choices=["reactive", "scheduled"],
+                    help="add an autoscaler with this policy (with_autoscaling)")
     ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
@@ -147,6 +165,8 @@ def main() -> None:
                 sc = make_case(Path(d), n, pol)
                 if a.facility:
                     sc = with_facility(sc, a.facility)
+                if a.autoscaling:
+                    sc = with_autoscaling(sc, a.autoscaling)
                 runs = []
                 for _ in range(a.repeats):
                     out = subprocess.run([sys.executable, __file__, "--child", str(sc)], capture_output=True,

@@ -67,12 +67,29 @@ def _replica_rows(raw: RawResults, lo: float, hi: float) -> list[dict]:
         host_active = np.diff(cumulative(t0, t1, h, edges))[0]
         idle_s = max(0.0, (hi - lo) - busy)
         idle_w = ev.idle_w if pool.idle == "serving" else ev.deep_idle_w
-        rows.append({
+        row = {
             "replica": i, "pool": pool.name, "busy_s": busy, "idle_s": idle_s,
             "active_j": active, "idle_j": idle_w * idle_s,
             "host_j": host_active + ev.host_idle_w * idle_s,
-        })
+        }
+        if raw.scaling is not None:  # off and loading time leave the serving-idle time
+            off_s, load_s, load_w = _off_loading(raw, i, edges)
+            off_s, load_s = float(np.diff(off_s)[0]), float(np.diff(load_s)[0])
+            row["idle_s"] = idle_s = max(0.0, idle_s - off_s - load_s)
+            row["idle_j"] = idle_w * idle_s
+            row.update(off_s=off_s, loading_s=load_s, off_j=ev.deep_idle_w * off_s, load_j=load_w * load_s)
+        rows.append(row)
     return rows
+
+
+def _off_loading(raw: RawResults, i: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Cumulative seconds replica i was off and loading by each time x, and its device watts while loading."""
+    from dcsim.sim.autoscale import state_seconds
+
+    p = int(raw.replica_pool[i])
+    off, load = state_seconds(raw.scaling, i, p, x)
+    cold = raw.scaling.pools[p].cold
+    return off, load, cold.load_j / cold.load_s
 
 
 def requests_table(raw: RawResults) -> pd.DataFrame:
@@ -113,6 +130,8 @@ def request_columns(raw: RawResults) -> Columns:
         cols["due_s"] = c.deadline_s
         cols["released_s"] = c.release_s
         cols["deadline_met"] = np.where(c.batch, done & (lg["done_s"] <= c.deadline_s), False)
+    if raw.scaling is not None:  # an autoscaler: how long each request waited for a model load (extra TTFT)
+        cols["cold_wait_s"] = np.asarray(raw.scaling.cold_wait, dtype=np.float64)
     if any(raw.policy_stats):  # a paged engine: what its scheduler did to each request
         cols["preemptions"] = lg["preemptions"]
         cols["cached_tokens"] = lg["cached_tokens"]
@@ -170,12 +189,17 @@ def _energy_block(rep: Columns, pue: float, attributed_j: float) -> dict:
     active = _sum(rep["active_j"])
     idle = _sum(rep["idle_j"])
     host = _sum(rep["host_j"])
-    total = active + idle + host
+    scaled = "off_j" in rep
+    off, load = (_sum(rep["off_j"]), _sum(rep["load_j"])) if scaled else (0.0, 0.0)
+    total = active + idle + host + off + load
     un = active - attributed_j
     if abs(un) <= 1e-10 * abs(active):  # float rounding of two sums of the same joules, not energy
         un = 0.0
-    return {"energy_j": total, "active_j": active, "unattributed_active_j": un,
-            "idle_j": idle, "host_j": host, "facility_j": total * pue}
+    out = {"energy_j": total, "active_j": active, "unattributed_active_j": un,
+           "idle_j": idle, "host_j": host, "facility_j": total * pue}
+    if scaled:
+        out.update(off_j=off, load_j=load)
+    return out
 
 
 def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray:
@@ -189,6 +213,10 @@ def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray
         idle_w = (ev.idle_w if pool.idle == "serving" else ev.deep_idle_w) + ev.host_idle_w
         busy = cumulative(t0, t1, t1 - t0, x)
         total += cumulative(t0, t1, e + h, x) + idle_w * np.maximum(x - busy, 0.0)
+        if raw.scaling is not None:  # off and loading replace serving-idle power (the host idles throughout)
+            off, load, load_w = _off_loading(raw, i, x)
+            dev_idle = idle_w - ev.host_idle_w
+            total += (ev.deep_idle_w - dev_idle) * off + (load_w - dev_idle) * load
     return total
 
 
@@ -350,6 +378,10 @@ def summarize(raw: RawResults) -> dict:
         from dcsim.facility_report import facility_summary
 
         out["facility"] = facility_summary(raw, lo, hi)
+    if raw.scaling is not None:  # states over time, energy against always-on, cold starts (dcsim/scaling_report.py)
+        from dcsim.scaling_report import scaling_summary
+
+        out["autoscaling"] = scaling_summary(raw, rep, counted, lo, hi)
     return out
 
 
@@ -476,6 +508,9 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
             busy = np.diff(cumulative(t0, t1, t1 - t0, edges))
             act = np.diff(cumulative(t0, t1, e + h, edges))
             total += act + (idle_w + ev.host_idle_w) * np.maximum(width - busy, 0.0)
+            if raw.scaling is not None:  # off and loading replace serving-idle power
+                off, load, load_w = _off_loading(raw, int(i), edges)
+                total += (ev.deep_idle_w - idle_w) * np.diff(off) + (load_w - idle_w) * np.diff(load)
         cols[f"{p.name}_w"] = total / width
         fleet += total
     cols["fleet_w"] = fleet / width

@@ -22,8 +22,8 @@ def is_run_folder(folder: Path) -> bool:
 def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bool = True,
                   force: bool = False) -> Path:
     """Write summary.json, requests.parquet, replicas.csv, power.csv (and, with a power hierarchy,
-    power_levels.csv and power_events.csv; with carbon or price over time, grid.csv) and plots; all or
-    nothing, and never over a folder of something else (dcsim.outputs)."""
+    power_levels.csv and power_events.csv; with carbon or price over time, grid.csv; with an autoscaler,
+    replica_states.csv) and plots; all or nothing, and never over a folder of something else (dcsim.outputs)."""
     from dcsim.outputs import staged_folder
 
     out = Path(out_dir)
@@ -47,10 +47,19 @@ def write_outputs(raw: RawResults, summary: dict, out_dir: str | Path, plots: bo
 
             grid = pd.DataFrame(grid_timeline(raw))
             grid.to_csv(tmp / "grid.csv", index=False)
+
+        if raw.scaling is not None:  # the autoscaler: replicas in each state over time
+            from dcsim.scaling_report import states_plot, states_timeline
+
+            states = states_timeline(raw)
+            states.to_csv(tmp / "replica_states.csv", index=False)
         if plots:
             from dcsim import plots as P
 
             P.run_plots([p.name for p in raw.pools], summary, power, req, tmp)
             if grid is not None:
                 P.grid_plot(grid, req, tmp / "carbon_cost.png", summary)
+            if raw.scaling is not None:
+                states_plot(states, [p.name for p in raw.pools], tmp / "replica_states.png",
+                            f"{raw.scenario.name}: replicas by state ({raw.scenario.autoscaling.name})")
     return out

@@ -141,6 +141,29 @@ class SeriesRef(Strict):
     period_s: float | None = Field(default=None, gt=0, description="repeat the series every period_s seconds")
 
 
+class ColdStartSpec(Strict):
+    """A pool's model load (autoscaling): load_s and load_j, or a published load by name ('SYSTEM / MODEL' of
+    dcsim.cold_start.PUBLISHED_LOADS); absent: the profile's cold_start."""
+
+    load_s: float | None = Field(default=None, gt=0, description="seconds from off to serving")
+    load_j: float | None = Field(default=None, ge=0, description="device joules of one load")
+    published: str | None = Field(default=None, description="a published load, 'SYSTEM / MODEL'")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ColdStartSpec":
+        from dcsim.cold_start import PUBLISHED_LOADS, published_load, published_name
+
+        if self.published is not None:
+            if self.load_s is not None or self.load_j is not None:
+                raise ValueError("give published, or load_s and load_j, not both")
+            if published_load(self.published) is None:
+                names = ", ".join(repr(published_name(*k)) for k in PUBLISHED_LOADS)
+                raise ValueError(f"no published load {self.published!r} (published: {names})")
+        elif self.load_s is None or self.load_j is None:
+            raise ValueError("a cold_start needs load_s and load_j (or published)")
+        return self
+
+
 class Pool(Strict):
     name: str
     profile: str
@@ -168,6 +191,8 @@ class Pool(Strict):
     )
     carbon_series: SeriesRef | None = Field(default=None, description="the pool's own grid carbon intensity over "
                                               "time (its grid region), in place of the facility's")
+    cold_start: ColdStartSpec | None = Field(default=None, description="model-load time and energy for "
+                                             "autoscaling (default: the profile's)")
 
 
 class RouterSpec(BaseModel):
@@ -287,6 +312,28 @@ class FacilityPower(Strict):
         return self
 
 
+class AutoscalingSpec(BaseModel):
+    """name: a registered autoscaling policy (dcsim/sim/autoscale.py: `always_on`, `reactive`, `scheduled`), an
+    installed package's (entry points `dcsim.autoscalers`) or `package.module:Class`; every other key is one of
+    that policy's parameters, checked by its own model. It applies to every pool, each scaled on its own."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "always_on"
+    _params: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _policy_params(self) -> "AutoscalingSpec":
+        from dcsim.sim.autoscale import AUTOSCALERS
+
+        self._params = _own_params(AUTOSCALERS, self.name, self.__pydantic_extra__)
+        return self
+
+    @property
+    def params(self) -> Any:
+        """The policy's validated parameters (its own pydantic model)."""
+        return self._params
+
+
 class Facility(Strict):
     pue: float = Field(default=1.0, ge=1.0)
     carbon_g_per_kwh: float = Field(default=0.0, ge=0)
@@ -334,6 +381,7 @@ class Scenario(Strict):
     request_classes: RequestClasses | None = Field(default=None, description="batch requests with deadlines "
                                                    "(absent: every request is interactive)")
     dispatch: DispatchSpec = Field(default_factory=DispatchSpec, description="when batch requests go to the router")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
     warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
 
@@ -469,6 +517,9 @@ def absolute_refs(data: dict, folder: str | Path) -> dict:
     dsp = data.get("dispatch")
     if isinstance(dsp, dict) and "name" in dsp:
         dsp["name"] = absolute_ref(dsp["name"], folder)
+    sc = data.get("autoscaling")
+    if isinstance(sc, dict) and "name" in sc:
+        sc["name"] = absolute_ref(sc["name"], folder)
     return data
 
 

@@ -89,6 +89,14 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {name}: {e['preemptions']} preemptions, prefix-cache hits {e['prefix_hit_rate']:.1%} "
                          f"of prompt tokens" + (f"; ITL p50 {itl['p50'] * 1e3:.1f} ms p99 {itl['p99'] * 1e3:.1f} ms"
                                                 if itl else ""))
+    a = s.get("autoscaling")
+    if a:  # what the autoscaler did: loads, time off, energy against always-on, cold starts' wait
+        x = a["extra_ttft_s"]
+        lines += ["", f"  autoscaling {a['policy']}: {a['loads']} loads ({s['load_j'] / 3.6e6:.4f} kWh), "
+                  f"{a['off_replica_s']:.0f} replica-s off ({s['off_j'] / 3.6e6:.4f} kWh); "
+                  f"{a['saved_vs_always_on_share']:.1%} less energy than always on with the same work",
+                  f"  cold starts {a['requests_waited_for_load']} requests ({a['share_waited_for_load']:.1%}) waited "
+                  f"for a load: extra TTFT mean {x['mean'] or 0:.2f} s p99 {x['p99'] or 0:.2f} s"]
     fac = s.get("facility")
     if fac:  # the power hierarchy: each level's peak against its limit and what the manager did
         lines += ["", f"  {'level':<14}{'limit W':>9}{'peak W':>9}{'above s':>9}{'caps':>6}{'capped s':>10}"

@@ -152,6 +152,14 @@ class Power(Strict):
     host: HostPower | None = None
 
 
+class ColdStart(Strict):
+    """Loading the model onto the replica's devices (a cold start): wall time and device energy, all GPUs
+    together (dcsim/cold_start.py for published figures)."""
+
+    load_s: float = Field(gt=0, description="seconds from off to serving")
+    load_j: float = Field(ge=0, description="device joules of one load")
+
+
 class CapPoint(Strict):
     """A measured cap: multipliers on uncapped time and power for each phase."""
 
@@ -266,6 +274,7 @@ class Profile(Strict):
     power: Power
     power_cap: PowerCap | None = None
     clock: ClockModel | None = None
+    cold_start: ColdStart | None = Field(default=None, description="model-load time and energy (autoscaling)")
     memory: Memory
     provenance: dict[str, Provenance] = Field(default_factory=dict)
     valid_range: dict[str, tuple[float, float]] = Field(default_factory=dict)

@@ -65,6 +65,7 @@ class RawResults:
     baseline: "RawResults | None" = None  # the same run without deferral, where the dispatch policy defers
     facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
     events: int = 0  # SimPy events scheduled over the run (processed or, past a horizon, left pending)
+    scaling: Any = None  # the autoscaler and its state changes (dcsim.sim.autoscale.Scaler), or None (always on)
 
 
 # an arrival that can join a decode run in progress ends it after the step in progress by moving the run's process
@@ -206,10 +207,17 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
     prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
+    scaler = None
+    if sc.autoscaling.name != "always_on":
+        from dcsim.sim.autoscale import start_autoscaling
+
+        scaler = start_autoscaling(sc, scenario_file, env, pools, replicas, n)
     if classes is None:
         src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
-                                  prefix, managed))
+                                  prefix, managed or scaler is not None, scaler))
     else:
+        if scaler is not None:
+            raise UserError("request classes and autoscaling cannot be combined yet", scenario_file, "autoscaling.name")
         from dcsim.sim.dispatch import make_dispatch
 
         disp = make_dispatch(sc.dispatch.name, sc.dispatch.params)
@@ -222,6 +230,8 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     else:
         env.run()
         end = float(env.now) if fac is None or not fac.managed else float(env.last_event_s)
+        if scaler is not None:  # the run ends with its last request or load, not with the scaler's last tick
+            end = scaler.end_s(log, arrivals)
     if sc.warmup_s > 0 and end <= sc.warmup_s:
         raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
                         "is left to measure", scenario_file, "warmup_s")
@@ -235,7 +245,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
         warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon, events=events,
-        classes=classes,
+        classes=classes, scaling=scaler,
     )
     if classes is not None and disp.defers:  # the same requests sent at arrival: what the deferral saved
         from dcsim.scenario import DispatchSpec
@@ -294,9 +304,10 @@ def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
 
 def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
             n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
-            prefix: tuple[list[int], list[int]] | None = None, managed: bool = False) -> Generator:
-    """The arrival process: hands each request to the router at its arrival time (`managed`: a power manager
-    interrupts decode runs too, and arrivals interrupt them as it does)."""
+            prefix: tuple[list[int], list[int]] | None = None, managed: bool = False, scaler=None) -> Generator:
+    """The arrival process: hands each request to the router at its arrival time (`managed`: something else
+    interrupts decode runs too, and arrivals interrupt them as it does; with an autoscaler, the router picks the
+    pool and the scaler the replica in it)."""
     needs_work = rtr.needs_work
     caps = [ev.kv_capacity for ev in fleet.evaluators]
     # policies with requests they can never serve (paged: more blocks than memory holds)
@@ -337,12 +348,19 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         if need > ctx[rep.pool]:
             log.reject(i, rep.index, 2, env.now)
             continue
+        if scaler is not None:
+            rep = scaler.place(rep.pool)
         log.replica[i] = rep.index
         if needs_work:
             r.pred = fleet.predict(rep.pool, r)[0]
-        rep.submit(r)
+        if scaler is None:
+            rep.submit(r)
+        else:
+            scaler.submit(rep, r)
     if cuts:
         cut_runs(env, cuts)
+    if scaler is not None:
+        scaler.done = True
 
 
 def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
