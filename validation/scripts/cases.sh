@@ -7,7 +7,7 @@
 # cases ran with 280/72/150 requests and, on the first three, no probe.
 # Sized with `dcsim validate --dry-run` so each window lasts at least 3 minutes at about 60% utilisation
 # of one replica (static batching: offered at the isolated service rate, so batches form).
-V="python3 -m dcsim.commands.validate --device cuda:0 --model-arch llama-2-7b --random-weights --settle-s 5"
+V="python3 -m dcsim.commands.validate --device cuda:0 --model-arch ${ARCH:-llama-2-7b} --random-weights --settle-s 5"
 [ -n "${PLAN:-}" ] && V="$V --plan $PLAN"
 V="$V ${VALIDATE_FLAGS:-}"  # e.g. VALIDATE_FLAGS=--dry-run rehearses a device call on any machine
 # calibration shapes run after each window on the same engine: tells a slower machine from a wrong model
