@@ -129,6 +129,52 @@ def test_prefix_hits_skip_exactly_the_cached_full_blocks(tmp_path):
     assert (req0["first_token_s"] - req0["start_s"]).iloc[1] == pytest.approx(pf(60))
 
 
+def test_a_request_pins_only_the_cached_blocks_it_shares(tmp_path):
+    """Blocks of 16, a pool of 10, a 64-token budget. R1 (100 tokens, prefix id 7 of 32 tokens) caches its 6 full
+    blocks under entry 7 and finishes. R2 (140 tokens, the same 32-token prefix; 9 blocks with its output, so it
+    fits alone) reuses the entry's first 2 blocks and prefills 32..96 (4 new blocks), then 96..140 (3 more): the
+    pool has 10 - 4 private - 6 cached, so those come from the 4 entry blocks R2 does not share (tail first), as
+    vLLM counts references per block. Pinning the whole entry left it no block: it preempted itself and, readmitted
+    with the same hit, again, without end."""
+    prof = write_profile(tmp_path)
+    tr = _prefix_trace(tmp_path, [100, 140], [2, 2], [0, 10], [7, 7], [32, 32])
+    raw, req, s = run(tmp_path, prof, tr, {"max_num_seqs": 4, "max_num_batched_tokens": 64, "block_size": 16,
+                                           "kv_blocks": 10, "cudagraph_batch_sizes": []}, horizon_s=60.0)
+    assert (req["status"] == "done").all() and req["preemptions"].tolist() == [0, 0]
+    assert req["cached_tokens"].tolist() == [0, 32]
+    first = 10 + pf(64) + pf(44)
+    assert req["first_token_s"].iloc[1] == pytest.approx(first)
+    assert req["done_s"].iloc[1] == pytest.approx(first + dec(1))
+    eng = s["pools"]["p"]["engine"]
+    assert eng["preemptions"] == 0 and eng["blocks_evicted"] == 3
+    # every block back: none private, entry 7's 3 remaining blocks cached, no entry referenced
+    assert eng["blocks_private_at_end"] == 0 and eng["blocks_cached_at_end"] == 3
+    assert eng["entries_referenced_at_end"] == 0
+
+
+def test_the_block_pool_counts_an_entry_as_pinned_only_up_to_its_longest_shared_run():
+    """Entry 7 of 6 blocks (published by a request that then left); B shares 2, C shares 4: 2 then 0 blocks
+    evictable; C leaves: 2 again; eviction takes the tail down to B's run only; B leaves: all blocks back, no
+    reference left."""
+    from dcsim.sim.batching.kv_blocks import BlockPool
+
+    pool = BlockPool(10)
+    pool.take(6)
+    assert pool.publish(7, 6, 0, False) == 6 and pool.private == 0 and pool.cached == 6
+    pool.release(7, 6)
+    assert pool.evictable == 6 and pool.allocatable() == 10
+    assert pool.lookup(7, 2) == 2 and pool.evictable == 4 and pool.allocatable() == 8
+    assert pool.lookup(7, 4) == 4 and pool.evictable == 2 and pool.allocatable() == 6
+    pool.release(7, 4)
+    assert pool.evictable == 4
+    pool.take(8)  # 4 free, 4 evicted from the entry's tail
+    assert pool.evicted == 4 and pool.entries[7].blocks == 2 and pool.allocatable() == 0
+    pool.give_back(8)
+    pool.release(7, 2)
+    assert pool.private == 0 and pool.cached == pool.evictable == 2 and pool.allocatable() == 10
+    assert all(e.refs == 0 and not e.runs for e in pool.entries.values())
+
+
 def test_a_launch_floor_holds_short_chunks_and_charges_each_chunk_after_cached_tokens(tmp_path):
     """latency.prefill_launch_s: a prefill takes at least 0.17 + 0.01 x chunks + 0.05 x prefixed chunks s (an
     eager forward paced by the host). The same trace as the prefix-hit case: R2's 28 tokens after its 32 cached

@@ -290,7 +290,7 @@ class Paged(Policy):
                 publish(st, kv // bs)
             pool.give_back(-(-kv // bs) - st.shared)
             if st.ref:
-                pool.release(st.ckey)
+                pool.release(st.ckey, st.shared)
             st.ref = False
             st.shared = 0
 
@@ -388,7 +388,7 @@ class Paged(Policy):
                 rest = st.target - done
                 ch = rest if rest < budget else budget
                 need = -(-(done + ch) // bs) - hit
-                if hit and need > free - (e.blocks if e.refs == 0 else 0):
+                if hit and need > free - max(0, hit - e.pinned):
                     # its cached prefix would be pinned and leave too little: without it (the entry stays evictable)
                     hit = done = 0
                     rest = st.target
