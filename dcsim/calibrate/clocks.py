@@ -8,12 +8,10 @@ set_gpu_locked_clocks(i, min_mhz, max_mhz), reset_gpu_locked_clocks(i).
 
 from __future__ import annotations
 
-import atexit
-import signal
 import sys
 
 from dcsim.calibrate.devices.base import ClockLimits
-from dcsim.calibrate.powercap import _raise_interrupt
+from dcsim.calibrate.powercap import RestoreOnExit
 from dcsim.errors import UserError
 
 
@@ -30,7 +28,7 @@ def parse_clocks(text: str | None) -> list[float]:
     return clocks
 
 
-class ClockGuard:
+class ClockGuard(RestoreOnExit):
     """Context manager: locks the SM clock on request and unlocks it (the device's own clocking) on exit whatever
     happened, and from an atexit hook as a last resort; turns SIGTERM/SIGHUP into KeyboardInterrupt meanwhile so
     that the exit path runs. The twin of powercap.PowerLimitGuard."""
@@ -79,13 +77,7 @@ class ClockGuard:
 
     def __enter__(self) -> "ClockGuard":
         self._entered = True
-        atexit.register(self.restore)
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                try:
-                    self._old_handlers[sig] = signal.signal(sig, _raise_interrupt)
-                except ValueError:  # not the main thread
-                    pass
+        self._arm()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -93,7 +85,4 @@ class ClockGuard:
             self.restore()
         finally:
             self._entered = False
-            for sig, h in self._old_handlers.items():
-                signal.signal(sig, h)
-            self._old_handlers.clear()
-            atexit.unregister(self.restore)
+            self._disarm()

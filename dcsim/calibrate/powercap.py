@@ -33,7 +33,35 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-class PowerLimitGuard:
+class RestoreOnExit:
+    """A guard that calls restore() on exit, at interpreter exit and on SIGTERM/SIGHUP (raised as an interrupt):
+    what a device setting changed for a sweep needs, whatever ends the sweep. Subclasses define restore()."""
+
+    _old_handlers: dict[int, object]
+
+    def restore(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _arm(self) -> None:
+        """Register restore() at exit and route SIGTERM/SIGHUP to an interrupt (main thread only)."""
+        self._old_handlers = {}
+        atexit.register(self.restore)
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                try:
+                    self._old_handlers[sig] = signal.signal(sig, _raise_interrupt)
+                except ValueError:  # not the main thread
+                    pass
+
+    def _disarm(self) -> None:
+        """Put the signal handlers back and drop the exit hook."""
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers.clear()
+        atexit.unregister(self.restore)
+
+
+class PowerLimitGuard(RestoreOnExit):
     """Context manager: remembers the limit on entry, restores it on exit whatever happened (and from an
     atexit hook as a last resort); turns SIGTERM/SIGHUP into KeyboardInterrupt meanwhile so that the exit
     path runs."""
@@ -76,20 +104,11 @@ class PowerLimitGuard:
 
     def __enter__(self) -> "PowerLimitGuard":
         self.original_mw = self.dev.get_power_management_limit(self.index)
-        atexit.register(self.restore)
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                try:
-                    self._old_handlers[sig] = signal.signal(sig, _raise_interrupt)
-                except ValueError:  # not the main thread
-                    pass
+        self._arm()
         return self
 
     def __exit__(self, *exc) -> None:
         try:
             self.restore()
         finally:
-            for sig, h in self._old_handlers.items():
-                signal.signal(sig, h)
-            self._old_handlers.clear()
-            atexit.unregister(self.restore)
+            self._disarm()
