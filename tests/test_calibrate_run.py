@@ -111,10 +111,10 @@ class StandInMeter(Meter):
         self.t: dict[str, float] = {}
 
     def begin(self, key, sync=True):
-        self.t[key] = time.time()
+        self.t[key] = time.perf_counter()
 
     def end(self, key, sync=True):
-        return Reading(device_j={"gpu0": 50.0 * (time.time() - self.t.pop(key))})
+        return Reading(device_j={"gpu0": 50.0 * (time.perf_counter() - self.t.pop(key))})
 
     def power_w(self):
         return {"gpu0": 50.0}

@@ -206,8 +206,10 @@ class Sweep:
         m.begin(phase, sync=False)
         time.sleep(seconds - tail_s)
         m.begin(phase + "/tail", sync=False)
+        t_tail = time.perf_counter()
         time.sleep(tail_s)
         tail = m.end(phase + "/tail", sync=False)
+        tail_s = time.perf_counter() - t_tail  # the window as slept, not as asked: a sleep overshoots by ms
         r = m.end(phase, sync=False)
         t1 = time.time()
         e_tl, peak = self._timeline_stats(t0, t1)
