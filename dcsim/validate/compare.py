@@ -49,27 +49,21 @@ def measured_metrics(req: pd.DataFrame, meta: dict) -> dict[str, float]:
     return m
 
 
-def engine_active(m: dict[str, float], folder: Path, meta: dict, req: pd.DataFrame) -> dict[str, float]:
-    """A paged replay's active energy over the spans its engine held a request (the union of each request's first
-    scheduling to its last token: the busy time measured_metrics reports), not over its steps alone: the loop's
-    host time between back-to-back steps (0.1-12 ms each, 2-5% of busy time) is the engine at work, not idle, and
-    the simulator's busy time is the same span.
+def timeline_parts(m: dict[str, float], folder: Path, meta: dict, req: pd.DataFrame) -> dict[str, float]:
+    """Active and idle energy of a replay timed by its power timeline (a paged replay, or `batch_energy:
+    timeline`), both as the timeline's shares of the window in the counter's joules (window.timeline_share_j).
 
-    Both parts come from the timeline, in the counter's joules: active is the window's counter energy times the
-    timeline's share of the window that falls in the spans. The counter and the 20 Hz timeline disagree on the
-    window by up to 0.45% on the committed paged replays, and that is 10-25% of their idle energy: taking active
-    from the timeline and idle as the counter's remainder put all of it in idle."""
-    from dcsim.calibrate.timeline import csv_energy_j
+    Active is over the spans the engine held a request (the union of each request's first scheduling to its last
+    token: the busy time measured_metrics reports), not over a paged replay's steps alone: the loop's host time
+    between back-to-back steps (0.1-12 ms each, 2-5% of busy time) is the engine at work, not idle, and the
+    simulator's busy time is the same span. In fcfs and static replays a request's span is its batch's run."""
     from dcsim.validate.intervals import merge
+    from dcsim.validate.window import timeline_share_j
 
     spans = merge(zip(req["start_s"].to_numpy(float), req["end_s"].to_numpy(float)))
     if not spans:
         return m
-    a, b = np.array(spans, float).T
-    w0, power = meta["wall_start"], folder / "power.csv"
-    in_spans = float(csv_energy_j(power, w0 + a, w0 + b).sum())
-    whole = float(csv_energy_j(power, np.array([w0]), np.array([w0 + meta["window_s"]])).sum())
-    active = m["energy_j"] * in_spans / whole if whole > 0 else in_spans
+    active = timeline_share_j(folder / "power.csv", meta["wall_start"], meta["window_s"], spans, m["energy_j"])
     busy = m["busy_s"]
     return {**m, "active_j": active, "idle_j": m["energy_j"] - active,
             "busy_power_w": active / busy if busy > 0 else float("nan")}
@@ -193,8 +187,9 @@ def compare(folder: Path, profile_path: Path | None = None) -> dict:
         raise UserError(f"requests.csv holds {len(req)} rows, the workload {meta['workload']['requests']}",
                         folder / "requests.csv")
     meas = measured_metrics(req, meta)
-    if meta["policy"]["policy"] == "paged" and (folder / "power.csv").is_file():
-        meas = engine_active(meas, folder, meta, req)
+    timed = meta["policy"]["policy"] == "paged" or meta.get("batch_energy") == "timeline"
+    if timed and not meta.get("open_loop") and (folder / "power.csv").is_file():
+        meas = timeline_parts(meas, folder, meta, req)
     fc, sim_req, sim_power, warnings = forecast(folder, meta, profile_path)
     profile = load_profile(profile_path)
     sp = spread(profile)

@@ -76,5 +76,5 @@ def serve(wl: pd.DataFrame, backend: EndpointBackend, meter: Meter, out: Path, t
     if len(done) < n or failed:
         bad = failed[0] if failed else {"id": "?", "error": f"{n - len(done)} requests never returned"}
         raise RuntimeError(f"request {bad['id']} failed: {bad['error'] or 'wrong number of tokens'}")
-    active = w.timeline_energy_j(busy) if sampled else math.nan
+    active = w.timeline_share_j(busy) if sampled else math.nan
     return w.facts(active, open_loop=True, busy_s=sum(b - a for a, b in busy))

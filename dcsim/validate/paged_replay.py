@@ -446,7 +446,7 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
         e.prefix_caching = caching_was
     if e.alloc.free != e.alloc.capacity or any(e.alloc.ref):
         raise RuntimeError(f"{e.alloc.capacity - e.alloc.free} KV blocks not returned at the end")
-    active = w.timeline_energy_j(merge(busy)) if w.timeline.active and busy else float("nan")
+    active = w.timeline_share_j(merge(busy)) if w.timeline.active and busy else float("nan")
     return w.facts(active, steps=step, preemptions=preempt_total, busy_s=sum(b - a for a, b in merge(busy)),
                    prefix_hit_tokens=hit_total, prefix_query_tokens=query_total,
                    prefix_hit_rate=round(hit_total / query_total, 6) if query_total else None,

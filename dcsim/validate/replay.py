@@ -211,8 +211,8 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
     finally:
         reqs.close()
         batches.close()
-    if not per_batch:  # the timeline's integral over the runs
-        active_j = w.timeline_energy_j(runs)
+    if not per_batch:  # the counter's joules over the runs, by the timeline's share of the window
+        active_j = w.timeline_share_j(runs)
     return w.facts(active_j, batches=bid, batch_energy=batch_energy)
 
 
