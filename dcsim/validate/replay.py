@@ -117,8 +117,9 @@ def serve(wl: pd.DataFrame, backend: Backend, meter: Meter, policy: ServePolicy,
           log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Replay the workload; writes requests.csv, batches.csv and power.csv into `out` and returns the
     window's facts (length, measured energies, timing of the window in wall-clock seconds). With
-    batch_energy="timeline" the per-batch energy columns stay empty and active_j is the timeline's integral
-    over the batch runs; where the meter cannot sample power, the counter is read per batch instead."""
+    batch_energy="timeline" the per-batch energy columns stay empty and active_j is the counter's joules over
+    the batch runs by the timeline's share of the window (window.timeline_share_j);
+    where the meter cannot sample power, the counter is read per batch instead."""
     if batch_energy not in BATCH_ENERGY:
         raise ValueError(f"batch_energy must be one of {BATCH_ENERGY}, not {batch_energy!r}")
     arrival = wl["arrival_s"].to_numpy(float)

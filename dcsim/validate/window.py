@@ -69,6 +69,6 @@ def timeline_share_j(power_csv: Path, wall0: float, window_s: float, intervals: 
     Taking the timeline's integral as one part and the counter's remainder as the other puts the two meters'
     disagreement (up to 0.45% of a window on the committed H200 replays) all in the other part."""
     a, b = np.array(list(intervals), float).reshape(-1, 2).T
-    part = float(csv_energy_j(power_csv, wall0 + a, wall0 + b).sum())
-    whole = float(csv_energy_j(power_csv, np.array([wall0]), np.array([wall0 + window_s])).sum())
+    j = csv_energy_j(power_csv, wall0 + np.r_[a, 0.0], wall0 + np.r_[b, window_s])  # one read: the spans, the window
+    part, whole = float(j[:-1].sum()), float(j[-1])
     return counter_j * part / whole if whole > 0 and math.isfinite(counter_j) else part
