@@ -118,6 +118,42 @@ def test_chunked_prefill_equals_one_whole_prompt_prefill(gqa_model):
     assert not torch.equal(kv(parts, eng.k_cache[0]), torch.zeros_like(kv(parts, eng.k_cache[0])))
 
 
+@pytest.mark.parametrize("pad", [0, 5])
+def test_a_fused_step_equals_the_decode_graph_then_the_prefill_forward(gqa_model, monkeypatch, pad):
+    """One forward over 2 decodes and 4 chunks (two equal chunks from scratch, one after 8 computed tokens, one
+    of 5) leaves the same tokens and the same K/V as the split form (decode step, then prefill forward); with
+    `pad` padding rows (the padded size of a piecewise graph, run eagerly here) the padding writes only to the
+    scratch block."""
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, 300, (n,), generator=gen) for n in (20, 9, 13, 20, 13, 5)]
+    out = {}
+    for mixed in ("split", "fused"):
+        eng = PagedEngine(torch, gqa_model, "cpu", num_blocks=64, block_size=8, max_batch=8, max_model_len=64,
+                          mixed=mixed)
+        if mixed == "fused" and pad:
+            monkeypatch.setattr(eng, "piece_size", lambda t: t + pad)
+            monkeypatch.setattr(eng, "ensure_pieces", lambda t: True)  # no graphs on the CPU: the padded rows eager
+        seqs = [eng.add(i) for i in range(6)]
+        for sq in seqs:
+            assert eng.reserve(sq, 24)
+        assert not eng.k_cache[0][0].any()
+        with torch.no_grad():
+            first = eng.step([], None, [(seqs[0], prompts[0], 0), (seqs[1], prompts[1], 0),
+                                        (seqs[3], prompts[3][:8], 0)])[1]
+            d, c = eng.step(seqs[:2], first[:2], [(seqs[2], prompts[2], 0), (seqs[3], prompts[3][8:].tolist(), 8),
+                                                  (seqs[4], prompts[4], 0), (seqs[5], prompts[5], 0)])
+        assert [sq.length for sq in seqs] == [21, 10, 13, 20, 13, 5]
+        kv = [[torch.cat([cache[b] for b in sq.blocks])[:sq.length] for sq in seqs]
+              for cache in eng.k_cache + eng.v_cache]
+        out[mixed] = (d.tolist(), c.tolist(), kv)
+        if mixed == "fused" and pad:
+            assert eng.k_cache[0][0].any()  # the padding rows wrote to the scratch block, and nowhere else
+    assert out["fused"][0] == out["split"][0] and out["fused"][1] == out["split"][1]
+    for a, b in zip(out["fused"][2], out["split"][2]):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+
+
 def _ragged(heads: int, kv_heads: int, dim: int = 16, bs: int = 16, dtype=torch.float32):
     g = torch.Generator().manual_seed(heads * 10 + kv_heads)
     nb = 64
@@ -259,8 +295,10 @@ def test_a_served_step_runs_the_same_step_as_the_server_loop_does_and_leaves_the
     assert sorted(s.length for s in backend.eng.seqs.values()) == q_len == [16, 17, 19, 19, 19]
     assert served.gen_tokens == queued.gen_tokens == 4 and served.extra["graph_batch"] == 4
     assert served.extra["loop"] == "served" and "loop" not in queued.extra
-    # its decode rows are the server's: each sequence feeds the token at position context - 1
-    assert backend.eng.pos[:3].tolist() == [20, 20, 20]
+    # its decode rows are the server's: each sequence feeds the token at position context - 1, in the fused
+    # forward's rows ahead of the chunks' (9 cached, then 7 and 8 tokens)
+    f = backend.eng.fused_bufs
+    assert f.pos[:3].tolist() == [19, 19, 19] and f.pos[3:18].tolist() == list(range(9, 16)) + list(range(9, 17))
     tm = backend.run_step(0, 0, 7, 0, 2, 5, lambda: None, served=True)  # a prefill-only served step
     assert tm.extra["graph_batch"] == 0 and tm.extra["loop"] == "served"
 
@@ -347,6 +385,38 @@ def test_cuda_graph_decode_equals_generate_and_never_syncs():
     assert e.pos[:3].tolist() == [25, 25, 25]
     tm = be.run_step(3, 20, 7, 9, 4, 5, lambda: None)
     assert tm.extra["graph"] is True and tm.extra["graph_batch"] == 4
+    be.close()
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA-graph and Triton paths need a CUDA device")
+def test_cuda_piecewise_graphs_give_the_split_steps_tokens_and_kv():
+    """On CUDA a first fused step of 37 tokens (padded to 40), then one of 2 decodes and 3 chunks (32 tokens),
+    replay their piecewise graphs and give the tokens and K/V of the split form (the decode graph, then the eager
+    prefill)."""
+    be = PagedBackend("cuda:0", arch="tiny-llama", dtype="fp32")
+    be.load()
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(3, 300, (n,), generator=gen).cuda() for n in (20, 9, 13, 20, 5)]
+    out = {}
+    for mixed in ("split", "fused"):
+        eng = PagedEngine(torch, be.model, "cuda:0", num_blocks=64, block_size=16, max_batch=8, max_model_len=64,
+                          mixed=mixed)
+        seqs = [eng.add(i) for i in range(5)]
+        for sq in seqs:
+            assert eng.reserve(sq, 24)
+        with torch.no_grad():
+            first = eng.step([], None, [(seqs[0], prompts[0], 0), (seqs[1], prompts[1], 0),
+                                        (seqs[3], prompts[3][:8], 0)])[1]
+            d, c = eng.step(seqs[:2], first[:2], [(seqs[2], prompts[2], 0), (seqs[3], prompts[3][8:], 8),
+                                                  (seqs[4], prompts[4], 0)])
+        out[mixed] = (d.tolist(), c.tolist(), [torch.cat([cache[b] for b in sq.blocks])[:sq.length]
+                                               for cache in eng.k_cache for sq in seqs])
+        if mixed == "fused":
+            assert eng.piece_size(37) == 40 and eng.piece_size(33) == 40 and sorted(eng.pieces) == [32, 40]
+            assert eng.graph_errors == {}
+    assert out["fused"][:2] == out["split"][:2]
+    for x, y in zip(out["fused"][2], out["split"][2]):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-3)
     be.close()
 
 

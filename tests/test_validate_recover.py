@@ -16,7 +16,7 @@ import pytest
 from dcsim.calibrate.timeline import csv_energy_j
 from dcsim.cli import main as cli
 from dcsim.errors import UserError
-from dcsim.validate.recover import window_facts, window_start
+from dcsim.validate.recover import raw_file, window_facts, window_start
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = sorted(p for p in (ROOT / "validation").iterdir()  # those whose own process wrote replay.json
@@ -55,14 +55,21 @@ def test_committed_cases_are_recovered_from_their_raw_files(case):
     # the recovery ends the window at the last step's end plus the tail; the replay at the loop's own last clock
     # read after that step's bookkeeping: up to 11.7 ms later (h200d-paged-code)
     assert got["window_s"] == pytest.approx(meta["window_s"], abs=0.02)
-    paged = (case / "steps.csv").is_file()
+    paged = raw_file(case, "steps.csv").is_file()
     if not paged and pd.read_csv(case / "batches.csv")["energy_j"].notna().all():
         # counter mode: the batches' own counter energies, summed again
         assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-9)
+    elif got["active_j"] == pytest.approx(meta["active_j"], rel=1e-4):
+        # timeline mode, a replay from before the timeline share (2026-12-03): both integrate power.csv over the
+        # runs, the replay at its own clock's offsets, the recovery at offsets placed from the labels (to a few
+        # ms): 0.3-2.8 J apart on 35-49 kJ
+        pass
     else:
-        # timeline mode: both integrate power.csv over the runs, the replay at its own clock's offsets, the
-        # recovery at offsets placed from the labels (to a few ms): 0.3-2.8 J apart on 35-49 kJ
-        assert got["active_j"] == pytest.approx(meta["active_j"], rel=1e-4)
+        # timeline mode since: the replay's active is its counter's window joules by the timeline's share; the
+        # recovery, its counter lost, has the timeline's own total, so the two agree on the share (the totals
+        # differ by the counter's and the timeline's disagreement, 0.13-0.39% on the h200f cases)
+        assert got["active_j"] / got["energy_j"] == pytest.approx(meta["active_j"] / meta["energy_j"], rel=1e-4)
+        assert got["active_j"] != pytest.approx(meta["active_j"], rel=1e-4)
     if paged:  # the paged engine's steps: their count, preemptions, busy time and prefix hits, as serve counted
         for k in ("steps", "preemptions", "prefix_hit_tokens"):
             assert got[k] == meta[k]
@@ -115,7 +122,7 @@ def test_a_paged_replay_is_recovered_from_its_steps_and_engine_json(tmp_path, ca
     # profile.yaml: the copy of the profile the workload was sized with, which a replay keeps from its start (the
     # shipped profile has been refitted since, so the command's --profile alone would size another workload)
     for name in ("workload.csv", "requests.csv", "steps.csv", "power.csv", "profile.yaml"):
-        shutil.copy(case / name, part / name)
+        shutil.copy(raw_file(case, name), part / raw_file(case, name).name)
     argv = shlex.split(meta["command"])[2:]
     argv[argv.index("--out") + 1] = str(tmp_path / case.name)
     argv = [a if not a.startswith(("traces/", "profiles/")) else str(ROOT / a) for a in argv]

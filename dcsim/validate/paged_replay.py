@@ -211,8 +211,14 @@ def warm_up(backend: PagedBackend, policy: PagedPolicy, max_len: int, log) -> fl
     for g in sorted(e.sizes, reverse=True):  # largest first, as vLLM captures (they share one memory pool)
         if g <= e.graph_size(policy.max_num_seqs):
             e.ensure_graph(g)
+    if e.mixed == "fused":  # the piecewise graphs of every padded size a step of the token budget may take
+        top = e.piece_size(min(policy.max_num_batched_tokens, e.piece_sizes[-1])) or 0
+        for t in sorted(e.piece_sizes, reverse=True):
+            if t <= top:
+                e.ensure_pieces(t)
     e.reset()
-    log(f"paged warm-up: {len(e.graphs)} decode graphs, {time.perf_counter() - t0:.1f} s")
+    log(f"paged warm-up: {len(e.graphs)} decode graphs, {len(e.pieces)} piecewise sizes, "
+        f"{time.perf_counter() - t0:.1f} s")
     return time.perf_counter() - t0
 
 
@@ -402,10 +408,8 @@ def serve(wl: pd.DataFrame, backend: PagedBackend, meter: Meter, policy: PagedPo
                         r.start = t0
                 timeline.label = f"s{step}"
                 with torch.no_grad():
-                    d_tok = e.decode([r.seq for r in decodes], [r.out[-1] for r in decodes]) if decodes else None
-                    c_tok = e.prefill([(r.seq, torch.tensor(r.tokens[r.computed:r.computed + k],
-                                                            device=backend.device), r.computed)
-                                       for r, k in chunks]) if chunks else None
+                    d_tok, c_tok = e.step([r.seq for r in decodes], [r.out[-1] for r in decodes],
+                                          [(r.seq, r.tokens[r.computed:r.computed + k], r.computed) for r, k in chunks])
                     d_list = d_tok.tolist() if d_tok is not None else []
                     c_list = c_tok.tolist() if c_tok is not None else []
                 t1 = now()

@@ -3,7 +3,8 @@ replay.json (killed during the probe, a lost session): the raw files in OUT.part
 and the power timeline covers the window, so the window's facts are rebuilt from them. The window's total energy
 then comes from integrating the sampled power, not from the energy counter, whose closing reading was lost; active
 energy is the batches' counter readings where batches.csv has them (--batch-energy counter), else the timeline's
-integral over the runs, as the replay itself computes it. The recovered replay.json says which.
+integral over the runs: the replay takes the counter's window joules by the timeline's share of the window, and with
+the counter lost that share of the timeline's own total is its integral. The recovered replay.json says which.
 
 Both in-process replays are recoverable: `fcfs`/`static` write batches.csv (samples labelled `b<id>`), the paged
 engine writes steps.csv (samples labelled `s<step>`, active energy always from the timeline, over the steps'
@@ -50,11 +51,19 @@ def window_start(power: pd.DataFrame, runs: pd.DataFrame, file: Path | None = No
     return (lo + hi) / 2.0, hi - lo
 
 
+def raw_file(folder: Path, name: str) -> Path:
+    """A replay's raw file `name`, or its gzipped copy (`name`.gz, as committed cases keep their large tables)
+    where only that exists."""
+    p = Path(folder) / name
+    gz = p.with_name(p.name + ".gz")
+    return gz if not p.is_file() and gz.is_file() else p
+
+
 def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) -> dict:
     """The facts Window.facts would have written, rebuilt from OUT.partial's raw files (checked complete)."""
     folder = Path(folder)
-    paged = (folder / "steps.csv").is_file() and not (folder / "batches.csv").is_file()
-    runs_name = "steps.csv" if paged else "batches.csv"
+    paged = raw_file(folder, "steps.csv").is_file() and not (folder / "batches.csv").is_file()
+    runs_name = raw_file(folder, "steps.csv").name if paged else "batches.csv"
     for name in ("requests.csv", runs_name, "power.csv", "workload.csv"):
         if not (folder / name).is_file():
             raise UserError(f"cannot recover without {name}", folder / name)
@@ -78,7 +87,7 @@ def window_facts(folder: Path, n_requests: int, tail_s: float, settle_s: float) 
     busy = merge(zip(runs["start_s"].to_numpy(float), runs["end_s"].to_numpy(float)))
     if per_batch:
         active = float(runs["energy_j"].sum())
-    else:
+    else:  # the timeline's share of the window in its own total (the counter's reading is lost): its integral
         a, b = np.array(busy, float).reshape(-1, 2).T
         active = float(sum(e.sum() for e in frame_energy_j(power, wall0 + a, wall0 + b).values()))
     facts = {"window_s": window_s, "last_end_s": last_end, "tail_s": tail_s, "settle_s": settle_s,

@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from dcsim.profiles.profile import load_profile
+from dcsim.validate.recover import raw_file
 
 
 def step_table(folder: Path, profile_path: Path) -> pd.DataFrame:
     """steps.csv with each step's measured and curve seconds (`dur_s`, `curve_s`) and its kind (dec, mix, pf)."""
     ev = load_profile(profile_path).evaluator()
-    s = pd.read_csv(folder / "steps.csv")
+    s = pd.read_csv(raw_file(folder, "steps.csv"))
     s["dur_s"] = s["end_s"] - s["start_s"]
     if "decode_context" not in s:
         r = pd.read_csv(folder / "requests.csv")

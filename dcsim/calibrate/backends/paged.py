@@ -16,11 +16,19 @@ sizes). The weights are those of the transformers model HFBackend builds; the fo
   eagerly.
 - Prefill: one forward over one or more chunks (sequence, start position, tokens), each attending causally
   over its sequence's cached prefix plus itself, writing its K/V into its blocks. Eager (no graph).
-- A mixed step is two forwards: the padded decode graph for the running decodes, then the prefill forward of the
-  step's chunks. This is the one approximation against vLLM, which fuses both into one forward over the
-  concatenated tokens: here the weights are read twice in a step that mixes decodes and prefill chunks, and the
-  decode part keeps its graph while vLLM runs mixed batches through piecewise graphs. Steps of decodes alone, or
-  of prefill chunks alone, are as in vLLM (up to kernel choices).
+- A step with prefill chunks (`step`) is one forward over the step's decode tokens and chunk tokens together, as
+  vLLM's v1 model runner runs a mixed batch: the weights are read once. On CUDA it runs as piecewise CUDA graphs,
+  as vLLM's piecewise mode does: the step's tokens padded up to the next of `piece_sizes` (vLLM 0.11's capture
+  sizes up to 512, then every 128 up to PIECE_MAX; padding tokens write to the scratch block), one graph per
+  span between attentions (embedding and layer 0's projections; each layer's output projection, MLP and the
+  next layer's projections; the last layer's MLP), and attention run eagerly between them: the decodes by the
+  paged kernel, each group of equal chunks by scaled-dot-product attention. Approximations against vLLM: it
+  runs steps above 512 tokens compiled without graphs, where here they are graphs padded to the next 128
+  tokens (we have no compiler; the host's cost stays near a graph's, the device computes up to 127 padding
+  tokens); and its attention is one varlen kernel for the whole batch, here one call per group of chunks.
+  Above PIECE_MAX tokens the same forward runs eagerly. `mixed="split"` keeps the earlier form (the padded
+  decode graph, then an eager prefill forward of the chunks: the weights read twice, the eager forward paced
+  by the host at about 22 ms), which the calibrations and replays recorded before 2026-12-04 ran.
 - Prefix caching (`prefix_caching`, as vLLM's v1 KV cache manager does it): a full block is keyed by the chain of
   the sequence's full blocks' token ids (the previous block's hash and this block's ids), registered in the
   cache when the caller commits it (`commit`, at scheduling, as vLLM caches at allocation), and shared by
@@ -50,6 +58,7 @@ from dcsim.calibrate.backends.hf import HFBackend
 from dcsim.errors import UserError
 
 BLOCK_SIZE = 16
+PIECE_MAX = 2048  # the largest fused step run as piecewise graphs (tokens, padded); vLLM's default budget is 2,048
 
 
 def default_graph_sizes(max_batch: int) -> list[int]:
@@ -59,6 +68,43 @@ def default_graph_sizes(max_batch: int) -> list[int]:
     out = [s for s in full if s < max_batch]
     out.append(next((s for s in full if s >= max_batch), max_batch))
     return out
+
+
+def default_piece_sizes(largest: int = PIECE_MAX) -> list[int]:
+    """Token counts a fused step is padded to for its piecewise graphs: vLLM 0.11's capture sizes up to 512 (1, 2,
+    4, every 8 to 256, every 16 to 512), then every 128 up to `largest`."""
+    full = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, 513, 16)) + list(range(640, largest + 1, 128))
+    return [s for s in full if s <= largest]
+
+
+@dataclass
+class FusedBuffers:
+    """Persistent device buffers of a fused step's `rows` token rows (a piecewise graph reads and writes the same
+    memory at every replay): token ids, positions, KV slots, the residual stream, rotary cos/sin, this layer's
+    queries, keys and values, and the attention output."""
+
+    ids: Any
+    pos: Any
+    slot: Any
+    x: Any
+    cos: Any
+    sin: Any
+    q: Any
+    k: Any
+    v: Any
+    o: Any
+
+    @classmethod
+    def make(cls, torch: Any, rows: int, hidden: int, heads: int, kv_heads: int, head_dim: int, dtype: Any,
+             device: str) -> "FusedBuffers":
+        z = torch.zeros
+        return cls(ids=z(rows, dtype=torch.long, device=device), pos=z(rows, dtype=torch.long, device=device),
+                   slot=z(rows, dtype=torch.long, device=device), x=z(rows, hidden, dtype=dtype, device=device),
+                   cos=z(rows, head_dim, dtype=dtype, device=device), sin=z(rows, head_dim, dtype=dtype, device=device),
+                   q=z(rows, heads, head_dim, dtype=dtype, device=device),
+                   k=z(rows, kv_heads, head_dim, dtype=dtype, device=device),
+                   v=z(rows, kv_heads, head_dim, dtype=dtype, device=device),
+                   o=z(rows, heads, head_dim, dtype=dtype, device=device))
 
 
 class BlockAllocator:
@@ -174,8 +220,12 @@ class PagedEngine:
 
     def __init__(self, torch: Any, model: Any, device: str, num_blocks: int, block_size: int = BLOCK_SIZE,
                  max_batch: int = 256, max_model_len: int = 4096, graph_sizes: list[int] | None = None,
-                 use_graphs: bool | None = None, attention: str | None = None, prefix_caching: bool = False) -> None:
+                 use_graphs: bool | None = None, attention: str | None = None, prefix_caching: bool = False,
+                 mixed: str = "fused", piece_sizes: list[int] | None = None) -> None:
+        if mixed not in ("fused", "split"):
+            raise ValueError(f"mixed step must be 'fused' or 'split', got {mixed!r}")
         self.torch, self.model, self.device = torch, model, device
+        self.mixed = mixed
         self.prefix_caching = bool(prefix_caching)
         cfg = model.config
         inner = model.model
@@ -217,6 +267,11 @@ class PagedEngine:
         self.graph_errors: dict[str, str] = {}
         self._pool: Any = None
         self.seqs: dict[int, Sequence] = {}
+        self.hidden = int(cfg.hidden_size)
+        self.piece_sizes = sorted(set(piece_sizes or default_piece_sizes()))
+        self.pieces: dict[int, list[Any]] = {}  # padded token count -> its graphs, one per span between attentions
+        self.fused_bufs: FusedBuffers | None = None  # sized for the largest piece size (allocated at first use)
+        self.lens = torch.zeros(mb, dtype=torch.int32, device=device)  # a fused step's decode lengths
 
     # ---- blocks -----------------------------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -488,9 +543,208 @@ class PagedEngine:
         back[torch.tensor(order, device=dev)] = nxt
         return back
 
+    # ---- one step: decodes and prefill chunks in one forward --------------------------------------
+    def step(self, decodes: list[Sequence], tokens: Any, chunks: list[tuple[Sequence, Any, int]]) -> tuple[Any, Any]:
+        """One serving step: a decode token for each of `decodes` (their next tokens `tokens`, a device tensor or
+        a list) and the prefill `chunks` (sequence, token ids as a device tensor or a list, start position), as
+        `decode` and `prefill` define them. Returns (decode tokens, chunk tokens), device tensors in the given
+        order, None for an empty part. Decodes alone run their padded graph; with chunks, one fused forward
+        (`mixed="fused"`) or the decode graph then the prefill forward (`mixed="split"`)."""
+        if not chunks:
+            return (self.decode(decodes, tokens) if decodes else None), None
+        if self.mixed == "split":
+            d = self.decode(decodes, tokens) if decodes else None
+            dev = self.device
+            return d, self.prefill([(s, x if isinstance(x, self.torch.Tensor) else
+                                     self.torch.tensor(list(x), dtype=self.torch.long, device=dev), st)
+                                    for s, x, st in chunks])
+        return self._fused(decodes, tokens, chunks)
+
+    def piece_size(self, tokens: int) -> int | None:
+        """The padded token count a fused step of `tokens` tokens runs its piecewise graphs at, None (eager,
+        unpadded) above the largest piece size or without graphs."""
+        if not self.use_graphs:
+            return None
+        for s in self.piece_sizes:
+            if s >= tokens:
+                return s
+        return None
+
+    def _bufs(self, rows: int) -> FusedBuffers:
+        """The persistent fused buffers (rows up to the largest piece size), or fresh ones for a larger eager step."""
+        top = self.piece_sizes[-1]
+        if rows > top:
+            return FusedBuffers.make(self.torch, rows, self.hidden, self.heads, self.kv_heads, self.head_dim,
+                                     self.model.dtype, self.device)
+        if self.fused_bufs is None:
+            self.fused_bufs = FusedBuffers.make(self.torch, top, self.hidden, self.heads, self.kv_heads,
+                                                self.head_dim, self.model.dtype, self.device)
+        return self.fused_bufs
+
+    def _piece(self, f: FusedBuffers, j: int, t: int) -> None:
+        """Span j of a fused forward over the first t rows of `f`: j = 0 the embedding and rotary cos/sin, else
+        layer j-1's output projection and MLP; then, below the last layer, layer j's norm, q/k/v projections and
+        rotary embedding, its K/V written to the cache slots, q/k/v into the buffers."""
+        if j == 0:
+            x = self.embed(f.ids[:t])
+            cos, sin = self.rotary(x, f.pos[:t][None, :])
+            f.cos[:t].copy_(cos[0])
+            f.sin[:t].copy_(sin[0])
+            f.x[:t].copy_(x)
+        else:
+            layer = self.layers[j - 1]
+            x = f.x[:t] + layer.self_attn.o_proj(f.o[:t].reshape(t, self.heads * self.head_dim))
+            f.x[:t].copy_(x + layer.mlp(layer.post_attention_layernorm(x)))
+        if j == len(self.layers):
+            return
+        layer = self.layers[j]
+        a, kvh, hd = layer.self_attn, self.kv_heads, self.head_dim
+        h = layer.input_layernorm(f.x[:t])
+        cos, sin = f.cos[:t], f.sin[:t]
+        f.q[:t].copy_(_rope(a.q_proj(h).view(t, self.heads, hd), cos, sin))
+        f.k[:t].copy_(_rope(a.k_proj(h).view(t, kvh, hd), cos, sin))
+        f.v[:t].copy_(a.v_proj(h).view(t, kvh, hd))
+        self.k_cache[j].view(-1, kvh, hd).index_copy_(0, f.slot[:t], f.k[:t])
+        self.v_cache[j].view(-1, kvh, hd).index_copy_(0, f.slot[:t], f.v[:t])
+
+    def ensure_pieces(self, t: int) -> bool:
+        """Capture the piecewise graphs of padded size `t` if not done yet (CUDA only); False if capture failed
+        (that size then runs eagerly, recorded in graph_errors)."""
+        if t in self.pieces:
+            return True
+        key = f"fused-{t}"
+        if not self.use_graphs or key in self.graph_errors or t not in self.piece_sizes:
+            return False
+        torch = self.torch
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        f = self._bufs(t)
+
+        def scratch() -> None:  # every row token 0 at position 0, writing to the scratch block
+            f.ids[:t].zero_()
+            f.pos[:t].zero_()
+            f.slot[:t].zero_()
+
+        try:
+            with torch.no_grad():
+                self.pieces[t] = [capture(lambda j=j: self._piece(f, j, t), scratch, self.device, warmup=1,
+                                          pool=self._pool) for j in range(len(self.layers) + 1)]
+        except Exception as e:  # noqa: BLE001 - fall back to eager fused steps, recorded
+            self.graph_errors[key] = f"{type(e).__name__}: {e}"[:500]
+            print(f"paged: piecewise graph capture failed at {t} tokens; that size runs eagerly "
+                  f"({self.graph_errors[key]})", file=sys.stderr, flush=True)
+            torch.cuda.synchronize()
+        scratch()
+        return t in self.pieces
+
+    def _fused(self, decodes: list[Sequence], tokens: Any, chunks: list[tuple[Sequence, Any, int]]) -> tuple[Any, Any]:
+        """One forward over `decodes`' next tokens (rows 0..B-1) and the chunks' tokens (after, grouped by start
+        and length as `prefill` groups them), padded to a piece size where graphs are captured."""
+        torch, bs, dev = self.torch, self.block_size, self.device
+        b = len(decodes)
+        if any(self.blocks_for(s.length + 1) > len(s.blocks) for s in decodes):
+            raise ValueError("a sequence has no block reserved for its next token")
+        if any(s.length < s.shared * bs for s in decodes):
+            raise ValueError("a sequence would write its next token into a shared cached block")
+        lens_of = [int(x.shape[0]) if isinstance(x, torch.Tensor) else len(x) for _, x, _ in chunks]
+        order = sorted(range(len(chunks)), key=lambda j: (chunks[j][2], lens_of[j]))
+        pos = [np.asarray([s.length for s in decodes], dtype=np.int64)]
+        slots = [np.asarray([s.blocks[s.length // bs] * bs + s.length % bs for s in decodes], dtype=np.int64)]
+        ids: list[Any] = [tokens] if b else []
+        groups: list[dict] = []
+        off, last = b, []
+        for j in order:
+            seq, tk, start = chunks[j]
+            n = lens_of[j]
+            if len(seq.blocks) < self.blocks_for(start + n):
+                raise ValueError(f"sequence {seq.sid} holds {len(seq.blocks)} blocks, needs "
+                                 f"{self.blocks_for(start + n)}")
+            if start > seq.length:
+                raise ValueError(f"sequence {seq.sid} has {seq.length} tokens cached, chunk starts at {start}")
+            if start < seq.shared * bs:
+                raise ValueError(f"sequence {seq.sid} shares {seq.shared} cached blocks; a chunk at {start} would "
+                                 "write into one")
+            ids.append(tk)
+            p = np.arange(start, start + n)
+            pos.append(p)
+            slots.append(np.asarray(seq.blocks, dtype=np.int64)[p // bs] * bs + p % bs)
+            if groups and groups[-1]["key"] == (start, n):
+                groups[-1]["seqs"].append(seq)
+                groups[-1]["m"] += 1
+            else:
+                groups.append({"key": (start, n), "off": off, "m": 1, "seqs": [seq]})
+            off += n
+            last.append(off - 1)
+        t = off
+        tp = self.piece_size(t)
+        graphs = tp is not None and self.ensure_pieces(tp)
+        rows = tp if graphs else t
+        f = self._bufs(rows)
+        pad = rows - t
+        zeros = [np.zeros(pad, np.int64)]
+        pos_h, slot_h = np.concatenate(pos + zeros), np.concatenate(slots + zeros)
+        if all(not isinstance(x, torch.Tensor) for x in ids):  # host lists: one copy to the device
+            f.ids[:rows].copy_(torch.from_numpy(np.concatenate([np.asarray(list(x), dtype=np.int64) for x in ids]
+                                                               + zeros)))
+        else:
+            f.ids[:t].copy_(torch.cat([x.reshape(-1).to(dev) if isinstance(x, torch.Tensor) else
+                                       torch.tensor(list(x), dtype=torch.long, device=dev) for x in ids]))
+            f.ids[t:rows].zero_()
+        f.pos[:rows].copy_(torch.from_numpy(pos_h))
+        f.slot[:rows].copy_(torch.from_numpy(slot_h))
+        if b:
+            width = max(len(s.blocks) for s in decodes)
+            host = self._bt_host
+            host[:b, :width] = 0
+            for i, s in enumerate(decodes):
+                host[i, :len(s.blocks)] = s.blocks
+            self.bt[:b, :width].copy_(torch.from_numpy(host[:b, :width]))
+            self.lens[:b].copy_(torch.from_numpy(pos[0] + 1))
+            self._host_blocks = width
+            bt, lens = self.bt[:b, :width], self.lens[:b]
+        for gr in groups:
+            start, n = gr["key"]
+            if start:
+                nb = self.blocks_for(start + n)
+                gr["bt"] = torch.tensor([s.blocks[:nb] for s in gr["seqs"]], dtype=torch.long, device=dev)
+        pieces = self.pieces.get(rows) if graphs else None
+        kvh, hd = self.kv_heads, self.head_dim
+        for j in range(len(self.layers) + 1):
+            if pieces is not None:
+                pieces[j].replay()
+            else:
+                self._piece(f, j, rows)
+            if j == len(self.layers):
+                break
+            kc, vc = self.k_cache[j], self.v_cache[j]
+            if b:
+                f.o[:b].copy_(self._attend(f.q[:b], j, bt, lens))
+            for gr in groups:
+                (start, n), o, m = gr["key"], gr["off"], gr["m"]
+                qg = f.q[o:o + m * n].view(m, n, self.heads, hd)
+                if start == 0:
+                    kg, vg = f.k[o:o + m * n].view(m, n, kvh, hd), f.v[o:o + m * n].view(m, n, kvh, hd)
+                else:
+                    kg = PA.gather_blocks(kc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
+                    vg = PA.gather_blocks(vc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
+                out = PA.prefill_attention(qg, kg, vg, start, self.scale)
+                f.o[o:o + m * n].copy_(out.reshape(m * n, self.heads, hd))
+        idx = torch.from_numpy(np.asarray(list(range(b)) + last, dtype=np.int64)).to(dev)
+        nxt = self.lm_head(self.norm(f.x[idx])).argmax(-1)
+        for s in decodes:
+            s.length += 1
+        for j in order:
+            seq, _, start = chunks[j]
+            seq.length = start + lens_of[j]
+        back = torch.empty_like(nxt[b:])
+        back[torch.from_numpy(np.asarray(order, dtype=np.int64)).to(dev)] = nxt[b:]
+        return (nxt[:b] if b else None), back
+
     def release(self) -> None:
         """Drop graphs and caches so their device memory can be freed."""
         self.graphs.clear()
+        self.pieces.clear()
+        self.fused_bufs = None
         self._pool = None
         self.k_cache = self.v_cache = []
         self.tok = self.pos = self.live = self.bt = self.hist = None
@@ -512,9 +766,12 @@ class PagedBackend(HFBackend):
 
     def __init__(self, device: str, model: str | None = None, arch: str | None = None, random_weights: bool = False,
                  dtype: str = "bf16", seed: int = 0, block_size: int = BLOCK_SIZE, kv_blocks: int | None = None,
-                 graph_sizes: list[int] | None = None) -> None:
+                 graph_sizes: list[int] | None = None, mixed: str = "fused") -> None:
         super().__init__(device, model=model, arch=arch, random_weights=random_weights, dtype=dtype, static=False,
                          seed=seed)
+        if mixed not in ("fused", "split"):
+            raise UserError(f"the mixed step must be 'fused' or 'split', got {mixed!r}", None, "--mixed-step")
+        self.mixed = mixed
         if block_size < 1:
             raise UserError(f"block size must be at least 1, got {block_size}", None, "--block-size")
         self.name = "paged"
@@ -539,8 +796,14 @@ class PagedBackend(HFBackend):
                                      "torch": "torch gather of the live blocks (eager)"}[attn],
                        "cuda_graph": "one captured decode step per padded batch size (vLLM 0.11's capture sizes)"
                        if self.use_graphs else "none: eager steps (not a CUDA device)",
-                       "mixed_step": "the padded decode graph, then an eager prefill forward of the step's chunks "
-                                     "(two forwards; vLLM fuses them into one)"},
+                       "mixed_step": self.mixed,
+                       "mixed_step_form": (
+                           "one forward over the decodes' and the chunks' tokens (the weights read once), as "
+                           "piecewise CUDA graphs padded to the next piece size up to 2,048 tokens (attention eager "
+                           "between them), eager above" if self.use_graphs else
+                           "one eager forward over the decodes' and the chunks' tokens") if self.mixed == "fused" else
+                       "the padded decode graph, then an eager prefill forward of the step's chunks (two forwards; "
+                       "vLLM fuses them into one)"},
             "graph_capture_failures": self.graph_failures,
         }
 
@@ -581,7 +844,7 @@ class PagedBackend(HFBackend):
         self.eng = PagedEngine(self.torch, self.model, self.device, want_blocks, self.block_size,
                                max_batch=max(n["batch"], max(sizes)), max_model_len=n["len"],
                                graph_sizes=[s for s in sizes if s <= max(n["batch"], max(sizes))],
-                               use_graphs=self.use_graphs)
+                               use_graphs=self.use_graphs, mixed=self.mixed)
         self.eng.graph_errors = self.graph_failures
         return self.eng
 
@@ -612,7 +875,7 @@ class PagedBackend(HFBackend):
             self.sync()
             on_start()
             t0 = time.perf_counter()
-            first = e.prefill([(s, ids[i], 0) for i, s in enumerate(seqs)])
+            first = e.step([], None, [(s, ids[i], 0) for i, s in enumerate(seqs)])[1]
             self.sync()
             t_first = time.perf_counter()
             on_first_token()
@@ -678,6 +941,13 @@ class PagedBackend(HFBackend):
                 pos0, tok0 = e.pos[:g].clone(), e.tok[:g].clone()
 
             def queued() -> None:
+                if e.mixed == "fused" and lens:  # one forward: decodes and chunks together
+                    for s, cx in zip(dec, ctxs):
+                        s.length = cx - 1
+                    for s in pre:
+                        s.length = h
+                    e.step(dec, tok0[:b] if b else None, [(s, x, h) for s, x in zip(pre, ids)])
+                    return
                 if b:
                     e.pos[:g].copy_(pos0)
                     e.tok[:g].copy_(tok0)
@@ -691,15 +961,11 @@ class PagedBackend(HFBackend):
             ids_host = [x.tolist() for x in ids] if served else []
 
             def as_served() -> None:
-                d = c = None
-                if b:
-                    for s, cx in zip(dec, ctxs):
-                        s.length = cx - 1
-                    d = e.decode(dec, dec_tok)
-                if lens:
-                    for s in pre:
-                        s.length = h
-                    c = e.prefill([(s, torch.tensor(x, device=self.device), h) for s, x in zip(pre, ids_host)])
+                for s, cx in zip(dec, ctxs):
+                    s.length = cx - 1
+                for s in pre:
+                    s.length = h
+                d, c = e.step(dec, dec_tok, [(s, x, h) for s, x in zip(pre, ids_host)])
                 if d is not None:
                     d.tolist()
                 if c is not None:
