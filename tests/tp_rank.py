@@ -46,10 +46,19 @@ class StandInMeter(Meter):
 
 
 def open_meter(device: str, rank: int) -> Meter:
+    """The device's own meter where it reads energy here, else the stand-in: a RAPL counter that is readable but
+    does not advance (some virtual machines expose a frozen one) would give every window 0 J, which no fit takes."""
     try:
-        return select_meter(device)
+        meter = select_meter(device)
     except UserError:
         return StandInMeter(rank)
+    meter.begin("probe")
+    t_end = time.time() + 0.2
+    while time.time() < t_end:  # a fifth of a second of work for the counter to see
+        sum(i * i for i in range(1000))
+    if sum(meter.end("probe").device_j.values()) > 0:
+        return meter
+    return StandInMeter(rank)
 
 
 def main(argv: list[str]) -> int:
