@@ -74,6 +74,37 @@ def test_the_fitted_profile_composes_a_mixed_step_as_the_simulator_does():
     assert e_d + t_p * w_p == pytest.approx(float(e), rel=1e-6)
 
 
+def test_a_fused_engines_overlap_is_recovered_and_composed_as_the_simulator_does():
+    """A fused engine runs a mixed step as one forward: its time is the decode step plus the prefill less one
+    fixed part (4 ms here), the saved time at decode power. Fitted with engine.mixed_step fused, the overlap is
+    found and the evaluator's overlap gives each mixed step back; a split engine's fit has none."""
+    ov = 4e-3
+    t = table()
+    mixed = (t["kind"] == "step") & (t["batch"] > 0) & (t["n_in"] > 0)
+    b = t["batch"].to_numpy(float)
+    g = np.where(b > 0, t["graph_batch"].fillna(t["batch"]).to_numpy(float), 0.0)
+    w_dec = WD0 + WDG * g
+    t = t.copy()
+    t.loc[mixed, "runtime_s"] -= K * ov
+    t.loc[mixed, "energy_device_j"] -= K * ov * w_dec[mixed.to_numpy()]
+    fused = fit_profile(t, meta_from_dict({**META, "engine": {"name": "paged", "mixed_step": "fused"}})).profile
+    assert fused.engine.mixed_step == "fused"
+    assert fused.latency.mixed_overlap_s == pytest.approx(ov, rel=1e-6)
+    assert fused.latency.decode_step_s.intercept == pytest.approx(D0, rel=1e-6)
+    assert fused.fit_error["latency.step_s"].max_ape_pct < 1e-3
+    assert fused.fit_error["energy.mixed_step_device_j"].max_ape_pct < 1e-3
+    assert "mixed_overlap_s, 4.00 ms" in fused.provenance["latency.decode_step_s"].note
+    ev = fused.evaluator()
+    t_d, e_d, _ = ev.decode_run(32, 32 * 2048, 1, 32)
+    t_p, w_p, _ = ev.prefill(512, float(1536 ** 2 - 1024 ** 2), 1, 1024.0)
+    assert ev.overlap(t_d, t_p) == pytest.approx(ov) and ev.overlap(t_d, 1e-3) == 1e-3  # at most the shorter
+    td, tp, e = truth(np.array(32), np.array(32), np.array(32 * 2048), np.array(512), np.array(1024))
+    assert t_d + t_p - ev.overlap(t_d, t_p) == pytest.approx(float(td + tp) - ov, rel=1e-6)
+    split = fit_profile(t, meta_from_dict(dict(META))).profile  # the same steps read as a split engine's
+    assert split.latency.mixed_overlap_s is None and split.evaluator().overlap(t_d, t_p) == 0.0
+    assert split.fit_error["latency.step_s"].max_ape_pct > 1.0
+
+
 def test_noisy_steps_fit_within_their_noise():
     p = fit_profile(table(np.random.default_rng(1), 0.01), meta_from_dict(dict(META))).profile
     assert p.fit_error["latency.step_s"].median_ape_pct < 2.0

@@ -72,6 +72,35 @@ def test_long_prompt_chunked_over_three_steps_while_two_decodes_continue(tmp_pat
     assert eng["preemptions"] == 0 and eng["blocks_private_at_end"] == 0
 
 
+def test_a_fused_engine_pays_one_fixed_part_in_a_mixed_step(tmp_path):
+    """latency.mixed_overlap_s 0.015 s: the same timeline as the three-chunk case, each step mixing A's and B's
+    decodes with a chunk of C taking dec(2) + pf(chunk) - 0.015, the saved time at the decode step's power (so
+    A and B pay less); steps of decodes alone or of a prefill alone are unchanged."""
+    d = profile_dict()
+    d["latency"]["mixed_overlap_s"] = 0.015
+    prof = tmp_path / "fused.yaml"
+    prof.write_text(yaml.safe_dump(d))
+    tr = write_trace(tmp_path, [10, 10, 150], [20, 20, 2], [0.0, 0.0, 0.2])
+    raw, req, s = run(tmp_path, prof, tr, {"max_num_seqs": 8, "max_num_batched_tokens": 64,
+                                           "cudagraph_batch_sizes": [], "enable_prefix_caching": False})
+    t1 = pf(20)
+    c_start = t = t1 + 4 * dec(2)
+    chunks = [62, 62, 26]
+    for p in chunks:
+        t += dec(2) + pf(p) - 0.015
+    c_first = t
+    c_done = t + dec(3)
+    ab_done = c_done + 11 * dec(2)
+    assert req["start_s"].tolist() == pytest.approx([0.0, 0.0, c_start])
+    assert req["first_token_s"].tolist() == pytest.approx([t1, t1, c_first])
+    assert req["done_s"].tolist() == pytest.approx([ab_done, ab_done, c_done])
+    e_c = sum(pf(p) * 300 for p in chunks) + dec(3) * dec_w(3) / 3
+    e_a = (t1 * 300 / 2 + (4 + 11) * dec(2) * dec_w(2) / 2 + 3 * (dec(2) - 0.015) * dec_w(2) / 2
+           + dec(3) * dec_w(3) / 3)
+    assert req["energy_j"].tolist() == pytest.approx([e_a, e_a, e_c])
+    assert s["active_j"] == pytest.approx(req["energy_j"].sum())
+
+
 def test_preemption_in_a_tiny_block_pool_recomputes(tmp_path):
     # 4 blocks of 4 tokens; A and B (4 in, 9 out) each need 3 blocks: B, the newest, is preempted when both
     # decodes cross into their third block, and recomputes its prompt and its 5 generated tokens.

@@ -5,7 +5,9 @@ A step of B decodes (padded to a graph of G rows) reading C KV tokens, and a pre
 cached ones, is modelled as the simulator's paged policy composes it (dcsim/sim/batching/paged.py):
     time   = [B > 0] decode_step_s(batch=G, context=C) + [P > 0] prefill_s(tokens=P, tokens_sq=(H+P)^2-H^2, batch=1)
     energy = decode part x decode_w + prefill part x prefill_w
-so the fitted curves are the ones the simulation evaluates. A step of M chunks (rows with prefill_chunks) sums
+so the fitted curves are the ones the simulation evaluates. On a fused engine (engine.mixed_step: fused, one forward
+over a mixed step's tokens) a mixed step takes the sum less an overlap (latency.mixed_overlap_s, fitted to the mixed
+steps: their one fixed part), the saved seconds at decode power. A step of M chunks (rows with prefill_chunks) sums
 tokens, tokens_sq and prefix over its chunks and adds (M - 1) x a cost per chunk (the curve's `batch` term, taken
 off its intercept), fitted where the sweep has steps of several chunks. The time model is linear in its coefficients
 and is fitted to all step rows at once (non-negative least squares on relative errors), then, where short chunks
@@ -46,17 +48,18 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
             "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
             "pf": (p > 0).astype(float), "p": m * p + s1, "sq": m * ((h + p) ** 2 - h ** 2) + 2 * (h + p) * s1 + s2,
-            "h": m * h, "m": m, "hp": np.where(h > 0, m, 0.0)}
+            "h": m * h, "m": m, "hp": np.where(h > 0, m, 0.0), "mx": ((b > 0) & (p > 0)).astype(float)}
 
 
 def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool, with_h: bool,
-                 with_m: bool = False) -> tuple[np.ndarray, list[str]]:
+                 with_m: bool = False, with_ov: bool = False) -> tuple[np.ndarray, list[str]]:
     cols = [f["dec"], f["dec"] * f["g"]] + ([f["dec"] * f["ctx"]] if with_ctx else [])
     cols += [f["pf"], f["pf"] * f["p"]] + ([f["pf"] * f["sq"]] if with_sq else []) + ([f["pf"] * f["h"]] if with_h
                                                                                          else [])
     cols += [f["pf"] * (f["m"] - 1.0)] if with_m else []
+    cols += [-f["mx"]] if with_ov else []  # a fused step's one fixed part: the overlap taken off the sum
     names = (["d0", "dg"] + (["dc"] if with_ctx else []) + ["p0", "pp"] + (["psq"] if with_sq else [])
-             + (["ph"] if with_h else []) + (["pm"] if with_m else []))
+             + (["ph"] if with_h else []) + (["pm"] if with_m else []) + (["ov"] if with_ov else []))
     return np.column_stack(cols), names
 
 
@@ -68,11 +71,15 @@ def _floor(f: dict[str, np.ndarray], fl: tuple[float, float, float]) -> np.ndarr
 
 def _parts(f: dict[str, np.ndarray], x: dict[str, float],
            fl: tuple[float, float, float] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each step's decode and prefill seconds under coefficients x (the prefill held at its floor, if any)."""
+    """Each step's decode and prefill seconds under coefficients x (the prefill held at its floor, if any; a
+    mixed step's decode part less the overlap `ov`, at most the shorter part, as ProfileEvaluator.overlap)."""
     t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
     lin = (x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"] + x.get("ph", 0.0) * f["h"]
            + x.get("pm", 0.0) * (f["m"] - 1.0))
-    return t_dec, f["pf"] * (np.maximum(lin, _floor(f, fl)) if fl else lin)
+    t_pf = f["pf"] * (np.maximum(lin, _floor(f, fl)) if fl else lin)
+    if x.get("ov"):
+        t_dec = t_dec - f["mx"] * np.minimum(x["ov"], np.minimum(t_dec, t_pf))
+    return t_dec, t_pf
 
 
 def _with_prefill_floor(f: dict[str, np.ndarray], x: dict[str, float], a_lin: np.ndarray,
@@ -193,7 +200,9 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     with_sq = np.unique(f["sq"][f["pf"] > 0]).size > 2
     with_h = np.unique(f["h"][f["pf"] > 0]).size > 1
     with_m = np.unique(f["m"][f["pf"] > 0]).size > 1  # steps of several chunks: a cost per chunk beyond the first
-    a, names = _time_design(f, with_sq, with_ctx, with_h, with_m)
+    # a fused engine's mixed steps pay one fixed part for both: an overlap fitted where the sweep has mixed steps
+    with_ov = meta.engine.mixed_step == "fused" and bool(f["mx"].any())
+    a, names = _time_design(f, with_sq, with_ctx, with_h, with_m, with_ov)
     if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
         raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
     x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
@@ -216,8 +225,10 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     src = meta.source
     errors: dict[str, FitError] = {"latency.step_s": fit_error(pred_t, f["t"])}
     how = "fitted with the prefill curve to the time of every measured step (decode-only, prefill-only, mixed)"
+    ov_note = (f"; a step mixing decodes and chunks is one forward on this engine (mixed_step fused): it takes the "
+               f"decode step plus the prefill less latency.mixed_overlap_s, {x['ov'] * 1e3:.2f} ms" if with_ov else "")
     prov["latency.decode_step_s"] = from_source(src, how + "; batch is the padded graph batch, context the live KV "
-                                                     "tokens")
+                                                     "tokens" + ov_note)
     floor_note = ""
     if launch is not None:
         floor_note = (f"; at least prefill_launch_s: {floor[0] * 1e3:.1f} ms a one-chunk step, "
@@ -286,7 +297,8 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     profile = Profile(
         name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=meta.engine,
         gpus_per_replica=meta.gpus_per_replica,
-        latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s, prefill_launch_s=launch),
+        latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s, prefill_launch_s=launch,
+                        mixed_overlap_s=x["ov"] if with_ov else None),
         power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
         power_cap=meta.power_cap, clock=meta.clock, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
         spread_cv=spread, not_covered=dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,

@@ -105,6 +105,10 @@ class EngineInfo(Strict):
         default=False, description="the decode step was measured with the engine's prefills mixed in (an effective "
         "step, as from a serving engine's throughput); the paged policy then runs each chunk inside its step at "
         "its marginal prefill time and takes the mean prefill share back from every step")
+    mixed_step: Literal["split", "fused"] | None = Field(
+        default=None, description="how the engine runs a step that mixes decodes and prefill chunks: split (the "
+        "decode step, then a prefill forward: the weights read twice) or fused (one forward over all its tokens, "
+        "as vLLM v1 runs a mixed batch); None where the source does not say")
 
     def cache_length(self, batch: int) -> int | None:
         """Static cache tokens per sequence at `batch` (None for a dynamic cache): the batch size's own entry,
@@ -130,6 +134,10 @@ class Latency(Strict):
     # the device's share: the prefill is the larger of prefill_s and this (features batch: chunks or prompts;
     # prefixed: chunks after cached tokens, each its own gather and masked attention in every layer).
     prefill_launch_s: Curve | None = None
+    # A fused engine runs a step that mixes decodes and prefill chunks as one forward, so it pays one fixed part
+    # (the weights' read, the launches) where a decode step and a prefill each have their own: such a step takes
+    # decode + prefill - mixed_overlap_s (the saving at most the shorter of the two), the saved time at decode power.
+    mixed_overlap_s: float | None = Field(default=None, ge=0)
 
 
 class HostPower(Strict):
@@ -319,7 +327,8 @@ class Profile(Strict):
         return self.model_copy(update={
             "latency": lat.model_copy(update={
                 "prefill_s": lat.prefill_s.scaled(time_x), "decode_step_s": lat.decode_step_s.scaled(time_x),
-                "prefill_launch_s": lat.prefill_launch_s.scaled(time_x) if lat.prefill_launch_s else None}),
+                "prefill_launch_s": lat.prefill_launch_s.scaled(time_x) if lat.prefill_launch_s else None,
+                "mixed_overlap_s": lat.mixed_overlap_s * time_x if lat.mixed_overlap_s else None}),
             "power": pw.model_copy(update={"prefill_w": pw.prefill_w.scaled(w), "decode_w": pw.decode_w.scaled(w)}),
         })
 
@@ -395,6 +404,7 @@ class ProfileEvaluator:
         "profile", "gpus", "pf_t", "pf_p", "pf_l", "dc_t", "dc_p", "host_pf", "host_dc", "host_step_j",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache", "clock",
+        "mix_ov",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None,
@@ -407,6 +417,7 @@ class ProfileEvaluator:
         launch = p.latency.prefill_launch_s
         self.pf_l = None if launch is None else (launch.intercept, launch.coef.get("batch", 0.0),
                                                  launch.coef.get("prefixed", 0.0))
+        self.mix_ov = p.latency.mixed_overlap_s or 0.0
         # decode linear terms: (intercept, per batch, per context token, lo[, hi]); step time has no ceiling
         self.dc_t = p.latency.decode_step_s.decode_terms()[:4]
         self.dc_p = p.power.decode_w.decode_terms()
@@ -526,6 +537,15 @@ class ProfileEvaluator:
             return t, w, 0.0
         return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix,
                                      prefixed=prefixed)
+
+    def overlap(self, t_decode: float, t_prefill: float) -> float:
+        """Seconds a step of both decodes (t_decode) and prefill chunks (t_prefill) saves against their sum on a
+        fused engine (latency.mixed_overlap_s, at most the shorter part; 0 without it). The figure is the
+        uncapped one: under a power cap or a locked clock the saving is not rescaled."""
+        ov = self.mix_ov
+        if not ov:
+            return 0.0
+        return min(ov, t_decode, t_prefill)
 
     def served_alone(self, n_in: int, n_out: int) -> tuple[float, float]:
         """(seconds, device joules) of one request served alone: its prefill, then n_out - 1 decode steps at

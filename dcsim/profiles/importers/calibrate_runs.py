@@ -173,11 +173,13 @@ def load_many(run_dirs: list[str | Path], model_config: str | Path | None = None
                 ("model", m["model"], first["model"]),
                 ("engine", m["engine"]["name"], first["engine"]["name"]),
                 ("precision", m["engine"]["precision"], first["engine"]["precision"]),
-                ("step_loop", m["step_loop"], first["step_loop"])):
+                ("step_loop", m["step_loop"], first["step_loop"]),
+                ("mixed_step", m["engine"].get("mixed_step"), first["engine"].get("mixed_step"))):
             if got != want:
                 raise UserError(f"measured with {field} {got!r}, not {want!r} as {dirs[0].as_posix()}; folders fitted "
-                                "together must share the device, model, engine, precision and step loop (served "
-                                "steps hold the host's time between device syncs, pipelined ones do not)", d, field)
+                                "together must share the device, model, engine, precision, step loop (served "
+                                "steps hold the host's time between device syncs, pipelined ones do not) and mixed "
+                                "step (fused or split forwards)", d, field)
     table = normalise(pd.concat([t for t, _ in loaded], ignore_index=True), ", ".join(str(d) for d in dirs))
     meta = dict(first)
     paths = [m["path"] for _, m in loaded]
@@ -360,7 +362,11 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "device": device, "model": model,
         "engine": {"name": be.get("backend", ident.get("backend", "hf")),
                    "version": f"transformers {be.get('transformers')}, torch {be.get('torch')}",
-                   "precision": ident.get("dtype") or "bf16"},
+                   "precision": ident.get("dtype") or "bf16",
+                   # the paged engine's mixed steps: "fused" or "split" since 2026-12-04; before, the folders ran
+                   # them split and recorded a sentence saying so
+                   **({"mixed_step": "fused" if (be.get("decode") or {}).get("mixed_step") == "fused" else "split"}
+                      if be.get("backend") == "paged" else {})},
         "gpus_per_replica": gpus, "citation": cites, "path": rel,
         "command": f"dcsim fit {rel}" + (f" --model-config {Path(cfg_file).as_posix()}" if cfg_file else ""),
         "source_kind": "measured", "notes": notes, "not_covered": [],

@@ -486,6 +486,11 @@ class Paged(Policy):
                 t_d -= give
             elif split:
                 self.pf_sum += max(0.0, t_p - pf_fixed)
+            elif n:  # a fused engine's one forward: one fixed part for both, saved from the decode part
+                ov = ev.overlap(t_d, t_p)
+                if ov:
+                    f = (t_d - ov) / t_d
+                    t_d, e_d, h_d = t_d - ov, e_d * f, h_d * f
             t = t_d + t_p
             e_p, h_p = t_p * w_p, t_p * hw_p
             rep.current = (now, now + t, e_d + e_p, h_d + h_p)
