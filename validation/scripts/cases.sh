@@ -53,7 +53,7 @@ case_paged_code() {  # Azure code trace (prefill-heavy: chunking matters)
 }
 case_paged_gsm8k() {  # GSM8K test prompts, Poisson arrivals
   $V --profile "$2" $PAGED --trace traces/gsm8k-test.parquet --arrivals poisson --utilisation 0.28 \
-     --limit ${3:-1319} --seed 1 --out validation/$1-paged-gsm8k
+     --limit ${3:-1319} --seed 1 --step-probe 16:512:0,4:512:64,32:512:64,0:0:256 --out validation/$1-paged-gsm8k
 }
 case_paged_gsm8k_8shot() {  # GSM8K with one 8-shot preamble shared by every prompt: prefix caching
   $V --profile "$2" $PAGED --trace traces/gsm8k-test-8shot.parquet --arrivals poisson --utilisation 0.6 \
