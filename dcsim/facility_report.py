@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 def _idle_w(raw: "RawResults", i: int) -> float:
     pool = raw.pools[int(raw.replica_pool[i])]
-    ev = pool.evaluator
-    return (ev.idle_w if pool.idle == "serving" else ev.deep_idle_w) + ev.host_idle_w
+    evaluator = pool.evaluator
+    return (evaluator.idle_w if pool.idle == "serving" else evaluator.deep_idle_w) + evaluator.host_idle_w
 
 
 def level_power(raw: "RawResults", replicas: list[int]) -> tuple[np.ndarray, np.ndarray]:

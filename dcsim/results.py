@@ -60,24 +60,24 @@ def _replica_rows(raw: RawResults, lo: float, hi: float) -> list[dict]:
     rows = []
     for i, (t0, t1, e, h) in enumerate(raw.segments):
         pool = raw.pools[int(raw.replica_pool[i])]
-        ev = pool.evaluator
+        evaluator = pool.evaluator
         edges = np.array([lo, hi])
         busy = np.diff(cumulative(t0, t1, t1 - t0, edges))[0]
         active = np.diff(cumulative(t0, t1, e, edges))[0]
         host_active = np.diff(cumulative(t0, t1, h, edges))[0]
         idle_s = max(0.0, (hi - lo) - busy)
-        idle_w = ev.idle_w if pool.idle == "serving" else ev.deep_idle_w
+        idle_w = evaluator.idle_w if pool.idle == "serving" else evaluator.deep_idle_w
         row = {
             "replica": i, "pool": pool.name, "busy_s": busy, "idle_s": idle_s,
             "active_j": active, "idle_j": idle_w * idle_s,
-            "host_j": host_active + ev.host_idle_w * idle_s,
+            "host_j": host_active + evaluator.host_idle_w * idle_s,
         }
         if raw.scaling is not None:  # off and loading time leave the serving-idle time
             off_s, load_s, load_w = _off_loading(raw, i, edges)
             off_s, load_s = float(np.diff(off_s)[0]), float(np.diff(load_s)[0])
             row["idle_s"] = idle_s = max(0.0, idle_s - off_s - load_s)
             row["idle_j"] = idle_w * idle_s
-            row.update(off_s=off_s, loading_s=load_s, off_j=ev.deep_idle_w * off_s, load_j=load_w * load_s)
+            row.update(off_s=off_s, loading_s=load_s, off_j=evaluator.deep_idle_w * off_s, load_j=load_w * load_s)
         rows.append(row)
     return rows
 
@@ -208,15 +208,15 @@ def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray
     total = np.zeros_like(x)
     for i in replicas:
         pool = raw.pools[int(raw.replica_pool[i])]
-        ev = pool.evaluator
+        evaluator = pool.evaluator
         t0, t1, e, h = raw.segments[i]
-        idle_w = (ev.idle_w if pool.idle == "serving" else ev.deep_idle_w) + ev.host_idle_w
+        idle_w = (evaluator.idle_w if pool.idle == "serving" else evaluator.deep_idle_w) + evaluator.host_idle_w
         busy = cumulative(t0, t1, t1 - t0, x)
         total += cumulative(t0, t1, e + h, x) + idle_w * np.maximum(x - busy, 0.0)
         if raw.scaling is not None:  # off and loading replace serving-idle power (the host idles throughout)
             off, load, load_w = _off_loading(raw, i, x)
-            dev_idle = idle_w - ev.host_idle_w
-            total += (ev.deep_idle_w - dev_idle) * off + (load_w - dev_idle) * load
+            dev_idle = idle_w - evaluator.host_idle_w
+            total += (evaluator.deep_idle_w - dev_idle) * off + (load_w - dev_idle) * load
     return total
 
 
@@ -501,16 +501,16 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
     fleet = np.zeros(bins)
     for p_idx, p in enumerate(raw.pools):
         total = np.zeros(bins)
-        ev = p.evaluator
-        idle_w = ev.idle_w if p.idle == "serving" else ev.deep_idle_w
+        evaluator = p.evaluator
+        idle_w = evaluator.idle_w if p.idle == "serving" else evaluator.deep_idle_w
         for i in np.flatnonzero(raw.replica_pool == p_idx):
             t0, t1, e, h = raw.segments[i]
             busy = np.diff(cumulative(t0, t1, t1 - t0, edges))
             act = np.diff(cumulative(t0, t1, e + h, edges))
-            total += act + (idle_w + ev.host_idle_w) * np.maximum(width - busy, 0.0)
+            total += act + (idle_w + evaluator.host_idle_w) * np.maximum(width - busy, 0.0)
             if raw.scaling is not None:  # off and loading replace serving-idle power
                 off, load, load_w = _off_loading(raw, int(i), edges)
-                total += (ev.deep_idle_w - idle_w) * np.diff(off) + (load_w - idle_w) * np.diff(load)
+                total += (evaluator.deep_idle_w - idle_w) * np.diff(off) + (load_w - idle_w) * np.diff(load)
         cols[f"{p.name}_w"] = total / width
         fleet += total
     cols["fleet_w"] = fleet / width

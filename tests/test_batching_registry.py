@@ -27,16 +27,16 @@ class Lifo(Policy):
     Params = LifoParams
 
     def run(self, rep) -> Generator:
-        env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
+        env, evaluator, log, q = rep.env, rep.evaluator, rep.log, rep.queue
         while True:
             if not q:
                 yield rep.idle_wait()
                 continue
             r = q.pop()
             now = env.now
-            t, e = ev.served_alone(r.n_in, r.n_out)
+            t, e = evaluator.served_alone(r.n_in, r.n_out)
             log.start[r.rid] = now
-            log.first[r.rid] = now + ev.prefill(r.n_in, float(r.n_in) ** 2, 1)[0]
+            log.first[r.rid] = now + evaluator.prefill(r.n_in, float(r.n_in) ** 2, 1)[0]
             r.energy = e
             yield env.timeout(t)
             rep.segment(now, now + t, e, 0.0)

@@ -120,8 +120,8 @@ def test_idle_from_another_run_on_the_same_device(tmp_path, capsys):
     # its prefills (18 ms of 0.2-6 s runs) do not weigh in the run energies: the prefill power rests on its floor,
     # the serving idle (a busy GPU draws no less; unfloored it fitted 0 W), and the profile says so
     assert got.power.prefill_w.lo == got.power.decode_w.lo == got.power.serving_idle_w
-    ev = got.evaluator()
-    assert ev.prefill(32, 32 * 32, 1)[1] == pytest.approx(got.power.serving_idle_w)
+    evaluator = got.evaluator()
+    assert evaluator.prefill(32, 32 * 32, 1)[1] == pytest.approx(got.power.serving_idle_w)
     assert any(g.startswith("prefill power: not identifiable") for g in got.not_covered)
     capsys.readouterr()
     assert main(["fit", str(small), "--idle-from", str(RUNS / "h100-llama-2-7b-hf-graph-standard"),

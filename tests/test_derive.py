@@ -64,14 +64,14 @@ def synthetic(tmp_path):
 def test_hand_computed_transfer(synthetic):
     src, path = synthetic
     d = derive_profile(src, transfer_between(SRC_DEV, DST_DEV), path)
-    ev = d.evaluator()
+    evaluator = d.evaluator()
     # decode step at batch 8, context 8000: (0.010 + 8 * 1e-4 + 8000 * 1e-8) x 2/4
-    t, w = ev.decode_step(8, 8000.0)
+    t, w = evaluator.decode_step(8, 8000.0)
     assert t == pytest.approx((0.010 + 8e-4 + 8e-5) * 0.5, rel=1e-12)
     # power: target idle 80 + (600/400) x (source 300 + 2 x 8 - source idle 50)
     assert w == pytest.approx(80.0 + 1.5 * (316.0 - 50.0), rel=1e-12)
     # one prompt of 1000 tokens: intercept kept, work terms x 300/900
-    t, w, _ = ev.prefill(1000.0, 1e6, 1)
+    t, w, _ = evaluator.prefill(1000.0, 1e6, 1)
     assert t == pytest.approx(0.02 + (1e-2 + 1e-3 + 1e-3) / 3.0, rel=1e-12)
     assert w == pytest.approx(80.0 + 1.5 * (360.0 - 50.0), rel=1e-12)
     assert d.power.prefill_w.hi == pytest.approx(600.0) and d.power.decode_w.hi == pytest.approx(600.0)

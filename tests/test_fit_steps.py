@@ -66,9 +66,9 @@ def test_known_curves_are_recovered():
 def test_the_fitted_profile_composes_a_mixed_step_as_the_simulator_does():
     """A step of 32 decodes reading 2,048 tokens each, beside a 512-token chunk after 1,024 cached: the evaluator
     the simulator calls gives the measured time and energy."""
-    ev = fit_profile(table(), meta_from_dict(dict(META))).profile.evaluator()
-    t_d, e_d, _ = ev.decode_run(32, 32 * 2048, 1, 32)
-    t_p, w_p, _ = ev.prefill(512, float(1536 ** 2 - 1024 ** 2), 1, 1024.0)
+    evaluator = fit_profile(table(), meta_from_dict(dict(META))).profile.evaluator()
+    t_d, e_d, _ = evaluator.decode_run(32, 32 * 2048, 1, 32)
+    t_p, w_p, _ = evaluator.prefill(512, float(1536 ** 2 - 1024 ** 2), 1, 1024.0)
     td, tp, e = truth(np.array(32), np.array(32), np.array(32 * 2048), np.array(512), np.array(1024))
     assert t_d + t_p == pytest.approx(float(td + tp), rel=1e-6)
     assert e_d + t_p * w_p == pytest.approx(float(e), rel=1e-6)
@@ -94,12 +94,13 @@ def test_a_fused_engines_overlap_is_recovered_and_composed_as_the_simulator_does
     assert fused.fit_error["latency.step_s"].max_ape_pct < 1e-3
     assert fused.fit_error["energy.mixed_step_device_j"].max_ape_pct < 1e-3
     assert "mixed_overlap_s, 4.00 ms" in fused.provenance["latency.decode_step_s"].note
-    ev = fused.evaluator()
-    t_d, e_d, _ = ev.decode_run(32, 32 * 2048, 1, 32)
-    t_p, w_p, _ = ev.prefill(512, float(1536 ** 2 - 1024 ** 2), 1, 1024.0)
-    assert ev.overlap(t_d, t_p) == pytest.approx(ov) and ev.overlap(t_d, 1e-3) == 1e-3  # at most the shorter
+    evaluator = fused.evaluator()
+    t_d, e_d, _ = evaluator.decode_run(32, 32 * 2048, 1, 32)
+    t_p, w_p, _ = evaluator.prefill(512, float(1536 ** 2 - 1024 ** 2), 1, 1024.0)
+    # at most the shorter
+    assert evaluator.overlap(t_d, t_p) == pytest.approx(ov) and evaluator.overlap(t_d, 1e-3) == 1e-3
     td, tp, e = truth(np.array(32), np.array(32), np.array(32 * 2048), np.array(512), np.array(1024))
-    assert t_d + t_p - ev.overlap(t_d, t_p) == pytest.approx(float(td + tp) - ov, rel=1e-6)
+    assert t_d + t_p - evaluator.overlap(t_d, t_p) == pytest.approx(float(td + tp) - ov, rel=1e-6)
     split = fit_profile(t, meta_from_dict(dict(META))).profile  # the same steps read as a split engine's
     assert split.latency.mixed_overlap_s is None and split.evaluator().overlap(t_d, t_p) == 0.0
     assert split.fit_error["latency.step_s"].max_ape_pct > 1.0
@@ -183,11 +184,11 @@ def test_a_launch_floor_with_chunk_and_prefix_terms_is_recovered_and_composed_as
     assert launch.coef["prefixed"] == pytest.approx(LAUNCH[2], rel=1e-3)
     assert res.profile.fit_error["latency.step_s"].median_ape_pct < 0.1
     assert "prefill_launch_s" in res.profile.provenance["latency.prefill_s"].note
-    ev = res.profile.evaluator()
+    evaluator = res.profile.evaluator()
     # 3 chunks of 16..18 tokens after 256 cached each: under the floor, which charges 2 extra and 3 prefixed
     lens, h = [16, 17, 18], 256
-    t_p = ev.prefill(sum(lens), float(sum((h + n) ** 2 - h ** 2 for n in lens)), 3, float(3 * h), 3)[0]
+    t_p = evaluator.prefill(sum(lens), float(sum((h + n) ** 2 - h ** 2 for n in lens)), 3, float(3 * h), 3)[0]
     assert t_p == pytest.approx(LAUNCH[0] + 2 * LAUNCH[1] + 3 * LAUNCH[2], rel=1e-3)
     # one long chunk: the curve, above the floor
-    t_p = ev.prefill(1024.0, 1024.0 ** 2, 1, 0.0, 0)[0]
+    t_p = evaluator.prefill(1024.0, 1024.0 ** 2, 1, 0.0, 0)[0]
     assert t_p == pytest.approx(P0 + PP * 1024 + PSQ * 1024 ** 2, rel=1e-3)

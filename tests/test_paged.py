@@ -231,10 +231,10 @@ def test_a_launch_floor_holds_short_chunks_and_charges_each_chunk_after_cached_t
                                          "cudagraph_batch_sizes": [], "enable_prefix_caching": False})
     assert req["first_token_s"].iloc[0] == pytest.approx(max(pf(100), floor(1, 0)) + max(pf(50), floor(1, 1)))
     # the evaluator: the floor with its chunk and prefixed terms, or the curve where it is higher (power unchanged)
-    ev = load_profile(prof).evaluator()
-    assert ev.prefill(10, 100.0, 2, 32.0, 1)[0] == pytest.approx(floor(2, 1))
-    assert ev.prefill(400, 0.0, 1)[0] == pytest.approx(pf(400))
-    assert ev.prefill(400, 0.0, 1)[1] == pytest.approx(300.0)
+    evaluator = load_profile(prof).evaluator()
+    assert evaluator.prefill(10, 100.0, 2, 32.0, 1)[0] == pytest.approx(floor(2, 1))
+    assert evaluator.prefill(400, 0.0, 1)[0] == pytest.approx(pf(400))
+    assert evaluator.prefill(400, 0.0, 1)[1] == pytest.approx(300.0)
 
 
 def test_session_turns_reuse_the_earlier_conversation(tmp_path):

@@ -47,10 +47,10 @@ def scan_finish(fleet, rep, r, alone):
     b = min(rep.outstanding, rep.parallel - 1) + 1
     if b == 1:
         return scan_wait_s(rep) + alone[0], alone[1]
-    ev = fleet.evaluators[rep.pool]
+    evaluator = fleet.evaluators[rep.pool]
     n_in, n_out = r.n_in, r.est_out
-    t_pf, w_pf, _ = ev.prefill(n_in, float(n_in) * n_in, 1)
-    step_t, step_w = ev.decode_step(b, b * (n_in + n_out / 2.0))
+    t_pf, w_pf, _ = evaluator.prefill(n_in, float(n_in) * n_in, 1)
+    step_t, step_w = evaluator.decode_step(b, b * (n_in + n_out / 2.0))
     t = t_pf + (n_out - 1) * step_t
     e = t_pf * w_pf + (n_out - 1) * step_t * step_w / b
     return scan_wait_s(rep) + t, e
@@ -244,10 +244,10 @@ def hand_fleet(pools):
     log = RequestLog(1000)
     reps, evs = [], []
     for p, (prof, batching, count) in enumerate(pools):
-        ev = Profile.model_validate(prof).evaluator()
-        evs.append(ev)
+        evaluator = Profile.model_validate(prof).evaluator()
+        evs.append(evaluator)
         for _ in range(count):
-            reps.append(Replica(env, len(reps), p, ev, Batching.model_validate(batching), log))
+            reps.append(Replica(env, len(reps), p, evaluator, Batching.model_validate(batching), log))
     return reps, Fleet(reps, [f"p{i}" for i in range(len(pools))], evs)
 
 

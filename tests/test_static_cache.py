@@ -30,13 +30,13 @@ def _with_cache(lengths: dict[int, int] | None):
 
 def test_a_static_cache_step_costs_the_same_at_any_live_context():
     p = _with_cache({1: 4096, 8: 1280})
-    ev = p.evaluator()
-    a, b, c, _ = ev.dc_t
+    evaluator = p.evaluator()
+    a, b, c, _ = evaluator.decode_time_terms
     # hand-computed: step = a + b*B + c*B*L, whatever the live context
-    assert ev.decode_step(1, 40.0)[0] == pytest.approx(a + b + c * 4096)
-    assert ev.decode_step(8, 9000.0)[0] == pytest.approx(a + 8 * b + c * 8 * 1280)
-    t_short, e_short, _ = ev.decode_run(1, 33, 500)
-    t_long, e_long, _ = ev.decode_run(1, 3000, 500)
+    assert evaluator.decode_step(1, 40.0)[0] == pytest.approx(a + b + c * 4096)
+    assert evaluator.decode_step(8, 9000.0)[0] == pytest.approx(a + 8 * b + c * 8 * 1280)
+    t_short, e_short, _ = evaluator.decode_run(1, 33, 500)
+    t_long, e_long, _ = evaluator.decode_run(1, 3000, 500)
     assert t_short == pytest.approx(t_long) and e_short == pytest.approx(e_long)
     assert t_short == pytest.approx(500 * (a + b + c * 4096))
     # a sequence longer than the cache gets a cache of its full length (the engine grows it): 33 + 1000 tokens
@@ -55,11 +55,11 @@ def test_a_clamped_static_cache_run_holds_its_cache():
     p = _with_cache({256: 384})
     p = p.model_copy(update={"power": p.power.model_copy(update={"decode_w": p.power.decode_w.model_copy(
         update={"hi": 500.0})})})
-    ev = p.evaluator()
-    a, b, c, _ = ev.dc_t
+    evaluator = p.evaluator()
+    a, b, c, _ = evaluator.decode_time_terms
     step = a + 256 * b + c * 256 * 384
-    assert ev.decode_step(256, 256 * 257.0)[1] == 500.0  # the ceiling binds: the step-by-step branch
-    t, e, _ = ev.decode_run(256, 256 * 257, 127)
+    assert evaluator.decode_step(256, 256 * 257.0)[1] == 500.0  # the ceiling binds: the step-by-step branch
+    t, e, _ = evaluator.decode_run(256, 256 * 257, 127)
     assert t == pytest.approx(127 * step) and e == pytest.approx(127 * step * 500.0)
 
 

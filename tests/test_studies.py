@@ -80,9 +80,9 @@ def test_busy_seconds_is_the_sum_of_service_times_by_hand():
     the sum over requests of prefill + decode time from the profile, and request energy is active + host."""
     s = run("hybrid-a100-only-base.yaml", "trace.limit=100")
     row = pd.DataFrame([flatten(s)])
-    ev = profile("a100-sxm4-40gb--llama-2-7b--hf-bf16").evaluator()
+    evaluator = profile("a100-sxm4-40gb--llama-2-7b--hf-bf16").evaluator()
     t = load_trace(REPO / "traces" / "gsm8k-test.parquet").head(100)
-    by_hand = sum(ev.prefill(i, float(i) * i, 1)[0] + ev.decode_run(1, i + 1, o - 1)[0]
+    by_hand = sum(evaluator.prefill(i, float(i) * i, 1)[0] + evaluator.decode_run(1, i + 1, o - 1)[0]
                   for i, o in zip(t.n_in, t.n_out))
     assert busy_seconds(row).iloc[0] == pytest.approx(by_hand, rel=1e-9)
     assert request_energy_j(row).iloc[0] == pytest.approx(s["energy_j"] - s["idle_j"], rel=1e-12)

@@ -35,7 +35,7 @@ class ShortestFirst(Policy):
     Params = SjfParams
 
     def run(self, rep):
-        env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
+        env, evaluator, log, q = rep.env, rep.evaluator, rep.log, rep.queue
         while True:
             if not q:
                 yield rep.idle_wait()
@@ -43,9 +43,9 @@ class ShortestFirst(Policy):
             r = min(q, key=lambda x: x.n_in + x.est_out)
             q.remove(r)
             now = env.now
-            t, e = ev.served_alone(r.n_in, r.n_out)
+            t, e = evaluator.served_alone(r.n_in, r.n_out)
             log.start[r.rid] = now
-            log.first[r.rid] = now + ev.prefill(r.n_in, float(r.n_in) ** 2, 1)[0]
+            log.first[r.rid] = now + evaluator.prefill(r.n_in, float(r.n_in) ** 2, 1)[0]
             r.energy = e
             yield env.timeout(t)
             rep.segment(now, now + t, e, 0.0)

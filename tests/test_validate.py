@@ -228,14 +228,14 @@ def test_a_device_that_behaves_like_the_profile_gives_zero_error(tmp_path, polic
 
 def test_a_drifted_profile_scales_time_and_energy_of_every_step():
     prof = load_profile(H100)
-    ev, dv = prof.evaluator(), prof.drifted(1.1, 1.05).evaluator()
+    evaluator, dv = prof.evaluator(), prof.drifted(1.1, 1.05).evaluator()
     for tokens, batch in ((64, 1), (1800, 1), (512, 4)):
-        t0, w0, _ = ev.prefill(tokens, tokens * tokens / batch, batch)
+        t0, w0, _ = evaluator.prefill(tokens, tokens * tokens / batch, batch)
         t1, w1, _ = dv.prefill(tokens, tokens * tokens / batch, batch)
         assert t1 == pytest.approx(1.1 * t0) and t1 * w1 == pytest.approx(1.05 * t0 * w0)
-        d0, d1 = ev.decode_run(batch, tokens, 200), dv.decode_run(batch, tokens, 200)
+        d0, d1 = evaluator.decode_run(batch, tokens, 200), dv.decode_run(batch, tokens, 200)
         assert d1[0] == pytest.approx(1.1 * d0[0]) and d1[1] == pytest.approx(1.05 * d0[1])
-    assert dv.idle_w == ev.idle_w
+    assert dv.idle_w == evaluator.idle_w
 
 
 def test_bad_input_is_refused_with_exit_2_and_nothing_written(tmp_path, capsys):

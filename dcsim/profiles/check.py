@@ -39,12 +39,12 @@ def predict_runs(profile: Profile, runs: pd.DataFrame) -> pd.DataFrame:
     held = held_cache_lengths(runs) if profile.engine.cache_lengths and len(runs) else None
     if held:
         profile = profile.model_copy(update={"engine": profile.engine.model_copy(update={"cache_lengths": held})})
-    ev = profile.evaluator()
+    evaluator = profile.evaluator()
     t_out, e_out = [], []
     for b, n_in, n_out in runs[["batch", "n_in", "n_out"]].itertuples(index=False):
         b, n_in, n_out = int(b), float(n_in), int(n_out)
-        t_pf, w_pf, _ = ev.prefill(b * n_in, b * n_in * n_in, b)
-        t_dc, e_dc, _ = ev.decode_run(b, b * (n_in + 1), max(n_out - 1, 0))
+        t_pf, w_pf, _ = evaluator.prefill(b * n_in, b * n_in * n_in, b)
+        t_dc, e_dc, _ = evaluator.decode_run(b, b * (n_in + 1), max(n_out - 1, 0))
         t_out.append(t_pf + t_dc)
         e_out.append(t_pf * w_pf + e_dc)
     return runs.assign(pred_runtime_s=t_out, pred_energy_device_j=e_out)

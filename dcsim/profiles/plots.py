@@ -26,9 +26,9 @@ from dcsim.profiles.profile import Profile
 
 def run_prediction(profile: Profile, batch: float, n_in: float, n_out: float) -> tuple[float, float]:
     """(seconds, device joules) of one run of `batch` requests, as the simulator's evaluator computes them."""
-    ev = profile.evaluator()
-    t_pf, w_pf, _ = ev.prefill(batch * n_in, batch * n_in * n_in, int(batch))
-    t_dc, e_dc, _ = ev.decode_run(int(batch), batch * (n_in + 1), int(max(n_out - 1, 0)))
+    evaluator = profile.evaluator()
+    t_pf, w_pf, _ = evaluator.prefill(batch * n_in, batch * n_in * n_in, int(batch))
+    t_dc, e_dc, _ = evaluator.decode_run(int(batch), batch * (n_in + 1), int(max(n_out - 1, 0)))
     return t_pf + t_dc, t_pf * w_pf + e_dc
 
 

@@ -401,10 +401,12 @@ class ProfileEvaluator:
     """
 
     __slots__ = (
-        "profile", "gpus", "pf_t", "pf_p", "pf_l", "dc_t", "dc_p", "host_pf", "host_dc", "host_step_j",
+        "profile", "gpus", "prefill_time_terms", "prefill_power_terms", "prefill_launch_terms", "decode_time_terms",
+        "decode_power_terms", "host_prefill_w", "host_decode_w", "host_step_j",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
-        "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling", "dc_bounded", "engine", "_cache", "clock",
-        "mix_ov",
+        "prefill_time_x", "decode_time_x", "prefill_power_x", "decode_power_x", "prefill_ceiling_w", "decode_ceiling_w",
+        "decode_clamped", "engine", "_cache", "clock",
+        "mixed_overlap_s",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None,
@@ -412,20 +414,21 @@ class ProfileEvaluator:
         p = profile
         self.profile = p
         self.gpus = p.gpus_per_replica
-        self.pf_t = p.latency.prefill_s.prefill_terms()
-        self.pf_p = p.power.prefill_w.prefill_terms()
+        self.prefill_time_terms = p.latency.prefill_s.prefill_terms()
+        self.prefill_power_terms = p.power.prefill_w.prefill_terms()
         launch = p.latency.prefill_launch_s
-        self.pf_l = None if launch is None else (launch.intercept, launch.coef.get("batch", 0.0),
-                                                 launch.coef.get("prefixed", 0.0))
-        self.mix_ov = p.latency.mixed_overlap_s or 0.0
+        self.prefill_launch_terms = None if launch is None else (launch.intercept, launch.coef.get("batch", 0.0),
+                                                                 launch.coef.get("prefixed", 0.0))
+        self.mixed_overlap_s = p.latency.mixed_overlap_s or 0.0
         # decode linear terms: (intercept, per batch, per context token, lo[, hi]); step time has no ceiling
-        self.dc_t = p.latency.decode_step_s.decode_terms()[:4]
-        self.dc_p = p.power.decode_w.decode_terms()
+        self.decode_time_terms = p.latency.decode_step_s.decode_terms()[:4]
+        self.decode_power_terms = p.power.decode_w.decode_terms()
         # whether any decode clamp is finite: an unbounded profile skips the clamp test of a whole run
-        self.dc_bounded = max(self.dc_t[3], self.dc_p[3]) > -math.inf or self.dc_p[4] < math.inf
+        self.decode_clamped = (max(self.decode_time_terms[3], self.decode_power_terms[3]) > -math.inf
+                               or self.decode_power_terms[4] < math.inf)
         host = p.power.host
-        self.host_pf = host.prefill_w if host else None
-        self.host_dc = host.decode_w if host else None
+        self.host_prefill_w = host.prefill_w if host else None
+        self.host_decode_w = host.decode_w if host else None
         self.host_idle_w = host.idle_w if host else 0.0
         self.host_step_j = host.decode_step_j if host else 0.0
         self.idle_w = p.power.serving_idle_w
@@ -438,8 +441,8 @@ class ProfileEvaluator:
         self.cap_w = cap_w
         self.pc = None  # analytic cap model in force (per-step scaling)
         # measured cap points: constant multipliers per phase
-        self.pf_tx = self.dc_tx = self.pf_px = self.dc_px = 1.0
-        self.pf_ceiling = self.dc_ceiling = math.inf
+        self.prefill_time_x = self.decode_time_x = self.prefill_power_x = self.decode_power_x = 1.0
+        self.prefill_ceiling_w = self.decode_ceiling_w = math.inf
         self.clock = clock
         if clock is not None:
             self._lock_clock(clock, cap_w, file)
@@ -455,9 +458,9 @@ class ProfileEvaluator:
             )
         if pc.method == "points":
             s = cap_scaling(pc, cap_w, 0.0, pc.compute_bound_prefill, "prefill")
-            self.pf_tx, self.pf_px = s.time_x, s.power_x
+            self.prefill_time_x, self.prefill_power_x = s.time_x, s.power_x
             s = cap_scaling(pc, cap_w, 0.0, pc.compute_bound_decode, "decode")
-            self.dc_tx, self.dc_px = s.time_x, s.power_x
+            self.decode_time_x, self.decode_power_x = s.time_x, s.power_x
             return
         if cap_w <= pc.static_w:
             raise UserError(
@@ -465,7 +468,7 @@ class ProfileEvaluator:
                 "describes nothing; use a higher cap or measured cap points", file, "power_cap_w"
             )
         self.pc = pc
-        self.pf_ceiling = self.dc_ceiling = cap_w * self.gpus
+        self.prefill_ceiling_w = self.decode_ceiling_w = cap_w * self.gpus
 
     def _lock_clock(self, clock: tuple[float, float], cap_w: float | None, file: str | None) -> None:
         """Set the constant per-phase multipliers of a locked (prefill, decode) clock (ClockModel)."""
@@ -481,12 +484,13 @@ class ProfileEvaluator:
                 raise UserError(f"{phase} clock {mhz:g} MHz is outside the device's range {cm.min_mhz:g}-"
                                 f"{cm.max_mhz:g} MHz", file, f"clock_mhz.{phase}_mhz")
         s = clock_scaling(cm, clock[0], "prefill")
-        self.pf_tx, self.pf_px = s.time_x, s.power_x
+        self.prefill_time_x, self.prefill_power_x = s.time_x, s.power_x
         s = clock_scaling(cm, clock[1], "decode")
-        self.dc_tx, self.dc_px = s.time_x, s.power_x
+        self.decode_time_x, self.decode_power_x = s.time_x, s.power_x
 
     # what a cap sets in __init__: adopt_cap copies exactly these
-    CAP_SLOTS = ("cap_w", "pc", "pf_tx", "dc_tx", "pf_px", "dc_px", "pf_ceiling", "dc_ceiling")
+    CAP_SLOTS = ("cap_w", "pc", "prefill_time_x", "decode_time_x", "prefill_power_x", "decode_power_x",
+                 "prefill_ceiling_w", "decode_ceiling_w")
 
     def adopt_cap(self, other: "ProfileEvaluator") -> None:
         """Take the cap of another evaluator of the same profile, in place: a facility's power manager changes a
@@ -497,7 +501,9 @@ class ProfileEvaluator:
     def cap_effect(self, draw_w: float, phase: str) -> tuple[float, float]:
         """(time multiplier, power multiplier) the cap applies to a step whose uncapped replica draw is draw_w."""
         if self.pc is None:
-            return (self.pf_tx, self.pf_px) if phase == "prefill" else (self.dc_tx, self.dc_px)
+            if phase == "prefill":
+                return self.prefill_time_x, self.prefill_power_x
+            return self.decode_time_x, self.decode_power_x
         pc = self.pc
         per_dev = draw_w / self.gpus
         beta = pc.compute_bound_prefill if phase == "prefill" else pc.compute_bound_decode
@@ -509,10 +515,10 @@ class ProfileEvaluator:
                 prefixed: int = 0) -> tuple[float, float, float]:
         """(seconds, device watts, host watts) of one prefill step; `prefix`: cached tokens its chunks read back,
         `prefixed`: how many of its chunks have any."""
-        a, b, c, d, e, f, lo, hi = self.pf_t
+        a, b, c, d, e, f, lo, hi = self.prefill_time_terms
         t = a + b * tokens + c * tokens_sq + d * batch + e * prefix + f * prefixed
-        if self.pf_l is not None:
-            la, lb, lf = self.pf_l
+        if self.prefill_launch_terms is not None:
+            la, lb, lf = self.prefill_launch_terms
             floor = la + lb * batch + lf * prefixed
             if floor > lo:
                 lo = floor
@@ -520,29 +526,29 @@ class ProfileEvaluator:
             t = lo
         elif t > hi:
             t = hi
-        a, b, c, d, e, f, lo, hi = self.pf_p
+        a, b, c, d, e, f, lo, hi = self.prefill_power_terms
         w = a + b * tokens + c * tokens_sq + d * batch + e * prefix + f * prefixed
         if w < lo:
             w = lo
         elif w > hi:
             w = hi
-        if w > self.pf_ceiling:
+        if w > self.prefill_ceiling_w:
             tx, px = self.cap_effect(w, "prefill")
             t *= tx
             w *= px
         else:
-            t *= self.pf_tx
-            w *= self.pf_px
-        if self.host_pf is None:
+            t *= self.prefill_time_x
+            w *= self.prefill_power_x
+        if self.host_prefill_w is None:
             return t, w, 0.0
-        return t, w, self.host_pf.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix,
-                                     prefixed=prefixed)
+        return t, w, self.host_prefill_w.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix,
+                                            prefixed=prefixed)
 
     def overlap(self, t_decode: float, t_prefill: float) -> float:
         """Seconds a step of both decodes (t_decode) and prefill chunks (t_prefill) saves against their sum on a
         fused engine (latency.mixed_overlap_s, at most the shorter part; 0 without it). The figure is the
         uncapped one: under a power cap or a locked clock the saving is not rescaled."""
-        ov = self.mix_ov
+        ov = self.mixed_overlap_s
         if not ov:
             return 0.0
         return min(ov, t_decode, t_prefill)
@@ -566,20 +572,20 @@ class ProfileEvaluator:
         """(seconds, device watts) of one decode step."""
         if self.engine is not None:  # the cache, grown to the live context where that is longer (as the engine does)
             context = batch * max(self.cache_tokens(batch), context / batch)
-        a, b, c, lo = self.dc_t
+        a, b, c, lo = self.decode_time_terms
         t = a + b * batch + c * context
         if t < lo:
             t = lo
-        pa, pb, pc, plo, phi = self.dc_p
+        pa, pb, pc, plo, phi = self.decode_power_terms
         w = pa + pb * batch + pc * context
         if w < plo:
             w = plo
         elif w > phi:
             w = phi
-        if w > self.dc_ceiling:
+        if w > self.decode_ceiling_w:
             tx, px = self.cap_effect(w, "decode")
             return t * tx, w * px
-        return t * self.dc_tx, w * self.dc_px
+        return t * self.decode_time_x, w * self.decode_power_x
 
     def decode_steps_covering(self, batch: int, context0: float, k: int, elapsed: float,
                               grow: float | None = None, per_step: float = 0.0) -> int:
@@ -587,9 +593,10 @@ class ProfileEvaluator:
         longer, whose total time reaches `elapsed`: where a run stops at the end of the step in progress. Solved
         in closed form where the step time is linear in the step (no clamp, no cap, no static cache), by
         bisection otherwise."""
-        a, b, c, lo = self.dc_t
+        a, b, c, lo = self.decode_time_terms
         g = float(batch) if grow is None else float(grow)
-        if self.engine is None and not self.dc_bounded and self.dc_ceiling == math.inf and self.dc_tx == 1.0:
+        if (self.engine is None and not self.decode_clamped and self.decode_ceiling_w == math.inf
+                and self.decode_time_x == 1.0):
             t0 = a + b * batch + c * context0 + per_step
             dt = c * g  # step j takes t0 + dt * j: the first s steps take s*t0 + dt*s(s-1)/2
             if dt > 1e-15 * t0:
@@ -620,8 +627,8 @@ class ProfileEvaluator:
         otherwise."""
         if steps <= 0:
             return 0.0, 0.0, 0.0
-        a, b, c, lo = self.dc_t
-        pa, pb, pc, plo, phi = self.dc_p
+        a, b, c, lo = self.decode_time_terms
+        pa, pb, pc, plo, phi = self.decode_power_terms
         k = steps
         grow = float(batch) if grow is None else float(grow)
         if self.engine is not None:  # static cache: every step attends over the same allocated cache, which the
@@ -634,9 +641,9 @@ class ProfileEvaluator:
         dw = pc * grow
         t_last = t0 + dt * (k - 1)
         w_last = w0 + dw * (k - 1)
-        clamped = self.dc_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
-        over = max(w0, w_last) > self.dc_ceiling
-        if clamped or (over and min(w0, w_last) <= self.dc_ceiling):
+        clamped = self.decode_clamped and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
+        over = max(w0, w_last) > self.decode_ceiling_w
+        if clamped or (over and min(w0, w_last) <= self.decode_ceiling_w):
             # clamps, or a run that crosses the cap: step by step
             total_t = total_e = 0.0
             ctx = context0
@@ -648,15 +655,15 @@ class ProfileEvaluator:
         else:
             s1 = k * (k - 1) / 2.0
             s2 = (k - 1) * k * (2 * k - 1) / 6.0
-            total_t = (k * t0 + dt * s1) * self.dc_tx
-            total_e = (k * t0 * w0 + (t0 * dw + w0 * dt) * s1 + dt * dw * s2) * self.dc_tx * self.dc_px
+            total_t = (k * t0 + dt * s1) * self.decode_time_x
+            total_e = (k * t0 * w0 + (t0 * dw + w0 * dt) * s1 + dt * dw * s2) * self.decode_time_x * self.decode_power_x
             if over:
                 # the whole run draws more than the cap: scale it by its mean uncapped draw
                 tx, _ = self.cap_effect(total_e / total_t, "decode")
                 total_t *= tx
-                total_e = total_t * self.dc_ceiling
+                total_e = total_t * self.decode_ceiling_w
         host_e = 0.0
-        if self.host_dc is not None:
-            hw = self.host_dc.at(batch=batch, context=context0 + grow * (k - 1) / 2.0)
+        if self.host_decode_w is not None:
+            hw = self.host_decode_w.at(batch=batch, context=context0 + grow * (k - 1) / 2.0)
             host_e = hw * total_t + self.host_step_j * k
         return total_t, total_e, host_e

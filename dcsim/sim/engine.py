@@ -144,17 +144,17 @@ def load_pools(sc: Scenario, scenario_file: str | Path | None,
                 update={"cache_lengths": dict(pool.cache_lengths)})})
         clocks = pool.clocks()
         try:
-            ev = prof.evaluator(pool.power_cap_w, str(ppath), clocks)
+            evaluator = prof.evaluator(pool.power_cap_w, str(ppath), clocks)
         except UserError as e:
             field = "power_cap_w" if clocks is None else e.field or "clock_mhz"
             if field.startswith("clock_mhz.") and not isinstance(pool.clock_mhz, PhaseClocks):
                 field = "clock_mhz"
             raise UserError(f"{e.reason} (profile {ppath.name})", scenario_file, f"fleet.{i}.{field}") from None
         pol = make_policy(pool.batching.policy, pool.batching.params)
-        why = pol.check(ev)
+        why = pol.check(evaluator)
         if why:
             raise UserError(f"{why} (profile {ppath.name})", scenario_file, f"fleet.{i}.batching")
-        pools.append(PoolInfo(pool.name, prof, str(ppath), ev, pool.count, pool.power_cap_w, pool.idle, pol,
+        pools.append(PoolInfo(pool.name, prof, str(ppath), evaluator, pool.count, pool.power_cap_w, pool.idle, pol,
                               clocks))
     return pools
 
@@ -201,7 +201,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     fleet.env = env
     pool_carbon = load_pool_carbon(sc, scenario_file)
     fleet.carbon = [pc if pc is not None else grid.get("carbon", sc.facility.carbon_g_per_kwh) for pc in pool_carbon]
-    rtr = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
+    router = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
     classes = draw_classes(sc, arrivals, trace, scenario_file)
 
     notes: list[str] = []
@@ -213,7 +213,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
 
         scaler = start_autoscaling(sc, scenario_file, env, pools, replicas, n)
     if classes is None:
-        src = env.process(_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
+        src = env.process(_source(env, router, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
                                   prefix, managed or scaler is not None, scaler))
     else:
         if scaler is not None:
@@ -221,7 +221,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         from dcsim.sim.dispatch import make_dispatch
 
         disp = make_dispatch(sc.dispatch.name, sc.dispatch.params)
-        src = env.process(_class_source(env, rtr, fleet, log, arrivals, n_in, n_out, est_out,
+        src = env.process(_class_source(env, router, fleet, log, arrivals, n_in, n_out, est_out,
                                         [p.policy for p in pools], prefix, classes, disp, grid.get("carbon")))
     fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
     if sc.horizon_s is not None:
@@ -302,14 +302,14 @@ def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(c, dtype=np.float64) for c in cols)
 
 
-def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
+def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
             n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
             prefix: tuple[list[int], list[int]] | None = None, managed: bool = False, scaler=None) -> Generator:
     """The arrival process: hands each request to the router at its arrival time (`managed`: something else
     interrupts decode runs too, and arrivals interrupt them as it does; with an autoscaler, the router picks the
     pool and the scaler the replica in it)."""
-    needs_work = rtr.needs_work
-    caps = [ev.kv_capacity for ev in fleet.evaluators]
+    needs_work = router.needs_work
+    caps = [evaluator.kv_capacity for evaluator in fleet.evaluators]
     # policies with requests they can never serve (paged: more blocks than memory holds)
     refusers = [getattr(p, "refuses", None) for p in policies]
     pid, plen = prefix if prefix is not None else (None, None)
@@ -334,7 +334,7 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         if pid is not None:
             r.prefix_id = pid[i]
             r.prefix_len = plen[i]
-        rep = rtr.choose(r)
+        rep = router.choose(r)
         refuse = refusers[rep.pool]
         if refuse is not None:
             why = refuse(r, fleet.evaluators[rep.pool])
@@ -363,7 +363,7 @@ def _source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals
         scaler.done = True
 
 
-def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
+def _class_source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
                   n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
                   prefix: tuple[list[int], list[int]] | None, classes: RequestClassArrays, disp,
                   series: StepSeries | None) -> Generator:
@@ -372,11 +372,11 @@ def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, ar
     the process wakes at the next arrival or release, whichever is first, never to poll)."""
     import heapq
 
-    caps = [ev.kv_capacity for ev in fleet.evaluators]
+    caps = [evaluator.kv_capacity for evaluator in fleet.evaluators]
     refusers = [getattr(p, "refuses", None) for p in policies]
     pid, plen = prefix if prefix is not None else (None, None)
     ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
-    needs_work = rtr.needs_work
+    needs_work = router.needs_work
     batch = classes.batch.tolist()
     deadline = classes.deadline_s.tolist()
     release = classes.release_s
@@ -388,7 +388,7 @@ def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, ar
     def admit(r: Request) -> None:
         rid = r.rid
         release[rid] = env.now
-        rep = rtr.choose(r)
+        rep = router.choose(r)
         refuse = refusers[rep.pool]
         if refuse is not None:
             why = refuse(r, fleet.evaluators[rep.pool])
@@ -422,7 +422,7 @@ def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, ar
             r.prefix_id = pid[i]
             r.prefix_len = plen[i]
         if batch[i]:
-            service = max(ev.served_alone(r.n_in, r.est_out)[0] for ev in fleet.evaluators)
+            service = max(evaluator.served_alone(r.n_in, r.est_out)[0] for evaluator in fleet.evaluators)
             t_rel = disp.release_s(t_arr, deadline[i], service, series)
             if t_rel > env.now:
                 heapq.heappush(held, (t_rel, i, r))
@@ -434,10 +434,10 @@ def _class_source(env: simpy.Environment, rtr, fleet: Fleet, log: RequestLog, ar
 
 def _segments(rep: Replica, end: float) -> Segments:
     """A replica's busy segments, with the one in progress at the horizon cut and prorated."""
-    t0 = np.frombuffer(rep.seg_t0, dtype=np.float64).copy()
-    t1 = np.frombuffer(rep.seg_t1, dtype=np.float64).copy()
-    e = np.frombuffer(rep.seg_e, dtype=np.float64).copy()
-    h = np.frombuffer(rep.seg_h, dtype=np.float64).copy()
+    t0 = np.frombuffer(rep.segment_start_s, dtype=np.float64).copy()
+    t1 = np.frombuffer(rep.segment_end_s, dtype=np.float64).copy()
+    e = np.frombuffer(rep.segment_device_j, dtype=np.float64).copy()
+    h = np.frombuffer(rep.segment_host_j, dtype=np.float64).copy()
     if rep.current is not None:
         c0, c1, ce, ch = rep.current
         if c1 > c0 and end > c0:

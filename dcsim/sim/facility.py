@@ -122,10 +122,10 @@ def build_levels(spec: "FacilityPower", pools: list["PoolInfo"], pool_names: lis
     return levels
 
 
-def _floor_w(ev: "ProfileEvaluator") -> float:
+def _floor_w(evaluator: "ProfileEvaluator") -> float:
     """The lowest cap a load-following policy sets on this device: its min_w, and for the analytic model just
     above the static floor, where the model describes nothing."""
-    pc = ev.profile.power_cap
+    pc = evaluator.profile.power_cap
     lo = pc.min_w
     if pc.method == "analytic":
         lo = max(lo, pc.static_w + 0.01 * pc.default_w)
@@ -165,7 +165,8 @@ def start_power_management(sc: "Scenario", scenario_file: str | Path | None, env
         lv.floor_fraction = max(_floor_w(pools[pool_of[i]].evaluator) / pools[pool_of[i]].profile.power_cap.default_w
                                 for i in lv.replicas)
     for rep in replicas:
-        rep.ev = copy.copy(rep.ev)  # its own, so that its cap can change alone (before its process first runs)
+        # its own, so that its cap can change alone (before its process first runs)
+        rep.evaluator = copy.copy(rep.evaluator)
     run.managed = True
     env.disown(env.process(_manage(env, run, pol, pools, replicas, source)))
     return run
@@ -213,8 +214,8 @@ def _manage(env: FacilityEnvironment, run: FacilityRun, pol: PowerPolicy, pools:
     idle = []
     for r in replicas:
         p = pools[r.pool]
-        ev = p.evaluator
-        idle.append((ev.idle_w if p.idle == "serving" else ev.deep_idle_w) + ev.host_idle_w)
+        evaluator = p.evaluator
+        idle.append((evaluator.idle_w if p.idle == "serving" else evaluator.deep_idle_w) + evaluator.host_idle_w)
     # the limited levels above each replica
     above: list[list[Level]] = [[] for _ in replicas]
     for lv in limited:
@@ -279,7 +280,7 @@ def _manage(env: FacilityEnvironment, run: FacilityRun, pol: PowerPolicy, pools:
             if moves:
                 yield env.tick(0)  # the interrupted runs are cut (at the old cap) before the caps change
                 for i, w in moves:
-                    replicas[i].ev.adopt_cap(template(pool_of[i], w))
+                    replicas[i].evaluator.adopt_cap(template(pool_of[i], w))
                     applied[i] = w
         if env.peek() == math.inf or (not source.is_alive and all(
                 r.outstanding == 0 and r.current is None for r in replicas)):

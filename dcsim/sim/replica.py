@@ -23,17 +23,18 @@ class Replica:
     """Queue, outstanding-work counters the routers read, and a log of busy segments for energy."""
 
     __slots__ = (
-        "env", "index", "pool", "ev", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
-        "seg_t0", "seg_t1", "seg_e", "seg_h", "current", "wake", "proc", "decoding", "parallel", "busy_s",
+        "env", "index", "pool", "evaluator", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
+        "segment_start_s", "segment_end_s", "segment_device_j", "segment_host_j", "current", "wake", "proc", "decoding",
+        "parallel", "busy_s",
         "watchers", "cuts", "run_t0", "run_cut", "cut",
     )
 
-    def __init__(self, env: simpy.Environment, index: int, pool: int, ev: ProfileEvaluator,
+    def __init__(self, env: simpy.Environment, index: int, pool: int, evaluator: ProfileEvaluator,
                  batching: Batching, log: RequestLog) -> None:
         self.env = env
         self.index = index
         self.pool = pool
-        self.ev = ev
+        self.evaluator = evaluator
         self.batching = batching
         self.policy = make_policy(batching.policy, batching.params)
         self.log = log
@@ -43,10 +44,10 @@ class Replica:
         # told after every change of the two (submit, complete): routers' indexes (dcsim/sim/replica_index.py)
         self.watchers: list[Callable[[Replica], None]] = []
         self.parallel = self.policy.parallel
-        self.seg_t0 = array("d")
-        self.seg_t1 = array("d")
-        self.seg_e = array("d")
-        self.seg_h = array("d")
+        self.segment_start_s = array("d")
+        self.segment_end_s = array("d")
+        self.segment_device_j = array("d")
+        self.segment_host_j = array("d")
         self.current: tuple[float, float, float, float] | None = None  # segment in progress
         self.wake: simpy.Event | None = None
         self.decoding = False  # in a run of decode steps that an admissible arrival interrupts
@@ -79,10 +80,10 @@ class Replica:
 
     # ---- bookkeeping shared by the policies ---------------------------------------------------
     def segment(self, t0: float, t1: float, e: float, h: float) -> None:
-        self.seg_t0.append(t0)
-        self.seg_t1.append(t1)
-        self.seg_e.append(e)
-        self.seg_h.append(h)
+        self.segment_start_s.append(t0)
+        self.segment_end_s.append(t1)
+        self.segment_device_j.append(e)
+        self.segment_host_j.append(h)
         self.busy_s += t1 - t0
 
     def complete(self, r: Request, now: float) -> None:
@@ -127,6 +128,6 @@ def cut_runs(env: simpy.Environment, cuts: list[Replica]) -> None:
     cuts.clear()
 
 
-def predicted_service_s(ev: ProfileEvaluator, n_in: int, n_out: int) -> float:
+def predicted_service_s(evaluator: ProfileEvaluator, n_in: int, n_out: int) -> float:
     """Isolated (batch 1) service time of a request: what routers use to predict work."""
-    return ev.served_alone(n_in, n_out)[0]
+    return evaluator.served_alone(n_in, n_out)[0]

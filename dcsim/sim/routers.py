@@ -67,14 +67,14 @@ class Fleet:
         known = self._known
         got = known.get((pool, b))
         if got is None:
-            ev = self.evaluators[pool]
+            evaluator = self.evaluators[pool]
             if b == 1:
-                got = ev.served_alone(r.n_in, r.est_out)
+                got = evaluator.served_alone(r.n_in, r.est_out)
             else:
                 pf = known.get((pool, 0))  # the prefill alone, shared by every batch size
                 if pf is None:
-                    pf = known[(pool, 0)] = prefill_alone(ev, r)
-                got = batch_service(ev, b, r, pf)
+                    pf = known[(pool, 0)] = prefill_alone(evaluator, r)
+                got = batch_service(evaluator, b, r, pf)
             known[(pool, b)] = got
         return got
 
@@ -159,23 +159,23 @@ def predicted_finish(fleet: "Fleet", rep: Replica, r: Request, alone: tuple[floa
     b = min(rep.outstanding, rep.parallel - 1) + 1
     if b == 1:
         return predicted_wait_s(rep) + alone[0], alone[1]
-    ev = fleet.evaluators[rep.pool]
-    t, e = batch_service(ev, b, r, prefill_alone(ev, r))
+    evaluator = fleet.evaluators[rep.pool]
+    t, e = batch_service(evaluator, b, r, prefill_alone(evaluator, r))
     return predicted_wait_s(rep) + t, e
 
 
-def prefill_alone(ev: ProfileEvaluator, r: Request) -> tuple[float, float]:
+def prefill_alone(evaluator: ProfileEvaluator, r: Request) -> tuple[float, float]:
     """(seconds, device watts) of the request's prompt prefilled alone."""
-    t_pf, w_pf, _ = ev.prefill(r.n_in, float(r.n_in) * r.n_in, 1)
+    t_pf, w_pf, _ = evaluator.prefill(r.n_in, float(r.n_in) * r.n_in, 1)
     return t_pf, w_pf
 
 
-def batch_service(ev: ProfileEvaluator, b: int, r: Request, pf: tuple[float, float]) -> tuple[float, float]:
+def batch_service(evaluator: ProfileEvaluator, b: int, r: Request, pf: tuple[float, float]) -> tuple[float, float]:
     """(seconds, device joules) of the request's service in a batch of b > 1: its prefill `pf`, then its decode
     steps shared with the batch."""
     n_in, n_out = r.n_in, r.est_out
     t_pf, w_pf = pf
-    step_t, step_w = ev.decode_step(b, b * (n_in + n_out / 2.0))
+    step_t, step_w = evaluator.decode_step(b, b * (n_in + n_out / 2.0))
     t = t_pf + (n_out - 1) * step_t
     e = t_pf * w_pf + (n_out - 1) * step_t * step_w / b
     return t, e

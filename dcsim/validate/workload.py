@@ -63,8 +63,8 @@ def isolated_service_s(profile: Profile, n_in: np.ndarray, n_out: np.ndarray) ->
     """Batch-1 service time of each request by the profile: what the simulator's routers predict."""
     from dcsim.sim.replica import predicted_service_s
 
-    ev = profile.evaluator()
-    return np.array([predicted_service_s(ev, a, b) for a, b in zip(n_in.tolist(), n_out.tolist())], dtype=float)
+    evaluator = profile.evaluator()
+    return np.array([predicted_service_s(evaluator, a, b) for a, b in zip(n_in.tolist(), n_out.tolist())], dtype=float)
 
 
 def sustained_rate(profile: Profile, n_in: np.ndarray, n_out: np.ndarray, batching: dict) -> float:

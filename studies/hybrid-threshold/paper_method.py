@@ -25,9 +25,9 @@ N_OUT = 32
 def profile_j_per_token(name: str, n_in: int, n_out: int = N_OUT) -> float:
     """Device + host joules per output token of one request served alone: its prefill, then n_out - 1 decode
     steps at batch 1, as the simulator charges them (host power x time and the per-step host energy)."""
-    ev = load_profile(ROOT / "profiles" / f"{name}.yaml").evaluator()
-    t_pf, w_pf, hw_pf = ev.prefill(n_in, float(n_in) * n_in, 1)
-    t_dc, e_dc, h_dc = ev.decode_run(1, n_in + 1, n_out - 1)
+    evaluator = load_profile(ROOT / "profiles" / f"{name}.yaml").evaluator()
+    t_pf, w_pf, hw_pf = evaluator.prefill(n_in, float(n_in) * n_in, 1)
+    t_dc, e_dc, h_dc = evaluator.decode_run(1, n_in + 1, n_out - 1)
     return (t_pf * (w_pf + hw_pf) + e_dc + h_dc) / n_out
 
 

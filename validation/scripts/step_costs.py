@@ -27,7 +27,7 @@ from dcsim.validate.recover import raw_file
 
 def step_table(folder: Path, profile_path: Path) -> pd.DataFrame:
     """steps.csv with each step's measured and curve seconds (`dur_s`, `curve_s`) and its kind (dec, mix, pf)."""
-    ev = load_profile(profile_path).evaluator()
+    evaluator = load_profile(profile_path).evaluator()
     s = pd.read_csv(raw_file(folder, "steps.csv"))
     s["dur_s"] = s["end_s"] - s["start_s"]
     if "decode_context" not in s:
@@ -43,10 +43,10 @@ def step_table(folder: Path, profile_path: Path) -> pd.DataFrame:
         s["prefixed_chunks"] = (s["cached_tokens"] > 0).astype(int)
     curve = np.zeros(len(s))
     for i, x in enumerate(s.itertuples(index=False)):
-        t_d = ev.decode_step(int(x.graph_batch), float(x.decode_context))[0] if x.decodes else 0.0
-        t_p = ev.prefill(float(x.prefill_tokens), float(x.chunk_pairs), int(x.chunks), float(x.chunk_prefix),
-                         int(x.prefixed_chunks))[0] if x.chunks else 0.0
-        curve[i] = t_d + t_p - (ev.overlap(t_d, t_p) if x.decodes and x.chunks else 0.0)
+        t_d = evaluator.decode_step(int(x.graph_batch), float(x.decode_context))[0] if x.decodes else 0.0
+        t_p = evaluator.prefill(float(x.prefill_tokens), float(x.chunk_pairs), int(x.chunks), float(x.chunk_prefix),
+                                int(x.prefixed_chunks))[0] if x.chunks else 0.0
+        curve[i] = t_d + t_p - (evaluator.overlap(t_d, t_p) if x.decodes and x.chunks else 0.0)
     s["curve_s"] = curve
     s["kind"] = np.where(s["chunks"] == 0, "dec", np.where(s["decodes"] == 0, "pf", "mix"))
     return s

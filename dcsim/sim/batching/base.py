@@ -51,7 +51,7 @@ class Policy:
         """Whether an arrival should interrupt a run of decode steps in progress to join at the next step."""
         return False
 
-    def check(self, ev: "ProfileEvaluator") -> str | None:
+    def check(self, evaluator: "ProfileEvaluator") -> str | None:
         """A reason the policy cannot run on this profile, or None (called once per pool)."""
         return None
 

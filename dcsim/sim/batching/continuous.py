@@ -29,10 +29,10 @@ class Continuous(Batches):
         return self._can_admit(rep, r, self.running_n)
 
     def _can_admit(self, rep: "Replica", r: "Request", running: int) -> bool:
-        return running < self.params.max_batch and self.kv_used + r.n_in + r.n_out <= rep.ev.kv_capacity
+        return running < self.params.max_batch and self.kv_used + r.n_in + r.n_out <= rep.evaluator.kv_capacity
 
     def run(self, rep: "Replica") -> Generator:
-        env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
+        env, evaluator, log, q = rep.env, rep.evaluator, rep.log, rep.queue
         running: list[Request] = []
         ctx = 0  # KV tokens held by the running batch
         max_tok = self.params.max_batched_tokens
@@ -53,7 +53,7 @@ class Continuous(Batches):
             if admit:
                 now = env.now
                 sq = float(sum(r.n_in * r.n_in for r in admit))
-                t, w, h = ev.prefill(tokens, sq, len(admit))
+                t, w, h = evaluator.prefill(tokens, sq, len(admit))
                 rep.current = (now, now + t, t * w, t * h)
                 yield env.timeout(t)
                 rep.current = None
@@ -79,10 +79,10 @@ class Continuous(Batches):
             now = env.now
 
             def cut(elapsed: float, n: int = n, ctx: int = ctx, k: int = k) -> tuple[int, tuple[float, float, float]]:
-                steps = steps_covering(ev, n, ctx, k, elapsed)  # a newcomer joins after the step in progress
-                return steps, ev.decode_run(n, ctx, steps)
+                steps = steps_covering(evaluator, n, ctx, k, elapsed)  # a newcomer joins after the step in progress
+                return steps, evaluator.decode_run(n, ctx, steps)
 
-            steps, t_run, e_run, h_run = yield from decode_run_events(rep, now, ev.decode_run(n, ctx, k), k, cut)
+            steps, t_run, e_run, h_run = yield from decode_run_events(rep, now, evaluator.decode_run(n, ctx, k), k, cut)
             end = now + t_run
             e_each, h_each = e_run / n, h_run / n
             ctx += steps * n
@@ -104,12 +104,12 @@ class Continuous(Batches):
         rep.complete(r, now)
 
 
-def steps_covering(ev: "ProfileEvaluator", n: int, ctx: float, k: int, elapsed: float, **kw: float) -> int:
+def steps_covering(evaluator: "ProfileEvaluator", n: int, ctx: float, k: int, elapsed: float, **kw: float) -> int:
     """Fewest decode steps (1..k) whose total time reaches `elapsed`: the step in progress completes."""
     lo, hi = 1, k
     while lo < hi:
         mid = (lo + hi) // 2
-        if ev.decode_run(n, ctx, mid, **kw)[0] >= elapsed:
+        if evaluator.decode_run(n, ctx, mid, **kw)[0] >= elapsed:
             hi = mid
         else:
             lo = mid + 1

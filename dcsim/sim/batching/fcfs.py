@@ -18,9 +18,9 @@ class Fcfs(Policy):
     Params = Limits
 
     def run(self, rep: "Replica") -> Generator:
-        env, ev, log, q = rep.env, rep.ev, rep.log, rep.queue
-        timeout, prefill, decode_run, segment, complete = (env.timeout, ev.prefill, ev.decode_run, rep.segment,
-                                                            rep.complete)
+        env, evaluator, log, q = rep.env, rep.evaluator, rep.log, rep.queue
+        timeout, prefill, decode_run, segment, complete = (env.timeout, evaluator.prefill, evaluator.decode_run,
+                                                            rep.segment, rep.complete)
         start, first = log.start, log.first
         while True:
             if not q:

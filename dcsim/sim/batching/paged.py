@@ -155,20 +155,20 @@ class Paged(Policy):
     def max_batch(self) -> int:
         return self.params.max_num_seqs
 
-    def total_blocks(self, ev: "ProfileEvaluator") -> int:
-        return self.params.kv_blocks or ev.kv_capacity // self.bs
+    def total_blocks(self, evaluator: "ProfileEvaluator") -> int:
+        return self.params.kv_blocks or evaluator.kv_capacity // self.bs
 
-    def check(self, ev: "ProfileEvaluator") -> str | None:
-        if ev.engine is not None:
+    def check(self, evaluator: "ProfileEvaluator") -> str | None:
+        if evaluator.engine is not None:
             return ("policy 'paged' reads live KV blocks at every step; this profile's engine holds a static KV "
                     "cache (engine.cache_lengths): use a profile of a paged or dynamic-cache engine")
-        if self.total_blocks(ev) < 1:
+        if self.total_blocks(evaluator) < 1:
             return f"the profile leaves no KV memory for one block of {self.bs} tokens; set kv_blocks"
         return None
 
-    def refuses(self, r: "Request", ev: "ProfileEvaluator") -> int:
+    def refuses(self, r: "Request", evaluator: "ProfileEvaluator") -> int:
         """A reject reason code (dcsim.sim.requests.REJECT_REASONS) for a request this engine can never serve."""
-        if -(-(r.n_in + r.n_out - 1) // self.bs) > self.total_blocks(ev):
+        if -(-(r.n_in + r.n_out - 1) // self.bs) > self.total_blocks(evaluator):
             return 1
         if not self.params.chunked_prefill and r.n_in > self.params.max_num_batched_tokens:
             return 4
@@ -228,9 +228,9 @@ class Paged(Policy):
 
     # ---- the engine ---------------------------------------------------------------------------
     def run(self, rep: "Replica") -> Generator:
-        env, ev, log, q, p = rep.env, rep.ev, rep.log, rep.queue, self.params
+        env, evaluator, log, q, p = rep.env, rep.evaluator, rep.log, rep.queue, self.params
         bs = self.bs
-        pool = self.pool = BlockPool(self.total_blocks(ev))
+        pool = self.pool = BlockPool(self.total_blocks(evaluator))
         caching = p.enable_prefix_caching
         chunked = p.chunked_prefill
         budget_max = p.max_num_batched_tokens
@@ -238,8 +238,8 @@ class Paged(Policy):
         # a chunk that shares a step with decodes costs its marginal prefill time (the step reads the weights once),
         # and every step with n decodes gives back the prefill share it held: by Little's law n / L admissions per
         # step, L the mean output length, each costing c, the mean prefill time per request so far
-        split = ev.profile.engine.step_includes_prefill
-        pf_fixed = ev.prefill(0, 0.0, 0)[0]  # a prefill step's fixed part (the weights' read)
+        split = evaluator.profile.engine.step_includes_prefill
+        pf_fixed = evaluator.prefill(0, 0.0, 0)[0]  # a prefill step's fixed part (the weights' read)
 
         def give_back(n: int, t_step: float) -> float:
             """Seconds a step of n decodes gives back to the prefills moved out of it (at most half the step)."""
@@ -258,7 +258,7 @@ class Paged(Policy):
         partial: OrderedDict[int, Request] = OrderedDict()  # running, prefill not complete
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
-        decode_run, decode_step = ev.decode_run, ev.decode_step
+        decode_run, decode_step = evaluator.decode_run, evaluator.decode_step
         itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
                                                 self.itl_k.append, self.itl_n.append)
 
@@ -443,7 +443,7 @@ class Paged(Policy):
 
                 def cut(elapsed: float, bg: int = bg, ctx0: int = ctx0, k: int = k, n: int = n,
                         give: float = give) -> tuple[int, tuple[float, float, float]]:
-                    steps = ev.decode_steps_covering(bg, ctx0, k, elapsed, n, -give)
+                    steps = evaluator.decode_steps_covering(bg, ctx0, k, elapsed, n, -give)
                     return steps, shorter(steps, n, decode_run(bg, ctx0, steps, n), give)
 
                 steps, t_run, e_run, h_run = yield from decode_run_events(
@@ -476,7 +476,7 @@ class Paged(Policy):
                 sq += (d + c) * (d + c) - d * d
                 pre += d
                 after += d > 0
-            t_p, w_p, hw_p = ev.prefill(tokens, float(sq), len(chunks), float(pre), after)
+            t_p, w_p, hw_p = evaluator.prefill(tokens, float(sq), len(chunks), float(pre), after)
             if split and n:  # the prefill runs inside this decode step, at the step's measured power
                 t_p = max(0.0, t_p - pf_fixed)
                 self.pf_sum += t_p
@@ -487,7 +487,7 @@ class Paged(Policy):
             elif split:
                 self.pf_sum += max(0.0, t_p - pf_fixed)
             elif n:  # a fused engine's one forward: one fixed part for both, saved from the decode part
-                ov = ev.overlap(t_d, t_p)
+                ov = evaluator.overlap(t_d, t_p)
                 if ov:
                     f = (t_d - ov) / t_d
                     t_d, e_d, h_d = t_d - ov, e_d * f, h_d * f

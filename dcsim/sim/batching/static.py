@@ -18,7 +18,7 @@ class Static(Batches):
 
 
     def run(self, rep: "Replica") -> Generator:
-        env, ev, log, q, b = rep.env, rep.ev, rep.log, rep.queue, self.params
+        env, evaluator, log, q, b = rep.env, rep.evaluator, rep.log, rep.queue, self.params
         while True:
             if not q:
                 yield rep.idle_wait()
@@ -34,14 +34,14 @@ class Static(Batches):
             max_in, max_out = batch[0].n_in, batch[0].n_out
             while q and len(batch) < b.max_batch:
                 mi, mo = max(max_in, q[0].n_in), max(max_out, q[0].n_out)
-                if (len(batch) + 1) * (mi + mo) > ev.kv_capacity:
+                if (len(batch) + 1) * (mi + mo) > evaluator.kv_capacity:
                     break
                 batch.append(q.popleft())
                 max_in, max_out = mi, mo
             n = len(batch)
             now = env.now
-            t_pf, w_pf, h_pf = ev.prefill(n * max_in, float(n) * max_in * max_in, n)
-            t_dc, e_dc, h_dc = ev.decode_run(n, n * (max_in + 1), max_out - 1)
+            t_pf, w_pf, h_pf = evaluator.prefill(n * max_in, float(n) * max_in * max_in, n)
+            t_dc, e_dc, h_dc = evaluator.decode_run(n, n * (max_in + 1), max_out - 1)
             t = t_pf + t_dc
             e = t_pf * w_pf + e_dc
             h = t_pf * h_pf + h_dc
