@@ -526,6 +526,9 @@ def absolute_refs(data: dict, folder: str | Path) -> dict:
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario; errors name the file and the field."""
     data = load_yaml(path)
+    if isinstance(data, dict) and "base" in data and any(k in data for k in ("grid", "zip", "set")):
+        raise UserError("this is a sweep file (base and grid), not a scenario: run it with `dcsim sweep`", path,
+                        "base")
     data = apply_overrides(data, overrides or [], path)
     data = absolute_refs(data, Path(path).absolute().parent)
     return validate_file(Scenario, data, path)

@@ -136,3 +136,19 @@ def test_real_process_exit_status_and_no_traceback(case):
     p = subprocess.run([sys.executable, "-m", "dcsim.cli", "run", str(sc)], capture_output=True, text=True)
     assert p.returncode == 2
     assert "fleet.0.count" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_sweep_file_given_to_run_says_to_use_sweep_and_a_pool_that_served_nothing_prints_dashes(case, capsys):
+    d, data = case
+    sweep = d / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "scenario.yaml", "grid": {"fleet.0.count": [1, 2]}}))
+    rc, out, err = run_cli(["run", str(sweep), "--out", str(d / "res")], capsys)
+    assert rc == 2 and "dcsim sweep" in err and "field 'base'" in err and "Traceback" not in err
+    assert not (d / "res").exists()
+    # a second pool the router never sends to (every prompt is above the threshold): dashes, not 'nan'
+    data["fleet"].append({**data["fleet"][0], "name": "idle", "count": 1})
+    data["router"] = {"name": "token_threshold", "input_threshold": 10, "small_pool": "idle", "large_pool": "gpu"}
+    rc, out, err = run_cli(["run", str(write_scenario(d, data))], capsys)
+    assert rc == 0, err
+    row = next(ln for ln in out.splitlines() if ln.strip().startswith("idle"))
+    assert "nan" not in row and row.split()[-2:] == ["-", "-"]

@@ -77,10 +77,13 @@ def format_summary(s: dict) -> str:
                      f"{d['deadline_misses_without_deferral']}")
     hdr = f"  {'pool':<14}{'replicas':>9}{'done':>8}{'kWh':>10}{'tok/J':>9}{'util':>7}{'e2e p50':>9}{'e2e p99':>9}"
     lines += ["", hdr]
+    def sec(x: float | None) -> str:  # a pool that completed nothing has no latency: a dash, not 'nan'
+        return f"{x:>9.2f}" if x is not None and x == x else f"{'-':>9}"
+
     for name, p in s["pools"].items():
         lines.append(
             f"  {name:<14}{p['replicas']:>9}{p['requests_completed']:>8}{p['energy_j'] / 3.6e6:>10.4f}"
-            f"{p['tokens_per_joule']:>9.3f}{p['utilisation']:>7.0%}{p['e2e_s']['p50']:>9.2f}{p['e2e_s']['p99']:>9.2f}"
+            f"{p['tokens_per_joule']:>9.3f}{p['utilisation']:>7.0%}{sec(p['e2e_s']['p50'])}{sec(p['e2e_s']['p99'])}"
         )
     for name, p in s["pools"].items():
         e = p.get("engine")

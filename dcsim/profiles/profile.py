@@ -405,7 +405,7 @@ class ProfileEvaluator:
         "decode_power_terms", "host_prefill_w", "host_decode_w", "host_step_j",
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "prefill_time_x", "decode_time_x", "prefill_power_x", "decode_power_x", "prefill_ceiling_w", "decode_ceiling_w",
-        "decode_clamped", "engine", "_cache", "clock",
+        "decode_bounded", "engine", "_cache", "clock",
         "mixed_overlap_s",
     )
 
@@ -424,7 +424,7 @@ class ProfileEvaluator:
         self.decode_time_terms = p.latency.decode_step_s.decode_terms()[:4]
         self.decode_power_terms = p.power.decode_w.decode_terms()
         # whether any decode clamp is finite: an unbounded profile skips the clamp test of a whole run
-        self.decode_clamped = (max(self.decode_time_terms[3], self.decode_power_terms[3]) > -math.inf
+        self.decode_bounded = (max(self.decode_time_terms[3], self.decode_power_terms[3]) > -math.inf
                                or self.decode_power_terms[4] < math.inf)
         host = p.power.host
         self.host_prefill_w = host.prefill_w if host else None
@@ -595,7 +595,7 @@ class ProfileEvaluator:
         bisection otherwise."""
         a, b, c, lo = self.decode_time_terms
         g = float(batch) if grow is None else float(grow)
-        if (self.engine is None and not self.decode_clamped and self.decode_ceiling_w == math.inf
+        if (self.engine is None and not self.decode_bounded and self.decode_ceiling_w == math.inf
                 and self.decode_time_x == 1.0):
             t0 = a + b * batch + c * context0 + per_step
             dt = c * g  # step j takes t0 + dt * j: the first s steps take s*t0 + dt*s(s-1)/2
@@ -641,7 +641,7 @@ class ProfileEvaluator:
         dw = pc * grow
         t_last = t0 + dt * (k - 1)
         w_last = w0 + dw * (k - 1)
-        clamped = self.decode_clamped and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
+        clamped = self.decode_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
         over = max(w0, w_last) > self.decode_ceiling_w
         if clamped or (over and min(w0, w_last) <= self.decode_ceiling_w):
             # clamps, or a run that crosses the cap: step by step
