@@ -4,7 +4,7 @@ Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
     python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous paged] [--repeats 3]
         [--facility POLICY] [--autoscaling reactive|scheduled]
 Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request, and SimPy
-events scheduled per request.
+events scheduled per request; with fcfs, first a row for bench_skeleton.py (SimPy's own floor for that case).
 """
 
 from __future__ import annotations
@@ -160,6 +160,13 @@ def main() -> None:
     print(f"{'policy':<11}{'requests':>10}{'median s':>10}{'req/s':>10}{'bytes/req':>11}{'events/req':>11}"
           "  utilisation")
     for n in a.sizes:
+        if "fcfs" in a.policies:  # SimPy's own floor for the fcfs case, in the same run (bench_skeleton.py)
+            runs = [json.loads(subprocess.run([sys.executable, str(HERE / "bench_skeleton.py"), "--child", str(n)],
+                                              capture_output=True, text=True, check=True).stdout.strip()
+                               .splitlines()[-1]) for _ in range(a.repeats)]
+            med = statistics.median(r["seconds"] for r in runs)
+            print(f"{'skeleton':<11}{n:>10}{med:>10.2f}{n / med:>10.0f}{'':>11}{runs[0]['events'] / n:>11.2f}"
+                  "  (bare SimPy, the fcfs case's floor)", flush=True)
         for pol in a.policies:
             with tempfile.TemporaryDirectory() as d:
                 sc = make_case(Path(d), n, pol)

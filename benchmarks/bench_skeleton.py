@@ -1,8 +1,8 @@
 """The floor SimPy itself sets for bench_sim.py's fcfs case: the same 64 replicas, the same requests, arrival rate
-and service times, simulated by the least a SimPy model can do (a source process, one Store and one server process
-per replica, one timeout per request, the completion time recorded), with none of dcsim's routing, energy or
+and service times, simulated by the least a SimPy model can do (a source process; per replica a queue and a server
+process; one timeout per request, the completion time recorded), with none of dcsim's routing, energy or
 bookkeeping. bench_sim.py's fcfs requests/s over this one's, measured in the same run, is the simulator's share of
-SimPy's own speed. Usage:
+SimPy's own speed (its events per request: about 3, the floor for this case). Usage:
     python benchmarks/bench_skeleton.py [--sizes 100000 1000000] [--repeats 3]
 """
 
@@ -38,30 +38,44 @@ def inputs(n: int) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def skeleton(arrivals: np.ndarray, service: list[np.ndarray]) -> tuple[np.ndarray, int]:
-    """Simulate: requests go round-robin to the replicas, each serves its Store first come first served. Returns
-    the completion times and the events SimPy scheduled."""
+    """Simulate: requests go round-robin to the replicas, each serves its queue first come first served. A
+    replica's queue is a deque and its server a process that sleeps on one event while the queue is empty, so a
+    request costs SimPy its arrival timeout, its service timeout and, when it finds its replica idle, the wake-up:
+    the fewest events a SimPy model of this case schedules. Returns the completion times and the events."""
+    from collections import deque
+
     import simpy
 
     env = simpy.Environment()
     kind_of = [k for k, (count, *_) in enumerate(KINDS) for _ in range(count)]
-    stores = [simpy.Store(env) for _ in kind_of]
+    queues = [deque() for _ in kind_of]
+    wake: list[simpy.Event | None] = [None] * len(kind_of)
     done = np.zeros(len(arrivals))
 
-    def server(store: simpy.Store, times: np.ndarray):
+    def server(j: int, times: np.ndarray):
+        q = queues[j]
         while True:
-            i = yield store.get()
+            if not q:
+                wake[j] = env.event()
+                yield wake[j]
+            i = q.popleft()
             yield env.timeout(times[i])
             done[i] = env.now
 
-    for store, k in zip(stores, kind_of):
-        env.process(server(store, service[k]))
+    for j, k in enumerate(kind_of):
+        env.process(server(j, service[k]))
 
     def source():
-        now, m = 0.0, len(stores)
+        now, m = 0.0, len(queues)
         for i, t in enumerate(arrivals.tolist()):
             yield env.timeout(t - now)
             now = t
-            stores[i % m].put(i)
+            j = i % m
+            queues[j].append(i)
+            w = wake[j]
+            if w is not None:
+                wake[j] = None
+                w.succeed()
 
     env.process(source())
     env.run()
