@@ -290,3 +290,22 @@ def test_bad_trace_deadlines_exit_2_naming_the_column(tmp_path, capsys, rows, cl
     got = _csv_run(tmp_path, capsys, rows, request_classes=classes)
     assert got["code"] == 2 and words in got["err"] and "Traceback" not in got["err"], got
     assert not (tmp_path / "o").exists()
+
+
+def test_request_classes_with_autoscaling_defer_then_load(tmp_path, capsys):
+    """Request classes and an autoscaler together: one replica off at the start (reactive, scale from zero, a
+    20 s, 2,000 J load); a batch request arriving at 0 in the dirty hour is held to 100 s (carbon_defer), then
+    finds the replica off and waits for its load: it starts at 120 and is done at 120.41, its deadline met."""
+    prof = write_profile(tmp_path)
+    pools = [{"name": "a", "profile": str(prof), "count": 1, "cold_start": {"load_s": 20.0, "load_j": 2000.0}}]
+    s = _run(tmp_path, capsys, out=tmp_path / "o", pools=pools, request_classes=_classes(1000.0),
+             dispatch={"name": "carbon_defer", "threshold": 200},
+             autoscaling={"name": "reactive", "min_replicas": 0, "interval_s": 10})
+    assert "code" not in s, s
+    req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
+    assert req["released_s"][0] == CLEAN_AT and req["start_s"][0] == pytest.approx(CLEAN_AT + 20.0)
+    assert req["cold_wait_s"][0] == pytest.approx(20.0) and bool(req["deadline_met"][0])
+    assert req["done_s"][0] == pytest.approx(CLEAN_AT + 20.0 + SERVICE_S)
+    assert s["load_j"] == pytest.approx(2000.0) and s["active_j"] == pytest.approx(ACTIVE_J)
+    assert s["autoscaling"]["loads"] == 1 and s["request_classes"]["batch"]["deferred"] == 1
+    assert s["requests_completed"] == 1

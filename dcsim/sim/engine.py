@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, NamedTuple
+from typing import Any, Callable, Generator, NamedTuple
 
 import numpy as np
 import simpy
@@ -216,13 +216,12 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         src = env.process(_source(env, router, fleet, log, arrivals, n_in, n_out, est_out, [p.policy for p in pools],
                                   prefix, managed or scaler is not None, scaler))
     else:
-        if scaler is not None:
-            raise UserError("request classes and autoscaling cannot be combined yet", scenario_file, "autoscaling.name")
         from dcsim.sim.dispatch import make_dispatch
 
         disp = make_dispatch(sc.dispatch.name, sc.dispatch.params)
         src = env.process(_class_source(env, router, fleet, log, arrivals, n_in, n_out, est_out,
-                                        [p.policy for p in pools], prefix, classes, disp, grid.get("carbon")))
+                                        [p.policy for p in pools], prefix, classes, disp, grid.get("carbon"),
+                                        scaler))
     fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
@@ -302,18 +301,55 @@ def _itl_runs(pol: Policy) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(c, dtype=np.float64) for c in cols)
 
 
+def _admitter(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, policies: list[Policy],
+              scaler=None) -> Callable[[Request], None]:
+    """The one admission both arrival processes use: the router picks a replica; a request its pool can never
+    serve is rejected with the reason (the policy's own refusal, more tokens than KV memory holds, longer than the
+    model's context); else it is submitted (with an autoscaler, the router picks the pool and the scaler the
+    replica in it)."""
+    needs_work = router.needs_work
+    caps = [evaluator.kv_capacity for evaluator in fleet.evaluators]
+    # policies with requests they can never serve (paged: more blocks than memory holds)
+    refusers = [getattr(p, "refuses", None) for p in policies]
+    ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
+    choose, predict, replica_of, reject = router.choose, fleet.predict, log.replica, log.reject
+
+    def admit(r: Request) -> None:
+        rep = choose(r)
+        refuse = refusers[rep.pool]
+        if refuse is not None:
+            why = refuse(r, fleet.evaluators[rep.pool])
+            if why:
+                reject(r.rid, rep.index, why, env.now)
+                return
+        need = r.n_in + r.n_out
+        if need > caps[rep.pool]:
+            reject(r.rid, rep.index, 1, env.now)
+            return
+        if need > ctx[rep.pool]:
+            reject(r.rid, rep.index, 2, env.now)
+            return
+        if scaler is not None:
+            rep = scaler.place(rep.pool)
+        replica_of[r.rid] = rep.index
+        if needs_work:
+            r.pred = predict(rep.pool, r)[0]
+        if scaler is None:
+            rep.submit(r)
+        else:
+            scaler.submit(rep, r)
+
+    return admit
+
+
 def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
             n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
             prefix: tuple[list[int], list[int]] | None = None, managed: bool = False, scaler=None) -> Generator:
     """The arrival process: hands each request to the router at its arrival time (`managed`: something else
     interrupts decode runs too, and arrivals interrupt them as it does; with an autoscaler, the router picks the
     pool and the scaler the replica in it)."""
-    needs_work = router.needs_work
-    caps = [evaluator.kv_capacity for evaluator in fleet.evaluators]
-    # policies with requests they can never serve (paged: more blocks than memory holds)
-    refusers = [getattr(p, "refuses", None) for p in policies]
+    admit = _admitter(env, router, fleet, log, policies, scaler)
     pid, plen = prefix if prefix is not None else (None, None)
-    ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
     arr = arrivals.tolist()
     nin = n_in.tolist()
     nout = n_out.tolist()
@@ -334,29 +370,7 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
         if pid is not None:
             r.prefix_id = pid[i]
             r.prefix_len = plen[i]
-        rep = router.choose(r)
-        refuse = refusers[rep.pool]
-        if refuse is not None:
-            why = refuse(r, fleet.evaluators[rep.pool])
-            if why:
-                log.reject(i, rep.index, why, env.now)
-                continue
-        need = r.n_in + r.n_out
-        if need > caps[rep.pool]:
-            log.reject(i, rep.index, 1, env.now)
-            continue
-        if need > ctx[rep.pool]:
-            log.reject(i, rep.index, 2, env.now)
-            continue
-        if scaler is not None:
-            rep = scaler.place(rep.pool)
-        log.replica[i] = rep.index
-        if needs_work:
-            r.pred = fleet.predict(rep.pool, r)[0]
-        if scaler is None:
-            rep.submit(r)
-        else:
-            scaler.submit(rep, r)
+        admit(r)
     if cuts:
         cut_runs(env, cuts)
     if scaler is not None:
@@ -366,17 +380,15 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
 def _class_source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,
                   n_in: np.ndarray, n_out: np.ndarray, est_out: np.ndarray, policies: list[Policy],
                   prefix: tuple[list[int], list[int]] | None, classes: RequestClassArrays, disp,
-                  series: StepSeries | None) -> Generator:
+                  series: StepSeries | None, scaler=None) -> Generator:
     """The arrival process with request classes: an interactive request goes to the router at its arrival, a
     batch one at the time the dispatch policy computes when it arrives (held in a queue ordered by release time;
-    the process wakes at the next arrival or release, whichever is first, never to poll)."""
+    the process wakes at the next arrival or release, whichever is first, never to poll). With an autoscaler, as
+    `_source`: the router picks the pool and the scaler the replica."""
     import heapq
 
-    caps = [evaluator.kv_capacity for evaluator in fleet.evaluators]
-    refusers = [getattr(p, "refuses", None) for p in policies]
+    admit_now = _admitter(env, router, fleet, log, policies, scaler)
     pid, plen = prefix if prefix is not None else (None, None)
-    ctx = [p_ev.profile.model.max_context for p_ev in fleet.evaluators]
-    needs_work = router.needs_work
     batch = classes.batch.tolist()
     deadline = classes.deadline_s.tolist()
     release = classes.release_s
@@ -386,26 +398,8 @@ def _class_source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog,
     i = 0
 
     def admit(r: Request) -> None:
-        rid = r.rid
-        release[rid] = env.now
-        rep = router.choose(r)
-        refuse = refusers[rep.pool]
-        if refuse is not None:
-            why = refuse(r, fleet.evaluators[rep.pool])
-            if why:
-                log.reject(rid, rep.index, why, env.now)
-                return
-        need = r.n_in + r.n_out
-        if need > caps[rep.pool]:
-            log.reject(rid, rep.index, 1, env.now)
-            return
-        if need > ctx[rep.pool]:
-            log.reject(rid, rep.index, 2, env.now)
-            return
-        log.replica[rid] = rep.index
-        if needs_work:
-            r.pred = fleet.predict(rep.pool, r)[0]
-        rep.submit(r)
+        release[r.rid] = env.now
+        admit_now(r)
 
     while i < n or held:
         t_arr = arr[i] if i < n else np.inf
@@ -430,6 +424,8 @@ def _class_source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog,
                 continue
         admit(r)
         i += 1
+    if scaler is not None:
+        scaler.done = True
 
 
 def _segments(rep: Replica, end: float) -> Segments:
