@@ -29,6 +29,16 @@ def level_power(raw: "RawResults", replicas: list[int]) -> tuple[np.ndarray, np.
     for i in replicas:
         idle = _idle_w(raw, i)
         base += idle
+        if raw.scaling is not None:  # spans off or loading draw that instead of idle
+            from dcsim.sim.autoscale import LOADING, state_spans
+
+            p = int(raw.replica_pool[i])
+            cold = raw.scaling.pools[p].cold
+            off_w = raw.pools[p].evaluator.deep_idle_w
+            for a, b, st in state_spans(raw.scaling, i, p, end):
+                lift = (cold.load_j / cold.load_s if st == LOADING else off_w) - idle
+                ts += [np.array([a]), np.array([b])]
+                ds += [np.array([lift]), np.array([-lift])]
         t0, t1, e, h = raw.segments[i]
         dur = t1 - t0
         keep = dur > 0

@@ -231,3 +231,39 @@ def test_study_cut_down():
     assert out["reactive_one_warm"]["autoscaling"]["requests_waited_for_load"] == 0
     for s in out.values():
         assert s["requests_completed"] == 1500
+
+
+def test_autoscaling_under_a_facility_power_limit(tmp_path):
+    """An autoscaler and a power hierarchy together. One replica scales from zero (a 20 s, 2,000 J load: 100 W);
+    requests at 0 and 25 as in the scale-from-zero case. Under a 1,000 W row limit nothing is capped, the
+    timeline is the one without a facility, and the row's energy is the run's, the load's 2,000 J included
+    (peak 254 W: a request served alone is one segment of 104.1 J over 0.41 s). Under 90 W the manager sees the
+    load's 100 W (cap_on_threshold caps above 85.5 W) and caps during the load, before the first step at 20 s."""
+    cap = {"min_w": 100, "max_w": 400, "default_w": 400, "static_w": 60, "exponent": 3}
+    prof = write_profile(tmp_path, cap=cap)
+    tr = write_trace(tmp_path, [100, 100], [11, 11], [0.0, 25.0])
+    auto = {"name": "reactive", "min_replicas": 0, "interval_s": 10}
+
+    def go(limit_w: float | None):
+        pool = {"name": "p", "profile": str(prof), "count": 1, "batching": {"policy": "fcfs"}, "cold_start": COLD}
+        kw = {} if limit_w is None else {"facility": {"power": {
+            "control_interval_s": 1.0, "policy": {"name": "cap_on_threshold", "cap_w": 150, "hold_s": 0},
+            "rows": [{"name": "row", "limit_w": limit_w, "racks": [{"name": "r", "replicas": {"p": 1}}]}]}}}
+        raw = simulate(Scenario.model_validate(scenario(tr, [pool], autoscaling=auto, **kw)))
+        return raw, requests_table(raw), summarize(raw)
+
+    _, req0, s0 = go(None)
+    _, req, s = go(1000.0)
+    assert req0["done_s"].tolist() == pytest.approx([20.41, 25.41])
+    assert req["done_s"].tolist() == pytest.approx(req0["done_s"].tolist())
+    row = s["facility"]["levels"]["row"]
+    assert row["cap_events"] == 0 and row["peak_w"] == pytest.approx(104.1 / 0.41)  # a request's mean power
+    assert row["energy_j"] == pytest.approx(s["energy_j"]) and s["load_j"] == pytest.approx(2000.0)
+    raw, req, s = go(90.0)
+    row = s["facility"]["levels"]["row"]
+    assert row["cap_events"] == 1 and row["first_cap_s"] == 0.0
+    from dcsim.facility_report import events_columns
+
+    ev = events_columns(raw)  # capped at the first sample on the loading replica's 100 W, released when it idles
+    assert ev["action"] == ["cap", "release"] and ev["power_w"] == pytest.approx([100.0, 50.0])
+    assert ev["t_s"] == pytest.approx([0.0, 20.0])

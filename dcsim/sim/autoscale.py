@@ -293,15 +293,25 @@ class Scaler:
         for r in held:
             rep.submit(r)
 
-    def _drained(self) -> bool:
+    def drained(self) -> bool:
+        """Nothing assigned and unfinished, and no load under way."""
         return all(pool.outstanding() == 0 and LOADING not in pool.st for pool in self.pools)
+
+    def draw_w(self, rep: "Replica") -> float | None:
+        """The watts a replica draws for being off (its device's deep idle) or loading (the load's energy over
+        its time) at this moment, as the results count them; None while it is on."""
+        pool = self.pools[rep.pool]
+        st = pool.st[rep.index - pool.first]
+        if st == ON:
+            return None
+        return rep.evaluator.deep_idle_w if st == OFF else pool.cold.load_j / pool.cold.load_s
 
     def run(self) -> Generator:
         """The evaluation loop; it ends once every arrival is placed and served."""
         dt = self.policy.params.interval_s
         while True:
             yield self.env.timeout(dt)
-            if self.done and self._drained():
+            if self.done and self.drained():
                 return
             now = self.env.now
             for pool in self.pools:
@@ -331,9 +341,6 @@ def start_autoscaling(sc, scenario_file, env: "simpy.Environment", pools: list, 
     from dcsim.cold_start import CITATION, published_load
     from dcsim.errors import UserError
 
-    if sc.facility.power is not None:
-        raise UserError("autoscaling with a facility power hierarchy is not supported yet: give one or the other",
-                        scenario_file, "autoscaling.name")
     policy = make_autoscaler(sc.autoscaling.name, sc.autoscaling.params)
     scaled = []
     for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
@@ -355,6 +362,15 @@ def start_autoscaling(sc, scenario_file, env: "simpy.Environment", pools: list, 
     scaler = Scaler(env, policy, scaled, n_requests)
     env.process(scaler.run())
     return scaler
+
+
+def state_spans(scaler: Scaler, rep: int, pool: int, end: float) -> list[tuple[float, float, int]]:
+    """Replica `rep`'s spans off or loading up to `end`: (start, end, state), in time order."""
+    ps = scaler.pools[pool]
+    i = rep - ps.first
+    t = list(ps.change_t[i]) + [end]
+    s = list(ps.change_s[i])
+    return [(a, min(b, end), st) for a, b, st in zip(t, t[1:], s) if st != ON and a < end]
 
 
 def state_seconds(scaler: Scaler, rep: int, pool: int, edges) -> tuple:

@@ -222,7 +222,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         src = env.process(_class_source(env, router, fleet, log, arrivals, n_in, n_out, est_out,
                                         [p.policy for p in pools], prefix, classes, disp, grid.get("carbon"),
                                         scaler))
-    fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src)
+    fac = None if power is None else start_power_management(sc, scenario_file, env, pools, replicas, src, scaler)
     if sc.horizon_s is not None:
         env.run(until=sc.horizon_s)
         end = float(sc.horizon_s)

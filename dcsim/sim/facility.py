@@ -141,7 +141,8 @@ def needs_manager(spec: "FacilityPower") -> bool:
 
 
 def start_power_management(sc: "Scenario", scenario_file: str | Path | None, env: FacilityEnvironment,
-                           pools: list["PoolInfo"], replicas: list["Replica"], source: simpy.Process) -> FacilityRun:
+                           pools: list["PoolInfo"], replicas: list["Replica"], source: simpy.Process,
+                           scaler=None) -> FacilityRun:
     """The scenario's hierarchy, checked against the pools' profiles; with a policy that caps, each replica gets
     an evaluator of its own and the manager process starts."""
     spec = sc.facility.power
@@ -168,7 +169,7 @@ def start_power_management(sc: "Scenario", scenario_file: str | Path | None, env
         # its own, so that its cap can change alone (before its process first runs)
         rep.evaluator = copy.copy(rep.evaluator)
     run.managed = True
-    env.disown(env.process(_manage(env, run, pol, pools, replicas, source)))
+    env.disown(env.process(_manage(env, run, pol, pools, replicas, source, scaler)))
     return run
 
 
@@ -204,7 +205,7 @@ def _draw(rep: "Replica", idle_w: float, now: float) -> float:
 
 
 def _manage(env: FacilityEnvironment, run: FacilityRun, pol: PowerPolicy, pools: list["PoolInfo"],
-            replicas: list["Replica"], source: simpy.Process) -> Generator:
+            replicas: list["Replica"], source: simpy.Process, scaler=None) -> Generator:
     """The power manager: every control interval, sample each limited level, let the policy decide its cap,
     and carry changed caps to the replicas at their next step boundary. Ends once every request has arrived
     and every replica is idle (nothing can draw more after that)."""
@@ -252,6 +253,11 @@ def _manage(env: FacilityEnvironment, run: FacilityRun, pol: PowerPolicy, pools:
         now = env.now
         run.ticks += 1
         draws = [_draw(r, idle[i], now) for i, r in enumerate(replicas)]
+        if scaler is not None:  # a replica off or loading draws that, not its idle or a step
+            for i, r in enumerate(replicas):
+                w = scaler.draw_w(r)
+                if w is not None:
+                    draws[i] = w
         changed = False
         for lv in limited:
             pw = math.fsum(draws[i] for i in lv.replicas)
@@ -282,7 +288,7 @@ def _manage(env: FacilityEnvironment, run: FacilityRun, pol: PowerPolicy, pools:
                 for i, w in moves:
                     replicas[i].evaluator.adopt_cap(template(pool_of[i], w))
                     applied[i] = w
-        if env.peek() == math.inf or (not source.is_alive and all(
+        if env.peek() == math.inf or (not source.is_alive and (scaler is None or scaler.drained()) and all(
                 r.outstanding == 0 and r.current is None for r in replicas)):
             return
         yield env.tick(dt)
