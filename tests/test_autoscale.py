@@ -237,7 +237,8 @@ def test_autoscaling_under_a_facility_power_limit(tmp_path):
     """An autoscaler and a power hierarchy together. One replica scales from zero (a 20 s, 2,000 J load: 100 W);
     requests at 0 and 25 as in the scale-from-zero case. Under a 1,000 W row limit nothing is capped, the
     timeline is the one without a facility, and the row's energy is the run's, the load's 2,000 J included
-    (peak 254 W: a request served alone is one segment of 104.1 J over 0.41 s). Under 90 W the manager sees the
+    (peak 300 W, the prefill: under a manager a request's prefill and decode steps are segments of their own).
+    Under 90 W the manager sees the
     load's 100 W (cap_on_threshold caps above 85.5 W) and caps during the load, before the first step at 20 s."""
     cap = {"min_w": 100, "max_w": 400, "default_w": 400, "static_w": 60, "exponent": 3}
     prof = write_profile(tmp_path, cap=cap)
@@ -257,7 +258,7 @@ def test_autoscaling_under_a_facility_power_limit(tmp_path):
     assert req0["done_s"].tolist() == pytest.approx([20.41, 25.41])
     assert req["done_s"].tolist() == pytest.approx(req0["done_s"].tolist())
     row = s["facility"]["levels"]["row"]
-    assert row["cap_events"] == 0 and row["peak_w"] == pytest.approx(104.1 / 0.41)  # a request's mean power
+    assert row["cap_events"] == 0 and row["peak_w"] == pytest.approx(300.0)  # the prefill
     assert row["energy_j"] == pytest.approx(s["energy_j"]) and s["load_j"] == pytest.approx(2000.0)
     raw, req, s = go(90.0)
     row = s["facility"]["levels"]["row"]

@@ -314,3 +314,24 @@ def test_oversubscription_cut_down():
     assert above["none"] > 0.5 and above["cap_on_threshold"] < 0.02
     assert out["none"]["requests_completed"] == out["cap_on_threshold"]["requests_completed"] == 1500
     assert out["cap_on_threshold"]["e2e_s"]["p99"] >= out["none"]["e2e_s"]["p99"]
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "static"])
+def test_a_cap_reaches_an_fcfs_request_or_a_static_batch_at_its_next_decode_step(tmp_path, policy):
+    """One request (100 in, 101 out) alone under a 150 W row that the manager caps at its 1 s sample (its 0 s
+    sample saw the replica idle): the prefill (0.115 s) and the decode steps up to the one in progress at 1 s
+    run at full power (45 steps of 0.02 s: to 1.015 s), the other 55 at the 150 W cap (0.03 s each, 150 W), so the
+    request ends at 1.015 + 55 x 0.03 = 2.665 s, not 0.115 + 100 x 0.02 = 2.115 s."""
+    data = two_replicas(tmp_path, THRESHOLD, limit_w=150.0)
+    data["fleet"][0]["count"] = 1
+    data["fleet"][0]["batching"] = {"policy": policy, **({"max_batch": 1, "max_wait_s": 0} if policy == "static"
+                                                           else {})}
+    data["facility"]["power"]["rows"][0]["racks"][0]["replicas"] = {"gpu": 1}
+    data["trace"]["path"] = str(write_trace(tmp_path, [100], [101], [0.0]))
+    raw = run(tmp_path, data)
+    req = requests_table(raw)
+    ev = raw.facility.events
+    assert (ev[0][0], ev[0][2], ev[0][4]) == (1.0, "cap", 150.0)
+    assert req["first_token_s"][0] == pytest.approx(0.115)
+    assert req["done_s"][0] == pytest.approx(0.115 + 45 * 0.02 + 55 * 0.03)
+    assert req["energy_j"][0] == pytest.approx(0.115 * 300 + 45 * 0.02 * 200 + 55 * 0.03 * 150)

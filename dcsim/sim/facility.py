@@ -7,7 +7,8 @@ building's, not the rack's). A sample is the instantaneous draw: each replica's 
 power, or its idle power. A cap reaches a replica at its next step boundary: the manager interrupts a run of
 decode steps the way an arrival does (it ends after the step in progress, at the old cap), and changes the
 replica's own evaluator in place once that step is cut, so the next step the batching policy plans is capped.
-Steps that are one event (a prefill, an fcfs request, a static batch) finish at the cap they began with.
+A prefill finishes at the cap it began with; under a manager an fcfs request or a static batch runs as its
+prefill and then decode runs (batching/base.py prefill_then_decode), so a cap reaches it at its next decode step.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def start_power_management(sc: "Scenario", scenario_file: str | Path | None, env
     for rep in replicas:
         # its own, so that its cap can change alone (before its process first runs)
         rep.evaluator = copy.copy(rep.evaluator)
+        rep.managed = True
     run.managed = True
     env.disown(env.process(_manage(env, run, pol, pools, replicas, source, scaler)))
     return run

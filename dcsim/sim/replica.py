@@ -26,7 +26,7 @@ class Replica:
         "env", "index", "pool", "evaluator", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
         "segment_start_s", "segment_end_s", "segment_device_j", "segment_host_j", "current", "wake", "proc", "decoding",
         "parallel", "busy_s",
-        "watchers", "cuts", "run_t0", "run_cut", "cut",
+        "watchers", "cuts", "run_t0", "run_cut", "cut", "managed",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, evaluator: ProfileEvaluator,
@@ -55,6 +55,8 @@ class Replica:
         # arrivals that cut this replica's decode run, shared by the fleet and settled by the arrival process
         # (cut_runs) before it next waits; None: an arrival interrupts the run (SimPy's Process.interrupt)
         self.cuts: list[Replica] | None = None
+        # under a power manager, whose cap changes reach fcfs and static requests at their next decode step
+        self.managed = False
         self.run_t0 = 0.0  # the decode run in progress: its start and cut(elapsed) (decode_run_events)
         self.run_cut: Callable | None = None
         self.cut: tuple[int, float, float, float] | None = None  # the run once cut_runs cut it: steps, t, e, h

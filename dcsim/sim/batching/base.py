@@ -95,6 +95,35 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
     return steps, t, e, h
 
 
+def prefill_then_decode(rep: "Replica", now: float, prefill: tuple[float, float, float], n: int, ctx: int,
+                        k: int) -> Generator:
+    """Under a power manager: a prefill (seconds, device W, host W) at `now`, then k decode steps of n sequences
+    from `ctx` KV tokens, as runs the manager can cut at a step boundary (decode_run_events), the rest at the cap
+    it sets, so a cap reaches a request in progress at its next step, as on the engines that batch by iteration.
+    Logs the segments; returns (first token time, end, device J, host J)."""
+    from dcsim.sim.batching.continuous import steps_covering
+
+    env, evaluator = rep.env, rep.evaluator
+    t_pf, w_pf, h_pf = prefill
+    e_tot, h_tot = t_pf * w_pf, t_pf * h_pf
+    first = now + t_pf
+    rep.current = (now, first, e_tot, h_tot)
+    yield env.timeout(t_pf)
+    rep.current = None
+    rep.segment(now, first, e_tot, h_tot)
+    while k > 0:
+        def cut(elapsed: float, ctx: int = ctx, k: int = k) -> tuple[int, tuple[float, float, float]]:
+            steps = steps_covering(evaluator, n, ctx, k, elapsed)  # the step in progress completes at the old cap
+            return steps, evaluator.decode_run(n, ctx, steps)
+
+        steps, _, e, h = yield from decode_run_events(rep, env.now, evaluator.decode_run(n, ctx, k), k, cut)
+        e_tot += e
+        h_tot += h
+        k -= steps
+        ctx += steps * n
+    return first, env.now, e_tot, h_tot
+
+
 POLICIES: ParamsRegistry[Policy] = ParamsRegistry("batching policy", Policy, "dcsim.policies", BatchParams,
                                                   "dcsim.sim.batching.BatchParams", "policy")
 policy = POLICIES.named  # @policy("name"): register a batching policy under `name`

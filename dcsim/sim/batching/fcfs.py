@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import Policy, policy
+from dcsim.sim.batching.base import Policy, policy, prefill_then_decode
 from dcsim.sim.batching.limits import Limits
 
 if TYPE_CHECKING:
@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 @policy("fcfs")
 class Fcfs(Policy):
-    """Prefill, then every decode step of the request alone; the next request starts when it ends."""
+    """Prefill, then every decode step of the request alone; the next request starts when it ends (one event;
+    under a power manager, a prefill and decode runs a cap change cuts at a step boundary)."""
 
     Params = Limits
 
@@ -29,6 +30,13 @@ class Fcfs(Policy):
             r = q.popleft()
             now = env.now
             n_in = r.n_in
+            if rep.managed:  # a cap may change mid-request: prefill, then decode runs cut at step boundaries
+                start[r.rid] = now
+                t_first, end, r.energy, r.host = yield from prefill_then_decode(
+                    rep, now, prefill(n_in, float(n_in) * n_in, 1), 1, n_in + 1, r.n_out - 1)
+                first[r.rid] = t_first
+                complete(r, end)
+                continue
             t_pf, w_pf, h_pf = prefill(n_in, float(n_in) * n_in, 1)
             t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)
             t = t_pf + t_dc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import policy
+from dcsim.sim.batching.base import policy, prefill_then_decode
 from dcsim.sim.batching.limits import Batches
 
 if TYPE_CHECKING:
@@ -40,6 +40,17 @@ class Static(Batches):
                 max_in, max_out = mi, mo
             n = len(batch)
             now = env.now
+            if rep.managed:  # a cap may change mid-batch: prefill, then decode runs cut at step boundaries
+                t_first, end, e, h = yield from prefill_then_decode(
+                    rep, now, evaluator.prefill(n * max_in, float(n) * max_in * max_in, n), n, n * (max_in + 1),
+                    max_out - 1)
+                for r in batch:
+                    log.start[r.rid] = now
+                    log.first[r.rid] = t_first
+                    r.energy = e / n
+                    r.host = h / n
+                    rep.complete(r, end)
+                continue
             t_pf, w_pf, h_pf = evaluator.prefill(n * max_in, float(n) * max_in * max_in, n)
             t_dc, e_dc, h_dc = evaluator.decode_run(n, n * (max_in + 1), max_out - 1)
             t = t_pf + t_dc
