@@ -469,19 +469,17 @@ class PagedEngine:
         return self.tok[:len(seqs)].clone()
 
     # ---- prefill ----------------------------------------------------------------------------------
-    def prefill(self, chunks: list[tuple[Sequence, Any, int]]) -> Any:
-        """One forward over prefill chunks (sequence, token ids [n] on the device, start position): each attends
-        causally over its sequence's tokens 0..start+n-1 (the first `start` already cached), and writes its K/V
-        into the sequence's blocks (reserved by the caller). Returns each chunk's greedy next token (device
-        tensor, chunk order); each sequence's length becomes start + n."""
-        torch = self.torch
-        bs, kvh, hd = self.block_size, self.kv_heads, self.head_dim
-        order = sorted(range(len(chunks)), key=lambda j: (chunks[j][2], int(chunks[j][1].shape[0])))
-        ids, positions, slots, groups, last = [], [], [], [], []
-        off = 0
+    def _lay_out(self, chunks: list[tuple[Sequence, Any, int]], lens: list[int],
+                 off: int) -> tuple[list[int], list[Any], list[Any], list[dict], list[int], int]:
+        """The rows of a forward's prefill chunks from row `off` on, checked against their sequences' blocks: the
+        chunk order (by start, then length), each chunk's positions and KV slots, the groups of equal (start,
+        length) chunks that share one attention call, each chunk's last row, and the row after the last."""
+        bs = self.block_size
+        order = sorted(range(len(chunks)), key=lambda j: (chunks[j][2], lens[j]))
+        positions, slots, groups, last = [], [], [], []
         for j in order:
-            seq, tk, start = chunks[j]
-            n = int(tk.shape[0])
+            seq, _, start = chunks[j]
+            n = lens[j]
             if len(seq.blocks) < self.blocks_for(start + n):
                 raise ValueError(f"sequence {seq.sid} holds {len(seq.blocks)} blocks, needs "
                                  f"{self.blocks_for(start + n)}")
@@ -490,7 +488,6 @@ class PagedEngine:
             if start < seq.shared * bs:  # a shared block is never written
                 raise ValueError(f"sequence {seq.sid} shares {seq.shared} cached blocks; a chunk at {start} would "
                                  "write into one")
-            ids.append(tk.reshape(-1))
             p = np.arange(start, start + n)
             positions.append(p)
             slots.append(np.asarray(seq.blocks, dtype=np.int64)[p // bs] * bs + p % bs)
@@ -501,6 +498,17 @@ class PagedEngine:
                 groups.append({"key": (start, n), "off": off, "m": 1, "seqs": [seq]})
             off += n
             last.append(off - 1)
+        return order, positions, slots, groups, last, off
+
+    def prefill(self, chunks: list[tuple[Sequence, Any, int]]) -> Any:
+        """One forward over prefill chunks (sequence, token ids [n] on the device, start position): each attends
+        causally over its sequence's tokens 0..start+n-1 (the first `start` already cached), and writes its K/V
+        into the sequence's blocks (reserved by the caller). Returns each chunk's greedy next token (device
+        tensor, chunk order); each sequence's length becomes start + n."""
+        torch = self.torch
+        kvh, hd = self.kv_heads, self.head_dim
+        order, positions, slots, groups, last, _ = self._lay_out(chunks, [int(c[1].shape[0]) for c in chunks], 0)
+        ids = [chunks[j][1].reshape(-1) for j in order]
         dev = self.device
         x = self.embed(torch.cat(ids).to(dev))
         pos_t = torch.from_numpy(np.concatenate(positions)).to(dev)
@@ -647,34 +655,11 @@ class PagedEngine:
         if any(s.length < s.shared * bs for s in decodes):
             raise ValueError("a sequence would write its next token into a shared cached block")
         lens_of = [int(x.shape[0]) if isinstance(x, torch.Tensor) else len(x) for _, x, _ in chunks]
-        order = sorted(range(len(chunks)), key=lambda j: (chunks[j][2], lens_of[j]))
-        pos = [np.asarray([s.length for s in decodes], dtype=np.int64)]
+        order, chunk_pos, chunk_slots, groups, last, off = self._lay_out(chunks, lens_of, b)
+        pos = [np.asarray([s.length for s in decodes], dtype=np.int64)] + chunk_pos
         slots = [np.asarray([s.blocks[s.length // bs] * bs + s.length % bs for s in decodes], dtype=np.int64)]
-        ids: list[Any] = [tokens] if b else []
-        groups: list[dict] = []
-        off, last = b, []
-        for j in order:
-            seq, tk, start = chunks[j]
-            n = lens_of[j]
-            if len(seq.blocks) < self.blocks_for(start + n):
-                raise ValueError(f"sequence {seq.sid} holds {len(seq.blocks)} blocks, needs "
-                                 f"{self.blocks_for(start + n)}")
-            if start > seq.length:
-                raise ValueError(f"sequence {seq.sid} has {seq.length} tokens cached, chunk starts at {start}")
-            if start < seq.shared * bs:
-                raise ValueError(f"sequence {seq.sid} shares {seq.shared} cached blocks; a chunk at {start} would "
-                                 "write into one")
-            ids.append(tk)
-            p = np.arange(start, start + n)
-            pos.append(p)
-            slots.append(np.asarray(seq.blocks, dtype=np.int64)[p // bs] * bs + p % bs)
-            if groups and groups[-1]["key"] == (start, n):
-                groups[-1]["seqs"].append(seq)
-                groups[-1]["m"] += 1
-            else:
-                groups.append({"key": (start, n), "off": off, "m": 1, "seqs": [seq]})
-            off += n
-            last.append(off - 1)
+        slots += chunk_slots
+        ids: list[Any] = ([tokens] if b else []) + [chunks[j][1] for j in order]
         t = off
         tp = self.piece_size(t)
         graphs = tp is not None and self.ensure_pieces(tp)
