@@ -34,9 +34,10 @@ def level_power(raw: "RawResults", replicas: list[int]) -> tuple[np.ndarray, np.
 
             p = int(raw.replica_pool[i])
             cold = raw.scaling.pools[p].cold
-            off_w = raw.pools[p].evaluator.deep_idle_w
+            ev_p = raw.pools[p].evaluator
+            device_idle = idle - ev_p.host_idle_w  # the host idles in every state; the device's draw changes
             for a, b, st in state_spans(raw.scaling, i, p, end):
-                lift = (cold.load_j / cold.load_s if st == LOADING else off_w) - idle
+                lift = (cold.load_j / cold.load_s if st == LOADING else ev_p.deep_idle_w) - device_idle
                 ts += [np.array([a]), np.array([b])]
                 ds += [np.array([lift]), np.array([-lift])]
         t0, t1, e, h = raw.segments[i]

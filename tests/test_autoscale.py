@@ -244,6 +244,9 @@ def test_autoscaling_under_a_facility_power_limit(tmp_path):
     prof = write_profile(tmp_path, cap=cap)
     tr = write_trace(tmp_path, [100, 100], [11, 11], [0.0, 25.0])
     auto = {"name": "reactive", "min_replicas": 0, "interval_s": 10}
+    # with a host idling at 5 W in every state, the row still integrates to the run's energy
+    hosted = write_profile(tmp_path, name="hosted", cap=cap, host={"prefill_w": {"intercept": 20.0},
+                                                                   "decode_w": {"intercept": 10.0}, "idle_w": 5.0})
 
     def go(limit_w: float | None):
         pool = {"name": "p", "profile": str(prof), "count": 1, "batching": {"policy": "fcfs"}, "cold_start": COLD}
@@ -253,6 +256,11 @@ def test_autoscaling_under_a_facility_power_limit(tmp_path):
         raw = simulate(Scenario.model_validate(scenario(tr, [pool], autoscaling=auto, **kw)))
         return raw, requests_table(raw), summarize(raw)
 
+    pool_h = {"name": "p", "profile": str(hosted), "count": 1, "batching": {"policy": "fcfs"}, "cold_start": COLD}
+    facility = {"power": {"control_interval_s": 1.0, "policy": {"name": "cap_on_threshold", "cap_w": 150},
+                          "rows": [{"name": "row", "limit_w": 1000.0, "racks": [{"name": "r", "replicas": {"p": 1}}]}]}}
+    sh = summarize(simulate(Scenario.model_validate(scenario(tr, [pool_h], autoscaling=auto, facility=facility))))
+    assert sh["facility"]["levels"]["row"]["energy_j"] == pytest.approx(sh["energy_j"])
     _, req0, s0 = go(None)
     _, req, s = go(1000.0)
     assert req0["done_s"].tolist() == pytest.approx([20.41, 25.41])

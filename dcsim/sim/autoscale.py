@@ -299,12 +299,14 @@ class Scaler:
 
     def draw_w(self, rep: "Replica") -> float | None:
         """The watts a replica draws for being off (its device's deep idle) or loading (the load's energy over
-        its time) at this moment, as the results count them; None while it is on."""
+        its time) at this moment, its host's idle power added (the host idles in every state), as the results
+        count them; None while it is on."""
         pool = self.pools[rep.pool]
         st = pool.st[rep.index - pool.first]
         if st == ON:
             return None
-        return rep.evaluator.deep_idle_w if st == OFF else pool.cold.load_j / pool.cold.load_s
+        device = rep.evaluator.deep_idle_w if st == OFF else pool.cold.load_j / pool.cold.load_s
+        return device + rep.evaluator.host_idle_w
 
     def run(self) -> Generator:
         """The evaluation loop; it ends once every arrival is placed and served."""
