@@ -111,10 +111,32 @@ def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
         if why:
             meta.not_covered.append(f"power caps: {why}")
         meta.clock, meta.clock_provenance, _ = clock_for(dspec)
+    _measured_settings(meta, d, device.tdp_w)
     if meta.name is None:
         meta.name = profile_name(dspec.key if dspec else device.name, mspec.key if mspec else model.name,
                                  engine.name, engine.precision, gpus)
     return meta
+
+
+def _measured_settings(meta: FitMeta, d: dict[str, Any], default_w: float | None) -> None:
+    """Where the sweep ran caps or locked clocks (d's cap_points, clock_points), the profile's power_cap and
+    clock sections become the measured points, their provenance saying so."""
+    from dcsim.profiles.fit_settings import points_note, with_cap_points, with_clock_points
+
+    caps, clocks, path = d.get("cap_points") or [], d.get("clock_points") or [], d.get("path") or "the run folder"
+    if caps:
+        meta.power_cap = with_cap_points(meta.power_cap, caps, default_w)
+        meta.power_cap_provenance = Provenance(source="measured", path=d.get("path"),
+                                               note=points_note(caps, "cap_w", "W", path))
+    if clocks:
+        cm = with_clock_points(meta.clock, clocks)
+        if cm is None:
+            meta.not_covered.append("locked clocks were measured, but the device's clock range (the points' "
+                                    "default clock) is not known, so no clock section")
+        else:
+            meta.clock = cm
+            meta.clock_provenance = Provenance(source="measured", path=d.get("path"),
+                                               note=points_note(clocks, "mhz", "MHz", path))
 
 
 def memory_of(meta: FitMeta) -> tuple[Memory, Provenance]:

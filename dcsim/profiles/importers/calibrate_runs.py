@@ -24,6 +24,7 @@ import pandas as pd
 from dcsim.calibrate.tp_power import note as per_device_note
 from dcsim.errors import UserError, read_text
 from dcsim.models import ARCH_MODELS, params_b
+from dcsim.profiles.fit_settings import setting_points
 from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import idle_power_w, normalise
 
@@ -189,6 +190,12 @@ def load_many(run_dirs: list[str | Path], model_config: str | Path | None = None
     meta["command"] = "dcsim fit " + " ".join(paths) + first["command"][len("dcsim fit " + paths[0]):]
     meta["plan"] = ", ".join(str(m.get("plan")) for _, m in loaded)
     meta["power_caps_measured_w"] = sorted({c for _, m in loaded for c in m["power_caps_measured_w"]})
+    for key, field in (("cap_points", "cap_w"), ("clock_points", "mhz")):  # a setting's first folder's point
+        seen: dict[float, dict] = {}
+        for _, m in loaded:
+            for pt in m.get(key, []):
+                seen.setdefault(pt[field], pt)
+        meta[key] = [seen[v] for v in sorted(seen)]
     for _, key in IDLE:
         found = [m[key] for _, m in loaded if key in m]
         if found:
@@ -373,6 +380,9 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "environment": env, "plan": man.get("plan", {}).get("name"), "power_cap_w": cap_w,
         "step_loop": man.get("plan", {}).get("step_loop", "pipelined"),
         "power_caps_measured_w": sorted({float(c) for c in raw["power_cap_w"].dropna()}),
+        # the sweep's own caps and locked clocks against the device's own setting (fit_settings)
+        "cap_points": setting_points(raw, "power_cap_w", min_energy_s),
+        "clock_points": setting_points(raw, "sm_clock_mhz", min_energy_s),
     }
     if meta["step_loop"] == "served":
         notes.append("steps timed as a server runs them (step_loop: served): decode rows loaded from the host and "
