@@ -230,15 +230,21 @@ def _carbon_cost(raw: RawResults, replicas: list[int], kwh: float, lo: float, hi
     f = raw.scenario.facility
     out = {}
     for key, series, const in (("carbon_g", "carbon", f.carbon_g_per_kwh), ("cost", "price", f.price_per_kwh)):
-        if key == "carbon_g" and any(s is not None for s in raw.pool_carbon):
+        if any(s is not None for s in pool_series(raw, series)):
             pools = [pool] if pool is not None else range(len(raw.pools))
-            out[key] = sum(float(cumulative_grid(raw, _pool_replicas(raw, k), "carbon", np.array([lo, hi]),
+            out[key] = sum(float(cumulative_grid(raw, _pool_replicas(raw, k), series, np.array([lo, hi]),
                                                  k)[-1]) for k in pools)
         elif series in raw.grid:
             out[key] = f.pue * weighted_kwh(raw.grid[series], lambda x: energy_by(raw, replicas, x), lo, hi)
         else:
             out[key] = kwh * const
     return out
+
+
+def pool_series(raw: RawResults, kind: str) -> list:
+    """The pools' own series of `kind` ("carbon" or "price"), None for a pool without one ([] in results of runs
+    from before pools had them)."""
+    return (raw.pool_carbon if kind == "carbon" else getattr(raw, "pool_price", None)) or []
 
 
 def _pool_replicas(raw: RawResults, pool: int) -> list[int]:
@@ -248,11 +254,12 @@ def _pool_replicas(raw: RawResults, pool: int) -> list[int]:
 def cumulative_grid(raw: RawResults, replicas: list[int], kind: str, x: np.ndarray, pool: int | None = None
                     ) -> np.ndarray:
     """Grams (kind "carbon") or cost ("price") of the replicas' facility energy from x[0] to each of the sorted
-    times x: energy in each piece of the series times its value (a pool's own carbon series where `pool` has
-    one, else the facility's series, else its constant)."""
+    times x: energy in each piece of the series times its value (a pool's own series where `pool` has one,
+    else the facility's series, else its constant)."""
     f = raw.scenario.facility
     x = np.asarray(x, dtype=np.float64)
-    series = raw.pool_carbon[pool] if kind == "carbon" and pool is not None and raw.pool_carbon else None
+    own = pool_series(raw, kind)
+    series = own[pool] if pool is not None and own else None
     if series is None:
         series = raw.grid.get(kind)
     if series is None:
@@ -267,8 +274,8 @@ def cumulative_grid(raw: RawResults, replicas: list[int], kind: str, x: np.ndarr
 
 
 def fleet_grid(raw: RawResults, kind: str, x: np.ndarray) -> np.ndarray:
-    """cumulative_grid for the whole fleet, each pool at its own carbon series where it has one."""
-    if kind == "carbon" and any(s is not None for s in raw.pool_carbon):
+    """cumulative_grid for the whole fleet, each pool at its own series where it has one."""
+    if any(s is not None for s in pool_series(raw, kind)):
         return sum(cumulative_grid(raw, _pool_replicas(raw, k), kind, x, k) for k in range(len(raw.pools)))
     return cumulative_grid(raw, list(range(len(raw.segments))), kind, x)
 
@@ -297,7 +304,7 @@ def grid_timeline(raw: RawResults, bins: int = 400) -> Columns:
 
 def has_grid(raw: RawResults) -> bool:
     """Whether the run's carbon or price varies over time (a series, or pools in different grid regions)."""
-    return bool(raw.grid) or any(s is not None for s in raw.pool_carbon)
+    return bool(raw.grid) or any(s is not None for s in pool_series(raw, "carbon") + pool_series(raw, "price"))
 
 
 def summarize(raw: RawResults) -> dict:

@@ -191,6 +191,8 @@ class Pool(Strict):
     )
     carbon_series: SeriesRef | None = Field(default=None, description="the pool's own grid carbon intensity over "
                                               "time (its grid region), in place of the facility's")
+    price_series: SeriesRef | None = Field(default=None, description="the pool's own electricity price per kWh over "
+                                             "time (its site's tariff or market), in place of the facility's")
     cold_start: ColdStartSpec | None = Field(default=None, description="model-load time and energy for "
                                              "autoscaling (default: the profile's)")
 

@@ -309,3 +309,24 @@ def test_request_classes_with_autoscaling_defer_then_load(tmp_path, capsys):
     assert s["load_j"] == pytest.approx(2000.0) and s["active_j"] == pytest.approx(ACTIVE_J)
     assert s["autoscaling"]["loads"] == 1 and s["request_classes"]["batch"]["deferred"] == 1
     assert s["requests_completed"] == 1
+
+
+def test_a_pool_with_its_own_price_series_pays_it(tmp_path, capsys):
+    """Pool a buys at its own price (0.10 a kWh to 5 s, then 0.50), pool b at the facility's constant 0.20; round
+    robin sends requests 0 and 2 to a, 1 to b. Each pool's cost is its energy in each piece at that piece's price,
+    by hand, times the PUE; the fleet's is their sum. Carbon is untouched (the facility's constant)."""
+    (tmp_path / "a-price.csv").write_text("t_s,value\n0,0.10\n5,0.50\n")
+    prof = str(write_profile(tmp_path))
+    pools = [{"name": "a", "profile": prof, "count": 1, "price_series": {"path": "a-price.csv"}},
+             {"name": "b", "profile": prof, "count": 1}]
+    s = _run(tmp_path, capsys, out=tmp_path / "o", n_in=[100] * 3, n_out=[11] * 3, arrival=[0, 0, 6], pools=pools,
+             router={"name": "round_robin"}, facility={"price_per_kwh": 0.20, "pue": 1.5})
+    assert "code" not in s, s
+    end = 6.0 + SERVICE_S
+    a = (ACTIVE_J + IDLE_W * (5 - SERVICE_S)) * 0.10 + (IDLE_W * 1.0 + ACTIVE_J) * 0.50
+    b = (ACTIVE_J + IDLE_W * (end - SERVICE_S)) * 0.20
+    assert s["pools"]["a"]["cost"] == pytest.approx(1.5 * a / 3.6e6, rel=1e-9)
+    assert s["pools"]["b"]["cost"] == pytest.approx(1.5 * b / 3.6e6, rel=1e-9)
+    assert s["cost"] == pytest.approx(1.5 * (a + b) / 3.6e6, rel=1e-9)
+    grid = pd.read_csv(tmp_path / "o" / "grid.csv")
+    assert grid["cost"].sum() == pytest.approx(s["cost"], rel=1e-6)

@@ -61,6 +61,7 @@ class RawResults:
     # time, last step's time, steps, decodes), for inter-token latencies; empty for policies that record none
     grid: dict[str, StepSeries] = field(default_factory=dict)  # "carbon" / "price" series the facility names
     pool_carbon: list[StepSeries | None] = field(default_factory=list)  # each pool's own carbon series, or None
+    pool_price: list[StepSeries | None] = field(default_factory=list)  # each pool's own price series, or None
     classes: "RequestClassArrays | None" = None  # batch requests, their deadlines and releases (request_classes)
     baseline: "RawResults | None" = None  # the same run without deferral, where the dispatch policy defers
     facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
@@ -199,7 +200,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
             replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log))
     fleet = Fleet(replicas, [p.name for p in pools], [p.evaluator for p in pools])
     fleet.env = env
-    pool_carbon = load_pool_carbon(sc, scenario_file)
+    pool_carbon = load_pool_series(sc, scenario_file, "carbon")
     fleet.carbon = [pc if pc is not None else grid.get("carbon", sc.facility.carbon_g_per_kwh) for pc in pool_carbon]
     router = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
     classes = draw_classes(sc, arrivals, trace, scenario_file)
@@ -243,7 +244,8 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     raw = RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon, events=events,
+        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon,
+        pool_price=load_pool_series(sc, scenario_file, "price"), events=events,
         classes=classes, scaling=scaler,
     )
     if classes is not None and disp.defers:  # the same requests sent at arrival: what the deferral saved
@@ -253,15 +255,16 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     return raw
 
 
-def load_pool_carbon(sc: Scenario, scenario_file: str | Path | None) -> list[StepSeries | None]:
-    """Each pool's own carbon-intensity series (its grid region), read and checked; None where it has none."""
+def load_pool_series(sc: Scenario, scenario_file: str | Path | None, kind: str) -> list[StepSeries | None]:
+    """Each pool's own `kind` series ("carbon": its grid region's intensity; "price": its site's price per kWh),
+    read and checked; None where it has none."""
     out: list[StepSeries | None] = []
     for i, pool in enumerate(sc.fleet):
-        ref = pool.carbon_series
+        ref = getattr(pool, f"{kind}_series")
         if ref is None:
             out.append(None)
             continue
-        field_ = f"fleet.{i}.carbon_series.path"
+        field_ = f"fleet.{i}.{kind}_series.path"
         path = resolve_input(ref.path, scenario_file, "scenarios", field_, "series file")
         out.append(load_series(path, ref.time_column, ref.value_column, ref.period_s, scenario_file, field_))
     return out
