@@ -127,10 +127,12 @@ def test_energy_bookkeeping_and_idle_windows_with_a_stand_in_meter(tmp_path):
     calibrate(s, HFBackend("cpu", arch="tiny-llama", dtype="fp32"), StandInMeter())
     rows = _rows(out)
     phases = [r["phase"] for r in rows]
-    # deep idle before the model, serving idle after the warm-up
-    assert phases[:3] == ["idle_deep", "warmup", "idle_serving"]
+    # deep idle before the model, its load metered, serving idle after the warm-up
+    assert phases[:4] == ["idle_deep", "load", "warmup", "idle_serving"]
     for r in rows:
-        if r["phase"].startswith("idle"):
+        if r["phase"] == "load":  # the model's load, its own meter window: 50 W over its time
+            assert float(r["energy_device_j"]) == pytest.approx(50.0 * float(r["runtime_s"]), rel=0.05, abs=0.01)
+        elif r["phase"].startswith("idle"):
             assert float(r["avg_power_w"]) == pytest.approx(50.0, rel=1e-2)
             assert float(r["runtime_s"]) == pytest.approx(0.6, abs=0.05)
             assert float(r["tail_power_w"]) == pytest.approx(50.0, rel=1e-2)
@@ -147,6 +149,15 @@ def test_energy_bookkeeping_and_idle_windows_with_a_stand_in_meter(tmp_path):
     table, meta = load(out, min_energy_s=0.0)
     assert meta["serving_idle_w"]["value"] == pytest.approx(50.0, rel=1e-2)
     assert set(table["kind"]) == {"run", "idle_deep", "idle_serving"}
+    # the model's load, metered: the profile's cold start (the autoscaler's load when the pool names none)
+    load_row = next(r for r in rows if r["phase"] == "load")
+    cs = meta["cold_start"]
+    assert cs["n"] == 1 and cs["load_s"] == pytest.approx(float(load_row["runtime_s"]))
+    assert cs["load_j"] == pytest.approx(float(load_row["energy_device_j"])) and cs["random_weights"] is False
+    from dcsim.profiles.fit import meta_from_dict
+
+    fm = meta_from_dict(meta)
+    assert fm.cold_start.load_s == pytest.approx(cs["load_s"]) and fm.cold_start_provenance.source == "measured"
 
 
 def _cmd(out: Path, plan: Path, arch: str = "tiny-llama") -> list[str]:

@@ -102,13 +102,13 @@ def test_every_rank_meters_and_the_replica_sums_them(metered):
     standin = all(m["meter"] == "standin" for m in meters)
     assert len(meters) == 2
     rows = [r for r in _rows(metered) if r["status"] == "ok"]
-    assert {r["phase"] for r in rows} == {"idle_deep", "idle_serving", "warmup", "run"}
+    assert {r["phase"] for r in rows} == {"idle_deep", "load", "idle_serving", "warmup", "run"}
     for r in rows:
         by = json.loads(r["energy_by_device"])
         assert set(by) == {"rank0/cpu0", "rank1/cpu0"}  # one share per rank (they share the CPU package here)
         assert float(r["energy_device_j"]) == pytest.approx(sum(by.values()), rel=1e-5)
         if standin:  # each rank's window spans its own timed region: (20 + 10 x rank) W times its own run time
-            idle = r["phase"].startswith("idle")
+            idle = r["phase"].startswith("idle") or r["phase"] == "load"  # windows over the row's own span
             for rank in (0, 1):
                 w = 20.0 + 10.0 * rank
                 t = float(r["runtime_s"]) if idle else json.loads(r["extra"])["tp_runtime_s"][rank]

@@ -223,6 +223,29 @@ class Sweep:
         self._log(f"{phase}: {r.device_total / (t1 - t0):.1f} W mean over {t1 - t0:.0f} s, "
                   f"{tail.device_total / tail_s:.1f} W over the last {tail_s:.0f} s")
 
+    def _load(self) -> dict:
+        """The backend's model load, metered as a row of its own (phase `load`): a cold start's wall time and
+        device energy, which `dcsim fit` gives the profile as its `cold_start`. Returns the backend's facts."""
+        m = self.meter
+        entry = f"load-s{self.session}"
+        if self.timeline:
+            self.timeline.label = "load"
+        t0 = time.time()
+        m.begin(entry, sync=False)
+        info = self.backend.load()
+        r = m.end(entry)  # after a device sync: the load's queued work is in the window
+        t1 = time.time()
+        e_tl, peak = self._timeline_stats(t0, t1)
+        self.writer.write({
+            "entry": entry, "phase": "load", "n_in": 0, "n_out": 0, "batch": 0, "repeat": 0,
+            "session": self.session, "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": t1 - t0,
+            "energy_device_j": r.device_total, "energy_host_j": r.host_total, "energy_timeline_j": e_tl,
+            "avg_power_w": r.device_total / (t1 - t0), "peak_power_w": peak,
+            "energy_by_device": {**r.device_j, **r.host_j}, "backend": self.backend.name, "meter": m.name,
+            "status": "ok"})
+        self._log(f"model load: {t1 - t0:.1f} s, {r.device_total:.0f} J")
+        return info
+
     def _window(self, entry: str) -> tuple[dict, Callable[[], None]]:
         """(a dict the run fills, the callback that opens the meter window when the backend starts the run)."""
         st: dict = {}
@@ -365,7 +388,7 @@ class Sweep:
                 sess["deep_idle_how"] = ("sampled by this process before it created any device context "
                                          f"(framework device context initialised: {held}); no model loaded")
                 self._idle("idle_deep", plan.idle.deep_s)
-            sess["backend"] = self.backend.load()
+            sess["backend"] = self._load() if metered else self.backend.load()
             store.write_manifest(self.out, self.manifest)
             check_fits(plan, self.backend.max_context(), s.plan_path)
             shapes = [(p.n_in, p.n_out, p.batch) for p in self.points if p.kind == "run"]

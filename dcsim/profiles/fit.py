@@ -255,10 +255,12 @@ def _result(f: _Fit, latency: Latency, power: Power) -> FitResult:
         prov["power_cap"] = meta.power_cap_provenance
     if meta.clock is not None and meta.clock_provenance is not None:
         prov["clock"] = meta.clock_provenance
+    if meta.cold_start is not None and meta.cold_start_provenance is not None:
+        prov["cold_start"] = meta.cold_start_provenance
     profile = Profile(
         name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=f.engine,
         gpus_per_replica=meta.gpus_per_replica, latency=latency, power=power,
-        power_cap=meta.power_cap, clock=meta.clock, memory=memory, provenance=prov,
+        power_cap=meta.power_cap, clock=meta.clock, cold_start=meta.cold_start, memory=memory, provenance=prov,
         valid_range=_valid_range(runs, dec, r),
         fit_error=errors, spread_cv=spread_cv(t), not_covered=dedupe(not_covered),
         notes="\n".join(notes) if notes else None,

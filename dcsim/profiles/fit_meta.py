@@ -10,7 +10,16 @@ from dcsim.errors import UserError
 from dcsim.profiles import devices as catalogue
 from dcsim.profiles.clock_fit import clock_for
 from dcsim.profiles.powercap_fit import power_cap_for
-from dcsim.profiles.profile import ClockModel, DeviceInfo, EngineInfo, Memory, ModelInfo, PowerCap, Provenance
+from dcsim.profiles.profile import (
+    ClockModel,
+    ColdStart,
+    DeviceInfo,
+    EngineInfo,
+    Memory,
+    ModelInfo,
+    PowerCap,
+    Provenance,
+)
 
 
 @dataclass
@@ -29,6 +38,8 @@ class FitMeta:
     power_cap_provenance: Provenance | None = None
     clock: ClockModel | None = None
     clock_provenance: Provenance | None = None
+    cold_start: ColdStart | None = None  # the model's load as the calibration measured it
+    cold_start_provenance: Provenance | None = None
     serving_idle: tuple[float, Provenance] | None = None
     deep_idle: tuple[float, Provenance] | None = None
     host_idle_w: tuple[float, str] = (0.0, "host idle not measured by the source; 0 W assumed")
@@ -112,6 +123,14 @@ def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
             meta.not_covered.append(f"power caps: {why}")
         meta.clock, meta.clock_provenance, _ = clock_for(dspec)
     _measured_settings(meta, d, device.tdp_w)
+    load = d.get("cold_start")
+    if load:
+        meta.cold_start = ColdStart(load_s=float(load["load_s"]), load_j=float(load["load_j"]))
+        how = ("random weights built in the real architecture on the device, not read from storage: a lower bound "
+               "on a load of trained weights" if load.get("random_weights") else "the model's weights as loaded")
+        meta.cold_start_provenance = Provenance(
+            source="measured", path=d.get("path"),
+            note=f"the backend's model load metered as its own window (phase load), median of {load['n']}: {how}")
     if meta.name is None:
         meta.name = profile_name(dspec.key if dspec else device.name, mspec.key if mspec else model.name,
                                  engine.name, engine.precision, gpus)

@@ -287,6 +287,8 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     prov["source"] = src
     if meta.clock is not None and meta.clock_provenance is not None:
         prov["clock"] = meta.clock_provenance
+    if meta.cold_start is not None and meta.cold_start_provenance is not None:
+        prov["cold_start"] = meta.cold_start_provenance
     vr = {"batch": (float(steps["batch"][steps["batch"] > 0].min()), float(steps["batch"].max())),
           "prefill_tokens": (float(steps["n_in"][steps["n_in"] > 0].min()), float(steps["n_in"].max()))}
     spread = spread_cv(t)
@@ -300,7 +302,8 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
         latency=Latency(prefill_s=prefill_s, decode_step_s=decode_s, prefill_launch_s=launch,
                         mixed_overlap_s=x["ov"] if with_ov else None),
         power=Power(prefill_w=prefill_w, decode_w=decode_w, serving_idle_w=floor, deep_idle_w=round(deep, 2)),
-        power_cap=meta.power_cap, clock=meta.clock, memory=memory, provenance=prov, valid_range=vr, fit_error=errors,
+        power_cap=meta.power_cap, clock=meta.clock, cold_start=meta.cold_start, memory=memory, provenance=prov,
+        valid_range=vr, fit_error=errors,
         spread_cv=spread, not_covered=dedupe(not_covered), notes="\n".join(meta.notes + energy_flags(errors)) or None,
     )
     rows = steps.assign(pred_step_s=pred_t, step_s=f["t"], pred_step_j=pred_e, step_j=f["e"])

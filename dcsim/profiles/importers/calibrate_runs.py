@@ -299,6 +299,17 @@ def _session_info(man: dict) -> tuple[dict, dict]:
     return env, backend
 
 
+def _cold_start(raw: pd.DataFrame, ident: dict) -> dict | None:
+    """The metered model loads (phase load, one a session): median seconds and device joules; None where the
+    folder has none with energy (a --latency-only run, or one from before loads were metered)."""
+    rows = raw[(raw["phase"] == "load") & (raw["status"] == "ok")]
+    rows = rows[rows["energy_device_j"].notna() & (rows["runtime_s"] > 0)]
+    if rows.empty:
+        return None
+    return {"load_s": float(rows["runtime_s"].median()), "load_j": float(rows["energy_device_j"].median()),
+            "n": int(len(rows)), "random_weights": ident.get("weights") == "random"}
+
+
 def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: int, min_energy_s: float,
           model_config: str | Path | None = None) -> dict:
     env, be = _session_info(man)
@@ -381,6 +392,7 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
         "step_loop": man.get("plan", {}).get("step_loop", "pipelined"),
         "power_caps_measured_w": sorted({float(c) for c in raw["power_cap_w"].dropna()}),
         # the sweep's own caps and locked clocks against the device's own setting (fit_settings)
+        "cold_start": _cold_start(raw, ident),
         "cap_points": setting_points(raw, "power_cap_w", min_energy_s),
         "clock_points": setting_points(raw, "sm_clock_mhz", min_energy_s),
     }
