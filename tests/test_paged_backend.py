@@ -475,7 +475,8 @@ def test_calibration_with_mixed_steps_resumes_and_fits(tmp_path, monkeypatch):
     assert sweep()["runs"] == 2
     again = _rows(out)
     assert {r["entry"] for r in again[-2:]} == lost
-    assert len(again) == len(rows) + 1 and again[-3]["phase"] == "warmup"  # and the session's own warm-up
+    # and the session's own model load and warm-up
+    assert len(again) == len(rows) + 2 and [r["phase"] for r in again[-4:-2]] == ["load", "warmup"]
     assert sweep()["runs"] == 0
     # the fit reads the run rows (the step rows are left for the mixed-step fit); tiny runs are far shorter than
     # the energy counter's 0.5 s floor, which a stand-in meter does not have
