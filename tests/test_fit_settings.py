@@ -93,3 +93,19 @@ def test_clock_points_on_a_device_with_a_known_range():
     s = clock_scaling(got, 1200.0, "prefill")
     assert (s.time_x, s.power_x) == pytest.approx((1.5, 0.7))
     assert with_clock_points(None, [{"mhz": 1200.0}]) is None
+
+
+def test_fused_and_split_folders_are_not_fitted_together(tmp_path, capsys):
+    """The served-loop sweeps of the split engine (h200d) and of the fused one (h200f): same device, model, engine,
+    precision and loop, but mixed steps run as two forwards against one, so one fit of both is refused, naming
+    the field; each alone fits, the fused one with its overlap."""
+    runs = RUN.parent
+    split = runs / "h200d-llama-2-7b-paged-paged-served-steps"
+    fused = runs / "h200f-llama-2-7b-paged-paged-served-steps"
+    assert main(["fit", str(split), str(fused), "-o", str(tmp_path / "both.yaml"), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert "mixed_step" in err and "'fused'" in err and "Traceback" not in err
+    assert not (tmp_path / "both.yaml").exists()
+    assert main(["fit", str(fused), "-o", str(tmp_path / "f.yaml"), "--no-plot"]) == 0
+    got = yaml.safe_load((tmp_path / "f.yaml").read_text())
+    assert got["engine"]["mixed_step"] == "fused" and got["latency"]["mixed_overlap_s"] > 0
