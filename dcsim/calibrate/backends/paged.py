@@ -500,6 +500,33 @@ class PagedEngine:
             last.append(off - 1)
         return order, positions, slots, groups, last, off
 
+    def _group_tables(self, groups: list[dict]) -> None:
+        """Each group of chunks after cached tokens gets the device block table its attention gathers through."""
+        for gr in groups:
+            start, n = gr["key"]
+            if start:
+                nb = self.blocks_for(start + n)
+                gr["bt"] = self.torch.tensor([s.blocks[:nb] for s in gr["seqs"]], dtype=self.torch.long,
+                                             device=self.device)
+
+    def _chunk_attention(self, i: int, q: Any, k: Any, v: Any, groups: list[dict]) -> list[tuple[int, int, Any]]:
+        """Layer i's causal attention of each group of equal chunks (q, k, v: the forward's rows), over the cached
+        prefix gathered from the blocks where the chunks start after one: (first row, rows, output [rows, heads,
+        head_dim]) per group."""
+        kvh, hd = self.kv_heads, self.head_dim
+        kc, vc = self.k_cache[i], self.v_cache[i]
+        out = []
+        for gr in groups:
+            (start, n), o, m = gr["key"], gr["off"], gr["m"]
+            qg = q[o:o + m * n].view(m, n, self.heads, hd)
+            if start == 0:
+                kg, vg = k[o:o + m * n].view(m, n, kvh, hd), v[o:o + m * n].view(m, n, kvh, hd)
+            else:
+                kg = PA.gather_blocks(kc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
+                vg = PA.gather_blocks(vc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
+            out.append((o, m * n, PA.prefill_attention(qg, kg, vg, start, self.scale).reshape(m * n, self.heads, hd)))
+        return out
+
     def prefill(self, chunks: list[tuple[Sequence, Any, int]]) -> Any:
         """One forward over prefill chunks (sequence, token ids [n] on the device, start position): each attends
         causally over its sequence's tokens 0..start+n-1 (the first `start` already cached), and writes its K/V
@@ -515,11 +542,7 @@ class PagedEngine:
         slot_t = torch.from_numpy(np.concatenate(slots)).to(dev)
         cos, sin = self.rotary(x, pos_t[None, :])
         cos, sin = cos[0], sin[0]
-        for gr in groups:
-            start, n = gr["key"]
-            if start:
-                nb = self.blocks_for(start + n)
-                gr["bt"] = torch.tensor([s.blocks[:nb] for s in gr["seqs"]], dtype=torch.long, device=dev)
+        self._group_tables(groups)
         t = x.shape[0]
         for i, layer in enumerate(self.layers):
             a = layer.self_attn
@@ -530,16 +553,7 @@ class PagedEngine:
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc.view(-1, kvh, hd).index_copy_(0, slot_t, k)
             vc.view(-1, kvh, hd).index_copy_(0, slot_t, v)
-            outs = []
-            for gr in groups:
-                (start, n), o, m = gr["key"], gr["off"], gr["m"]
-                qg = q[o:o + m * n].view(m, n, self.heads, hd)
-                if start == 0:
-                    kg, vg = k[o:o + m * n].view(m, n, kvh, hd), v[o:o + m * n].view(m, n, kvh, hd)
-                else:
-                    kg = PA.gather_blocks(kc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
-                    vg = PA.gather_blocks(vc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
-                outs.append(PA.prefill_attention(qg, kg, vg, start, self.scale).reshape(m * n, self.heads * hd))
+            outs = [out.reshape(rows, self.heads * hd) for _, rows, out in self._chunk_attention(i, q, k, v, groups)]
             o = outs[0] if len(outs) == 1 else torch.cat(outs)
             x = x + a.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -687,13 +701,8 @@ class PagedEngine:
             self.lens[:b].copy_(torch.from_numpy(pos[0] + 1))
             self._host_blocks = width
             bt, lens = self.bt[:b, :width], self.lens[:b]
-        for gr in groups:
-            start, n = gr["key"]
-            if start:
-                nb = self.blocks_for(start + n)
-                gr["bt"] = torch.tensor([s.blocks[:nb] for s in gr["seqs"]], dtype=torch.long, device=dev)
+        self._group_tables(groups)
         pieces = self.pieces.get(rows) if graphs else None
-        kvh, hd = self.kv_heads, self.head_dim
         for j in range(len(self.layers) + 1):
             if pieces is not None:
                 pieces[j].replay()
@@ -701,19 +710,10 @@ class PagedEngine:
                 self._piece(f, j, rows)
             if j == len(self.layers):
                 break
-            kc, vc = self.k_cache[j], self.v_cache[j]
             if b:
                 f.o[:b].copy_(self._attend(f.q[:b], j, bt, lens))
-            for gr in groups:
-                (start, n), o, m = gr["key"], gr["off"], gr["m"]
-                qg = f.q[o:o + m * n].view(m, n, self.heads, hd)
-                if start == 0:
-                    kg, vg = f.k[o:o + m * n].view(m, n, kvh, hd), f.v[o:o + m * n].view(m, n, kvh, hd)
-                else:
-                    kg = PA.gather_blocks(kc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
-                    vg = PA.gather_blocks(vc, gr["bt"], gr["bt"].shape[1])[:, :start + n]
-                out = PA.prefill_attention(qg, kg, vg, start, self.scale)
-                f.o[o:o + m * n].copy_(out.reshape(m * n, self.heads, hd))
+            for o, n_rows, out in self._chunk_attention(j, f.q, f.k, f.v, groups):
+                f.o[o:o + n_rows].copy_(out)
         idx = torch.from_numpy(np.asarray(list(range(b)) + last, dtype=np.int64)).to(dev)
         nxt = self.lm_head(self.norm(f.x[idx])).argmax(-1)
         for s in decodes:
