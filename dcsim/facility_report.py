@@ -30,14 +30,14 @@ def level_power(raw: "RawResults", replicas: list[int]) -> tuple[np.ndarray, np.
         idle = _idle_w(raw, i)
         base += idle
         if raw.scaling is not None:  # spans off or loading draw that instead of idle
-            from dcsim.sim.autoscale import LOADING, state_spans
+            from dcsim.sim.autoscale import state_device_w, state_spans
 
             p = int(raw.replica_pool[i])
             cold = raw.scaling.pools[p].cold
             ev_p = raw.pools[p].evaluator
             device_idle = idle - ev_p.host_idle_w  # the host idles in every state; the device's draw changes
             for a, b, st in state_spans(raw.scaling, i, p, end):
-                lift = (cold.load_j / cold.load_s if st == LOADING else ev_p.deep_idle_w) - device_idle
+                lift = state_device_w(cold, ev_p, st) - device_idle
                 ts += [np.array([a]), np.array([b])]
                 ds += [np.array([lift]), np.array([-lift])]
         t0, t1, e, h = raw.segments[i]

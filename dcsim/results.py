@@ -73,23 +73,23 @@ def _replica_rows(raw: RawResults, lo: float, hi: float) -> list[dict]:
             "host_j": host_active + evaluator.host_idle_w * idle_s,
         }
         if raw.scaling is not None:  # off and loading time leave the serving-idle time
-            off_s, load_s, load_w = _off_loading(raw, i, edges)
+            off_s, load_s, off_w, load_w = _off_loading(raw, i, edges)
             off_s, load_s = float(np.diff(off_s)[0]), float(np.diff(load_s)[0])
             row["idle_s"] = idle_s = max(0.0, idle_s - off_s - load_s)
             row["idle_j"] = idle_w * idle_s
-            row.update(off_s=off_s, loading_s=load_s, off_j=evaluator.deep_idle_w * off_s, load_j=load_w * load_s)
+            row.update(off_s=off_s, loading_s=load_s, off_j=off_w * off_s, load_j=load_w * load_s)
         rows.append(row)
     return rows
 
 
-def _off_loading(raw: RawResults, i: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Cumulative seconds replica i was off and loading by each time x, and its device watts while loading."""
-    from dcsim.sim.autoscale import state_seconds
+def _off_loading(raw: RawResults, i: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Cumulative seconds replica i was off and loading by each time x, and its device watts in each state."""
+    from dcsim.sim.autoscale import LOADING, OFF, state_device_w, state_seconds
 
     p = int(raw.replica_pool[i])
     off, load = state_seconds(raw.scaling, i, p, x)
-    cold = raw.scaling.pools[p].cold
-    return off, load, cold.load_j / cold.load_s
+    cold, evaluator = raw.scaling.pools[p].cold, raw.pools[p].evaluator
+    return off, load, state_device_w(cold, evaluator, OFF), state_device_w(cold, evaluator, LOADING)
 
 
 def requests_table(raw: RawResults) -> pd.DataFrame:
@@ -214,9 +214,9 @@ def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray
         busy = cumulative(t0, t1, t1 - t0, x)
         total += cumulative(t0, t1, e + h, x) + idle_w * np.maximum(x - busy, 0.0)
         if raw.scaling is not None:  # off and loading replace serving-idle power (the host idles throughout)
-            off, load, load_w = _off_loading(raw, i, x)
+            off, load, off_w, load_w = _off_loading(raw, i, x)
             dev_idle = idle_w - evaluator.host_idle_w
-            total += (evaluator.deep_idle_w - dev_idle) * off + (load_w - dev_idle) * load
+            total += (off_w - dev_idle) * off + (load_w - dev_idle) * load
     return total
 
 
@@ -242,9 +242,8 @@ def _carbon_cost(raw: RawResults, replicas: list[int], kwh: float, lo: float, hi
 
 
 def pool_series(raw: RawResults, kind: str) -> list:
-    """The pools' own series of `kind` ("carbon" or "price"), None for a pool without one ([] in results of runs
-    from before pools had them)."""
-    return (raw.pool_carbon if kind == "carbon" else getattr(raw, "pool_price", None)) or []
+    """The pools' own series of `kind` ("carbon" or "price"), None for a pool without one."""
+    return raw.pool_carbon if kind == "carbon" else raw.pool_price
 
 
 def _pool_replicas(raw: RawResults, pool: int) -> list[int]:
@@ -516,8 +515,8 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
             act = np.diff(cumulative(t0, t1, e + h, edges))
             total += act + (idle_w + evaluator.host_idle_w) * np.maximum(width - busy, 0.0)
             if raw.scaling is not None:  # off and loading replace serving-idle power
-                off, load, load_w = _off_loading(raw, int(i), edges)
-                total += (evaluator.deep_idle_w - idle_w) * np.diff(off) + (load_w - idle_w) * np.diff(load)
+                off, load, off_w, load_w = _off_loading(raw, int(i), edges)
+                total += (off_w - idle_w) * np.diff(off) + (load_w - idle_w) * np.diff(load)
         cols[f"{p.name}_w"] = total / width
         fleet += total
     cols["fleet_w"] = fleet / width

@@ -71,7 +71,7 @@ def states_timeline(raw: "RawResults", bins: int = 400) -> "pd.DataFrame":
         for i in np.flatnonzero(raw.replica_pool == p_idx):
             t0, t1, _, _ = raw.segments[i]
             busy = np.diff(cumulative(t0, t1, t1 - t0, edges))
-            off, load, _ = _off_loading(raw, int(i), edges)
+            off, load, _, _ = _off_loading(raw, int(i), edges)
             off, load = np.diff(off), np.diff(load)
             acc["busy"] += busy
             acc["off"] += off

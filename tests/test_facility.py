@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from simkit import scenario, write_profile, write_scenario, write_trace
+import yaml
+from simkit import profile_dict, scenario, write_profile, write_scenario, write_trace
 
 from dcsim.cli import main
 from dcsim.errors import UserError
@@ -335,3 +336,33 @@ def test_a_cap_reaches_an_fcfs_request_or_a_static_batch_at_its_next_decode_step
     assert req["first_token_s"][0] == pytest.approx(0.115)
     assert req["done_s"][0] == pytest.approx(0.115 + 45 * 0.02 + 55 * 0.03)
     assert req["energy_j"][0] == pytest.approx(0.115 * 300 + 45 * 0.02 * 200 + 55 * 0.03 * 150)
+
+
+def test_a_capped_static_batch_advances_its_context_by_the_batch_each_step(tmp_path):
+    """Two requests (100 in, 101 out) in one static batch, a decode step that grows with the KV tokens read
+    (20 us per 1,000 tokens), capped at the 1 s sample: the steps before the cap read 2 x 101 tokens and 2 more
+    each step, the rest continue from there at the cap (the profile's own evaluators, uncapped and at 150 W, give
+    each part's time; a run that advanced the context by one token a step would end earlier)."""
+    from dcsim.profiles.profile import load_profile
+    from dcsim.sim.batching.continuous import steps_covering
+
+    d = profile_dict(prefill=(0.115, 0.0), decode=(0.02, 0.0), prefill_w=300.0, decode_w=(200.0, 0.0), idle_w=50.0,
+                     cap=CAP)
+    d["latency"]["decode_step_s"]["coef"]["context"] = 2e-8
+    prof = tmp_path / "ctx.yaml"
+    prof.write_text(yaml.safe_dump(d))
+    data = two_replicas(tmp_path, THRESHOLD, limit_w=150.0)
+    data["fleet"][0].update(count=1, profile=str(prof), batching={"policy": "static", "max_batch": 2, "max_wait_s": 0})
+    data["facility"]["power"]["rows"][0]["racks"][0]["replicas"] = {"gpu": 1}
+    data["trace"]["path"] = str(write_trace(tmp_path, [100, 100], [101, 101], [0.0, 0.0]))
+    raw = run(tmp_path, data)
+    req = requests_table(raw)
+    assert raw.facility.events[0][:3] == (1.0, "row", "cap")
+    p = load_profile(prof)
+    full, capped = p.evaluator(), p.evaluator(150.0)
+    t_pf = full.prefill(200, 2 * 100.0 ** 2, 2)[0]
+    k = steps_covering(full, 2, 2 * 101, 100, 1.0 - t_pf)
+    t_k = full.decode_run(2, 2 * 101, k)[0]
+    t_rest = capped.decode_run(2, 2 * 101 + 2 * k, 100 - k)[0]
+    assert req["done_s"].tolist() == pytest.approx([t_pf + t_k + t_rest] * 2, rel=1e-9)
+    assert t_rest > capped.decode_run(2, 2 * 101 + k, 100 - k)[0]  # the context term is felt

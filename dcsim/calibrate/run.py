@@ -23,7 +23,7 @@ from dcsim.calibrate import store
 from dcsim.calibrate.backends.base import Backend
 from dcsim.calibrate.devices.registry import device_for
 from dcsim.calibrate.environment import capture
-from dcsim.calibrate.meters import Meter, parse_device
+from dcsim.calibrate.meters import Meter, Reading, parse_device
 from dcsim.calibrate.meters.registry import select_meter
 from dcsim.calibrate.plan import Plan, Point, check_fits, expand, load_plan, point_id
 from dcsim.calibrate.schedule import Schedule
@@ -197,6 +197,18 @@ class Sweep:
             peaks = [max(p.values()) for t, p in tl.samples if t0 <= t <= t1 and p]
         return (sum(e.values()) if e else math.nan), (max(peaks) if peaks else math.nan)
 
+    def _write_window(self, entry: str, phase: str, t0: float, t1: float, r: Reading, **extra: float) -> None:
+        """The row of a metered window with no request in it (an idle window, the model's load): its span, the
+        meter's reading `r`, the timeline's energy and peak over it."""
+        e_tl, peak = self._timeline_stats(t0, t1)
+        self.writer.write({
+            "entry": entry, "phase": phase, "n_in": 0, "n_out": 0, "batch": 0, "repeat": 0,
+            "session": self.session, "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": t1 - t0,
+            "energy_device_j": r.device_total, "energy_host_j": r.host_total, "energy_timeline_j": e_tl,
+            "avg_power_w": r.device_total / (t1 - t0), "peak_power_w": peak, **extra,
+            "energy_by_device": {**r.device_j, **r.host_j}, "backend": self.backend.name, "meter": self.meter.name,
+            "status": "ok"})
+
     def _idle(self, phase: str, seconds: float) -> None:
         m = self.meter
         tail_s = seconds / 3.0
@@ -212,14 +224,7 @@ class Sweep:
         tail_s = time.perf_counter() - t_tail  # the window as slept, not as asked: a sleep overshoots by ms
         r = m.end(phase, sync=False)
         t1 = time.time()
-        e_tl, peak = self._timeline_stats(t0, t1)
-        self.writer.write({
-            "entry": phase, "phase": phase, "n_in": 0, "n_out": 0, "batch": 0, "repeat": 0,
-            "session": self.session, "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": t1 - t0,
-            "energy_device_j": r.device_total, "energy_host_j": r.host_total, "energy_timeline_j": e_tl,
-            "avg_power_w": r.device_total / (t1 - t0), "peak_power_w": peak, "tail_s": tail_s,
-            "tail_power_w": tail.device_total / tail_s, "energy_by_device": {**r.device_j, **r.host_j},
-            "backend": self.backend.name, "meter": m.name, "status": "ok"})
+        self._write_window(phase, phase, t0, t1, r, tail_s=tail_s, tail_power_w=tail.device_total / tail_s)
         self._log(f"{phase}: {r.device_total / (t1 - t0):.1f} W mean over {t1 - t0:.0f} s, "
                   f"{tail.device_total / tail_s:.1f} W over the last {tail_s:.0f} s")
 
@@ -235,14 +240,7 @@ class Sweep:
         info = self.backend.load()
         r = m.end(entry)  # after a device sync: the load's queued work is in the window
         t1 = time.time()
-        e_tl, peak = self._timeline_stats(t0, t1)
-        self.writer.write({
-            "entry": entry, "phase": "load", "n_in": 0, "n_out": 0, "batch": 0, "repeat": 0,
-            "session": self.session, "t_start": round(t0, 3), "t_end": round(t1, 3), "runtime_s": t1 - t0,
-            "energy_device_j": r.device_total, "energy_host_j": r.host_total, "energy_timeline_j": e_tl,
-            "avg_power_w": r.device_total / (t1 - t0), "peak_power_w": peak,
-            "energy_by_device": {**r.device_j, **r.host_j}, "backend": self.backend.name, "meter": m.name,
-            "status": "ok"})
+        self._write_window(entry, "load", t0, t1, r)
         self._log(f"model load: {t1 - t0:.1f} s, {r.device_total:.0f} J")
         return info
 

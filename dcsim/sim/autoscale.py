@@ -34,6 +34,7 @@ from dcsim.registry import ParamsRegistry
 if TYPE_CHECKING:
     import simpy
 
+    from dcsim.profiles.profile import ProfileEvaluator
     from dcsim.sim.replica import Replica
     from dcsim.sim.requests import Request
 
@@ -305,8 +306,7 @@ class Scaler:
         st = pool.st[rep.index - pool.first]
         if st == ON:
             return None
-        device = rep.evaluator.deep_idle_w if st == OFF else pool.cold.load_j / pool.cold.load_s
-        return device + rep.evaluator.host_idle_w
+        return state_device_w(pool.cold, rep.evaluator, st) + rep.evaluator.host_idle_w
 
     def run(self) -> Generator:
         """The evaluation loop; it ends once every arrival is placed and served."""
@@ -364,6 +364,12 @@ def start_autoscaling(sc, scenario_file, env: "simpy.Environment", pools: list, 
     scaler = Scaler(env, policy, scaled, n_requests)
     env.process(scaler.run())
     return scaler
+
+
+def state_device_w(cold: ColdStart, evaluator: "ProfileEvaluator", state: int) -> float:
+    """A replica's device watts off (its deep idle) or loading (the load's energy over its time): the one figure
+    the results, the power manager and the levels' power all count."""
+    return evaluator.deep_idle_w if state == OFF else cold.load_j / cold.load_s
 
 
 def state_spans(scaler: Scaler, rep: int, pool: int, end: float) -> list[tuple[float, float, int]]:

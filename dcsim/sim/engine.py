@@ -201,6 +201,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     fleet = Fleet(replicas, [p.name for p in pools], [p.evaluator for p in pools])
     fleet.env = env
     pool_carbon = load_pool_series(sc, scenario_file, "carbon")
+    pool_price = load_pool_series(sc, scenario_file, "price")
     fleet.carbon = [pc if pc is not None else grid.get("carbon", sc.facility.carbon_g_per_kwh) for pc in pool_carbon]
     router = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
     classes = draw_classes(sc, arrivals, trace, scenario_file)
@@ -245,7 +246,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
         warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon,
-        pool_price=load_pool_series(sc, scenario_file, "price"), events=events,
+        pool_price=pool_price, events=events,
         classes=classes, scaling=scaler,
     )
     if classes is not None and disp.defers:  # the same requests sent at arrival: what the deferral saved

@@ -420,6 +420,22 @@ class PagedEngine:
         self._pad_rows(g)
         return g in self.graphs
 
+    def _decode_tables(self, seqs: list[Sequence], rows: int) -> int:
+        """Check that each decoding sequence has a block for its next token and writes none it shares, and write
+        their whole block tables into the first `rows` rows of the device table (rows past them zero: the scratch
+        block); returns the table width written."""
+        if any(self.blocks_for(s.length + 1) > len(s.blocks) for s in seqs):
+            raise ValueError("a sequence has no block reserved for its next token")
+        if any(s.length < s.shared * self.block_size for s in seqs):
+            raise ValueError("a sequence would write its next token into a shared cached block")
+        width = max(max(len(s.blocks) for s in seqs), 1)  # every reserved block: on-device steps may advance
+        host = self._bt_host
+        host[:rows, :width] = 0
+        for i, s in enumerate(seqs):
+            host[i, :len(s.blocks)] = s.blocks
+        self.bt[:rows, :width].copy_(self.torch.from_numpy(host[:rows, :width]), non_blocking=False)
+        return width
+
     def load_rows(self, seqs: list[Sequence], tokens: Any) -> int:
         """Write the decode buffers for `seqs` (each feeding its token at position seq.length, blocks already
         reserved for it: its whole table is written, so steps advancing on the device may use every reserved
@@ -427,16 +443,7 @@ class PagedEngine:
         torch = self.torch
         b = len(seqs)
         g = self.graph_size(b)
-        width = max(max(len(s.blocks) for s in seqs), 1)  # every reserved block: on-device steps may advance
-        if any(self.blocks_for(s.length + 1) > len(s.blocks) for s in seqs):
-            raise ValueError("a sequence has no block reserved for its next token")
-        if any(s.length < s.shared * self.block_size for s in seqs):
-            raise ValueError("a sequence would write its next token into a shared cached block")
-        host = self._bt_host
-        host[:g, :width] = 0
-        for i, s in enumerate(seqs):
-            host[i, :len(s.blocks)] = s.blocks
-        self.bt[:g, :width].copy_(torch.from_numpy(host[:g, :width]), non_blocking=False)
+        width = self._decode_tables(seqs, g)
         self.pos[:g].copy_(torch.tensor([s.length for s in seqs] + [0] * (g - b), dtype=torch.long))
         self.live[:g].copy_(torch.tensor([1] * b + [0] * (g - b), dtype=torch.long))
         if isinstance(tokens, torch.Tensor):
@@ -664,10 +671,7 @@ class PagedEngine:
         and length as `prefill` groups them), padded to a piece size where graphs are captured."""
         torch, bs, dev = self.torch, self.block_size, self.device
         b = len(decodes)
-        if any(self.blocks_for(s.length + 1) > len(s.blocks) for s in decodes):
-            raise ValueError("a sequence has no block reserved for its next token")
-        if any(s.length < s.shared * bs for s in decodes):
-            raise ValueError("a sequence would write its next token into a shared cached block")
+        width = self._decode_tables(decodes, b) if b else 0
         lens_of = [int(x.shape[0]) if isinstance(x, torch.Tensor) else len(x) for _, x, _ in chunks]
         order, chunk_pos, chunk_slots, groups, last, off = self._lay_out(chunks, lens_of, b)
         pos = [np.asarray([s.length for s in decodes], dtype=np.int64)] + chunk_pos
@@ -692,12 +696,6 @@ class PagedEngine:
         f.pos[:rows].copy_(torch.from_numpy(pos_h))
         f.slot[:rows].copy_(torch.from_numpy(slot_h))
         if b:
-            width = max(len(s.blocks) for s in decodes)
-            host = self._bt_host
-            host[:b, :width] = 0
-            for i, s in enumerate(decodes):
-                host[i, :len(s.blocks)] = s.blocks
-            self.bt[:b, :width].copy_(torch.from_numpy(host[:b, :width]))
             self.lens[:b].copy_(torch.from_numpy(pos[0] + 1))
             self._host_blocks = width
             bt, lens = self.bt[:b, :width], self.lens[:b]
@@ -784,8 +782,8 @@ class PagedBackend(HFBackend):
                        "mixed_step": self.mixed,
                        "mixed_step_form": (
                            "one forward over the decodes' and the chunks' tokens (the weights read once), as "
-                           "piecewise CUDA graphs padded to the next piece size up to 2,048 tokens (attention eager "
-                           "between them), eager above" if self.use_graphs else
+                           f"piecewise CUDA graphs padded to the next piece size up to {PIECE_MAX:,} tokens "
+                           "(attention eager between them), eager above" if self.use_graphs else
                            "one eager forward over the decodes' and the chunks' tokens") if self.mixed == "fused" else
                        "the padded decode graph, then an eager prefill forward of the step's chunks (two forwards; "
                        "vLLM fuses them into one)"},

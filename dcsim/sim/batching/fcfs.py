@@ -30,23 +30,20 @@ class Fcfs(Policy):
             r = q.popleft()
             now = env.now
             n_in = r.n_in
-            if rep.managed:  # a cap may change mid-request: prefill, then decode runs cut at step boundaries
-                start[r.rid] = now
-                t_first, end, r.energy, r.host = yield from prefill_then_decode(
-                    rep, now, prefill(n_in, float(n_in) * n_in, 1), 1, n_in + 1, r.n_out - 1)
-                first[r.rid] = t_first
-                complete(r, end)
-                continue
-            t_pf, w_pf, h_pf = prefill(n_in, float(n_in) * n_in, 1)
-            t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)
-            t = t_pf + t_dc
-            end = now + t
-            r.energy = e = t_pf * w_pf + e_dc
-            r.host = h = t_pf * h_pf + h_dc
             start[r.rid] = now
-            first[r.rid] = now + t_pf
-            rep.current = (now, end, e, h)
-            yield timeout(t)
-            rep.current = None
-            segment(now, end, e, h)
+            if rep.managed:  # a cap may change mid-request: prefill, then decode runs cut at step boundaries
+                first[r.rid], end, r.energy, r.host = yield from prefill_then_decode(
+                    rep, now, prefill(n_in, float(n_in) * n_in, 1), 1, n_in + 1, r.n_out - 1)
+            else:  # one event: the prefill and every decode step at the cap the request began with
+                t_pf, w_pf, h_pf = prefill(n_in, float(n_in) * n_in, 1)
+                t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)
+                t = t_pf + t_dc
+                end = now + t
+                r.energy = e = t_pf * w_pf + e_dc
+                r.host = h = t_pf * h_pf + h_dc
+                first[r.rid] = now + t_pf
+                rep.current = (now, end, e, h)
+                yield timeout(t)
+                rep.current = None
+                segment(now, end, e, h)
             complete(r, end)

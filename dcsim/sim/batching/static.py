@@ -40,30 +40,24 @@ class Static(Batches):
                 max_in, max_out = mi, mo
             n = len(batch)
             now = env.now
+            pf = evaluator.prefill(n * max_in, float(n) * max_in * max_in, n)
             if rep.managed:  # a cap may change mid-batch: prefill, then decode runs cut at step boundaries
-                t_first, end, e, h = yield from prefill_then_decode(
-                    rep, now, evaluator.prefill(n * max_in, float(n) * max_in * max_in, n), n, n * (max_in + 1),
-                    max_out - 1)
-                for r in batch:
-                    log.start[r.rid] = now
-                    log.first[r.rid] = t_first
-                    r.energy = e / n
-                    r.host = h / n
-                    rep.complete(r, end)
-                continue
-            t_pf, w_pf, h_pf = evaluator.prefill(n * max_in, float(n) * max_in * max_in, n)
-            t_dc, e_dc, h_dc = evaluator.decode_run(n, n * (max_in + 1), max_out - 1)
-            t = t_pf + t_dc
-            e = t_pf * w_pf + e_dc
-            h = t_pf * h_pf + h_dc
-            rep.current = (now, now + t, e, h)
-            yield env.timeout(t)
-            rep.current = None
-            end = now + t
-            rep.segment(now, end, e, h)
+                t_first, end, e, h = yield from prefill_then_decode(rep, now, pf, n, n * (max_in + 1), max_out - 1)
+            else:  # one event: the prefill and every decode step at the cap the batch began with
+                t_pf, w_pf, h_pf = pf
+                t_dc, e_dc, h_dc = evaluator.decode_run(n, n * (max_in + 1), max_out - 1)
+                t = t_pf + t_dc
+                e = t_pf * w_pf + e_dc
+                h = t_pf * h_pf + h_dc
+                rep.current = (now, now + t, e, h)
+                yield env.timeout(t)
+                rep.current = None
+                end = now + t
+                t_first = now + t_pf
+                rep.segment(now, end, e, h)
             for r in batch:
                 log.start[r.rid] = now
-                log.first[r.rid] = now + t_pf
+                log.first[r.rid] = t_first
                 r.energy = e / n
                 r.host = h / n
                 rep.complete(r, end)
