@@ -109,3 +109,4 @@ def test_fused_and_split_folders_are_not_fitted_together(tmp_path, capsys):
     assert main(["fit", str(fused), "-o", str(tmp_path / "f.yaml"), "--no-plot"]) == 0
     got = yaml.safe_load((tmp_path / "f.yaml").read_text())
     assert got["engine"]["mixed_step"] == "fused" and got["latency"]["mixed_overlap_s"] > 0
+    assert got["engine"]["kv_data"] == "zeros"  # recorded before the engine filled its cache

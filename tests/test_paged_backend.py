@@ -214,6 +214,54 @@ def test_triton_kernel_in_the_cpu_interpreter_equals_the_reference():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 
+def test_the_cache_filled_with_a_forwards_kv_holds_its_blocks_everywhere_and_changes_no_token(gqa_model):
+    """fill_kv: every block (scratch included) holds one of the whole blocks a prefill of 43 tokens wrote, in
+    turn (5 whole blocks of 8: block b holds tokens 8 (b mod 5) .. +8), the allocator is left empty of sequences, and
+    a later prefill + decode gives the same tokens as on a zero cache (steps read only what they wrote)."""
+    ids = torch.randint(3, 300, (43,), generator=torch.Generator().manual_seed(9))
+    ref = PagedEngine(torch, gqa_model, "cpu", num_blocks=20, block_size=8, max_batch=4, max_model_len=64)
+    s = ref.add(0)
+    assert ref.reserve(s, 43)
+    with torch.no_grad():
+        ref.prefill([(s, ids, 0)])
+    eng = PagedEngine(torch, gqa_model, "cpu", num_blocks=20, block_size=8, max_batch=4, max_model_len=64)
+    free0 = eng.alloc.free
+    assert eng.fill_kv(ids) == 5 and eng.alloc.free == free0 and not eng.seqs
+    for i in range(len(eng.layers)):
+        for cache, want in ((eng.k_cache[i], ref.k_cache[i]), (eng.v_cache[i], ref.v_cache[i])):
+            toks = torch.cat([want[b] for b in s.blocks])  # the reference's K/V by token position
+            for b in range(20):
+                j = b % 5
+                torch.testing.assert_close(cache[b], toks[8 * j:8 * j + 8], rtol=0, atol=0)
+    assert bool((eng.k_cache[0].flatten(1) != 0).any(1).all())  # no block left all zeros
+
+    def serve(e):
+        q = torch.randint(3, 300, (2, 13), generator=torch.Generator().manual_seed(4))
+        seqs = [e.add(i) for i in range(2)]
+        out = []
+        with torch.no_grad():
+            for s_ in seqs:
+                assert e.reserve(s_, 13)
+            tok = e.prefill([(s_, q[i], 0) for i, s_ in enumerate(seqs)])
+            out.append(tok)
+            for _ in range(6):
+                for s_ in seqs:
+                    assert e.reserve(s_, s_.length + 1)
+                tok = e.decode(seqs, tok.tolist())
+                out.append(tok)
+        return torch.stack(out, 1)
+
+    zero = PagedEngine(torch, gqa_model, "cpu", num_blocks=20, block_size=8, max_batch=4, max_model_len=64)
+    assert torch.equal(serve(eng), serve(zero))
+
+
+def test_the_backend_refuses_an_unknown_kv_cache_content():
+    from dcsim.errors import UserError
+
+    with pytest.raises(UserError, match="--kv-data|model, zeros"):
+        PagedBackend("cpu", arch="tiny-llama", dtype="fp32", kv_data="random")
+
+
 def test_allocator_and_block_accounting():
     a = BlockAllocator(5, reserved=1)
     assert a.capacity == 4 and [a.alloc() for _ in range(4)] == [1, 2, 3, 4] and a.alloc() is None

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
-from dcsim.calibrate.backends.registry import ENGINES
+from dcsim.calibrate.backends.registry import ENGINES, add_paged_arguments, paged_options
 from dcsim.calibrate.backends.registry import HELP as ENGINE_HELP
 from dcsim.errors import UserError
 
@@ -40,10 +40,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="random weights (implied by --model-arch; with --model, uses only its config)")
     p.add_argument("--backend", default="hf", choices=ENGINES, help=ENGINE_HELP)
-    p.add_argument("--mixed-step", choices=("fused", "split"), default="fused",
-                   help="paged: a step with prefill chunks as one forward over all its tokens (fused, piecewise CUDA "
-                        "graphs, as vLLM v1 runs it) or the decode graph then an eager prefill forward (split, the "
-                        "form of the runs recorded before 2026-12-04)")
+    add_paged_arguments(p)
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), measured "
                    "from outside")
@@ -96,7 +93,7 @@ def handler(args: argparse.Namespace) -> int:
         if args.model_arch and args.model:
             raise UserError("give either --model or --model-arch, not both", None, "--model-arch")
         backend = make(args.backend, args.device, args.model, args.model_arch, args.random_weights, args.dtype,
-                       **({"mixed": args.mixed_step} if args.backend == "paged" else {}))
+                       **paged_options(args, args.backend))
         device = args.device
         identity = {"backend": backend.name, "model": args.model, "arch": args.model_arch, "dtype": args.dtype,
                     "weights": "random" if backend.random_weights else "pretrained"}

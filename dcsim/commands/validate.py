@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from dcsim.calibrate.backends.endpoint import DIALECT_HELP, DIALECTS
-from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE
+from dcsim.calibrate.backends.registry import ENGINES, STATIC_CACHE, add_paged_arguments, paged_options
 from dcsim.errors import UserError
 from dcsim.outputs import check_folder, install, start_staging
 
@@ -79,10 +79,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arch", help="a known architecture built from its config (e.g. llama-2-7b)")
     p.add_argument("--random-weights", action="store_true", help="random weights in the real architecture")
     p.add_argument("--backend", choices=ENGINES, help="engine (default: the profile's engine)")
-    p.add_argument("--mixed-step", choices=("fused", "split"), default="fused",
-                   help="paged: a step with prefill chunks as one forward over all its tokens (fused, piecewise CUDA "
-                        "graphs, as vLLM v1 runs it) or the decode graph then an eager prefill forward (split, the "
-                        "form of the runs recorded before 2026-12-04)")
+    add_paged_arguments(p)
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--plan", help="hf-static, hf-graph: the calibration plan, which sizes the static caches as "
                                   "calibration did (default: the plan of the run folder the profile was fitted to)")
@@ -218,7 +215,7 @@ def handler(args: argparse.Namespace) -> int:
     meter = select_meter(args.device, args.latency_only)  # before anything is written: no meter, no folder
     tmp = _start_folder(out, wl, prof_path)
     backend = make(backend_name, args.device, args.model, args.model_arch, args.random_weights, args.dtype,
-                   **({"mixed": args.mixed_step} if backend_name == "paged" else {}))
+                   **paged_options(args, backend_name))
     load_info = backend.load()
     if lengths:
         backend.prepare([(1, n - 1, b) for b, n in lengths.items()])

@@ -109,6 +109,10 @@ class EngineInfo(Strict):
         default=None, description="how the engine runs a step that mixes decodes and prefill chunks: split (the "
         "decode step, then a prefill forward: the weights read twice) or fused (one forward over all its tokens, "
         "as vLLM v1 runs a mixed batch); None where the source does not say")
+    kv_data: Literal["model", "zeros"] | None = Field(
+        default=None, description="what the calibration's KV cache held where no step of the sequence wrote it: "
+        "a model's K/V (as a server's sequences hold) or zeros (the cache as allocated; reading zeros draws less "
+        "power, so such a profile's step energy is low); None where the source does not say")
 
     def cache_length(self, batch: int) -> int | None:
         """Static cache tokens per sequence at `batch` (None for a dynamic cache): the batch size's own entry,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from dcsim.calibrate.backends.base import Backend
 
 ENGINES = ("hf", "hf-static", "hf-graph", "paged")
@@ -14,10 +16,27 @@ HELP = ("hf: transformers eager generate; hf-static: generate with a static KV c
 STATIC_CACHE = ("hf-static", "hf-graph")
 
 
+def add_paged_arguments(p: argparse.ArgumentParser) -> None:
+    """The `paged` engine's options, as calibrate and validate both take them."""
+    p.add_argument("--mixed-step", choices=("fused", "split"), default="fused",
+                   help="paged: a step with prefill chunks as one forward over all its tokens (fused, piecewise CUDA "
+                        "graphs, as vLLM v1 runs it) or the decode graph then an eager prefill forward (split, the "
+                        "form of the runs recorded before 2026-12-04)")
+    p.add_argument("--kv-data", choices=("model", "zeros"), default="model",
+                   help="paged: what the KV cache holds where no step wrote it: K/V of a real forward tiled over "
+                        "every block (model), or the zeros it is allocated with (zeros, the calibrations recorded "
+                        "before 2026-12-05). A step reading zeros draws less power than one reading a model's values")
+
+
+def paged_options(args: argparse.Namespace, name: str) -> dict:
+    """The options `make` passes to the named engine from the command line (none but for paged)."""
+    return {"mixed": args.mixed_step, "kv_data": args.kv_data} if name == "paged" else {}
+
+
 def make(name: str, device: str, model: str | None, arch: str | None, random_weights: bool,
          dtype: str, **options: object) -> Backend:
     """A not yet loaded backend of the named engine; `options` go to engines that take them (paged: block_size,
-    kv_blocks, graph_sizes)."""
+    kv_blocks, graph_sizes, mixed, kv_data)."""
     if name == "paged":
         from dcsim.calibrate.backends.paged import PagedBackend
 

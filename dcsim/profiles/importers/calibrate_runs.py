@@ -175,12 +175,14 @@ def load_many(run_dirs: list[str | Path], model_config: str | Path | None = None
                 ("engine", m["engine"]["name"], first["engine"]["name"]),
                 ("precision", m["engine"]["precision"], first["engine"]["precision"]),
                 ("step_loop", m["step_loop"], first["step_loop"]),
-                ("mixed_step", m["engine"].get("mixed_step"), first["engine"].get("mixed_step"))):
+                ("mixed_step", m["engine"].get("mixed_step"), first["engine"].get("mixed_step")),
+                ("kv_data", m["engine"].get("kv_data"), first["engine"].get("kv_data"))):
             if got != want:
                 raise UserError(f"measured with {field} {got!r}, not {want!r} as {dirs[0].as_posix()}; folders fitted "
                                 "together must share the device, model, engine, precision, step loop (served "
-                                "steps hold the host's time between device syncs, pipelined ones do not) and mixed "
-                                "step (fused or split forwards)", d, field)
+                                "steps hold the host's time between device syncs, pipelined ones do not), mixed "
+                                "step (fused or split forwards) and KV cache contents (a model's values or zeros: "
+                                "zeros draw less power)", d, field)
     table = normalise(pd.concat([t for t, _ in loaded], ignore_index=True), ", ".join(str(d) for d in dirs))
     meta = dict(first)
     paths = [m["path"] for _, m in loaded]
@@ -383,7 +385,10 @@ def _meta(d: Path, raw: pd.DataFrame, man: dict, cap_w: float | None, n_short: i
                    "precision": ident.get("dtype") or "bf16",
                    # the paged engine's mixed steps: "fused" or "split" since 2026-12-04; before, the folders ran
                    # them split and recorded a sentence saying so
-                   **({"mixed_step": "fused" if (be.get("decode") or {}).get("mixed_step") == "fused" else "split"}
+                   # and what its KV cache held where no step wrote: "model" or "zeros" since 2026-12-05; before,
+                   # zeros (the cache as allocated)
+                   **({"mixed_step": "fused" if (be.get("decode") or {}).get("mixed_step") == "fused" else "split",
+                       "kv_data": (be.get("decode") or {}).get("kv_data") or "zeros"}
                       if be.get("backend") == "paged" else {})},
         "gpus_per_replica": gpus, "citation": cites, "path": rel,
         "command": f"dcsim fit {rel}" + (f" --model-config {Path(cfg_file).as_posix()}" if cfg_file else ""),
