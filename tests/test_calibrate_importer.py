@@ -51,7 +51,8 @@ def test_hand_checked_rows_of_the_h100_eager_run():
     # idle: the last third of each window (printed: 124.5 W serving, 74.7 W deep)
     assert meta["serving_idle_w"]["value"] == pytest.approx(124.49, abs=0.01)
     assert meta["deep_idle_w"]["value"] == pytest.approx(74.66, abs=0.01)
-    assert meta["device"] == "h100-sxm-80gb" and meta["model"] == "llama-2-7b"
+    assert meta["device_key"] == "h100-sxm-80gb" and meta["model"] == "llama-2-7b"
+    assert meta["device"]["memory_gb"] == 80.0  # the datasheet's, as the H100 profiles were fitted
     assert len(meta["notes"]) >= 3 and "2 session(s)" in meta["notes"][-1]
 
 
@@ -69,9 +70,12 @@ def test_counter_and_power_timeline_agree_on_long_runs():
 
 
 def test_h200_metadata_describes_the_device_from_the_manifest():
+    """An H200 is the catalogue's (its power-cap and clock models come with it), with the memory NVML measured:
+    143,771 MiB = 150.8 GB, not the datasheet's 141."""
     table, meta = load(RUNS / "h200-llama-2-7b-hf-static")
     dev = meta["device"]
-    assert dev["name"] == "NVIDIA H200" and dev["tdp_w"] == 700.0 and 140 < dev["memory_gb"] < 152
+    assert meta["device_key"] == "h200" and dev["name"] == "NVIDIA H200 (SXM, 141 GB)" and dev["tdp_w"] == 700.0
+    assert dev["memory_gb"] == 150.8
     assert {"idle_serving", "idle_deep"} <= set(table["kind"])
     assert all(math.isfinite(meta[k]["value"]) for k in ("serving_idle_w", "deep_idle_w"))
 
@@ -127,6 +131,6 @@ def test_idle_from_another_run_on_the_same_device(tmp_path, capsys):
     assert main(["fit", str(small), "--idle-from", str(RUNS / "h100-llama-2-7b-hf-graph-standard"),
                  "-o", str(tmp_path / "q.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "field '--idle-from'" in err and "not on this run's 'NVIDIA H200'" in err
+    assert "field '--idle-from'" in err and "not on this run's 'NVIDIA H200 (SXM, 141 GB)'" in err
     assert main(["fit", str(h200), "--idle-from", str(small), "-o", str(tmp_path / "q.yaml")]) == 2
     assert "measured its own idle windows" in capsys.readouterr().err and not (tmp_path / "q.yaml").exists()

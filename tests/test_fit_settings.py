@@ -110,3 +110,6 @@ def test_fused_and_split_folders_are_not_fitted_together(tmp_path, capsys):
     got = yaml.safe_load((tmp_path / "f.yaml").read_text())
     assert got["engine"]["mixed_step"] == "fused" and got["latency"]["mixed_overlap_s"] > 0
     assert got["engine"]["kv_data"] == "zeros"  # recorded before the engine filled its cache
+    # an H200 is the catalogue's: its power-cap and (published) clock models come with the fit, its memory measured
+    assert got["clock"]["max_mhz"] == 1980.0 and got["power_cap"]["min_w"] == 200.0
+    assert got["device"]["memory_gb"] == 150.8

@@ -68,8 +68,10 @@ def profile_name(device_key: str, model_key: str, engine: str, precision: str, g
 def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
     """Build FitMeta from an importer's metadata dict.
 
-    Keys: device (catalogue key or mapping of DeviceInfo fields), model (key or ModelInfo mapping), engine
-    (mapping of EngineInfo), gpus_per_replica, name, citation, path, command, licence, notes, not_covered,
+    Keys: device (catalogue key or mapping of DeviceInfo fields), device_key (the catalogue entry of a device given
+    as a mapping: its power-cap and clock models, peak figures and idle fallbacks), model (key or ModelInfo
+    mapping), engine (mapping of EngineInfo), gpus_per_replica, name, citation, path, command, licence, notes,
+    not_covered,
     serving_idle_w / deep_idle_w (value, or mapping with value + Provenance fields), host_idle_w, host_note,
     kv_capacity_tokens, activation_reserve_frac, source_kind (measured|published).
     """
@@ -82,8 +84,9 @@ def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
             device = DeviceInfo(name=dspec.name, kind=dspec.kind, memory_gb=dspec.memory_gb, tdp_w=dspec.tdp_w)
         else:
             device = DeviceInfo(**dev)
-            if dev.get("name") in catalogue.DEVICES:
-                dspec = catalogue.DEVICES[dev["name"]]
+            key = d.get("device_key") or dev.get("name")  # a catalogued device measured as it is (its memory)
+            if key in catalogue.DEVICES:
+                dspec = catalogue.DEVICES[key]
         mod = d["model"]
         if isinstance(mod, str):
             mspec = models.model(mod)
@@ -167,7 +170,9 @@ def memory_of(meta: FitMeta) -> tuple[Memory, Provenance]:
     reserve = round(meta.activation_reserve_frac * dev_gb, 2)
     mem = Memory(device_gb=dev_gb, weights_gb=round(weights, 2), activation_reserve_gb=reserve,
                  kv_capacity_tokens=meta.kv_capacity_tokens)
-    note = (f"device memory {meta.device.memory_gb:g} GB x {g} (catalogue); weights {meta.model.params_b:g}e9 "
+    spec = meta.device_spec
+    whence = "catalogue" if spec is None or meta.device.memory_gb == spec.memory_gb else "as the source measured it"
+    note = (f"device memory {meta.device.memory_gb:g} GB x {g} ({whence}); weights {meta.model.params_b:g}e9 "
             f"parameters x {bpv} bytes; reserve {meta.activation_reserve_frac:g} of device memory for "
             "activations and the engine (assumed)")
     return mem, Provenance(source="derived", note=note)
