@@ -282,10 +282,11 @@ class Scaler:
         pool.set(i, LOADING, now)
         pool.ready_s[i] = now + pool.cold.load_s
         self.loads += 1
-        ev = self.env.timeout(pool.cold.load_s)
-        ev.callbacks.append(lambda _e, pool=pool, i=i: self._loaded(pool, i))
+        self.env.process(self._loading(pool, i))
 
-    def _loaded(self, pool: PoolScaling, i: int) -> None:
+    def _loading(self, pool: PoolScaling, i: int) -> Generator:
+        """One replica's load: its time, then it serves what was held for it."""
+        yield self.env.timeout(pool.cold.load_s)
         now = self.env.now
         pool.set(i, ON, now)
         self.last_load_s = now
