@@ -113,3 +113,18 @@ def test_fused_and_split_folders_are_not_fitted_together(tmp_path, capsys):
     # an H200 is the catalogue's: its power-cap and (published) clock models come with the fit, its memory measured
     assert got["clock"]["max_mhz"] == 1980.0 and got["power_cap"]["min_w"] == 200.0
     assert got["device"]["memory_gb"] == 150.8
+
+
+def test_folders_whose_kv_caches_held_zeros_and_a_models_values_are_not_fitted_together(tmp_path, capsys):
+    """h200f's served sweep read a cache of zeros where no step wrote, h200h's one filled with a model's K/V (the same
+    plan, engine and loop): reading zeros draws less power, so one fit of both is refused, naming the field."""
+    runs = RUN.parent
+    zeros = runs / "h200f-llama-2-7b-paged-paged-served-steps"
+    model = runs / "h200h-llama-2-7b-paged-paged-served-steps"
+    assert main(["fit", str(zeros), str(model), "-o", str(tmp_path / "both.yaml"), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert "kv_data" in err and "'zeros'" in err and "Traceback" not in err
+    assert not (tmp_path / "both.yaml").exists()
+    assert main(["fit", str(model), "-o", str(tmp_path / "m.yaml"), "--no-plot"]) == 0
+    got = yaml.safe_load((tmp_path / "m.yaml").read_text())
+    assert got["engine"]["kv_data"] == "model" and got["cold_start"]["load_s"] > 0
