@@ -28,7 +28,11 @@ def test_every_ok_row_becomes_one_table_row(folder):
     raw = list(csv.DictReader(open(folder / "runs.csv")))
     table, meta = load(folder)
     ok = [r for r in raw if r["status"] == "ok" and r["power_cap_w"] == ""]
-    assert len(table) == len(ok)
+    loads = [r for r in ok if r["phase"] == "load"]  # the model's loads: the profile's cold start, not table rows
+    assert len(table) == len(ok) - len(loads)
+    assert (meta["cold_start"] is not None) == bool(loads)
+    if loads:
+        assert meta["cold_start"]["n"] == len(loads)
     assert int(table["warmup"].sum()) == sum(r["phase"] == "warmup" for r in ok)
     runs = table[table["kind"] == "run"]
     assert (runs["batch"] >= 1).all() and (runs["n_out"] >= 1).all()
