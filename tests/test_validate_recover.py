@@ -138,7 +138,9 @@ def test_a_paged_replay_is_recovered_from_its_steps_and_engine_json(tmp_path, ca
     assert got["energy_j"]["measured"] == pytest.approx(want["energy_j"]["measured"], rel=0.008)
     for k in ("wait_mean_s", "e2e_p50_s", "ttft_p50_s", "tpot_p50_s"):  # per-request rows and the same forecast
         assert got[k]["measured"] == pytest.approx(want[k]["measured"], rel=1e-9)
-        assert got[k]["forecast"] == pytest.approx(want[k]["forecast"], rel=1e-9)
+        # the forecast is the shipped profile's, refitted from the same folders since (its least-squares curves
+        # moved in their last digits with the build: 1e-9 of a TPOT)
+        assert got[k]["forecast"] == pytest.approx(want[k]["forecast"], rel=1e-6)
 
 
 def test_recover_refuses_an_unfinished_window_or_another_workload(tmp_path, capsys):
