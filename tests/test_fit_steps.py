@@ -111,6 +111,9 @@ def test_noisy_steps_fit_within_their_noise():
     assert p.fit_error["latency.step_s"].median_ape_pct < 2.0
     assert p.fit_error["energy.step_device_j"].median_ape_pct < 2.0
     assert p.spread_cv["latency.step_s"] == pytest.approx(0.01, abs=0.006)
+    # each repeat's noise scales its time and its energy alike, so each point's energy CV is its time CV: the
+    # comparison's energy band comes from the steps' own repeats
+    assert p.spread_cv["energy.step_device_j"] == p.spread_cv["latency.step_s"]
 
 
 def test_too_few_steps_is_a_clear_error():

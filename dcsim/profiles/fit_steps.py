@@ -292,10 +292,12 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     vr = {"batch": (float(steps["batch"][steps["batch"] > 0].min()), float(steps["batch"].max())),
           "prefill_tokens": (float(steps["n_in"][steps["n_in"] > 0].min()), float(steps["n_in"].max()))}
     spread = spread_cv(t)
-    g = steps.assign(_t=f["t"]).groupby(steps["source"].str.replace(r"-r\d+$", "", regex=True))["_t"]
-    cv = (g.std() / g.mean()).dropna()
-    if len(cv):
-        spread["latency.step_s"] = round(float(cv.median()), 4)
+    point = steps["source"].str.replace(r"-r\d+$", "", regex=True)
+    for key, col in (("latency.step_s", "t"), ("energy.step_device_j", "e")):  # each step point's repeats
+        g = steps.assign(_v=f[col]).dropna(subset=["_v"]).groupby(point)["_v"]
+        cv = (g.std() / g.mean()).dropna()
+        if len(cv):
+            spread[key] = round(float(cv.median()), 4)
     profile = Profile(
         name=meta.name or "unnamed", device=meta.device, model=meta.model, engine=meta.engine,
         gpus_per_replica=meta.gpus_per_replica,
