@@ -9,6 +9,7 @@ event only where that gives the same results as its steps one by one (`_plan`'s 
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from functools import reduce
 from heapq import heappop, heappush
@@ -81,15 +82,30 @@ class Continuous(Batches):
         if rep.cuts is None:  # arrivals (or a power manager) interrupt decode runs
             yield from self._run_interrupted(rep)
         rep.replan = lambda now: self._replan(rep, now, False)
-        env, q = rep.env, rep.queue
+        env, q, heap, decode_run = rep.env, rep.queue, self.heap, rep.evaluator.decode_run
         while True:
-            if not self.heap and not q:
-                yield rep.idle_wait()
-                continue
-            now = env.now
-            delay = self._plan(rep, now, now, self.ctx, True)
-            if delay is None:
-                delay = self._plan(rep, now, now, self.ctx, False)
+            if not q:
+                if not heap:
+                    yield rep.idle_wait()
+                    continue
+                # nobody waits: a decode run to the first finish (_plan's, without an admission to try)
+                now = env.now
+                n, ctx = len(heap), self.ctx
+                k = heap[0][0] - self.D
+                run = self.p_run = (n, ctx, k, k, *decode_run(n, ctx, k))
+                delay = run[4]
+                end = now + delay
+                self.p_admit = None
+                self.p_t1 = self.p_t2 = now
+                self.p_end = end
+                self.running_n = n
+                self.p_on = rep.decoding = True
+                rep.current = (now, end, run[5], run[6])
+            else:
+                now = env.now
+                delay = self._plan(rep, now, now, self.ctx, True)
+                if delay is None:
+                    delay = self._plan(rep, now, now, self.ctx, False)
             tmo = env.timeout(delay)
             while True:
                 try:
@@ -158,12 +174,8 @@ class Continuous(Batches):
         if t0 < t1 or (admit is not None and run is not None):  # not the process's own next step: checks
             if not (end < rep.horizon and t0 >= 0.5 * t2 and t0 + (end - t0) == end):
                 return None
-            arr = rep.arrivals
-            for t in (t1, t2, end):
-                if t > t0:
-                    i = bisect_left(arr, t)
-                    if i < len(arr) and arr[i] == t:
-                        return None
+            if arrival_at(rep, t0, t1, t2, end):
+                return None
         if cut is not None:
             self._decoded(rep, *cut)
         for _ in range(m):
@@ -176,8 +188,12 @@ class Continuous(Batches):
         self.running_n = n2
         self.p_on = rep.decoding = run is not None or t0 < t1
         if t0 == t1 and (admit is None or run is None):  # the process's own step: in progress, as it logs one
-            rep.current = ((t1, t2, pf[0] * pf[1], pf[0] * pf[2]) if admit is not None
-                           else (t2, end, run[5], run[6]))
+            if admit is not None:
+                rep.current = (t1, t2, pf[0] * pf[1], pf[0] * pf[2])
+                return pf[0]
+            rep.current = (t2, end, run[5], run[6])
+            return run[4]
+        rep.current = None
         return end - t0
 
     def _replan(self, rep: "Replica", now: float, interrupted: bool) -> float | None:
@@ -369,27 +385,53 @@ class Continuous(Batches):
         rep.complete(r, now)
 
 
+ARRIVAL_WINDOW = 256  # arrivals searched near a replica's last plan before a search of them all
+
+
+def arrival_at(rep: "Replica", t0: float, *times: float) -> bool:
+    """Whether an arrival is handled at one of `times` after t0 (the replica's clock, which only grows): searched
+    from the arrivals at t0, near them first, where memory is warm."""
+    arr = rep.arrivals
+    n = len(arr)
+    lo = rep.arrival_i
+    hi = min(n, lo + ARRIVAL_WINDOW)
+    lo = bisect_left(arr, t0, lo, hi)
+    if lo == hi < n:
+        lo = bisect_left(arr, t0, hi)
+    rep.arrival_i = lo
+    hi = min(n, lo + ARRIVAL_WINDOW)
+    for t in times:
+        if t > t0:
+            i = bisect_left(arr, t, lo, hi)
+            if i == hi < n:
+                i = bisect_left(arr, t, hi)
+            if i < n and arr[i] == t:
+                return True
+    return False
+
+
 def steps_covering_exact(evaluator: "ProfileEvaluator", n: int, ctx: float, k: int,
                          elapsed: float) -> tuple[int, tuple[float, float, float]]:
-    """steps_covering's answer (a run's time increases with its steps) and that run, from the evaluator's
-    closed-form guess checked and moved with decode_run itself: two runs evaluated, not a bisection's."""
-    decode_run = evaluator.decode_run
-    s = evaluator.decode_steps_covering(n, ctx, k, elapsed)
-    run = decode_run(n, ctx, s)
-    if run[0] >= elapsed:
-        while s > 1:
-            fewer = decode_run(n, ctx, s - 1)
-            if fewer[0] < elapsed:
-                break
+    """steps_covering's answer (a run's time increases with its steps) and that run, from a closed-form guess
+    checked and moved with decode_time (decode_run's own sum): two times and one run evaluated, not a bisection's."""
+    a, b, c, _ = evaluator.decode_time_terms
+    t0 = a + b * n + c * ctx
+    dt = c * n  # step j takes t0 + dt * j: s steps take s * t0 + dt * s * (s - 1) / 2
+    if dt > 1e-15 * t0:
+        g = (-(t0 - dt / 2) + math.sqrt((t0 - dt / 2) ** 2 + 2 * dt * elapsed)) / dt
+    else:
+        g = elapsed / t0 if t0 > 0 else 1.0
+    s = min(k, max(1, math.ceil(g))) if g == g and g < k else k
+    time = evaluator.decode_time
+    if time(n, ctx, s) >= elapsed:
+        while s > 1 and time(n, ctx, s - 1) >= elapsed:
             s -= 1
-            run = fewer
     else:
         while s < k:
             s += 1
-            run = decode_run(n, ctx, s)
-            if run[0] >= elapsed:
+            if time(n, ctx, s) >= elapsed:
                 break
-    return s, run
+    return s, evaluator.decode_run(n, ctx, s)
 
 
 def steps_covering(evaluator: "ProfileEvaluator", n: int, ctx: float, k: int, elapsed: float, **kw: float) -> int:
