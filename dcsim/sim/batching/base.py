@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, ClassVar, Generator
 
+import simpy
 from pydantic import BaseModel, ConfigDict
 
 from dcsim.registry import ParamsError, ParamsRegistry
@@ -69,8 +70,6 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
     """The events of a run of k decode steps starting at `now` whose (time, device J, host J) is `run`: an arrival
     that can join interrupts it (Replica.submit), and the run then stops at the end of the step in progress,
     `cut(elapsed)` giving (steps done, their time and energies). Logs the segment; returns (steps, t, e, h)."""
-    import simpy
-
     env = rep.env
     t, e, h = run
     steps = k

@@ -259,6 +259,8 @@ class Paged(Policy):
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
         decode_run, decode_step = evaluator.decode_run, evaluator.decode_step
+        pad = [self.padded(n) for n in range(p.max_num_seqs + 1)]  # the graph batch of each decode batch
+        n_pad = len(pad)
         itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
                                                 self.itl_k.append, self.itl_n.append)
 
@@ -435,11 +437,13 @@ class Paged(Policy):
                     free = pool.allocatable() + dec_need
                     if free < n * (k // bs + 1):  # blocks may run out before the first finish
                         k = min(k, self.max_steps(free))
-                bg = self.padded(n)
+                bg = pad[n] if n < n_pad else self.padded(n)
                 ctx0 = self.S + n * self.D + n
                 t_one = decode_step(bg, ctx0)[0]
-                give = give_back(n, t_one)
-                run = shorter(k, n, decode_run(bg, ctx0, k, n), give)
+                give = give_back(n, t_one) if split else 0.0
+                run = decode_run(bg, ctx0, k, n)
+                if give:
+                    run = shorter(k, n, run, give)
 
                 def cut(elapsed: float, bg: int = bg, ctx0: int = ctx0, k: int = k, n: int = n,
                         give: float = give) -> tuple[int, tuple[float, float, float]]:
@@ -467,7 +471,7 @@ class Paged(Policy):
             t_d = e_d = h_d = 0.0
             bg = 0
             if n:
-                bg = self.padded(n)
+                bg = pad[n] if n < n_pad else self.padded(n)
                 t_d, e_d, h_d = decode_run(bg, self.S + n * self.D + n, 1, n)
             # the chunks' tokens, attention pairs ((h+p)^2 - h^2), tokens before them, and chunks with any
             tokens = sq = pre = after = 0
