@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left
 from functools import reduce
 from heapq import heappop, heappush
 from itertools import islice
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Generator
 import numpy as np
 import simpy
 
-from dcsim.sim.batching.base import decode_run_events, policy
+from dcsim.sim.batching.base import arrival_at, decode_run_events, policy
 from dcsim.sim.batching.limits import Batches, Limits
 
 if TYPE_CHECKING:
@@ -395,31 +394,6 @@ def in_order(x: float, terms: array) -> float:
     a = np.frombuffer(terms, dtype=np.float64)
     a[0] += x
     return float(np.add.accumulate(a)[-1])
-
-
-ARRIVAL_WINDOW = 256  # arrivals searched near a replica's last plan before a search of them all
-
-
-def arrival_at(rep: "Replica", t0: float, *times: float) -> bool:
-    """Whether an arrival is handled at one of `times` after t0 (the replica's clock, which only grows): searched
-    from the arrivals at t0, near them first, where memory is warm."""
-    arr = rep.arrivals
-    n = len(arr)
-    lo = rep.arrival_i
-    hi = min(n, lo + ARRIVAL_WINDOW)
-    lo = bisect_left(arr, t0, lo, hi)
-    if lo == hi < n:
-        lo = bisect_left(arr, t0, hi)
-    rep.arrival_i = lo
-    hi = min(n, lo + ARRIVAL_WINDOW)
-    for t in times:
-        if t > t0:
-            i = bisect_left(arr, t, lo, hi)
-            if i == hi < n:
-                i = bisect_left(arr, t, hi)
-            if i < n and arr[i] == t:
-                return True
-    return False
 
 
 def steps_covering_exact(evaluator: "ProfileEvaluator", n: int, ctx: float, k: int,
