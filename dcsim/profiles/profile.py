@@ -653,10 +653,14 @@ class ProfileEvaluator:
         w0 = (pa + pb * batch + pc * context0)
         dt = c * grow
         dw = pc * grow
-        t_last = t0 + dt * (k - 1)
-        w_last = w0 + dw * (k - 1)
-        clamped = self.decode_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
-        over = max(w0, w_last) > self.decode_ceiling_w
+        if self.decode_bounded or self.decode_ceiling_w != math.inf:
+            t_last = t0 + dt * (k - 1)
+            w_last = w0 + dw * (k - 1)
+            clamped = self.decode_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo
+                                               or max(w0, w_last) > phi)
+            over = max(w0, w_last) > self.decode_ceiling_w
+        else:  # no clamp and no cap: the closed form, whatever the run
+            clamped = over = False
         if clamped or (over and min(w0, w_last) <= self.decode_ceiling_w):
             # clamps, or a run that crosses the cap: step by step
             total_t = total_e = 0.0
