@@ -364,7 +364,9 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
     timeout = env.timeout
     # decode runs cut by arrivals without an interrupt (replica.cut_runs), where no power manager interrupts runs
     cuts: list[Replica] | None = None if managed or not CUT_WITHOUT_INTERRUPT else []
-    handled = frozenset(_handled_at(arrivals)) if cuts is not None else frozenset()
+    # the times arrivals are handled at, for policies that plan several steps as one event (Policy.plans)
+    plans = cuts is not None and any(getattr(p, "plans", False) for p in policies)
+    handled = frozenset(_handled_at(arrivals)) if plans else frozenset()
     for rep in fleet.replicas if cuts is not None else ():
         rep.cuts = cuts
         rep.arrivals = handled

@@ -34,6 +34,9 @@ class Policy:
 
     Params: ClassVar[type[BatchParams]] = BatchParams
     name: ClassVar[str] = ""
+    # whether the policy plans several steps as one event, asking which instants arrivals are handled at
+    # (Replica.arrivals, arrival_at)
+    plans: ClassVar[bool] = False
 
     def __init__(self, params: BatchParams) -> None:
         self.params = params

@@ -35,6 +35,8 @@ class Continuous(Batches):
     as one step (decodes wait for it), then all decode together. KV for a request's prompt and full output is
     reserved at admission (no preemption)."""
 
+    plans = True
+
     def __init__(self, params: Limits) -> None:
         super().__init__(params)
         self.kv_used = 0  # KV tokens reserved by the running batch

@@ -120,6 +120,7 @@ class Paged(Policy):
     """vLLM-style scheduling with paged KV blocks, chunked prefill, preemption, prefix caching, graph padding."""
 
     Params = PagedParams
+    plans = True
 
     def __init__(self, params: PagedParams) -> None:
         super().__init__(params)
