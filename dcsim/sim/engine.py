@@ -366,7 +366,7 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
     cuts: list[Replica] | None = None if managed or not CUT_WITHOUT_INTERRUPT else []
     # the times arrivals are handled at, for policies that plan several steps as one event (Policy.plans)
     plans = cuts is not None and any(getattr(p, "plans", False) for p in policies)
-    handled = frozenset(_handled_at(arrivals)) if plans else frozenset()
+    handled = _handled_at(arrivals, arr) if plans else []
     for rep in fleet.replicas if cuts is not None else ():
         rep.cuts = cuts
         rep.arrivals = handled
@@ -388,11 +388,16 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
         scaler.done = True
 
 
-def _handled_at(arrivals: np.ndarray) -> list[float]:
+def _handled_at(arrivals: np.ndarray, arr: list[float]) -> list[float]:
     """The times _source hands each arrival over at: env.now after its timeout (arrival - now added to now), which
-    is the arrival time itself wherever that sum is exact, as it almost always is."""
-    arr = arrivals.tolist()
-    if not arr or np.array_equal(arrivals[:-1] + (arrivals[1:] - arrivals[:-1]), arrivals[1:]):
+    is the arrival time itself wherever that sum is exact, as it almost always is (then `arr`, the arrivals as a
+    list, itself)."""
+    n, step = len(arr), 1 << 16  # checked in slices, so that the check's arrays stay small beside the run's
+    for i in range(0, max(n - 1, 0), step):
+        a, b = arrivals[i:min(i + step, n - 1)], arrivals[i + 1:min(i + step, n - 1) + 1]
+        if not np.array_equal(a + (b - a), b):
+            break
+    else:
         return arr
     out, now = [], 0.0
     for t in arr:

@@ -27,7 +27,7 @@ class Replica:
         "env", "index", "pool", "evaluator", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
         "segment_start_s", "segment_end_s", "segment_device_j", "segment_host_j", "current", "wake", "proc", "decoding",
         "parallel", "busy_s",
-        "watchers", "cuts", "run_t0", "run_cut", "cut", "managed", "replan", "arrivals", "horizon",
+        "watchers", "cuts", "run_t0", "run_cut", "cut", "managed", "replan", "arrivals", "arrival_i", "horizon",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, evaluator: ProfileEvaluator,
@@ -64,7 +64,8 @@ class Replica:
         # a policy that plans its next event itself where an arrival cuts it: replan(now) makes the plan again
         # and returns the delay to its end, or None where the process must resume now (an interrupt)
         self.replan: Callable[[float], float | None] | None = None
-        self.arrivals: frozenset[float] = frozenset()  # with cuts: the times arrivals are handled at
+        self.arrivals: list[float] = []  # where a policy plans (Policy.plans): the times arrivals are handled at
+        self.arrival_i = 0  # where the replica's policy last searched them
         self.horizon = math.inf  # the run's horizon, if any
         self.proc = env.process(self.policy.run(self))
 

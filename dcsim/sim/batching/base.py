@@ -9,6 +9,7 @@ A policy defined outside dcsim is named by reference instead (`policy: "mypkg.ba
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable, ClassVar, Generator
 
 import simpy
@@ -126,14 +127,29 @@ def prefill_then_decode(rep: "Replica", now: float, prefill: tuple[float, float,
     return first, env.now, e_tot, h_tot
 
 
+ARRIVAL_WINDOW = 256  # arrivals searched near a replica's last plan before a search of them all
+
+
 def arrival_at(rep: "Replica", t0: float, *times: float) -> bool:
-    """Whether an arrival is handled at one of `times` after t0: where one is, the plan that would cover that
-    instant in one event is not made (which of the two the old steps would have served first depends on when each
-    was scheduled)."""
-    handled = rep.arrivals
+    """Whether an arrival is handled at one of `times` after t0 (the replica's clock, which only grows): where one
+    is, the plan that would cover that instant in one event is not made (which of the two the steps would have
+    served first depends on when each was scheduled). Searched from the arrivals at t0, near them first."""
+    arr = rep.arrivals
+    n = len(arr)
+    lo = rep.arrival_i
+    hi = min(n, lo + ARRIVAL_WINDOW)
+    lo = bisect_left(arr, t0, lo, hi)
+    if lo == hi < n:
+        lo = bisect_left(arr, t0, hi)
+    rep.arrival_i = lo
+    hi = min(n, lo + ARRIVAL_WINDOW)
     for t in times:
-        if t > t0 and t in handled:
-            return True
+        if t > t0:
+            i = bisect_left(arr, t, lo, hi)
+            if i == hi < n:
+                i = bisect_left(arr, t, hi)
+            if i < n and arr[i] == t:
+                return True
     return False
 
 

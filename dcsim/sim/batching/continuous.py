@@ -51,7 +51,7 @@ class Continuous(Batches):
         self.runs_e = array("d")
         self.runs_h = array("d")
         self.base = 0
-        self.trim_at = 1024
+        self.trim_at = 512
         self.ctx = 0  # KV tokens held by the running batch
         # the plan in progress (cut mode): admitted requests whose prefill effects are pending (or None), their
         # (tokens, t, w, h), the prefill's start and end, the decode run from p_t2 (n, ctx, k, steps, t, e, h; or
@@ -304,13 +304,13 @@ class Continuous(Batches):
             r.st = None
             self._retire(rep, r, end)
         self.running_n = len(heap)
-        if len(runs_e) > self.trim_at:  # runs before every member's first are dropped
+        if len(runs_e) > self.trim_at:  # every 512 runs, those before every member's first are dropped
             j = min(x[2].st for x in heap) - base if heap else len(runs_e)
-            if j > len(runs_e) // 2:
+            if j >= 256:
                 del runs_e[:j]
                 del runs_h[:j]
                 self.base += j
-            self.trim_at = 2 * len(runs_e) + 1024
+            self.trim_at = len(runs_e) + 512
 
     # ---- arrivals interrupt decode runs -----------------------------------------------------
     def _run_interrupted(self, rep: "Replica") -> Generator:
