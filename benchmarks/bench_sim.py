@@ -2,7 +2,7 @@
 
 Each (policy, size) case runs in its own process so peak RSS is its own. Usage:
     python benchmarks/bench_sim.py [--sizes 100000 1000000] [--policies fcfs static continuous paged] [--repeats 3]
-        [--facility POLICY] [--autoscaling reactive|scheduled]
+        [--facility POLICY] [--autoscaling reactive|scheduled] [--max-batch N] [--rate R]
 Prints one row per case: median wall seconds over repeats, requests/s, peak RSS growth per request, and SimPy
 events scheduled per request; with fcfs, first a row for bench_skeleton.py (SimPy's own floor for that case).
 """
@@ -47,8 +47,9 @@ def lengths(n: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
     return rng, n_in, n_out
 
 
-def make_case(d: Path, n: int, policy: str) -> Path:
-    """A 64-replica fleet of three device kinds and a trace of n requests with lognormal lengths."""
+def make_case(d: Path, n: int, policy: str, max_batch: int = 64, rate: float | None = None) -> Path:
+    """A 64-replica fleet of three device kinds and a trace of n requests with lognormal lengths (`max_batch`:
+    the continuous policy's batch limit; `rate`: arrivals per second, default the policy's own)."""
     from simkit import write_trace
 
     profs = fleet_profiles(d)
@@ -63,11 +64,11 @@ def make_case(d: Path, n: int, policy: str) -> Path:
     else:
         tr = write_trace(d, n_in, n_out, name="trace.parquet")
     b = {"fcfs": {"policy": "fcfs"}, "static": {"policy": "static", "max_batch": 8, "max_wait_s": 0.2},
-         "continuous": {"policy": "continuous", "max_batch": 64},
+         "continuous": {"policy": "continuous", "max_batch": max_batch},
          "paged": {"policy": "paged", "max_num_seqs": 64, "max_num_batched_tokens": 2048, "chunked_prefill": True,
                    "enable_prefix_caching": True}}[policy]
     # fcfs service ~ 0.1 + 90 * 0.02 s on mid: ~ 2 s; batched policies serve several at a time
-    rate = {"fcfs": 14.0, "static": 40.0, "continuous": 100.0, "paged": 100.0}[policy]
+    rate = rate or {"fcfs": 14.0, "static": 40.0, "continuous": 100.0, "paged": 100.0}[policy]
     sc = {"name": f"bench-{policy}", "seed": 1, "trace": {"path": str(tr)},
           "arrivals": {"kind": "poisson", "rate_per_s": rate},
           "fleet": [{"name": "small", "profile": str(profs["small"]), "count": 16, "batching": b},
@@ -152,6 +153,8 @@ def main() -> None:
                     help="add a power hierarchy managed by this policy (with_facility)")
     ap.add_argument("--autoscaling", choices=["reactive", "scheduled"],
                     help="add an autoscaler with this policy (with_autoscaling)")
+    ap.add_argument("--max-batch", type=int, default=64, help="the continuous policy's max_batch")
+    ap.add_argument("--rate", type=float, help="arrivals per second (default: the policy's own)")
     ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
@@ -169,7 +172,7 @@ def main() -> None:
                   "  (bare SimPy, the fcfs case's floor)", flush=True)
         for pol in a.policies:
             with tempfile.TemporaryDirectory() as d:
-                sc = make_case(Path(d), n, pol)
+                sc = make_case(Path(d), n, pol, a.max_batch, a.rate)
                 if a.facility:
                     sc = with_facility(sc, a.facility)
                 if a.autoscaling:

@@ -17,14 +17,15 @@ from dcsim.traces.trace import Trace
 def test_continuous_timeline_counts_its_events(tmp_path, monkeypatch):
     # the continuous timeline of test_sim_timelines: A alone from 0, B arrives at 0.3 during A's decode run and
     # joins after the step in progress (0.305). Events: the replica's and the arrival process's start (2), A's
-    # wake (1), B's arrival (1), A's prefill (1), A's decode run to 0.41 (1), its cut at 0.305 (1), the arrival
-    # process's end (1), B's prefill (1), the run of both to 0.615 (1): 10. An interrupt is one more.
+    # wake (1), B's arrival (1), A's prefill (1), A's decode run to 0.41 (1), the arrival process's end (1), and
+    # one for the rest, planned at B's arrival: A's run cut at 0.305, B's prefill and the run of both to 0.615
+    # (1): 8. Interrupting instead, the cut, B's prefill and the run are an event each, and the interrupt one more.
     prof = write_profile(tmp_path)
     tr = write_trace(tmp_path, [100, 100], [11, 6], [0.0, 0.3])
     sc = Scenario.model_validate(scenario(tr, [{"name": "p", "profile": str(prof), "count": 1,
                                                 "batching": {"policy": "continuous", "max_batch": 8}}]))
     raw = simulate(sc)
-    assert raw.events == 10
+    assert raw.events == 8
     req = requests_table(raw)
     assert req["start_s"].tolist() == pytest.approx([0.0, 0.305])
     assert req["done_s"].tolist() == pytest.approx([0.615, 0.615])

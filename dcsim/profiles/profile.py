@@ -623,6 +623,16 @@ class ProfileEvaluator:
                 lo_ = mid + 1
         return lo_
 
+    def decode_time(self, batch: int, context0: float, steps: int) -> float:
+        """decode_run(batch, context0, steps)[0], summed as decode_run sums it (its closed form where the curves
+        are unclamped and uncapped), for searches that need only the time."""
+        if steps > 0 and self.engine is None and not self.decode_bounded and self.decode_ceiling_w == math.inf:
+            a, b, c, _ = self.decode_time_terms
+            t0 = (a + b * batch + c * context0)
+            k = steps
+            return (k * t0 + c * float(batch) * (k * (k - 1) / 2.0)) * self.decode_time_x
+        return self.decode_run(batch, context0, steps)[0]
+
     def decode_run(self, batch: int, context0: float, steps: int,
                    grow: float | None = None) -> tuple[float, float, float]:
         """Time, device energy and host energy of `steps` decode steps of a fixed batch whose context
@@ -643,10 +653,14 @@ class ProfileEvaluator:
         w0 = (pa + pb * batch + pc * context0)
         dt = c * grow
         dw = pc * grow
-        t_last = t0 + dt * (k - 1)
-        w_last = w0 + dw * (k - 1)
-        clamped = self.decode_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo or max(w0, w_last) > phi)
-        over = max(w0, w_last) > self.decode_ceiling_w
+        if self.decode_bounded or self.decode_ceiling_w != math.inf:
+            t_last = t0 + dt * (k - 1)
+            w_last = w0 + dw * (k - 1)
+            clamped = self.decode_bounded and (min(t0, t_last) < lo or min(w0, w_last) < plo
+                                               or max(w0, w_last) > phi)
+            over = max(w0, w_last) > self.decode_ceiling_w
+        else:  # no clamp and no cap: the closed form, whatever the run
+            clamped = over = False
         if clamped or (over and min(w0, w_last) <= self.decode_ceiling_w):
             # clamps, or a run that crosses the cap: step by step
             total_t = total_e = 0.0

@@ -198,6 +198,9 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
         for _ in range(pool.count):
             replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log))
+    if sc.horizon_s is not None:
+        for rep in replicas:
+            rep.horizon = float(sc.horizon_s)
     fleet = Fleet(replicas, [p.name for p in pools], [p.evaluator for p in pools])
     fleet.env = env
     pool_carbon = load_pool_series(sc, scenario_file, "carbon")
@@ -361,8 +364,12 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
     timeout = env.timeout
     # decode runs cut by arrivals without an interrupt (replica.cut_runs), where no power manager interrupts runs
     cuts: list[Replica] | None = None if managed or not CUT_WITHOUT_INTERRUPT else []
+    # the times arrivals are handled at, for policies that plan several steps as one event (Policy.plans)
+    plans = cuts is not None and any(getattr(p, "plans", False) for p in policies)
+    handled = _handled_at(arrivals, arr) if plans else []
     for rep in fleet.replicas if cuts is not None else ():
         rep.cuts = cuts
+        rep.arrivals = handled
     for i in range(len(arr)):
         t = arr[i]
         if t > env.now:
@@ -379,6 +386,25 @@ def _source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arriv
         cut_runs(env, cuts)
     if scaler is not None:
         scaler.done = True
+
+
+def _handled_at(arrivals: np.ndarray, arr: list[float]) -> list[float]:
+    """The times _source hands each arrival over at: env.now after its timeout (arrival - now added to now), which
+    is the arrival time itself wherever that sum is exact, as it almost always is (then `arr`, the arrivals as a
+    list, itself)."""
+    n, step = len(arr), 1 << 16  # checked in slices, so that the check's arrays stay small beside the run's
+    for i in range(0, max(n - 1, 0), step):
+        a, b = arrivals[i:min(i + step, n - 1)], arrivals[i + 1:min(i + step, n - 1) + 1]
+        if not np.array_equal(a + (b - a), b):
+            break
+    else:
+        return arr
+    out, now = [], 0.0
+    for t in arr:
+        if t > now:
+            now = now + (t - now)
+        out.append(now)
+    return out
 
 
 def _class_source(env: simpy.Environment, router, fleet: Fleet, log: RequestLog, arrivals: np.ndarray,

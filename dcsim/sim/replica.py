@@ -7,6 +7,7 @@ never one per output token.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections import deque
 from typing import Callable
@@ -26,7 +27,7 @@ class Replica:
         "env", "index", "pool", "evaluator", "batching", "policy", "queue", "outstanding", "backlog_s", "log",
         "segment_start_s", "segment_end_s", "segment_device_j", "segment_host_j", "current", "wake", "proc", "decoding",
         "parallel", "busy_s",
-        "watchers", "cuts", "run_t0", "run_cut", "cut", "managed",
+        "watchers", "cuts", "run_t0", "run_cut", "cut", "managed", "replan", "arrivals", "arrival_i", "horizon",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, evaluator: ProfileEvaluator,
@@ -60,6 +61,12 @@ class Replica:
         self.run_t0 = 0.0  # the decode run in progress: its start and cut(elapsed) (decode_run_events)
         self.run_cut: Callable | None = None
         self.cut: tuple[int, float, float, float] | None = None  # the run once cut_runs cut it: steps, t, e, h
+        # a policy that plans its next event itself where an arrival cuts it: replan(now) makes the plan again
+        # and returns the delay to its end, or None where the process must resume now (an interrupt)
+        self.replan: Callable[[float], float | None] | None = None
+        self.arrivals: list[float] = []  # where a policy plans (Policy.plans): the times arrivals are handled at
+        self.arrival_i = 0  # where the replica's policy last searched them
+        self.horizon = math.inf  # the run's horizon, if any
         self.proc = env.process(self.policy.run(self))
 
     # ---- called by the dispatcher -------------------------------------------------------------
@@ -111,23 +118,34 @@ def cut_runs(env: simpy.Environment, cuts: list[Replica]) -> None:
     now = env.now
     interrupt = False
     for rep in cuts:
-        if not interrupt:
+        replan = rep.replan
+        if replan is not None:  # the policy makes its plan again; the process moves onto the plan's end
+            rest = replan(now)
+            if rest is not None:
+                _move(env, rep.proc, rest)
+                continue
+            interrupt = True
+        elif not interrupt:
             t0 = rep.run_t0
             steps, (t, e, h) = rep.run_cut(now - t0)
             rest = t0 + t - now
             if rest > 0:
                 rep.current = (t0, t0 + t, e, h)
                 rep.cut = (steps, t, e, h)
-                proc = rep.proc
-                old = proc._target  # SimPy's own: Process.interrupt detaches a process from its target so
-                old.callbacks.remove(proc._resume)
-                tmo = env.timeout(rest)
-                tmo.callbacks.append(proc._resume)
-                proc._target = tmo
+                _move(env, rep.proc, rest)
                 continue
             interrupt = True
         rep.proc.interrupt()
     cuts.clear()
+
+
+def _move(env: simpy.Environment, proc: simpy.Process, delay: float) -> None:
+    """Move a waiting process from its target onto a timeout `delay` from now."""
+    old = proc._target  # SimPy's own: Process.interrupt detaches a process from its target so
+    old.callbacks.remove(proc._resume)
+    tmo = env.timeout(delay)
+    tmo.callbacks.append(proc._resume)
+    proc._target = tmo
 
 
 def predicted_service_s(evaluator: ProfileEvaluator, n_in: int, n_out: int) -> float:

@@ -9,8 +9,10 @@ A policy defined outside dcsim is named by reference instead (`policy: "mypkg.ba
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable, ClassVar, Generator
 
+import simpy
 from pydantic import BaseModel, ConfigDict
 
 from dcsim.registry import ParamsError, ParamsRegistry
@@ -33,6 +35,9 @@ class Policy:
 
     Params: ClassVar[type[BatchParams]] = BatchParams
     name: ClassVar[str] = ""
+    # whether the policy plans several steps as one event, asking which instants arrivals are handled at
+    # (Replica.arrivals, arrival_at)
+    plans: ClassVar[bool] = False
 
     def __init__(self, params: BatchParams) -> None:
         self.params = params
@@ -69,8 +74,6 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
     """The events of a run of k decode steps starting at `now` whose (time, device J, host J) is `run`: an arrival
     that can join interrupts it (Replica.submit), and the run then stops at the end of the step in progress,
     `cut(elapsed)` giving (steps done, their time and energies). Logs the segment; returns (steps, t, e, h)."""
-    import simpy
-
     env = rep.env
     t, e, h = run
     steps = k
@@ -122,6 +125,32 @@ def prefill_then_decode(rep: "Replica", now: float, prefill: tuple[float, float,
         k -= steps
         ctx += steps * n
     return first, env.now, e_tot, h_tot
+
+
+ARRIVAL_WINDOW = 256  # arrivals searched near a replica's last plan before a search of them all
+
+
+def arrival_at(rep: "Replica", t0: float, *times: float) -> bool:
+    """Whether an arrival is handled at one of `times` after t0 (the replica's clock, which only grows): where one
+    is, the plan that would cover that instant in one event is not made (which of the two the steps would have
+    served first depends on when each was scheduled). Searched from the arrivals at t0, near them first."""
+    arr = rep.arrivals
+    n = len(arr)
+    lo = rep.arrival_i
+    hi = min(n, lo + ARRIVAL_WINDOW)
+    lo = bisect_left(arr, t0, lo, hi)
+    if lo == hi < n:
+        lo = bisect_left(arr, t0, hi)
+    rep.arrival_i = lo
+    hi = min(n, lo + ARRIVAL_WINDOW)
+    for t in times:
+        if t > t0:
+            i = bisect_left(arr, t, lo, hi)
+            if i == hi < n:
+                i = bisect_left(arr, t, hi)
+            if i < n and arr[i] == t:
+                return True
+    return False
 
 
 POLICIES: ParamsRegistry[Policy] = ParamsRegistry("batching policy", Policy, "dcsim.policies", BatchParams,

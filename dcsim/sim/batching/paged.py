@@ -33,15 +33,17 @@ a running total per batch member. Cost per event does not grow with the batch.
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from itertools import accumulate
 from typing import TYPE_CHECKING, Generator
 
+import simpy
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
-from dcsim.sim.batching.base import BatchParams, Policy, decode_run_events, policy
+from dcsim.sim.batching.base import BatchParams, Policy, arrival_at, decode_run_events, policy
 from dcsim.sim.batching.kv_blocks import BlockPool
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ class Paged(Policy):
     """vLLM-style scheduling with paged KV blocks, chunked prefill, preemption, prefix caching, graph padding."""
 
     Params = PagedParams
+    plans = True
 
     def __init__(self, params: PagedParams) -> None:
         super().__init__(params)
@@ -143,6 +146,10 @@ class Paged(Policy):
         self.out_sum = 0  # and the output lengths of the out_n requests admitted so far
         self.out_n = 0
         self.padded_rows = 0  # graph padding: rows run beyond the real decodes, summed over steps
+        # a mixed step planned as one event with the decode run after it: the step's end (the run's start) and
+        # the blocks the run's first step takes there, not yet taken (admits counts them taken)
+        self.m_t2 = -math.inf
+        self.pend = 0
         # decode runs: start, first step's time, last step's time, steps, decodes (8 bytes an entry)
         self.itl_ts, self.itl_t0, self.itl_t1 = array("d"), array("d"), array("d")
         self.itl_k, self.itl_n = array("q"), array("q")
@@ -219,12 +226,14 @@ class Paged(Policy):
     def admits(self, rep: "Replica", r: "Request") -> bool:
         """An arrival interrupts a decode run when it could join at the next step: nobody else waits, a sequence
         slot is free, and its first chunk's blocks can be allocated."""
+        if rep.env.now < self.m_t2:  # in a mixed step planned with the run after it: the run is dropped
+            return True
         if len(rep.queue) != 1 or self.n_run >= self.params.max_num_seqs:
             return False
         room = self.params.max_num_batched_tokens - self.n_dec
         if room <= 0:
             return False
-        return -(-min(r.n_in, room) // self.bs) <= self.pool.allocatable()
+        return -(-min(r.n_in, room) // self.bs) <= self.pool.allocatable() - self.pend
 
     # ---- the engine ---------------------------------------------------------------------------
     def run(self, rep: "Replica") -> Generator:
@@ -259,6 +268,8 @@ class Paged(Policy):
         fins: list[tuple[int, int, int, Request]] = []  # (finishing decode step, rid, epoch, request)
         cnt = self.cnt
         decode_run, decode_step = evaluator.decode_run, evaluator.decode_step
+        pad = [self.padded(n) for n in range(p.max_num_seqs + 1)]  # the graph batch of each decode batch
+        n_pad = len(pad)
         itl_ts, itl_t0, itl_t1, itl_k, itl_n = (self.itl_ts.append, self.itl_t0.append, self.itl_t1.append,
                                                 self.itl_k.append, self.itl_n.append)
 
@@ -339,6 +350,65 @@ class Paged(Policy):
                     continue
                 kv = leave_decoding(r)
                 finish(r, kv, now)
+
+        def stepped(now: float, end: float, n: int, bg: int, e_d: float, h_d: float, e_p: float, h_p: float,
+                    t: float, tokens: int, chunks: list[tuple[Request, int, int]]) -> None:
+            """A mixed step from now to end done: its segment, its decodes' step, its chunks' tokens."""
+            rep.segment(now, end, e_d + e_p, h_d + h_p)
+            if n:
+                self.D += 1
+                self.cum_e += e_d / n
+                self.cum_h += h_d / n
+                self.padded_rows += bg - n
+                itl_ts(now)
+                itl_t0(t)
+                itl_t1(t)
+                itl_k(1)
+                itl_n(n)
+            for r, d, c in chunks:
+                st = r.st
+                r.energy += e_p * c / tokens
+                r.host += h_p * c / tokens
+                st.done = d + c
+                if st.done < st.target:
+                    continue
+                del partial[r.rid]
+                st.gen += 1
+                if st.gen == 1:
+                    log.first[r.rid] = end
+                    self.pf_n += 1
+                if st.gen == r.n_out:
+                    finish(r, st.done, end)
+                else:
+                    start_decoding(r)
+
+        def first_finish() -> int:
+            """The decode step at which the first decoding request finishes (stale heap entries dropped)."""
+            while fins and (fins[0][3].st is None or fins[0][2] != fins[0][3].st.epoch):
+                heapq.heappop(fins)
+            return fins[0][0] if fins else 1 << 62
+
+        def plan_run(now: float, t2: float) -> tuple | None:
+            """The decode run the loop would start at t2, the end of a mixed step begun now whose effects are in:
+            (k, graph batch, decodes, context, the decodes' first blocks, first step's time, run, its end), or None
+            where it would preempt or one event from now would not give its results (a horizon or an arrival at
+            t2 or its end, a delay not exact in floats)."""
+            dec_need = cnt[-self.D % bs]  # new_blocks(1)
+            free = pool.allocatable()  # what it would be after taking them, and them
+            if dec_need > free:
+                return None
+            k = first_finish() - self.D
+            n = self.n_dec
+            if free < n * (k // bs + 1):
+                k = min(k, self.max_steps(free))
+            bg = pad[n] if n < n_pad else self.padded(n)
+            ctx0 = self.S + n * self.D + n
+            t_one = decode_step(bg, ctx0)[0]
+            run = decode_run(bg, ctx0, k, n)
+            t3 = t2 + run[0]
+            if not (t3 < rep.horizon and now >= 0.5 * t2 and now + (t3 - now) == t3) or arrival_at(rep, now, t2, t3):
+                return None
+            return k, bg, n, ctx0, dec_need, t_one, run, t3
 
         while True:
             if not running and not q:
@@ -435,11 +505,13 @@ class Paged(Policy):
                     free = pool.allocatable() + dec_need
                     if free < n * (k // bs + 1):  # blocks may run out before the first finish
                         k = min(k, self.max_steps(free))
-                bg = self.padded(n)
+                bg = pad[n] if n < n_pad else self.padded(n)
                 ctx0 = self.S + n * self.D + n
                 t_one = decode_step(bg, ctx0)[0]
-                give = give_back(n, t_one)
-                run = shorter(k, n, decode_run(bg, ctx0, k, n), give)
+                give = give_back(n, t_one) if split else 0.0
+                run = decode_run(bg, ctx0, k, n)
+                if give:
+                    run = shorter(k, n, run, give)
 
                 def cut(elapsed: float, bg: int = bg, ctx0: int = ctx0, k: int = k, n: int = n,
                         give: float = give) -> tuple[int, tuple[float, float, float]]:
@@ -467,7 +539,7 @@ class Paged(Policy):
             t_d = e_d = h_d = 0.0
             bg = 0
             if n:
-                bg = self.padded(n)
+                bg = pad[n] if n < n_pad else self.padded(n)
                 t_d, e_d, h_d = decode_run(bg, self.S + n * self.D + n, 1, n)
             # the chunks' tokens, attention pairs ((h+p)^2 - h^2), tokens before them, and chunks with any
             tokens = sq = pre = after = 0
@@ -493,35 +565,70 @@ class Paged(Policy):
                     t_d, e_d, h_d = t_d - ov, e_d * f, h_d * f
             t = t_d + t_p
             e_p, h_p = t_p * w_p, t_p * hw_p
-            rep.current = (now, now + t, e_d + e_p, h_d + h_p)
+            end = now + t
+            if (rep.cuts is not None and not split and not q and len(partial) == len(chunks) and end < rep.horizon
+                    and all(d + c == r.st.target and r.st.gen + 1 < r.n_out for r, d, c in chunks)
+                    and first_finish() > self.D + (1 if n else 0)):
+                # nobody finishes at the step's end, nor waits: its effects now (nothing reads them before its
+                # end), and the decode run after it, where that is one event with the steps' results
+                stepped(now, end, n, bg, e_d, h_d, e_p, h_p, t, tokens, chunks)
+                plan = plan_run(now, end)
+                if plan is None:
+                    rep.current = (now, end, e_d + e_p, h_d + h_p)
+                    yield env.timeout(t)
+                    rep.current = None
+                    continue
+                k, bg, n, ctx0, dec_need, t_one, run, t3 = plan
+                t2 = end
+                self.steps += 1
+
+                def cut(elapsed: float, bg: int = bg, ctx0: int = ctx0, k: int = k,
+                        n: int = n) -> tuple[int, tuple[float, float, float]]:
+                    if elapsed < 0:  # in the mixed step: the run is dropped, the step ends as planned
+                        return 0, (0.0, 0.0, 0.0)
+                    steps = evaluator.decode_steps_covering(bg, ctx0, k, elapsed, n, -0.0)
+                    return steps, decode_run(bg, ctx0, steps, n)
+
+                rep.decoding = True
+                self.m_t2, self.pend = t2, dec_need
+                rep.run_t0, rep.run_cut = t2, cut
+                try:
+                    yield env.timeout(t3 - now)
+                    if rep.cut is not None:
+                        steps, t_run, e_run, h_run = rep.cut
+                        rep.cut = None
+                    else:
+                        steps = k
+                        t_run, e_run, h_run = run
+                except simpy.Interrupt:
+                    steps, (t_run, e_run, h_run) = cut(env.now - t2)
+                    rest = t2 + t_run - env.now
+                    if rest > 0:
+                        yield env.timeout(rest)
+                rep.decoding = False
+                rep.current = None
+                self.m_t2, self.pend = -math.inf, 0
+                if not steps:
+                    self.steps -= 1
+                    continue
+                pool.take(dec_need)
+                rep.segment(t2, t2 + t_run, e_run, h_run)
+                end = t2 + t_run
+                pool.take(self.new_blocks(steps) - dec_need)
+                self.D += steps
+                self.cum_e += e_run / n
+                self.cum_h += h_run / n
+                self.steps += steps - 1
+                self.padded_rows += (bg - n) * steps
+                itl_ts(t2)
+                itl_t0(t_one)
+                itl_t1(2.0 * t_run / steps - t_one if steps > 1 else t_run)
+                itl_k(steps)
+                itl_n(n)
+                pop_finished(end)
+                continue
+            rep.current = (now, end, e_d + e_p, h_d + h_p)
             yield env.timeout(t)
             rep.current = None
-            end = now + t
-            rep.segment(now, end, e_d + e_p, h_d + h_p)
-            if n:
-                self.D += 1
-                self.cum_e += e_d / n
-                self.cum_h += h_d / n
-                self.padded_rows += bg - n
-                itl_ts(now)
-                itl_t0(t)
-                itl_t1(t)
-                itl_k(1)
-                itl_n(n)
-            for r, d, c in chunks:
-                st = r.st
-                r.energy += e_p * c / tokens
-                r.host += h_p * c / tokens
-                st.done = d + c
-                if st.done < st.target:
-                    continue
-                del partial[r.rid]
-                st.gen += 1
-                if st.gen == 1:
-                    log.first[r.rid] = end
-                    self.pf_n += 1
-                if st.gen == r.n_out:
-                    finish(r, st.done, end)
-                else:
-                    start_decoding(r)
+            stepped(now, end, n, bg, e_d, h_d, e_p, h_p, t, tokens, chunks)
             pop_finished(end)
