@@ -351,6 +351,23 @@ class Paged(Policy):
                 kv = leave_decoding(r)
                 finish(r, kv, now)
 
+        def ran(t0: float, steps: int, t_run: float, e_run: float, h_run: float, t_first: float, n: int, bg: int,
+                dec_need: int) -> None:
+            """A decode run of `steps` steps from t0 done (its segment logged): its blocks, its decodes' tokens and
+            energy, its inter-token record, and the sequences it finished."""
+            pool.take(self.new_blocks(steps) - dec_need)
+            self.D += steps
+            self.cum_e += e_run / n
+            self.cum_h += h_run / n
+            self.steps += steps - 1
+            self.padded_rows += (bg - n) * steps
+            itl_ts(t0)
+            itl_t0(t_first)
+            itl_t1(2.0 * t_run / steps - t_first if steps > 1 else t_run)
+            itl_k(steps)
+            itl_n(n)
+            pop_finished(t0 + t_run)
+
         def stepped(now: float, end: float, n: int, bg: int, e_d: float, h_d: float, e_p: float, h_p: float,
                     t: float, tokens: int, chunks: list[tuple[Request, int, int]]) -> None:
             """A mixed step from now to end done: its segment, its decodes' step, its chunks' tokens."""
@@ -520,20 +537,7 @@ class Paged(Policy):
 
                 steps, t_run, e_run, h_run = yield from decode_run_events(
                     rep, now, run, k, cut, not q and self.n_run < p.max_num_seqs)
-                end = now + t_run
-                pool.take(self.new_blocks(steps) - dec_need)
-                self.D += steps
-                self.cum_e += e_run / n
-                self.cum_h += h_run / n
-                self.steps += steps - 1
-                self.padded_rows += (bg - n) * steps
-                t_first = t_one - give
-                itl_ts(now)
-                itl_t0(t_first)
-                itl_t1(2.0 * t_run / steps - t_first if steps > 1 else t_run)
-                itl_k(steps)
-                itl_n(n)
-                pop_finished(end)
+                ran(now, steps, t_run, e_run, h_run, t_one - give, n, bg, dec_need)
                 continue
             # -- one step mixing prefill chunks with the decodes ------------------------------------
             t_d = e_d = h_d = 0.0
@@ -613,19 +617,7 @@ class Paged(Policy):
                     continue
                 pool.take(dec_need)
                 rep.segment(t2, t2 + t_run, e_run, h_run)
-                end = t2 + t_run
-                pool.take(self.new_blocks(steps) - dec_need)
-                self.D += steps
-                self.cum_e += e_run / n
-                self.cum_h += h_run / n
-                self.steps += steps - 1
-                self.padded_rows += (bg - n) * steps
-                itl_ts(t2)
-                itl_t0(t_one)
-                itl_t1(2.0 * t_run / steps - t_one if steps > 1 else t_run)
-                itl_k(steps)
-                itl_n(n)
-                pop_finished(end)
+                ran(t2, steps, t_run, e_run, h_run, t_one, n, bg, dec_need)
                 continue
             rep.current = (now, end, e_d + e_p, h_d + h_p)
             yield env.timeout(t)
