@@ -195,3 +195,30 @@ def test_a_launch_floor_with_chunk_and_prefix_terms_is_recovered_and_composed_as
     # one long chunk: the curve, above the floor
     t_p = evaluator.prefill(1024.0, 1024.0 ** 2, 1, 0.0, 0)[0]
     assert t_p == pytest.approx(P0 + PP * 1024 + PSQ * 1024 ** 2, rel=1e-3)
+
+
+def test_a_term_per_kv_token_of_each_sequence_is_recovered_and_the_simulator_sums_it_as_it_steps(monkeypatch):
+    """Decode steps made with 1 us per KV token of each sequence (context / batch) beside the per-token term:
+    `--decode-per-sequence` recovers it, the fit without it cannot; the evaluator's decode run (closed form, with a
+    padded batch whose real rows hold the context) equals its steps one by one, each at context / real rows."""
+    ds = 1e-6
+    t = table()
+    dec = (t["kind"] == "step") & (t["batch"] > 0)
+    per_seq = np.where(dec, t["context"].fillna(0.0) / t["batch"].clip(lower=1), 0.0)
+    t = t.assign(runtime_s=t["runtime_s"] + K * ds * per_seq,
+                 energy_device_j=t["energy_device_j"] + K * ds * per_seq * (WD0 + WDG * t["graph_batch"].fillna(0)))
+    with_it = fit_profile(t, meta_from_dict({**META, "decode_per_seq": True})).profile
+    without = fit_profile(t, meta_from_dict(dict(META))).profile
+    assert with_it.latency.decode_step_s.coef["context_per_seq"] == pytest.approx(ds, rel=1e-3)
+    assert with_it.fit_error["latency.step_s"].max_ape_pct < 0.1
+    assert without.fit_error["latency.step_s"].max_ape_pct > 1.0
+    assert "context_per_seq" not in without.latency.decode_step_s.coef
+    ev = with_it.evaluator()
+    # 5 real sequences padded to 8 rows, 600 KV tokens each, 7 steps: each step reads 5 more tokens
+    total = sum(ev.decode_step(8, 3000.0 + 5 * j, 5)[0] for j in range(7))
+    assert ev.decode_run(8, 3000.0, 7, 5)[0] == pytest.approx(total, rel=1e-12)
+    c = with_it.latency.decode_step_s
+    assert ev.decode_step(8, 3000.0, 5)[0] == pytest.approx(
+        c.intercept + c.coef["batch"] * 8 + c.coef["context"] * 3000.0 + c.coef["context_per_seq"] * 600.0, rel=1e-12)
+    steps = ev.decode_steps_covering(8, 3000.0, 7, total * 0.6, 5)
+    assert ev.decode_run(8, 3000.0, steps, 5)[0] >= total * 0.6 > ev.decode_run(8, 3000.0, steps - 1, 5)[0]

@@ -27,7 +27,7 @@ def test_the_curves_over_a_replays_own_steps_in_time_and_in_power():
     s = sc.step_table(CASE, PROFILE)
     assert len(s) == 11345  # replay.json's steps
     assert s["dur_s"].sum() == pytest.approx(177.86, abs=0.01)
-    assert s["curve_s"].sum() / s["dur_s"].sum() - 1 == pytest.approx(-0.041, abs=0.002)
+    assert s["curve_s"].sum() / s["dur_s"].sum() - 1 == pytest.approx(-0.026, abs=0.002)
     # a decode-only step's power is the decode curve's; a prefill-only one the prefill curve's
     ev = load_profile(PROFILE).evaluator()
     d = s[(s["chunks"] == 0) & (s["decodes"] > 0)].iloc[0]

@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="calibration runs: auto (default) fits a static-cache engine's decode step to the cache it "
                         "held (recorded per run), read whole at every step; live fits every step to its live context "
                         "instead (how profiles were fitted before cache lengths were modelled)")
+    p.add_argument("--decode-per-sequence", action="store_true",
+                   help="step sweeps: fit the decode step with a term per KV token of each sequence (context / "
+                        "sequences) beside the one per KV token of the step, so a token costs more in a small batch")
     fit_derive.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -102,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
             "static cache (a step's cost then follows the live context, not the cache it read)")
         if meta.get("command"):
             meta["command"] += " --kv-cache live"
+    if args.decode_per_sequence:
+        meta["decode_per_seq"] = True
+        if meta.get("command"):
+            meta["command"] += " --decode-per-sequence"
     if meta.get("command"):
         meta["command"] += f" -o {args.out if not os.path.isabs(args.out) else out.name}"
     result = fit_profile(table, meta_from_dict(meta, ", ".join(args.path)))

@@ -48,6 +48,8 @@ class FitMeta:
     # For engines without a KV cache (every step is a full forward pass): the prefill of T tokens is then the
     # same computation as a decode step over context T, so prefill_s/prefill_w are tied to the decode curves.
     tie_prefill_to_decode: bool = False
+    # step sweeps: a decode term per KV token of each sequence (context / sequences) beside the per-token one
+    decode_per_seq: bool = False
     notes: list[str] = field(default_factory=list)
     not_covered: list[str] = field(default_factory=list)
 
@@ -107,7 +109,8 @@ def meta_from_dict(d: dict[str, Any], file: str | None = None) -> FitMeta:
                    source=src, device_spec=dspec, model_spec=mspec, notes=list(d.get("notes", [])),
                    not_covered=list(d.get("not_covered", [])), kv_capacity_tokens=d.get("kv_capacity_tokens"),
                    activation_reserve_frac=float(d.get("activation_reserve_frac", 0.1)),
-                   tie_prefill_to_decode=bool(d.get("tie_prefill_to_decode", False)))
+                   tie_prefill_to_decode=bool(d.get("tie_prefill_to_decode", False)),
+                   decode_per_seq=bool(d.get("decode_per_seq", False)))
     for key in ("serving_idle_w", "deep_idle_w"):
         v = d.get(key)
         if v is None:

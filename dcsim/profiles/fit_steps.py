@@ -47,19 +47,22 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     s1, s2 = m * (m - 1) / 2.0, (m - 1) * m * (2 * m - 1) / 6.0
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
             "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
+            "seq": np.where(b > 0, steps["context"].fillna(0.0).to_numpy(float) / np.maximum(b, 1.0), 0.0),
             "pf": (p > 0).astype(float), "p": m * p + s1, "sq": m * ((h + p) ** 2 - h ** 2) + 2 * (h + p) * s1 + s2,
             "h": m * h, "m": m, "hp": np.where(h > 0, m, 0.0), "mx": ((b > 0) & (p > 0)).astype(float)}
 
 
 def _time_design(f: dict[str, np.ndarray], with_sq: bool, with_ctx: bool, with_h: bool,
-                 with_m: bool = False, with_ov: bool = False) -> tuple[np.ndarray, list[str]]:
+                 with_m: bool = False, with_ov: bool = False, with_seq: bool = False) -> tuple[np.ndarray, list[str]]:
     cols = [f["dec"], f["dec"] * f["g"]] + ([f["dec"] * f["ctx"]] if with_ctx else [])
+    cols += [f["dec"] * f["seq"]] if with_seq else []
     cols += [f["pf"], f["pf"] * f["p"]] + ([f["pf"] * f["sq"]] if with_sq else []) + ([f["pf"] * f["h"]] if with_h
                                                                                          else [])
     cols += [f["pf"] * (f["m"] - 1.0)] if with_m else []
     cols += [-f["mx"]] if with_ov else []  # a fused step's one fixed part: the overlap taken off the sum
-    names = (["d0", "dg"] + (["dc"] if with_ctx else []) + ["p0", "pp"] + (["psq"] if with_sq else [])
-             + (["ph"] if with_h else []) + (["pm"] if with_m else []) + (["ov"] if with_ov else []))
+    names = (["d0", "dg"] + (["dc"] if with_ctx else []) + (["ds"] if with_seq else []) + ["p0", "pp"]
+             + (["psq"] if with_sq else []) + (["ph"] if with_h else []) + (["pm"] if with_m else [])
+             + (["ov"] if with_ov else []))
     return np.column_stack(cols), names
 
 
@@ -73,7 +76,7 @@ def _parts(f: dict[str, np.ndarray], x: dict[str, float],
            fl: tuple[float, float, float] | None) -> tuple[np.ndarray, np.ndarray]:
     """Each step's decode and prefill seconds under coefficients x (the prefill held at its floor, if any; a
     mixed step's decode part less the overlap `ov`, at most the shorter part, as ProfileEvaluator.overlap)."""
-    t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"])
+    t_dec = f["dec"] * (x["d0"] + x["dg"] * f["g"] + x.get("dc", 0.0) * f["ctx"] + x.get("ds", 0.0) * f["seq"])
     lin = (x["p0"] + x["pp"] * f["p"] + x.get("psq", 0.0) * f["sq"] + x.get("ph", 0.0) * f["h"]
            + x.get("pm", 0.0) * (f["m"] - 1.0))
     t_pf = f["pf"] * (np.maximum(lin, _floor(f, fl)) if fl else lin)
@@ -202,12 +205,15 @@ def fit_step_profile(t: pd.DataFrame, meta: FitMeta) -> FitResult:
     with_m = np.unique(f["m"][f["pf"] > 0]).size > 1  # steps of several chunks: a cost per chunk beyond the first
     # a fused engine's mixed steps pay one fixed part for both: an overlap fitted where the sweep has mixed steps
     with_ov = meta.engine.mixed_step == "fused" and bool(f["mx"].any())
-    a, names = _time_design(f, with_sq, with_ctx, with_h, with_m, with_ov)
+    # a term per KV token of each sequence, where asked and the sweep's decodes vary in batch at one length
+    with_seq = meta.decode_per_seq and with_ctx and np.unique(f["g"][f["dec"] > 0]).size > 2
+    a, names = _time_design(f, with_sq, with_ctx, with_h, with_m, with_ov, with_seq)
     if len(np.unique(steps["source"].str.replace(r"-r\d+$", "", regex=True))) < a.shape[1] + 1:
         raise UserError(f"{len(steps)} step rows cannot fix {a.shape[1]} latency coefficients; measure more shapes")
     x = dict(zip(names, nnls_rel(a, f["t"], np.ones(len(f["t"])))))
     x, floor = _with_prefill_floor(f, x, a, names)
-    decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {})})
+    decode_s = Curve(intercept=x["d0"], coef={"batch": x["dg"], **({"context": x["dc"]} if with_ctx else {}),
+                                              **({"context_per_seq": x["ds"]} if with_seq else {})})
     # the per-chunk term is fitted on (chunks - 1) so the intercept stays a one-chunk step's; in the simulator's
     # curve (batch = chunks) that is batch x pm with pm taken off the intercept
     pm = x.get("pm", 0.0)

@@ -19,9 +19,11 @@ from dcsim.errors import UserError, load_model
 
 # Features a curve may use. Prefill curves see the prompt tokens of one step (`batch` prompts or chunks, `prefix`
 # tokens cached before them, `prefixed` chunks that have some); decode curves see a step of `batch` sequences
-# holding `context` KV tokens in all.
+# holding `context` KV tokens in all; a decode step's time may also have a term per KV token of each sequence
+# (`context_per_seq`: context / the sequences holding it).
 PREFILL_FEATURES = ("tokens", "tokens_sq", "batch", "prefix", "prefixed")
 DECODE_FEATURES = ("batch", "context")
+DECODE_TIME_FEATURES = (*DECODE_FEATURES, "context_per_seq")
 
 
 class Strict(BaseModel):
@@ -302,7 +304,7 @@ class Profile(Strict):
         if self.latency.prefill_launch_s is not None:
             self.latency.prefill_launch_s.check_features(("batch", "prefixed"), "latency.prefill_launch_s")
         self.power.prefill_w.check_features(PREFILL_FEATURES, "power.prefill_w")
-        self.latency.decode_step_s.check_features(DECODE_FEATURES, "latency.decode_step_s")
+        self.latency.decode_step_s.check_features(DECODE_TIME_FEATURES, "latency.decode_step_s")
         self.power.decode_w.check_features(DECODE_FEATURES, "power.decode_w")
         if self.power.host:
             self.power.host.prefill_w.check_features(PREFILL_FEATURES, "power.host.prefill_w")
@@ -410,7 +412,7 @@ class ProfileEvaluator:
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "prefill_time_x", "decode_time_x", "prefill_power_x", "decode_power_x", "prefill_ceiling_w", "decode_ceiling_w",
         "decode_bounded", "engine", "_cache", "clock",
-        "mixed_overlap_s",
+        "mixed_overlap_s", "decode_per_seq",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None,
@@ -426,6 +428,9 @@ class ProfileEvaluator:
         self.mixed_overlap_s = p.latency.mixed_overlap_s or 0.0
         # decode linear terms: (intercept, per batch, per context token, lo[, hi]); step time has no ceiling
         self.decode_time_terms = p.latency.decode_step_s.decode_terms()[:4]
+        # seconds per KV token of each sequence (context_per_seq): the part of a step's attention that runs over
+        # each sequence's tokens in turn, so a token costs more in a small batch; 0 for most profiles
+        self.decode_per_seq = p.latency.decode_step_s.coef.get("context_per_seq", 0.0)
         self.decode_power_terms = p.power.decode_w.decode_terms()
         # whether any decode clamp is finite: an unbounded profile skips the clamp test of a whole run
         self.decode_bounded = (max(self.decode_time_terms[3], self.decode_power_terms[3]) > -math.inf
@@ -572,11 +577,20 @@ class ProfileEvaluator:
             n = self._cache[batch] = self.engine.cache_length(batch)
         return n
 
-    def decode_step(self, batch: int, context: float) -> tuple[float, float]:
-        """(seconds, device watts) of one decode step."""
+    def per_kv_token_s(self, seqs: float) -> float:
+        """Decode seconds per KV token in a step of `seqs` sequences: the context term, plus the per-sequence one
+        (context_per_seq, over context / seqs tokens a sequence) spread over the step's tokens."""
+        c = self.decode_time_terms[2]
+        return c + self.decode_per_seq / seqs if self.decode_per_seq and seqs > 0 else c
+
+    def decode_step(self, batch: int, context: float, seqs: float | None = None) -> tuple[float, float]:
+        """(seconds, device watts) of one decode step; `seqs`: the sequences holding the context where `batch`
+        counts padding rows (default `batch`)."""
         if self.engine is not None:  # the cache, grown to the live context where that is longer (as the engine does)
             context = batch * max(self.cache_tokens(batch), context / batch)
         a, b, c, lo = self.decode_time_terms
+        if self.decode_per_seq:
+            c = self.per_kv_token_s(seqs or batch)
         t = a + b * batch + c * context
         if t < lo:
             t = lo
@@ -599,6 +613,8 @@ class ProfileEvaluator:
         bisection otherwise."""
         a, b, c, lo = self.decode_time_terms
         g = float(batch) if grow is None else float(grow)
+        if self.decode_per_seq:
+            c = self.per_kv_token_s(g or batch)
         if (self.engine is None and not self.decode_bounded and self.decode_ceiling_w == math.inf
                 and self.decode_time_x == 1.0):
             t0 = a + b * batch + c * context0 + per_step
@@ -628,6 +644,8 @@ class ProfileEvaluator:
         are unclamped and uncapped), for searches that need only the time."""
         if steps > 0 and self.engine is None and not self.decode_bounded and self.decode_ceiling_w == math.inf:
             a, b, c, _ = self.decode_time_terms
+            if self.decode_per_seq:
+                c = self.per_kv_token_s(batch)
             t0 = (a + b * batch + c * context0)
             k = steps
             return (k * t0 + c * float(batch) * (k * (k - 1) / 2.0)) * self.decode_time_x
@@ -645,9 +663,12 @@ class ProfileEvaluator:
         pa, pb, pc, plo, phi = self.decode_power_terms
         k = steps
         grow = float(batch) if grow is None else float(grow)
+        seqs = grow or float(batch)  # the sequences holding the context (grow: the real rows of a padded batch)
         if self.engine is not None:  # static cache: every step attends over the same allocated cache, which the
             # engine grows to the sequence's full length when that is longer
-            context0, grow = batch * max(self.cache_tokens(batch), context0 / batch + k), 0.0
+            context0, grow, seqs = batch * max(self.cache_tokens(batch), context0 / batch + k), 0.0, float(batch)
+        if self.decode_per_seq:
+            c = self.per_kv_token_s(seqs)
         # t_j = T0 + c*B*j ; w_j = W0 + pc*B*j for j = 0..k-1
         t0 = (a + b * batch + c * context0)
         w0 = (pa + pb * batch + pc * context0)
@@ -666,7 +687,7 @@ class ProfileEvaluator:
             total_t = total_e = 0.0
             ctx = context0
             for _ in range(k):
-                t, w = self.decode_step(batch, ctx)
+                t, w = self.decode_step(batch, ctx, seqs)
                 total_t += t
                 total_e += t * w
                 ctx += grow

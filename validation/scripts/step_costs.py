@@ -44,7 +44,8 @@ def step_table(folder: Path, profile_path: Path) -> pd.DataFrame:
         s["prefixed_chunks"] = (s["cached_tokens"] > 0).astype(int)
     curve, watts = np.zeros(len(s)), np.zeros(len(s))
     for i, x in enumerate(s.itertuples(index=False)):
-        t_d, w_d = evaluator.decode_step(int(x.graph_batch), float(x.decode_context)) if x.decodes else (0.0, 0.0)
+        t_d, w_d = evaluator.decode_step(int(x.graph_batch), float(x.decode_context),
+                                         int(x.decodes)) if x.decodes else (0.0, 0.0)
         t_p, w_p, _ = evaluator.prefill(float(x.prefill_tokens), float(x.chunk_pairs), int(x.chunks),
                                         float(x.chunk_prefix), int(x.prefixed_chunks)) if x.chunks else (0.0, 0.0, 0.0)
         ov = evaluator.overlap(t_d, t_p) if x.decodes and x.chunks else 0.0

@@ -403,6 +403,8 @@ def steps_covering_exact(evaluator: "ProfileEvaluator", n: int, ctx: float, k: i
     """steps_covering's answer (a run's time increases with its steps) and that run, from a closed-form guess
     checked and moved with decode_time (decode_run's own sum): two times and one run evaluated, not a bisection's."""
     a, b, c, _ = evaluator.decode_time_terms
+    if evaluator.decode_per_seq:
+        c = evaluator.per_kv_token_s(n)
     t0 = a + b * n + c * ctx
     dt = c * n  # step j takes t0 + dt * j: s steps take s * t0 + dt * s * (s - 1) / 2
     if dt > 1e-15 * t0:

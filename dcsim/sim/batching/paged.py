@@ -420,7 +420,7 @@ class Paged(Policy):
                 k = min(k, self.max_steps(free))
             bg = pad[n] if n < n_pad else self.padded(n)
             ctx0 = self.S + n * self.D + n
-            t_one = decode_step(bg, ctx0)[0]
+            t_one = decode_step(bg, ctx0, n)[0]
             run = decode_run(bg, ctx0, k, n)
             t3 = t2 + run[0]
             if not (t3 < rep.horizon and now >= 0.5 * t2 and now + (t3 - now) == t3) or arrival_at(rep, now, t2, t3):
@@ -524,7 +524,7 @@ class Paged(Policy):
                         k = min(k, self.max_steps(free))
                 bg = pad[n] if n < n_pad else self.padded(n)
                 ctx0 = self.S + n * self.D + n
-                t_one = decode_step(bg, ctx0)[0]
+                t_one = decode_step(bg, ctx0, n)[0]
                 give = give_back(n, t_one) if split else 0.0
                 run = decode_run(bg, ctx0, k, n)
                 if give:
