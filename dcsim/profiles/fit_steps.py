@@ -45,9 +45,9 @@ def step_features(steps: pd.DataFrame) -> dict[str, np.ndarray]:
     # m chunks of p, p + 1, ..., p + m - 1 tokens, each after h cached: as the simulator sums them over a step's
     # chunks, tokens = sum p_j, tokens_sq = sum (h + p_j)^2 - h^2, prefix = m h and batch (chunks) = m
     s1, s2 = m * (m - 1) / 2.0, (m - 1) * m * (2 * m - 1) / 6.0
+    ctx = steps["context"].fillna(0.0).to_numpy(float)
     return {"t": steps["runtime_s"].to_numpy(float) / k, "e": steps["energy_device_j"].to_numpy(float) / k,
-            "dec": (b > 0).astype(float), "g": g, "ctx": steps["context"].fillna(0.0).to_numpy(float),
-            "seq": np.where(b > 0, steps["context"].fillna(0.0).to_numpy(float) / np.maximum(b, 1.0), 0.0),
+            "dec": (b > 0).astype(float), "g": g, "ctx": ctx, "seq": np.where(b > 0, ctx / np.maximum(b, 1.0), 0.0),
             "pf": (p > 0).astype(float), "p": m * p + s1, "sq": m * ((h + p) ** 2 - h ** 2) + 2 * (h + p) * s1 + s2,
             "h": m * h, "m": m, "hp": np.where(h > 0, m, 0.0), "mx": ((b > 0) & (p > 0)).astype(float)}
 

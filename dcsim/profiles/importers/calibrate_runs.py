@@ -29,11 +29,11 @@ from dcsim.profiles.importers.base import IMPORTERS, Importer
 from dcsim.profiles.measurements import idle_power_w, normalise
 
 MIN_ENERGY_S = 0.5
-# NVML GPU names -> device catalogue keys (dcsim/profiles/devices.py)
-# GPUs by the name NVML reports -> (device catalogue key, whose memory figure): the catalogue gives their power-cap
-# and clock models, peak figures and idle fallbacks. Memory: "measured" is the manifest's (NVML's total, 150.8 GB
-# on an H200 against the datasheet's 141), "catalogue" the datasheet's: the H100 profiles were fitted, and their
-# replays validated, with its 80 GB (NVML: 85.5), which sizes their KV caches, so they keep it
+# GPUs by the name NVML reports -> (device catalogue key in dcsim/profiles/devices.py, whose memory figure): the
+# catalogue gives their power-cap and clock models, peak figures and idle fallbacks. Memory: "measured" is the
+# manifest's (NVML's total, 150.8 GB on an H200 against the datasheet's 141), "catalogue" the datasheet's: the H100
+# profiles were fitted, and their replays validated, with its 80 GB (NVML: 85.5), which sizes their KV caches, so
+# they keep it
 CATALOGUE = {"NVIDIA H100 80GB HBM3": ("h100-sxm-80gb", "catalogue"), "NVIDIA H200": ("h200", "measured")}
 CONFIG_FILE = "config.json"  # the served model's config, beside an endpoint run's runs.csv
 
