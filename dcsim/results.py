@@ -67,16 +67,17 @@ def _replica_rows(raw: RawResults, lo: float, hi: float) -> list[dict]:
         host_active = np.diff(cumulative(t0, t1, h, edges))[0]
         idle_s = max(0.0, (hi - lo) - busy)
         idle_w = evaluator.idle_w if pool.idle == "serving" else evaluator.deep_idle_w
+        fall = np.diff(cumulative(*raw.tails[i][:3], edges))[0] if raw.tails else 0.0
         row = {
             "replica": i, "pool": pool.name, "busy_s": busy, "idle_s": idle_s,
-            "active_j": active, "idle_j": idle_w * idle_s,
+            "active_j": active, "idle_j": idle_w * idle_s + fall,
             "host_j": host_active + evaluator.host_idle_w * idle_s,
         }
         if raw.scaling is not None:  # off and loading time leave the serving-idle time
             off_s, load_s, off_w, load_w = _off_loading(raw, i, edges)
             off_s, load_s = float(np.diff(off_s)[0]), float(np.diff(load_s)[0])
             row["idle_s"] = idle_s = max(0.0, idle_s - off_s - load_s)
-            row["idle_j"] = idle_w * idle_s
+            row["idle_j"] = idle_w * idle_s + fall
             row.update(off_s=off_s, loading_s=load_s, off_j=off_w * off_s, load_j=load_w * load_s)
         rows.append(row)
     return rows
@@ -181,7 +182,8 @@ def _latency_block(req: Columns) -> dict:
 
 UNATTRIBUTED_NOTE = ("active energy of the window that no counted request carries: steps of requests unfinished "
                      "at the horizon (the step cut there prorated), and what requests that arrived during the "
-                     "warm-up drew after it; counted requests' energy_j plus this is active_j")
+                     "warm-up drew after it, less, where the profile has power dynamics, what the rise after idle "
+                     "saves (requests carry their steps' joules); counted requests' energy_j plus this is active_j")
 
 
 def _energy_block(rep: Columns, pue: float, attributed_j: float) -> dict:
@@ -213,6 +215,8 @@ def energy_by(raw: RawResults, replicas: list[int], x: np.ndarray) -> np.ndarray
         idle_w = (evaluator.idle_w if pool.idle == "serving" else evaluator.deep_idle_w) + evaluator.host_idle_w
         busy = cumulative(t0, t1, t1 - t0, x)
         total += cumulative(t0, t1, e + h, x) + idle_w * np.maximum(x - busy, 0.0)
+        if raw.tails:  # the fall after each busy period (power dynamics)
+            total += cumulative(*raw.tails[i][:3], x)
         if raw.scaling is not None:  # off and loading replace serving-idle power (the host idles throughout)
             off, load, off_w, load_w = _off_loading(raw, i, x)
             dev_idle = idle_w - evaluator.host_idle_w
@@ -514,6 +518,8 @@ def power_timeline(raw: RawResults, bins: int = 400) -> pd.DataFrame:
             busy = np.diff(cumulative(t0, t1, t1 - t0, edges))
             act = np.diff(cumulative(t0, t1, e + h, edges))
             total += act + (idle_w + evaluator.host_idle_w) * np.maximum(width - busy, 0.0)
+            if raw.tails:  # the fall after each busy period (power dynamics)
+                total += np.diff(cumulative(*raw.tails[i][:3], edges))
             if raw.scaling is not None:  # off and loading replace serving-idle power
                 off, load, off_w, load_w = _off_loading(raw, int(i), edges)
                 total += (off_w - idle_w) * np.diff(off) + (load_w - idle_w) * np.diff(load)

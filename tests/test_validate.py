@@ -200,13 +200,26 @@ def _replay_from_simulation(folder: Path, profile: Path, wl: pd.DataFrame, polic
     return m
 
 
+def _without_dynamics(tmp_path: Path) -> Path:
+    """The H100 profile without its power dynamics: idle is then serving idle over the idle time, and a step's
+    joules do not depend on what came before it (tests/test_power_dynamics.py holds the dynamics' own joules)."""
+    import yaml
+
+    d = yaml.safe_load(H100.read_text())
+    d["power"].pop("dynamics")
+    path = tmp_path / "h100.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
 @pytest.mark.parametrize("policy", [{"policy": "fcfs", "max_batch": 1, "max_wait_s": 0.0},
                                     {"policy": "static", "max_batch": 4, "max_wait_s": 1.0}])
 def test_a_device_that_behaves_like_the_profile_gives_zero_error(tmp_path, policy):
-    prof = load_profile(H100)
+    h100 = _without_dynamics(tmp_path)
+    prof = load_profile(h100)
     wl = W.build(W.WorkloadSpec(trace=str(GSM8K), arrivals="poisson", utilisation=0.8, limit=60, seed=5,
                                 clip_in=128, clip_out=192), prof)
-    m = _replay_from_simulation(tmp_path / "case", H100, wl, policy, float(wl["arrival_s"].iloc[-1]) + 30.0)
+    m = _replay_from_simulation(tmp_path / "case", h100, wl, policy, float(wl["arrival_s"].iloc[-1]) + 30.0)
     out = compare(tmp_path / "case")
     for k, v in out["metrics"].items():
         assert abs(v["rel_error"]) < 1e-9, k
@@ -276,9 +289,10 @@ def test_the_recorded_command_is_what_was_typed(monkeypatch):
 def test_a_forecast_slower_than_the_device_still_finishes_and_says_by_how_much(tmp_path):
     # the device behaved like the profile; the profile judged is 1.5 x slower at the same energy per step, so
     # its last requests run past the measured window: the comparison must carry them through, not fail
-    prof = load_profile(H100)
+    h100 = _without_dynamics(tmp_path)
+    prof = load_profile(h100)
     wl = W.build(W.WorkloadSpec(trace=str(GSM8K), arrivals="poisson", utilisation=0.8, limit=40, seed=7), prof)
-    _replay_from_simulation(tmp_path / "case", H100, wl, {"policy": "fcfs", "max_batch": 1, "max_wait_s": 0.0},
+    _replay_from_simulation(tmp_path / "case", h100, wl, {"policy": "fcfs", "max_batch": 1, "max_wait_s": 0.0},
                             float(wl["arrival_s"].iloc[-1]) + 5.0)
     slow = tmp_path / "slow.yaml"
     prof.drifted(1.5, 1.0).to_yaml(slow)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from dcsim.validate.compare import PAGED_TARGETS, TARGETS, compare
+from dcsim.validate.compare import PAGED_TARGETS, TARGETS, TIMELINE_TARGET, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = sorted(p.parent for p in (ROOT / "validation").glob("*/replay.json"))
@@ -44,9 +44,13 @@ def test_every_committed_case_has_limits_for_every_target():
 
 
 def _targets(case: Path) -> dict[str, float]:
-    """The targets a case is held to: a paged engine's replays also to TTFT p50/p95 and TPOT p50."""
+    """The targets a case is held to: a paged engine's replays also to TTFT p50/p95 and TPOT p50; every case with a
+    power timeline to its per-second error above idle (power_timeline)."""
     policy = json.loads((case / "replay.json").read_text())["policy"].get("policy")
-    return PAGED_TARGETS if policy == "paged" else TARGETS
+    targets = dict(PAGED_TARGETS if policy == "paged" else TARGETS)
+    if (case / "power.csv").is_file():
+        targets["power_timeline"] = TIMELINE_TARGET
+    return targets
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -59,8 +63,14 @@ def test_forecast_errors_stay_within_their_limits(case, tmp_path):
     out = compare(work, profile)
     # every replayed request was simulated and finished inside the measured window (compare refuses otherwise)
     assert out["workload"]["requests"] == len((work / "requests.csv").read_text().splitlines()) - 1
-    recorded = json.loads((case / "comparison.json").read_text())["metrics"]
+    committed = json.loads((case / "comparison.json").read_text())
+    recorded = committed["metrics"]
     for metric, limit in LIMITS.cases[case.name].limits.items():
+        if metric == "power_timeline":  # a weighted error, not a signed one
+            err = out["timeline"]["wape_above_idle"]
+            assert err <= limit, f"{case.name} power timeline: {err:.1%} of the energy above idle, past {limit:.0%}"
+            assert err == pytest.approx(committed["timeline"]["wape_above_idle"], abs=1e-6)
+            continue
         err = out["metrics"][metric]["rel_error"]
         assert abs(err) <= limit, f"{case.name} {metric}: error {err:+.1%} past its limit {limit:.0%}"
         # the committed comparison is what this code computes from the committed raw files

@@ -40,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "served model's config.json, or the folder holding it")
     p.add_argument("--idle-from", metavar="RUN_DIR", help="a calibration run without idle windows: take the "
                    "serving and deep idle power from RUN_DIR, a run on the same device model that measured them")
+    p.add_argument("--dynamics-from", metavar="RUN_DIR",
+                   help="a calibration run on the same device model whose runs are separated by idle gaps (a plan "
+                        "with cooldown_s): fit power.dynamics from its power timeline, the rise to a step's power "
+                        "after idle and the fall to idle after it")
     p.add_argument("--name", help="profile name (default <device>--<model>--<engine>-<precision>)")
     p.add_argument("-o", "--out", required=True, help="profile YAML to write (a PNG is written beside it)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -79,6 +83,25 @@ def load_source(args: argparse.Namespace):
     return imp.load([Path(p) for p in args.path], {o: getattr(args, o, None) for o in mine})
 
 
+def _dynamics(args: argparse.Namespace, meta: dict) -> tuple:
+    """(PowerDynamics, Provenance) fitted from --dynamics-from, a run on the device model `meta` names."""
+    from dcsim.profiles.importers.calibrate_runs import _device_name, load
+    from dcsim.profiles.power_dynamics import described, fit_dynamics
+    from dcsim.profiles.profile import PowerDynamics, Provenance
+
+    if args.source != "run":
+        raise UserError("--dynamics-from is for fitting calibration run folders", field="--dynamics-from")
+    other = Path(args.dynamics_from)
+    theirs, mine = _device_name(load(other)[1]), _device_name(meta)
+    if theirs != mine:
+        raise UserError(f"measured on {theirs!r}, not on this run's {mine!r}", other, "--dynamics-from")
+    fit = fit_dynamics(other)
+    if meta.get("command"):
+        meta["command"] += f" --dynamics-from {other.as_posix()}"
+    return (PowerDynamics(rise_s=round(fit.rise_s, 4), fall_s=round(fit.fall_s, 4)),
+            Provenance(source="measured", path=other.as_posix(), note=described(fit)))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.derive:
         if args.idle_from:
@@ -105,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             "static cache (a step's cost then follows the live context, not the cache it read)")
         if meta.get("command"):
             meta["command"] += " --kv-cache live"
+    dynamics = _dynamics(args, meta) if args.dynamics_from else None
     if args.decode_per_sequence:
         meta["decode_per_seq"] = True
         if meta.get("command"):
@@ -113,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         meta["command"] += f" -o {args.out if not os.path.isabs(args.out) else out.name}"
     result = fit_profile(table, meta_from_dict(meta, ", ".join(args.path)))
     prof = result.profile
+    if dynamics is not None:
+        prof.power.dynamics, prof.provenance["power.dynamics"] = dynamics
     write_profile(prof, out)
     msg = f"wrote {out}"
     if not args.no_plot:

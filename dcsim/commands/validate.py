@@ -145,12 +145,13 @@ def _plan_shapes(args: argparse.Namespace, profile) -> tuple[list[tuple[int, int
 
 def handler(args: argparse.Namespace) -> int:
     if args.compare_only:
-        from dcsim.validate.compare import compare, format_table
+        from dcsim.validate.compare import compare, format_table, format_timeline
 
         res = compare(Path(args.compare_only), Path(args.profile) if args.profile else None)
         import pandas as pd
 
         print(format_table(pd.read_csv(Path(args.compare_only) / "comparison.csv")))
+        print(format_timeline(res["timeline"]))
         return 0 if all(m["pass"] is not False for m in res["metrics"].values()) else 1
     _need(args, "profile", "trace", "out")
     from dcsim.profiles.profile import load_profile
@@ -370,13 +371,14 @@ def _finish(tmp: Path, out: Path, meta: dict, prof_path: Path) -> int:
     """Write replay.json, put the folder in place, run the comparison and print it."""
     import pandas as pd
 
-    from dcsim.validate.compare import compare, format_table
+    from dcsim.validate.compare import compare, format_table, format_timeline
     from dcsim.validate.replay import write_json
 
     write_json(tmp / "replay.json", meta)
     install(tmp, out, "validate")
-    compare(out, prof_path)
+    res = compare(out, prof_path)
     print(format_table(pd.read_csv(out / "comparison.csv")))
+    print(format_timeline(res["timeline"]))
     return 0
 
 

@@ -156,6 +156,14 @@ class HostPower(Strict):
     decode_step_j: float = Field(0.0, ge=0, description="host joules per decode step beyond decode_w x its time")
 
 
+class PowerDynamics(Strict):
+    """How power moves between the levels (dcsim.profiles.power_dynamics): a first-order rise over rise_s when
+    work starts after idle, and a fall to idle over fall_s after it; absent, power jumps between the levels."""
+
+    rise_s: float = Field(ge=0, description="time constant of the rise to a step's power after idle, s")
+    fall_s: float = Field(ge=0, description="time constant of the fall to idle after work, s")
+
+
 class Power(Strict):
     """Watts drawn by the replica's devices (all gpus_per_replica together)."""
 
@@ -164,6 +172,7 @@ class Power(Strict):
     serving_idle_w: float = Field(ge=0, description="process up, model loaded, no request")
     deep_idle_w: float = Field(ge=0, description="device idle without a serving process, or off")
     host: HostPower | None = None
+    dynamics: PowerDynamics | None = None
 
 
 class ColdStart(Strict):

@@ -67,6 +67,8 @@ class RawResults:
     facility: Any = None  # the power hierarchy and what its manager did (dcsim.sim.facility.FacilityRun), or None
     events: int = 0  # SimPy events scheduled over the run (processed or, past a horizon, left pending)
     scaling: Any = None  # the autoscaler and its state changes (dcsim.sim.autoscale.Scaler), or None (always on)
+    tails: list[Segments] = field(default_factory=list)  # per replica, where its profile has power dynamics: the
+    # fall after each busy period (t0, t1, device joules above idle, 0); empty where no pool's profile has them
 
 
 # an arrival that can join a decode run in progress ends it after the step in progress by moving the run's process
@@ -241,6 +243,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
                         "is left to measure", scenario_file, "warmup_s")
     events = next(env._eid)  # SimPy numbers every event it schedules from 0 (Environment.schedule)
     segments = [_segments(rep, end) for rep in replicas]
+    tails = _power_dynamics(pools, replicas, segments, end)
     if fac is not None:
         fac.close(end)
     stats = [rep.policy.stats() for rep in replicas]
@@ -250,7 +253,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
         warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon,
         pool_price=pool_price, events=events,
-        classes=classes, scaling=scaler,
+        classes=classes, scaling=scaler, tails=tails,
     )
     if classes is not None and disp.defers:  # the same requests sent at arrival: what the deferral saved
         from dcsim.scenario import DispatchSpec
@@ -473,6 +476,30 @@ def _segments(rep: Replica, end: float) -> Segments:
             e = np.append(e, ce * f)
             h = np.append(h, ch * f)
     return Segments(t0, t1, e, h)
+
+
+def _power_dynamics(pools: list[PoolInfo], replicas: list[Replica], segments: list[Segments],
+                    end: float) -> list[Segments]:
+    """Where a pool's profile has power dynamics: each replica's busy periods lose their rise (in `segments`, in
+    place) and gain their fall after them (returned per replica); [] where no profile has them."""
+    if not any(p.profile.power.dynamics for p in pools):
+        return []
+    from dcsim.profiles.power_dynamics import apply_dynamics
+
+    z = np.zeros(0)
+    tails = []
+    for i, rep in enumerate(replicas):
+        pool = pools[rep.pool]
+        dyn = pool.profile.power.dynamics
+        if dyn is None:
+            tails.append(Segments(z, z, z, z))
+            continue
+        seg = segments[i]
+        idle_w = pool.evaluator.idle_w if pool.idle == "serving" else pool.evaluator.deep_idle_w
+        a = apply_dynamics(seg.t0, seg.t1, seg.e, idle_w, dyn.rise_s, dyn.fall_s, end)
+        segments[i] = seg._replace(e=a.e)
+        tails.append(Segments(a.tail_t0, a.tail_t1, a.tail_e, np.zeros(len(a.tail_e))))
+    return tails
 
 
 def _range_warnings(pools: list[PoolInfo], sc: Scenario, n_in: np.ndarray, n_out: np.ndarray,

@@ -26,6 +26,8 @@ TARGETS = {"energy_j": 0.05, "e2e_p50_s": 0.10, "e2e_p95_s": 0.10, "wait_mean_s"
            "active_j": 0.05, "idle_j": 0.05}
 # a paged engine's replays are also held to its requests' first token and decode pace (the serving-engine issue)
 PAGED_TARGETS = {**TARGETS, "ttft_p50_s": 0.15, "ttft_p95_s": 0.15, "tpot_p50_s": 0.10}
+# the per-second power timeline, above idle: sum |forecast - measured| over sum (measured - serving idle)
+TIMELINE_TARGET = 0.10
 # policies whose requests share steps: prefill and decode time are taken per request, not per batch run
 PER_REQUEST = ("continuous", "paged")
 # the `paged` policy's parameters a paged replay records (dcsim.validate.paged_replay.PagedPolicy)
@@ -213,7 +215,8 @@ def compare(folder: Path, profile_path: Path | None = None) -> dict:
            "metrics": {r["metric"]: {k: r[k] for k in ("measured", "forecast", "rel_error", "target", "pass",
                                                          "band_lo", "band_hi", "in_band")}
                        for r in rows},
-           "calibration_cv": sp, "warnings": warnings}
+           "calibration_cv": sp, "warnings": warnings,
+           "timeline": timeline_error(folder, meta, sim_power, profile.evaluator().idle_w)}
     from dcsim.results import strict_json
 
     (folder / "comparison.json").write_text(strict_json(out, indent=2) + "\n")  # an unseen metric is null
@@ -221,6 +224,39 @@ def compare(folder: Path, profile_path: Path | None = None) -> dict:
 
     validation_plots(folder, req, sim_req, sim_power, meta, table)
     return out
+
+
+def timeline_error(folder: Path, meta: dict, sim_power: pd.DataFrame, idle_w: float) -> dict | None:
+    """The forecast power timeline against the measured one over the simulated run, in the simulation's bins
+    (about a second): the absolute error summed over the bins, over the measured energy above serving idle
+    (a weighted error: seconds near idle count by how much there is to get wrong). None without power.csv."""
+    path = folder / "power.csv"
+    if not path.is_file() or sim_power.empty:
+        return None
+    p = pd.read_csv(path)
+    tot = p.assign(t=p["t"] - meta["wall_start"]).groupby("t", as_index=False)["power_w"].sum()
+    edges = np.r_[sim_power["t_start_s"].to_numpy(float), sim_power["t_end_s"].to_numpy(float)[-1]]
+    k = np.digitize(tot["t"].to_numpy(float), edges) - 1
+    inside = (k >= 0) & (k < len(edges) - 1)
+    meas = pd.Series(tot["power_w"].to_numpy(float)[inside]).groupby(k[inside]).mean()
+    if meas.empty:
+        return None
+    fc = sim_power["fleet_w"].to_numpy(float)[meas.index.to_numpy()]
+    width = np.diff(edges)[meas.index.to_numpy()]
+    m = meas.to_numpy()
+    above = float((np.maximum(m - idle_w, 0.0) * width).sum())
+    err = float((np.abs(fc - m) * width).sum()) / above if above > 0 else float("nan")
+    return {"bins": int(len(m)), "bin_s": float(np.median(width)), "idle_w": idle_w, "wape_above_idle": err,
+            "target": TIMELINE_TARGET, "pass": bool(err <= TIMELINE_TARGET) if np.isfinite(err) else None}
+
+
+def format_timeline(tl: dict | None) -> str:
+    """The timeline row under the table."""
+    if tl is None:
+        return "power timeline: no power.csv"
+    verdict = "" if tl["pass"] is None else ("ok" if tl["pass"] else "MISS")
+    return (f"power timeline: {tl['wape_above_idle'] * 100:.1f}% of the energy above serving idle "
+            f"({tl['bins']} bins of {tl['bin_s']:.2f} s; target {tl['target'] * 100:.0f}%) {verdict}")
 
 
 def format_table(table: pd.DataFrame) -> str:
