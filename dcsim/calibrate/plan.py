@@ -13,7 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from dcsim.errors import UserError, load_model
 
@@ -154,6 +154,19 @@ class Idle(Strict):
     serving_s: float = Field(default=40.0, ge=0)
 
 
+class HostLoop(Strict):
+    """The serving loop's host time between steps (dcsim.calibrate.host_loop): for each number of running
+    sequences, that many short requests and `long_prompts` long prompts through the paged replay's own loop."""
+
+    running: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 16, 32, 64], min_length=2)
+    steps: int = Field(default=48, ge=4, description="decode steps of each short request")
+    prompt_tokens: int = Field(default=32, gt=0)
+    long_prompts: int = Field(default=2, ge=0, description="long prompts, chunked beside the decodes")
+    long_prompt_tokens: int = Field(default=2048, gt=0)
+    max_num_batched_tokens: int = Field(default=512, gt=0, description="the token budget a step (chunks) fills")
+    settle_s: float = Field(default=0.5, ge=0, description="idle before and after each workload's window")
+
+
 class Plan(Strict):
     name: str
     description: str | None = None
@@ -174,6 +187,8 @@ class Plan(Strict):
         default="pipelined", description="pipelined: a step's repeats are queued back to back on the device, the "
         "host running ahead; served: each repeat runs as a server runs a step (the decode rows loaded from the "
         "host, the chunk's token ids sent, the step's tokens read back: one device sync a step)")
+    host_loop: HostLoop | None = Field(default=None, description="the serving loop's host time between steps, "
+                                       "through the paged replay's own loop (engines that serve one: paged)")
 
     @model_validator(mode="after")
     def _nonempty(self) -> "Plan":

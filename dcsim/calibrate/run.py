@@ -80,6 +80,8 @@ def plan_digest(plan: Plan) -> str:
         d.pop("step_repeats", None)
     if d.get("step_loop") == "pipelined":  # the loop every plan ran before there was a choice
         del d["step_loop"]
+    if d.get("host_loop", 0) is None:  # nor had any plan a host loop
+        del d["host_loop"]
     for st in d.get("steps") or ():  # nor does a step sweep of one chunk, as before the chunks axis
         for axis, alone in (("prefill_chunks", [1]), ("decode_context_spread", [0.0])):
             if st.get(axis) == alone:
@@ -109,6 +111,9 @@ class Sweep:
         if any(p.kind == "step" for p in self.points) and not hasattr(backend, "run_step"):
             raise UserError(f"the plan has mixed steps (steps:), which the {backend.name} backend cannot run; use "
                             "--backend paged", s.plan_path, "steps")
+        if self.plan.host_loop is not None and getattr(backend, "name", None) != "paged":
+            raise UserError(f"the plan has a host loop (host_loop:), which runs the paged engine's serving loop; "
+                            f"the {backend.name} backend has none: use --backend paged", s.plan_path, "host_loop")
         # each setting the plan runs under: (power cap W, locked SM clock MHz), None for the device's own
         self.caps: list[tuple[float | None, float | None]] = [
             (None, None), *((c, None) for c in s.power_caps), *((None, m) for m in s.sm_clocks)]
@@ -482,6 +487,13 @@ class Sweep:
                 if paused:
                     break
             left = sum(sch.remaining() for sch in self.schedules.values())
+            if not paused and not left and plan.host_loop is not None:
+                from dcsim.calibrate.host_loop import run_host_loop
+
+                if self.timeline:
+                    self.timeline.label = "host-loop"
+                sess["host_loop"] = [p.name for p in run_host_loop(self.backend, self.meter, self.out,
+                                                                   plan.host_loop, self._log)]
             sess["status"] = "complete" if left == 0 else "paused (time budget)"
             if left:
                 self._log(f"stopped for the time budget with {left} runs left; the same command resumes")

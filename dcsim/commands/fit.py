@@ -102,6 +102,29 @@ def _dynamics(args: argparse.Namespace, meta: dict) -> tuple:
             Provenance(source="measured", path=other.as_posix(), note=described(fit)))
 
 
+def _host_step(prof, run_dirs: list[Path]) -> None:
+    """latency.host_step_s from the host-loop workloads the run folders hold (dcsim.calibrate.host_loop), if any."""
+    import pandas as pd
+
+    from dcsim.calibrate.host_loop import FOLDER, fit_gaps, read_gaps
+    from dcsim.profiles.profile import Curve, FitError, Provenance
+
+    gaps = [g for d in run_dirs if len(g := read_gaps(d))]
+    if not gaps:
+        return
+    table = pd.concat(gaps, ignore_index=True)
+    a, coef, ape, kept = fit_gaps(table)
+    prof.latency.host_step_s = Curve(intercept=a, coef=coef)
+    prof.fit_error["latency.host_step_s"] = FitError(median_ape_pct=round(ape, 2), max_ape_pct=round(ape, 2),
+                                                     n_points=kept)
+    prof.provenance["latency.host_step_s"] = Provenance(
+        source="measured", path=", ".join(f"{Path(d).as_posix()}/{FOLDER}" for d in run_dirs),
+        note=f"least squares over {kept} of {len(table)} gaps between steps of the paged replay's loop "
+             f"({table['workload'].nunique()} workloads; gaps more than 5 scaled median deviations off left out): "
+             f"{a * 1e6:.1f} us a step + {coef['running'] * 1e6:.2f} us a running sequence + "
+             f"{coef['prefill_tokens'] * 1e6:.3f} us a prefill token; drawn at the step's power")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.derive:
         if args.idle_from:
@@ -137,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         meta["command"] += f" -o {args.out if not os.path.isabs(args.out) else out.name}"
     result = fit_profile(table, meta_from_dict(meta, ", ".join(args.path)))
     prof = result.profile
+    if args.source == "run":
+        _host_step(prof, [Path(x) for x in args.path])
     if dynamics is not None:
         prof.power.dynamics, prof.provenance["power.dynamics"] = dynamics
     write_profile(prof, out)

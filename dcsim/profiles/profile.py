@@ -24,6 +24,7 @@ from dcsim.errors import UserError, load_model
 PREFILL_FEATURES = ("tokens", "tokens_sq", "batch", "prefix", "prefixed")
 DECODE_FEATURES = ("batch", "context")
 DECODE_TIME_FEATURES = (*DECODE_FEATURES, "context_per_seq")
+HOST_STEP_FEATURES = ("running", "prefill_tokens")
 
 
 class Strict(BaseModel):
@@ -144,6 +145,10 @@ class Latency(Strict):
     # (the weights' read, the launches) where a decode step and a prefill each have their own: such a step takes
     # decode + prefill - mixed_overlap_s (the saving at most the shorter of the two), the saved time at decode power.
     mixed_overlap_s: float | None = Field(default=None, ge=0)
+    # The serving loop's host time between one step and the next (scheduling, the tokens' bookkeeping), measured
+    # through the engine's own loop (dcsim.calibrate.host_loop): intercept + running x (sequences in the step) +
+    # prefill_tokens x (chunk tokens in it); each step takes this much longer, at the step's power.
+    host_step_s: Curve | None = None
 
 
 class HostPower(Strict):
@@ -315,6 +320,8 @@ class Profile(Strict):
         self.power.prefill_w.check_features(PREFILL_FEATURES, "power.prefill_w")
         self.latency.decode_step_s.check_features(DECODE_TIME_FEATURES, "latency.decode_step_s")
         self.power.decode_w.check_features(DECODE_FEATURES, "power.decode_w")
+        if self.latency.host_step_s:
+            self.latency.host_step_s.check_features(HOST_STEP_FEATURES, "latency.host_step_s")
         if self.power.host:
             self.power.host.prefill_w.check_features(PREFILL_FEATURES, "power.host.prefill_w")
             self.power.host.decode_w.check_features(DECODE_FEATURES, "power.host.decode_w")
@@ -421,7 +428,7 @@ class ProfileEvaluator:
         "idle_w", "deep_idle_w", "host_idle_w", "kv_capacity", "cap_w", "pc",
         "prefill_time_x", "decode_time_x", "prefill_power_x", "decode_power_x", "prefill_ceiling_w", "decode_ceiling_w",
         "decode_bounded", "engine", "_cache", "clock",
-        "mixed_overlap_s", "decode_per_seq",
+        "mixed_overlap_s", "decode_per_seq", "host_a", "host_run", "host_tok",
     )
 
     def __init__(self, profile: Profile, cap_w: float | None = None, file: str | None = None,
@@ -441,6 +448,12 @@ class ProfileEvaluator:
         # each sequence's tokens in turn, so a token costs more in a small batch; 0 for most profiles
         self.decode_per_seq = p.latency.decode_step_s.coef.get("context_per_seq", 0.0)
         self.decode_power_terms = p.power.decode_w.decode_terms()
+        # the serving loop's host seconds between steps (latency.host_step_s): per step, per sequence in it, per
+        # prefill token in it; 0 for profiles without it (their steps are as before, to the bit)
+        hs = p.latency.host_step_s
+        self.host_a = hs.intercept if hs else 0.0
+        self.host_run = hs.coef.get("running", 0.0) if hs else 0.0
+        self.host_tok = hs.coef.get("prefill_tokens", 0.0) if hs else 0.0
         # whether any decode clamp is finite: an unbounded profile skips the clamp test of a whole run
         self.decode_bounded = (max(self.decode_time_terms[3], self.decode_power_terms[3]) > -math.inf
                                or self.decode_power_terms[4] < math.inf)
@@ -557,6 +570,8 @@ class ProfileEvaluator:
         else:
             t *= self.prefill_time_x
             w *= self.prefill_power_x
+        if self.host_a or self.host_run or self.host_tok:  # the loop's host time before the step, at its power
+            t += self.host_a + self.host_run * batch + self.host_tok * tokens
         if self.host_prefill_w is None:
             return t, w, 0.0
         return t, w, self.host_prefill_w.at(tokens=tokens, tokens_sq=tokens_sq, batch=batch, prefix=prefix,
@@ -609,10 +624,11 @@ class ProfileEvaluator:
             w = plo
         elif w > phi:
             w = phi
+        h = self.host_a + self.host_run * (seqs or batch) if self.host_a or self.host_run else 0.0
         if w > self.decode_ceiling_w:
             tx, px = self.cap_effect(w, "decode")
-            return t * tx, w * px
-        return t * self.decode_time_x, w * self.decode_power_x
+            return t * tx + h, w * px
+        return t * self.decode_time_x + h, w * self.decode_power_x
 
     def decode_steps_covering(self, batch: int, context0: float, k: int, elapsed: float,
                               grow: float | None = None, per_step: float = 0.0) -> int:
@@ -627,6 +643,8 @@ class ProfileEvaluator:
         if (self.engine is None and not self.decode_bounded and self.decode_ceiling_w == math.inf
                 and self.decode_time_x == 1.0):
             t0 = a + b * batch + c * context0 + per_step
+            if self.host_a or self.host_run:  # the loop's host time of each step (decode_run holds it too)
+                t0 += self.host_a + self.host_run * (g or batch)
             dt = c * g  # step j takes t0 + dt * j: the first s steps take s*t0 + dt*s(s-1)/2
             if dt > 1e-15 * t0:
                 s = (-(t0 - dt / 2) + math.sqrt((t0 - dt / 2) ** 2 + 2 * dt * elapsed)) / dt
@@ -657,7 +675,10 @@ class ProfileEvaluator:
                 c = self.per_kv_token_s(batch)
             t0 = (a + b * batch + c * context0)
             k = steps
-            return (k * t0 + c * float(batch) * (k * (k - 1) / 2.0)) * self.decode_time_x
+            t = (k * t0 + c * float(batch) * (k * (k - 1) / 2.0)) * self.decode_time_x
+            if self.host_a or self.host_run:
+                t += k * (self.host_a + self.host_run * batch)
+            return t
         return self.decode_run(batch, context0, steps)[0]
 
     def decode_run(self, batch: int, context0: float, steps: int,
@@ -710,6 +731,10 @@ class ProfileEvaluator:
                 tx, _ = self.cap_effect(total_e / total_t, "decode")
                 total_t *= tx
                 total_e = total_t * self.decode_ceiling_w
+            if self.host_a or self.host_run:  # each step's host time, at that step's power (as decode_step)
+                h = self.host_a + self.host_run * seqs
+                total_t += k * h
+                total_e += h * (k * self.decode_ceiling_w if over else (k * w0 + dw * s1) * self.decode_power_x)
         host_e = 0.0
         if self.host_decode_w is not None:
             hw = self.host_decode_w.at(batch=batch, context=context0 + grow * (k - 1) / 2.0)

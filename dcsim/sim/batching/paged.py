@@ -563,6 +563,7 @@ class Paged(Policy):
             elif split:
                 self.pf_sum += max(0.0, t_p - pf_fixed)
             elif n:  # a fused engine's one forward: one fixed part for both, saved from the decode part
+                t_p -= evaluator.host_a  # and one step of the loop's host time (the decode part holds it)
                 ov = evaluator.overlap(t_d, t_p)
                 if ov:
                     f = (t_d - ov) / t_d
