@@ -83,10 +83,16 @@ def _children_hwm(pid: int) -> dict[int, int]:
     return out
 
 
+def _own_hwm_mb() -> float:
+    """This process's peak RSS so far (VmHWM: its own, where ru_maxrss would carry the forking parent's over)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(scenario: str, workers: int) -> None:
     """One configuration: the split run timed, its workers' and this process's peak RSS watched."""
-    import resource
-
     from dcsim.results import summarize
     from dcsim.scenario import load_scenario
     from dcsim.sim.domains import simulate_split
@@ -105,7 +111,7 @@ def child(scenario: str, workers: int) -> None:
 
     w = threading.Thread(target=watch, daemon=True)
     w.start()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _own_hwm_mb()
     lines: list[str] = []
 
     def progress(line: str) -> None:
@@ -118,18 +124,18 @@ def child(scenario: str, workers: int) -> None:
     run_s = time.perf_counter() - t0
     stop.set()
     w.join()
-    after_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_run = _own_hwm_mb()
     t1 = time.perf_counter()
     s = summarize(raw)
     sum_s = time.perf_counter() - t1
-    after_sum = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_sum = _own_hwm_mb()
     print(json.dumps({
         "workers": workers, "run_s": run_s, "summary_s": sum_s, "requests": int(len(raw.n_in)),
         "completed": s["requests_completed"], "events": raw.events, "makespan_s": s["makespan_s"],
         "segments": int(sum(len(x.t0) for x in raw.segments)),
         "worker_peak_rss_mb": sorted(kb / 1024 for kb in peaks.values()),
-        "parent_base_rss_mb": base / 1024, "parent_peak_rss_after_run_mb": after_run / 1024,
-        "parent_peak_rss_after_summary_mb": after_sum / 1024,
+        "parent_base_rss_mb": base, "parent_peak_rss_after_run_mb": after_run,
+        "parent_peak_rss_after_summary_mb": after_sum,
         "utilisation": {k: v["utilisation"] for k, v in list(s["pools"].items())[:3]},
         "e2e_p99_s": s["e2e_s"]["p99"], "energy_j": s["energy_j"], "domain_lines": lines}))
 

@@ -377,7 +377,8 @@ class Domain(Strict):
     name: str
     pools: list[str] = Field(min_length=1, description="the pools it holds (each pool in exactly one domain); "
                              "taken in the fleet's order")
-    share: float = Field(gt=0, description="its share of the requests (the shares are normalised)")
+    share: float | None = Field(default=None, gt=0, description="its share of the requests (the shares are "
+                                "normalised); not with domains_from_trace")
     router: RouterSpec | None = Field(default=None, description="its own router (default: the scenario's)")
 
 
@@ -409,6 +410,8 @@ class Scenario(Strict):
     domains: list[Domain] | None = Field(default=None, min_length=1, description="independent routing domains, "
                                          "each with its pools, its share of the requests and its router (absent: "
                                          "one router over the whole fleet)")
+    domains_from_trace: bool = Field(default=False, description="each request's domain is the one its trace's "
+                                     "`domain` column names (no shares)")
 
     @field_validator("warmup_s")
     @classmethod
@@ -476,6 +479,10 @@ class Scenario(Strict):
     @model_validator(mode="after")
     def _domains_cover_fleet(self) -> "Scenario":
         if self.domains is None:
+            if self.domains_from_trace:
+                raise PydanticCustomError("nested_field", "{reason}", {
+                    "reason": "needs domains (the names the trace's domain column uses, and their pools)",
+                    "subfield": "domains_from_trace"})
             return self
         from dcsim.sim.dispatch import DISPATCH
 
@@ -489,6 +496,10 @@ class Scenario(Strict):
             if d.name in names:
                 raise bad(f"domain names must be unique, {d.name!r} is repeated", f"domains.{k}.name")
             names.append(d.name)
+            if (d.share is None) != self.domains_from_trace:
+                raise bad("a domain's share of the requests, > 0" if d.share is None else
+                          "the trace's domain column assigns the requests (domains_from_trace): leave share out",
+                          f"domains.{k}.share")
             for j, name in enumerate(d.pools):
                 where = f"domains.{k}.pools.{j}"
                 if name not in pools:

@@ -250,3 +250,74 @@ def test_workers_and_scheduler_together_are_refused(tmp_path, capsys):
     sc = write_scenario(tmp_path, make_case(tmp_path))
     rc, _, err = run_cli(["run", str(sc), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], capsys)
     assert rc == 2 and "field '--scheduler': give --workers or --scheduler, not both" in err
+
+
+def write_domain_trace(d: Path, names: list, csv: bool = False) -> Path:
+    from dcsim.traces.trace import Trace
+
+    n = len(names)
+    rng = np.random.default_rng(8)
+    n_in, n_out, arr = rng.integers(10, 300, n), rng.integers(1, 50, n), np.sort(rng.uniform(0, 20, n))
+    if csv:
+        p = d / "domains.csv"
+        pd.DataFrame({"n_in": n_in, "n_out": n_out, "arrival_s": arr, "domain": names}).to_csv(p, index=False)
+        return p
+    p = d / "domains.parquet"
+    Trace(n_in, n_out, arr, None, {"source": "test"}, domain=np.array(names, dtype=object)).to_parquet(p)
+    return p
+
+
+@pytest.mark.parametrize("csv", [False, True], ids=["parquet", "csv"])
+def test_the_trace_may_name_each_requests_domain(tmp_path, csv):
+    data = make_case(tmp_path)
+    names = ["east", "west", "west", "east", "west"] * 20
+    data["trace"] = {"path": str(write_domain_trace(tmp_path, names, csv))}
+    data["domains_from_trace"] = True
+    for d in data["domains"]:
+        del d["share"]
+    req = requests_table(simulate(load_scenario(write_scenario(tmp_path, data))))
+    assert (req["pool"][np.array(names) == "east"] == "b1").all()
+    assert req["pool"][np.array(names) == "west"].isin(["a1", "a2"]).all()
+    del data["domains"], data["domains_from_trace"]  # a scenario without domains reads the trace as before
+    plain = requests_table(simulate(load_scenario(write_scenario(tmp_path, data, "plain.yaml"))))
+    tr = write_trace(tmp_path, req["n_in"], req["n_out"], pd.read_parquet(data["trace"]["path"])["arrival_s"]
+                     if not csv else pd.read_csv(data["trace"]["path"])["arrival_s"], name="bare.parquet")
+    data["trace"] = {"path": str(tr)}
+    pd.testing.assert_frame_equal(plain, requests_table(simulate(load_scenario(write_scenario(tmp_path, data,
+                                                                                            "bare.yaml")))))
+
+
+@pytest.mark.parametrize("names,csv,message,where", [
+    (["east", "west", "north"], False, "row 2 names domain 'north', which is none of the scenario's domains "
+     "(east, west)", "domains.parquet: field 'domain'"),
+    (["east", None, "west"], True, "row 1 names no domain", "domains.csv: field 'domain'"),
+    (None, False, "has no domain column", "scenario.yaml: field 'domains_from_trace'"),
+])
+def test_a_bad_domain_column_exits_2(tmp_path, capsys, names, csv, message, where):
+    data = make_case(tmp_path)
+    if names is not None:
+        data["trace"] = {"path": str(write_domain_trace(tmp_path, names, csv))}
+    data["domains_from_trace"] = True
+    for d in data["domains"]:
+        del d["share"]
+    rc, _, err = run_cli(["run", str(write_scenario(tmp_path, data))], capsys)
+    assert rc == 2 and message in err and where in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("from_trace,drop,field", [(True, False, "domains.0.share"), (False, True, "domains.0.share")])
+def test_share_or_the_trace_not_both_nor_neither(tmp_path, capsys, from_trace, drop, field):
+    data = make_case(tmp_path)
+    data["domains_from_trace"] = from_trace
+    if drop:
+        for d in data["domains"]:
+            del d["share"]
+    rc, _, err = run_cli(["run", str(write_scenario(tmp_path, data))], capsys)
+    assert rc == 2 and f"field '{field}'" in err and "Traceback" not in err, err
+
+
+def test_domains_from_trace_needs_domains(tmp_path, capsys):
+    data = make_case(tmp_path)
+    del data["domains"]
+    data["domains_from_trace"] = True
+    rc, _, err = run_cli(["run", str(write_scenario(tmp_path, data))], capsys)
+    assert rc == 2 and "field 'domains_from_trace': needs domains" in err

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dcsim.scenario import Scenario
+    from dcsim.sim.engine import RawResults
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(sc, args: argparse.Namespace):
+def _simulate(sc: Scenario, args: argparse.Namespace) -> RawResults:
     """The run in this process, or its domains on local processes or a Dask cluster (progress on stderr)."""
     from dcsim.sim.engine import simulate
 

@@ -189,6 +189,7 @@ class Inputs:
     prefix_len: np.ndarray | None
     classes: RequestClassArrays | None
     notes: list[str]
+    domain_of: np.ndarray | None = None  # each request's domain (an index into the scenario's domains)
 
 
 @dataclass
@@ -254,8 +255,12 @@ def prepare(sc: Scenario, scenario_file: str | Path | None) -> Inputs:
     classes = draw_classes(sc, arrivals, trace, scenario_file)
     notes: list[str] = []
     _range_warnings(pools, sc, n_in, n_out, notes)
+    domain_of = None
+    if sc.domains is not None:
+        domain_of = trace_domains(sc, trace, tpath, scenario_file) if sc.domains_from_trace else \
+            assign_domains(sc, len(trace))
     return Inputs(pools, grid, pool_carbon, pool_price, arrivals, n_in, n_out, est_out, trace.prefix_id,
-                  trace.prefix_len, classes, notes)
+                  trace.prefix_len, classes, notes, domain_of)
 
 
 # SeedSequence([seed, DOMAIN_STREAM]) assigns requests to domains: a stream of its own, no other draw moves
@@ -268,6 +273,25 @@ def assign_domains(sc: Scenario, n: int) -> np.ndarray:
     edges = np.cumsum(shares / shares.sum())
     u = np.random.default_rng(np.random.SeedSequence([sc.seed, DOMAIN_STREAM])).random(n)
     return np.minimum(np.searchsorted(edges, u, side="right"), len(shares) - 1).astype(np.int32)
+
+
+def trace_domains(sc: Scenario, trace: Trace, trace_file: str | Path,
+                  scenario_file: str | Path | None) -> np.ndarray:
+    """Each request's domain as its trace's `domain` column names it; a missing column, or a row naming no
+    declared domain, is a UserError."""
+    if trace.domain is None:
+        raise UserError(f"the trace {trace_file} has no domain column (each request's routing domain, by name)",
+                        scenario_file, "domains_from_trace")
+    names = [d.name for d in sc.domains]
+    index = {name: k for k, name in enumerate(names)}
+    labels = trace.domain.tolist()
+    try:
+        return np.fromiter((index[x] for x in labels), dtype=np.int32, count=len(labels))
+    except KeyError:
+        i = next(i for i, x in enumerate(labels) if x not in index)
+        what = "names no domain" if labels[i] is None else f"names domain {labels[i]!r}"
+        raise UserError(f"row {i} {what}, which is none of the scenario's domains ({', '.join(names)})", trace_file,
+                        "domain") from None
 
 
 def route_seed(sc: Scenario, k: int) -> np.random.SeedSequence:
@@ -286,7 +310,7 @@ def plan_parts(sc: Scenario, inputs: Inputs) -> Generator[Part, None, None]:
                    inputs.est_out, inputs.prefix_id, inputs.prefix_len, inputs.classes, router, "router",
                    route_seed(sc, 0))
         return
-    which = assign_domains(sc, len(inputs.arrivals))
+    which = inputs.domain_of
     index = {p.name: i for i, p in enumerate(sc.fleet)}
     for k, d in enumerate(sc.domains):
         ids = np.flatnonzero(which == k)
