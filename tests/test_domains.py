@@ -101,6 +101,19 @@ def test_split_on_dask_equals_the_run_in_one_process(tmp_path, capsys):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
         rc, _, err = run_cli(["run", str(sc), "--out", str(tmp_path / "dask"), "--no-plots", "--scheduler",
                               c.scheduler_address], capsys)
+        # more domains than the 4 kept in flight (2 a worker thread): each further one sent as one ends
+        from dcsim.sim.domains import simulate_split
+
+        data = make_case(tmp_path)
+        data["fleet"] = [dict(data["fleet"][0], name=f"p{k}", count=1) for k in range(6)]
+        data["domains"] = [{"name": f"d{k}", "pools": [f"p{k}"], "share": 1.0 + k} for k in range(6)]
+        path = write_scenario(tmp_path, data, "six.yaml")
+        sc6 = load_scenario(path)
+        lines: list[str] = []
+        with distributed.Client(c.scheduler_address, set_as_default=False) as client:
+            split = simulate_split(sc6, path, [], None, client, lines.append)
+        assert len(lines) == 6 and lines[-1].startswith("domain 6/6 done (")
+        assert_same(outputs(simulate(sc6)), outputs(split))
     assert rc == 0, err
     for name in ("summary.json", "requests.parquet", "replicas.csv", "power.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name

@@ -73,7 +73,8 @@ def simulate_split(sc: Scenario, scenario_file: str | Path, overrides: list[str]
         if progress is not None:
             progress(part_done(merged.parts, count, part, seconds))
 
-    # a domain's inputs are built as it is sent: a local pool holds two a worker at most, in flight
-    in_flight = None if client is not None else 2 * (workers or local_cores())
+    # a domain's inputs are built as it is sent: two a worker (a Dask worker's thread) at most are in flight
+    slots = sum(client.nthreads().values()) if client is not None else workers or local_cores()
+    in_flight = 2 * max(1, slots)
     run_tasks(tasks(), count, workers, client, on_done, in_flight)
     return finish(sc, scenario_file, merged.result())

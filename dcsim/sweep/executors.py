@@ -90,25 +90,40 @@ def connect_dask(scheduler: str):
         raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {e}", None, "--scheduler") from None
 
 
-def _run_dask(tasks: Iterable[Task], client, on_done: OnTaskDone) -> None:
-    """The tasks on the Dask client, each reported as it ends; all cancelled if this stops."""
+def _run_dask(tasks: Iterable[Task], client, on_done: OnTaskDone, in_flight: int | None = None) -> None:
+    """The tasks on the Dask client, each reported as it ends, at most `in_flight` submitted and not yet reported
+    (None: all at once); all cancelled if this stops."""
     from dask.distributed import as_completed
 
+    todo = iter(tasks)
     futures = []
+    by_key = {}
+
+    def submit() -> bool:
+        task = next(todo, None)
+        if task is None:
+            return False
+        tag, key, fn, args = task
+        fut = client.submit(fn, *args, key=key, pure=False)
+        by_key[fut.key] = tag
+        futures.append(fut)
+        return True
+
     try:
-        by_key = {}
-        for tag, key, fn, args in tasks:
-            fut = client.submit(fn, *args, key=key, pure=False)
-            by_key[fut.key] = tag
-            futures.append(fut)
-        for fut in as_completed(futures, loop=client.loop):
-            tag = by_key[fut.key]
+        while (in_flight is None or len(futures) < in_flight) and submit():
+            pass
+        done = as_completed(futures, loop=client.loop)
+        for fut in done:
+            tag = by_key.pop(fut.key)
             if fut.status == "finished":
                 on_done(tag, fut.result())
             else:
                 exc = fut.exception()
                 on_done(tag, exc if isinstance(exc, BaseException) else RuntimeError(f"task {fut.status}"))
+            futures.remove(fut)
             fut.release()
+            if in_flight is not None and submit():
+                done.add(futures[-1])
     except BaseException:
         client.cancel(futures)
         raise
@@ -120,7 +135,7 @@ def run_tasks(tasks: Iterable[Task], n_tasks: int, workers: int | None, client, 
     processes (None: every core), never more processes than tasks; each result (or exception) goes to `on_done`
     as its task ends, and an exception `on_done` raises stops the rest."""
     if client is not None:
-        _run_dask(tasks, client, on_done)
+        _run_dask(tasks, client, on_done, in_flight)
     elif workers == 0:
         _run_here(tasks, on_done)
     else:
