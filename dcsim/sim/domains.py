@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -60,9 +61,11 @@ def simulate_split(sc: Scenario, scenario_file: str | Path, overrides: list[str]
     count = len(sc.domains)
     file = str(scenario_file)
 
+    run = uuid.uuid4().hex[:12]  # Dask keys of this run's own: two runs on one cluster never share a task
+
     def tasks():
         for k, part in enumerate(plan_parts(sc, inputs)):
-            yield (k, part), f"dcsim-domain-{k}-{part.name}", domain_task, (file, list(overrides), part)
+            yield (k, part), f"dcsim-domain-{run}-{k}", domain_task, (file, list(overrides), part)
 
     def on_done(tag: tuple[int, Part], res: object) -> None:
         if isinstance(res, BaseException):
