@@ -35,9 +35,10 @@ def from_validation(err: ValidationError, file: str | Path | None) -> UserError:
     parts = []
     first_field = None
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == "nested_field" and e.get("ctx", {}).get("subfield"):  # a field inside a nested model
-            loc = f"{loc}.{e['ctx']['subfield']}"
+            loc = f"{loc}.{e['ctx']['subfield']}" if loc else e["ctx"]["subfield"]  # (the model's own: as it is)
+        loc = loc or "(top level)"
         first_field = first_field or loc
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

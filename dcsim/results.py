@@ -140,7 +140,9 @@ def request_columns(raw: RawResults) -> Columns:
 
 
 def _rows(t: Columns, keep: np.ndarray) -> Columns:
-    """The rows of t where keep holds."""
+    """The rows of t where keep holds (t itself where it keeps them all: a large run's table is not copied)."""
+    if keep.all():
+        return t
     return {k: v[keep] for k, v in t.items()}
 
 

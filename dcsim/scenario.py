@@ -369,6 +369,27 @@ class Slo(Strict):
         return self
 
 
+class Domain(Strict):
+    """A routing domain: a part of the fleet behind a router of its own (a region, a cluster behind its own load
+    balancer) that gets `share` of the requests and shares nothing else with the other domains, so that each
+    domain is simulated on its own (one after another, or in parallel: `dcsim run --workers`)."""
+
+    name: str
+    pools: list[str] = Field(min_length=1, description="the pools it holds (each pool in exactly one domain); "
+                             "taken in the fleet's order")
+    share: float | None = Field(default=None, gt=0, description="its share of the requests (the shares are "
+                                "normalised); not with domains_from_trace")
+    router: RouterSpec | None = Field(default=None, description="its own router (default: the scenario's)")
+
+
+# what a run with domains refuses: (the field that sets it, why)
+DOMAIN_REFUSED = (
+    ("facility.power", "the power hierarchy's racks and rows, and their manager, may span domains"),
+    ("autoscaling.name", "an autoscaler's state is kept for the whole run (use always_on)"),
+    ("dispatch.name", "deferral reruns the whole fleet without it (use a dispatch that does not defer)"),
+)
+
+
 class Scenario(Strict):
     name: str = "scenario"
     description: str | None = None
@@ -386,6 +407,11 @@ class Scenario(Strict):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     horizon_s: float | None = Field(default=None, gt=0, description="stop here; unfinished requests are reported")
     warmup_s: float = Field(default=0.0, ge=0, description="requests arriving before this are left out of statistics")
+    domains: list[Domain] | None = Field(default=None, min_length=1, description="independent routing domains, "
+                                         "each with its pools, its share of the requests and its router (absent: "
+                                         "one router over the whole fleet)")
+    domains_from_trace: bool = Field(default=False, description="each request's domain is the one its trace's "
+                                     "`domain` column names (no shares)")
 
     @field_validator("warmup_s")
     @classmethod
@@ -451,6 +477,50 @@ class Scenario(Strict):
         return self
 
     @model_validator(mode="after")
+    def _domains_cover_fleet(self) -> "Scenario":
+        if self.domains is None:
+            if self.domains_from_trace:
+                raise PydanticCustomError("nested_field", "{reason}", {
+                    "reason": "needs domains (the names the trace's domain column uses, and their pools)",
+                    "subfield": "domains_from_trace"})
+            return self
+        from dcsim.sim.dispatch import DISPATCH
+
+        def bad(reason: str, where: str) -> PydanticCustomError:
+            return PydanticCustomError("nested_field", "{reason}", {"reason": reason, "subfield": where})
+
+        pools = [p.name for p in self.fleet]
+        owner: dict[str, str] = {}
+        names: list[str] = []
+        for k, d in enumerate(self.domains):
+            if d.name in names:
+                raise bad(f"domain names must be unique, {d.name!r} is repeated", f"domains.{k}.name")
+            names.append(d.name)
+            if (d.share is None) != self.domains_from_trace:
+                raise bad("a domain's share of the requests, > 0" if d.share is None else
+                          "the trace's domain column assigns the requests (domains_from_trace): leave share out",
+                          f"domains.{k}.share")
+            for j, name in enumerate(d.pools):
+                where = f"domains.{k}.pools.{j}"
+                if name not in pools:
+                    raise bad(f"no pool named {name!r} (pools: {', '.join(pools)})", where)
+                if name in owner:
+                    raise bad(f"pool {name!r} is already in domain {owner[name]!r}; each pool sits in exactly one "
+                              "domain", where)
+                owner[name] = d.name
+        missing = [p for p in pools if p not in owner]
+        if missing:
+            raise bad(f"pool{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} in no domain; each "
+                      "pool sits in exactly one", "domains")
+        used = {"facility.power": self.facility.power is not None,
+                "autoscaling.name": self.autoscaling.name != "always_on",
+                "dispatch.name": DISPATCH.params_class(self.dispatch.name).defers}
+        for where, why in DOMAIN_REFUSED:
+            if used[where]:
+                raise bad(f"not supported with domains: {why}", where)
+        return self
+
+    @model_validator(mode="after")
     def _unique_pools(self) -> "Scenario":
         names = [p.name for p in self.fleet]
         dup = {n for n in names if names.count(n) > 1}
@@ -498,14 +568,17 @@ def apply_overrides(data: dict, overrides: list[str], file: str | Path | None = 
 
 
 def absolute_refs(data: dict, folder: str | Path) -> dict:
-    """The router, batching and power policies a scenario names by file (`./my_router.py:Class`), made absolute
+    """The routers, batching and power policies a scenario names by file (`./my_router.py:Class`), made absolute
     against the scenario's folder before validation: wherever the scenario is read next (a sweep's worker), the
     same file is found."""
     from dcsim.registry import absolute_ref
 
-    rt = data.get("router")
-    if isinstance(rt, dict) and "name" in rt:
-        rt["name"] = absolute_ref(rt["name"], folder)
+    doms = data.get("domains")
+    routers = [data.get("router")] + [d.get("router") for d in (doms if isinstance(doms, list) else [])
+                                      if isinstance(d, dict)]
+    for rt in routers:
+        if isinstance(rt, dict) and "name" in rt:
+            rt["name"] = absolute_ref(rt["name"], folder)
     fleet = data.get("fleet")
     for pool in fleet if isinstance(fleet, list) else []:
         b = pool.get("batching") if isinstance(pool, dict) else None

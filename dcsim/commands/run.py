@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dcsim.scenario import Scenario
+    from dcsim.sim.engine import RawResults
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,20 +21,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
     p.add_argument("--force", action="store_true",
                    help="write into an --out folder that dcsim did not write (only its own files are replaced)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="a scenario with domains: simulate them on this many local processes (default: one after "
+                        "another in this process)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                   help="a scenario with domains: simulate them on this Dask scheduler's workers (they must see the "
+                        "same files)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dcsim.errors import UserError
     from dcsim.outputs import check_folder
     from dcsim.results import strict_json, summarize
     from dcsim.run_outputs import is_run_folder, write_outputs
     from dcsim.scenario import load_scenario
-    from dcsim.sim.engine import simulate
 
+    if args.workers is not None and args.workers < 0:
+        raise UserError("must be 0 or more", None, "--workers")
+    if args.workers is not None and args.scheduler:
+        raise UserError("give --workers or --scheduler, not both", None, "--scheduler")
     if args.out:  # refused before any work
         check_folder(args.out, "run", args.force, signature=is_run_folder)
     sc = load_scenario(args.scenario, args.overrides)
-    raw = simulate(sc, args.scenario)
+    raw = _simulate(sc, args)
     summary = summarize(raw)
     if args.out:
         write_outputs(raw, summary, args.out, plots=not args.no_plots, force=args.force)
@@ -40,6 +55,34 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             print(f"\nwrote {args.out}/ (summary.json, requests.parquet, replicas.csv, power.csv, plots)")
     return 0
+
+
+def _simulate(sc: Scenario, args: argparse.Namespace) -> RawResults:
+    """The run in this process, or its domains on local processes or a Dask cluster (progress on stderr)."""
+    from dcsim.sim.engine import simulate
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    split = bool(args.workers) or args.scheduler is not None
+    if sc.domains is None:
+        if split:
+            print(f"note: {'--scheduler' if args.scheduler else '--workers'} splits a scenario's domains, and this "
+                  "one declares none: it runs in this process", file=sys.stderr)
+        return simulate(sc, args.scenario)
+    if not split:
+        return simulate(sc, args.scenario, progress)
+    from dcsim.sim.domains import simulate_split
+
+    if args.scheduler is None:
+        return simulate_split(sc, args.scenario, args.overrides, args.workers, None, progress)
+    from dcsim.sweep.executors import connect_dask
+
+    client = connect_dask(args.scheduler)
+    try:
+        return simulate_split(sc, args.scenario, args.overrides, None, client, progress)
+    finally:
+        client.close()
 
 
 def format_summary(s: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, NamedTuple
@@ -173,22 +174,166 @@ def known_outputs(sc: Scenario, n_out: np.ndarray, rng: np.random.Generator) -> 
     return np.maximum(1, np.rint(noisy)).astype(np.int64)
 
 
-def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResults:
-    """Run one scenario to completion (or to its horizon) and return the raw results."""
+@dataclass
+class Inputs:
+    """What a run reads and draws once for the whole trace (as a run without domains always has): each routing
+    domain simulates a subset of these requests on a subset of these pools."""
+
+    pools: list[PoolInfo]
+    grid: dict[str, StepSeries]
+    pool_carbon: list[StepSeries | None]
+    pool_price: list[StepSeries | None]
+    arrivals: np.ndarray
+    n_in: np.ndarray
+    n_out: np.ndarray
+    est_out: np.ndarray
+    prefix_id: np.ndarray | None
+    prefix_len: np.ndarray | None
+    classes: RequestClassArrays | None
+    notes: list[str]
+    domain_of: np.ndarray | None = None  # each request's domain (an index into the scenario's domains)
+
+
+@dataclass
+class Part:
+    """One routing domain's share of a run, all a simulation of it needs besides the scenario and its pools: its
+    pools (indices into the fleet, in fleet order), its requests (ids in the trace, in arrival order; None: all of
+    them, the arrays then the run's own), their inputs, and its router and routing stream."""
+
+    name: str | None
+    pools: list[int]
+    requests: np.ndarray | None
+    arrivals: np.ndarray
+    n_in: np.ndarray
+    n_out: np.ndarray
+    est_out: np.ndarray
+    prefix_id: np.ndarray | None
+    prefix_len: np.ndarray | None
+    classes: RequestClassArrays | None
+    router: dict
+    router_field: str  # where its router is set: "router", or "domains.K.router" for a domain's own
+    route_seed: np.random.SeedSequence
+
+
+def simulate(sc: Scenario, scenario_file: str | Path | None = None,
+             progress: Callable[[str], None] | None = None) -> RawResults:
+    """Run one scenario to completion (or to its horizon) and return the raw results; a scenario with domains
+    runs them one after another in this process (`progress` told of each as it ends; dcsim.sim.domains runs
+    them in parallel)."""
+    inputs = prepare(sc, scenario_file)
+    merged = Merger(sc, inputs)
+    for k, part in enumerate(plan_parts(sc, inputs)):
+        t0 = time.perf_counter()
+        merged.add(k, part, run_part(sc, scenario_file, part, inputs.pools, inputs.grid, inputs.pool_carbon,
+                                     inputs.pool_price))
+        if progress is not None and sc.domains is not None:
+            progress(part_done(merged.parts, len(sc.domains), part, time.perf_counter() - t0))
+        del part  # the next part's inputs are built once this one's are let go
+    return finish(sc, scenario_file, merged.result())
+
+
+def part_done(done: int, count: int, part: Part, seconds: float) -> str:
+    """The progress line of a domain that has ended."""
+    return f"domain {done}/{count} done ({part.name}, {len(part.arrivals):,} requests, {seconds:.1f} s)"
+
+
+def prepare(sc: Scenario, scenario_file: str | Path | None) -> Inputs:
+    """Read the trace, profiles and series, and draw the arrivals, the outputs routers know and the request
+    classes, once for the whole trace."""
     from dcsim.traces.arrivals import arrival_times
 
     trace, pools = load_inputs(sc, scenario_file)
     grid = load_grid(sc, scenario_file)
     seeds = np.random.SeedSequence(sc.seed).spawn(3)
-    rng_arr, rng_route, rng_pred = (np.random.default_rng(s) for s in seeds)
+    rng_arr, rng_pred = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[2])
     tpath = resolve_input(sc.trace.path, scenario_file, "traces", "trace.path", "trace file")
     arrivals = np.asarray(arrival_times(sc.arrivals, trace, rng_arr, tpath, scenario_file), dtype=np.float64)
     _check_warmup(sc, arrivals, scenario_file)
-    n = len(trace)
     n_in = trace.n_in.astype(np.int64)
     n_out = trace.n_out.astype(np.int64)
     est_out = known_outputs(sc, n_out, rng_pred)
+    pool_carbon = load_pool_series(sc, scenario_file, "carbon")
+    pool_price = load_pool_series(sc, scenario_file, "price")
+    classes = draw_classes(sc, arrivals, trace, scenario_file)
+    notes: list[str] = []
+    _range_warnings(pools, sc, n_in, n_out, notes)
+    domain_of = None
+    if sc.domains is not None:
+        domain_of = trace_domains(sc, trace, tpath, scenario_file) if sc.domains_from_trace else \
+            assign_domains(sc, len(trace))
+    return Inputs(pools, grid, pool_carbon, pool_price, arrivals, n_in, n_out, est_out, trace.prefix_id,
+                  trace.prefix_len, classes, notes, domain_of)
 
+
+# SeedSequence([seed, DOMAIN_STREAM]) assigns requests to domains: a stream of its own, no other draw moves
+DOMAIN_STREAM = 29
+
+
+def assign_domains(sc: Scenario, n: int) -> np.ndarray:
+    """Each request's domain (an index into sc.domains): a seeded draw by the normalised shares."""
+    shares = np.array([d.share for d in sc.domains], dtype=np.float64)
+    edges = np.cumsum(shares / shares.sum())
+    u = np.random.default_rng(np.random.SeedSequence([sc.seed, DOMAIN_STREAM])).random(n)
+    return np.minimum(np.searchsorted(edges, u, side="right"), len(shares) - 1).astype(np.int32)
+
+
+def trace_domains(sc: Scenario, trace: Trace, trace_file: str | Path,
+                  scenario_file: str | Path | None) -> np.ndarray:
+    """Each request's domain as its trace's `domain` column names it; a missing column, or a row naming no
+    declared domain, is a UserError."""
+    if trace.domain is None:
+        raise UserError(f"the trace {trace_file} has no domain column (each request's routing domain, by name)",
+                        scenario_file, "domains_from_trace")
+    names = [d.name for d in sc.domains]
+    index = {name: k for k, name in enumerate(names)}
+    labels = trace.domain.tolist()
+    try:
+        return np.fromiter((index[x] for x in labels), dtype=np.int32, count=len(labels))
+    except KeyError:
+        i = next(i for i, x in enumerate(labels) if x not in index)
+        what = "names no domain" if labels[i] is None else f"names domain {labels[i]!r}"
+        raise UserError(f"row {i} {what}, which is none of the scenario's domains ({', '.join(names)})", trace_file,
+                        "domain") from None
+
+
+def route_seed(sc: Scenario, k: int) -> np.random.SeedSequence:
+    """Domain k's routing stream: the scenario seed's child 1 for the first (the stream a run without domains
+    routes with), its child 2 + k for the others, so that a domain's stream does not depend on how many there
+    are."""
+    return np.random.SeedSequence(sc.seed, spawn_key=(1 if k == 0 else 2 + k,))
+
+
+def plan_parts(sc: Scenario, inputs: Inputs) -> Generator[Part, None, None]:
+    """The run's parts, built one at a time (a domain's inputs are copies of its share): without domains one
+    part, the whole fleet and trace; with them, one per domain."""
+    router = sc.router.model_dump()
+    if sc.domains is None:
+        yield Part(None, list(range(len(sc.fleet))), None, inputs.arrivals, inputs.n_in, inputs.n_out,
+                   inputs.est_out, inputs.prefix_id, inputs.prefix_len, inputs.classes, router, "router",
+                   route_seed(sc, 0))
+        return
+    which = inputs.domain_of
+    index = {p.name: i for i, p in enumerate(sc.fleet)}
+    for k, d in enumerate(sc.domains):
+        ids = np.flatnonzero(which == k)
+        c = inputs.classes
+        cls = None if c is None else RequestClassArrays(c.batch[ids], c.deadline_s[ids], c.release_s[ids])
+        pid, plen = inputs.prefix_id, inputs.prefix_len
+        yield Part(d.name, sorted(index[p] for p in d.pools), ids, inputs.arrivals[ids], inputs.n_in[ids],
+                   inputs.n_out[ids], inputs.est_out[ids], None if pid is None else pid[ids],
+                   None if plen is None else plen[ids], cls, router if d.router is None else d.router.model_dump(),
+                   "router" if d.router is None else f"domains.{k}.router", route_seed(sc, k))
+
+
+def run_part(sc: Scenario, scenario_file: str | Path | None, part: Part, all_pools: list[PoolInfo],
+             grid: dict[str, StepSeries], all_carbon: list[StepSeries | None],
+             all_price: list[StepSeries | None]) -> RawResults:
+    """Simulate one part: its requests on its pools, in an environment of its own, with its own router; replicas
+    and requests are numbered within the part (Merger puts them back in the run's order)."""
+    pools = [all_pools[i] for i in part.pools]
+    specs = [sc.fleet[i] for i in part.pools]
+    arrivals, n_in, n_out, est_out = part.arrivals, part.n_in, part.n_out, part.est_out
+    n = len(arrivals)
     power = sc.facility.power
     if power is not None:
         from dcsim.sim.facility import FacilityEnvironment, needs_manager, start_power_management
@@ -197,7 +342,7 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
     env = FacilityEnvironment() if managed else simpy.Environment()
     log = RequestLog(n)
     replicas: list[Replica] = []
-    for p_idx, (pool, spec) in enumerate(zip(pools, sc.fleet)):
+    for p_idx, (pool, spec) in enumerate(zip(pools, specs)):
         for _ in range(pool.count):
             replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log))
     if sc.horizon_s is not None:
@@ -205,15 +350,20 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
             rep.horizon = float(sc.horizon_s)
     fleet = Fleet(replicas, [p.name for p in pools], [p.evaluator for p in pools])
     fleet.env = env
-    pool_carbon = load_pool_series(sc, scenario_file, "carbon")
-    pool_price = load_pool_series(sc, scenario_file, "price")
+    pool_carbon = [all_carbon[i] for i in part.pools]
     fleet.carbon = [pc if pc is not None else grid.get("carbon", sc.facility.carbon_g_per_kwh) for pc in pool_carbon]
-    router = make_router(sc.router.model_dump(), fleet, rng_route, str(scenario_file) if scenario_file else None)
-    classes = draw_classes(sc, arrivals, trace, scenario_file)
+    file = str(scenario_file) if scenario_file else None
+    try:
+        router = make_router(part.router, fleet, np.random.default_rng(part.route_seed), file)
+    except UserError as e:
+        if part.name is None:
+            raise
+        field_ = e.field if e.field is None or part.router_field == "router" else \
+            part.router_field + e.field.removeprefix("router")
+        raise UserError(f"{e.reason} (in domain {part.name!r})", e.file, field_) from None
+    classes = part.classes
 
-    notes: list[str] = []
-    _range_warnings(pools, sc, n_in, n_out, notes)
-    prefix = None if trace.prefix_id is None else (trace.prefix_id.tolist(), trace.prefix_len.tolist())
+    prefix = None if part.prefix_id is None else (part.prefix_id.tolist(), part.prefix_len.tolist())
     scaler = None
     if sc.autoscaling.name != "always_on":
         from dcsim.sim.autoscale import start_autoscaling
@@ -238,27 +388,93 @@ def simulate(sc: Scenario, scenario_file: str | Path | None = None) -> RawResult
         end = float(env.now) if fac is None or not fac.managed else float(env.last_event_s)
         if scaler is not None:  # the run ends with its last request or load, not with the scaler's last tick
             end = scaler.end_s(log, arrivals)
-    if sc.warmup_s > 0 and end <= sc.warmup_s:
-        raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({end:g} s): no time "
-                        "is left to measure", scenario_file, "warmup_s")
     events = next(env._eid)  # SimPy numbers every event it schedules from 0 (Environment.schedule)
     segments = [_segments(rep, end) for rep in replicas]
-    tails = _power_dynamics(pools, replicas, segments, end)
     if fac is not None:
         fac.close(end)
     stats = [rep.policy.stats() for rep in replicas]
     itl = [_itl_runs(rep.policy) for rep in replicas]
-    raw = RawResults(
+    return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),
         n_in=n_in, n_out=n_out, arrival_s=arrivals, log=log.arrays(), segments=segments, end_s=end,
-        warnings=notes, policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon,
-        pool_price=pool_price, events=events,
-        classes=classes, scaling=scaler, tails=tails,
+        warnings=[], policy_stats=stats, itl=itl, grid=grid, facility=fac, pool_carbon=pool_carbon,
+        pool_price=[all_price[i] for i in part.pools], events=events,
+        classes=classes, scaling=scaler,
     )
-    if classes is not None and disp.defers:  # the same requests sent at arrival: what the deferral saved
-        from dcsim.scenario import DispatchSpec
 
-        raw.baseline = simulate(sc.model_copy(update={"dispatch": DispatchSpec()}), scenario_file)
+
+class Merger:
+    """The parts' RawResults -> the run's, in the run's order: replicas in the fleet's pool order, each request's
+    log row at its id in the trace; the run ends with its last part, warnings once each in order, events summed.
+    Each part is folded in as it is added, so that no part needs to be kept (a split run's parent holds the merged
+    run and the part in hand only)."""
+
+    def __init__(self, sc: Scenario, inputs: Inputs) -> None:
+        self.sc, self.inputs = sc, inputs
+        counts = [p.count for p in inputs.pools]
+        self.first = np.concatenate(([0], np.cumsum(counts)))[:-1]  # each pool's first replica in the run
+        self.replica_pool = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        n_rep = int(sum(counts))
+        self.segments: list[Segments | None] = [None] * n_rep
+        self.stats: list[dict] = [{}] * n_rep
+        self.itl: list[tuple[np.ndarray, ...]] = [()] * n_rep
+        self.log: dict[str, np.ndarray] | None = None
+        self.whole: RawResults | None = None  # a part that is the whole run, kept as it is
+        self.end, self.events, self.warnings, self.parts = 0.0, 0, list(inputs.notes), 0
+
+    def add(self, k: int, part: Part | None, raw: RawResults) -> None:
+        """Fold in part k's results (`part`: its pools and requests; None when raw covers the whole run)."""
+        self.parts += 1
+        self.end = max(self.end, raw.end_s)
+        self.events += raw.events
+        self.warnings += [w for w in raw.warnings if w not in self.warnings]
+        if part is None or part.requests is None:
+            self.whole = raw
+            return
+        rep = np.concatenate([np.arange(self.first[g], self.first[g] + self.inputs.pools[g].count)
+                              for g in part.pools]).astype(np.int32)  # the part's replicas in the run
+        for j, g in enumerate(rep.tolist()):
+            self.segments[g] = raw.segments[j]
+            self.stats[g] = raw.policy_stats[j]
+            self.itl[g] = raw.itl[j]
+        n = len(self.inputs.arrivals)
+        if self.log is None:
+            self.log = {key: np.zeros(n, dtype=v.dtype) for key, v in raw.log.items()}
+        ids = part.requests
+        for key, v in raw.log.items():
+            self.log[key][ids] = rep[v] if key == "replica" else v
+        if self.inputs.classes is not None:
+            self.inputs.classes.release_s[ids] = raw.classes.release_s
+
+    def result(self) -> RawResults:
+        """The merged run (summarize and write_outputs take it as any run's)."""
+        if self.whole is not None:
+            raw = self.whole
+            raw.warnings = self.warnings
+        else:
+            i = self.inputs
+            raw = RawResults(
+                scenario=self.sc, pools=i.pools, replica_pool=self.replica_pool, n_in=i.n_in, n_out=i.n_out,
+                arrival_s=i.arrivals, log=self.log, segments=self.segments, end_s=self.end, warnings=self.warnings,
+                policy_stats=self.stats, itl=self.itl, grid=i.grid, pool_carbon=i.pool_carbon,
+                pool_price=i.pool_price, classes=i.classes, events=self.events)
+        # the power state over the run's whole time: a part that ends early idles (and falls) to the run's end
+        raw.tails = _power_dynamics(raw.pools, raw.replica_pool, raw.segments, raw.end_s)
+        return raw
+
+
+def finish(sc: Scenario, scenario_file: str | Path | None, raw: RawResults) -> RawResults:
+    """The merged run's last checks, and the run without deferral where the dispatch policy defers."""
+    if sc.warmup_s > 0 and raw.end_s <= sc.warmup_s:
+        raise UserError(f"the warm-up ({sc.warmup_s:g} s) lasts to or past the end of the run ({raw.end_s:g} s): no "
+                        "time is left to measure", scenario_file, "warmup_s")
+    if raw.classes is not None:
+        from dcsim.sim.dispatch import DISPATCH
+
+        if DISPATCH.params_class(sc.dispatch.name).defers:  # the same requests sent at arrival: what it saved
+            from dcsim.scenario import DispatchSpec
+
+            raw.baseline = simulate(sc.model_copy(update={"dispatch": DispatchSpec()}), scenario_file)
     return raw
 
 
@@ -478,7 +694,7 @@ def _segments(rep: Replica, end: float) -> Segments:
     return Segments(t0, t1, e, h)
 
 
-def _power_dynamics(pools: list[PoolInfo], replicas: list[Replica], segments: list[Segments],
+def _power_dynamics(pools: list[PoolInfo], replica_pool: np.ndarray, segments: list[Segments],
                     end: float) -> list[Segments]:
     """Where a pool's profile has power dynamics: each replica's busy periods lose their rise (in `segments`, in
     place) and gain their fall after them (returned per replica); [] where no profile has them."""
@@ -488,8 +704,8 @@ def _power_dynamics(pools: list[PoolInfo], replicas: list[Replica], segments: li
 
     z = np.zeros(0)
     tails = []
-    for i, rep in enumerate(replicas):
-        pool = pools[rep.pool]
+    for i, p in enumerate(replica_pool.tolist()):
+        pool = pools[p]
         dyn = pool.profile.power.dynamics
         if dyn is None:
             tails.append(Segments(z, z, z, z))

@@ -30,6 +30,8 @@ class Trace:
     prefix_len: np.ndarray | None = None
     # request classes: seconds after arrival by which a batch request is due (NaN: an interactive request)
     deadline_s: np.ndarray | None = None
+    # routing domains: the name of each request's domain (object str), for a scenario's domains_from_trace
+    domain: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.n_in.shape[0])
@@ -40,7 +42,7 @@ class Trace:
             return None if a is None else a[idx]
 
         return Trace(self.n_in[idx], self.n_out[idx], cut(self.arrival_s), cut(self.source), dict(self.provenance),
-                     cut(self.prefix_id), cut(self.prefix_len), cut(self.deadline_s))
+                     cut(self.prefix_id), cut(self.prefix_len), cut(self.deadline_s), cut(self.domain))
 
     def head(self, n: int) -> "Trace":
         return self.take(slice(0, n))
@@ -109,6 +111,8 @@ class Trace:
             cols["prefix_len"] = pa.array(self.prefix_len, pa.int64())
         if self.deadline_s is not None:
             cols["deadline_s"] = pa.array(self.deadline_s, pa.float64())
+        if self.domain is not None:
+            cols["domain"] = pa.array([str(s) for s in self.domain], pa.string())
         table = pa.table(cols)
         meta = dict(table.schema.metadata or {})
         meta[PROVENANCE_KEY] = json.dumps(self.provenance, sort_keys=True).encode()
@@ -175,7 +179,17 @@ def load_trace(path: str | Path) -> Trace:
     tr.prefix_id, tr.prefix_len = pid, plen
     if "deadline_s" in df.columns:
         tr.deadline_s = deadline_column(_numbers(df["deadline_s"], p, "deadline_s", csv), p, csv)
+    if "domain" in df.columns:
+        tr.domain = domain_column(df["domain"])
     return tr.validate(p)
+
+
+def domain_column(col) -> np.ndarray:  # a pandas Series in
+    """A trace's `domain` column (each request's routing domain, by name) as str, None for an empty cell; it is
+    checked against the scenario's domains where a scenario reads it (domains_from_trace), not here."""
+    out = col.astype(str).to_numpy(object)
+    out[col.isna().to_numpy()] = None
+    return out
 
 
 def deadline_column(col, path: Path, csv: bool) -> np.ndarray:
@@ -194,8 +208,9 @@ def deadline_column(col, path: Path, csv: bool) -> np.ndarray:
 
 def _plain_columns(table) -> dict[str, np.ndarray] | None:
     """A Parquet table's trace columns as numpy arrays, where they need none of the pandas path's conversions
-    or checks: rows present, n_in and n_out, numbers without gaps, text source ids, prefix_id and prefix_len
-    together, no session_id. None otherwise (load_trace then takes the pandas path and its messages)."""
+    or checks: rows present, n_in and n_out, numbers without gaps, text source ids and domain names,
+    prefix_id and prefix_len together, no session_id. None otherwise (load_trace then takes the pandas path and its
+    messages)."""
     import pyarrow as pa
 
     names = set(table.column_names)
@@ -203,16 +218,17 @@ def _plain_columns(table) -> dict[str, np.ndarray] | None:
             or ("prefix_len" in names) != ("prefix_id" in names)):
         return None
     out = {}
-    for name in ("n_in", "n_out", "arrival_s", "prefix_id", "prefix_len", "source"):
+    for name in ("n_in", "n_out", "arrival_s", "prefix_id", "prefix_len", "source", "domain"):
         if name not in names:
             continue
         col = table.column(name)
         t = col.type
         if col.null_count:
             return None
-        if name == "source" and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        if name in ("source", "domain") and (pa.types.is_string(t) or pa.types.is_large_string(t)):
             out[name] = np.array(col.to_pylist(), dtype=object)
-        elif name != "source" and (pa.types.is_integer(t) or pa.types.is_floating(t) and t != pa.float16()):
+        elif name not in ("source", "domain") and (pa.types.is_integer(t)
+                                                   or pa.types.is_floating(t) and t != pa.float16()):
             # the values buffer of each chunk (pyarrow's to_numpy would import pandas)
             dt = np.dtype({"float": "float32", "double": "float64"}.get(str(t), str(t)))
             out[name] = np.concatenate([np.frombuffer(c.buffers()[1], dt)[c.offset:c.offset + len(c)]
@@ -232,6 +248,8 @@ def _plain_trace(cols: dict[str, np.ndarray], prov: dict, p: Path) -> Trace:
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first)] = np.arange(len(first))
         tr.prefix_id, tr.prefix_len = rank[inverse.reshape(-1)], cols["prefix_len"]
+    if "domain" in cols:
+        tr.domain = cols["domain"]
     return tr.validate(p)
 
 
