@@ -133,7 +133,7 @@ def request_columns(raw: RawResults) -> Columns:
         cols["deadline_met"] = np.where(c.batch, done & (lg["done_s"] <= c.deadline_s), False)
     if raw.scaling is not None:  # an autoscaler: how long each request waited for a model load (extra TTFT)
         cols["cold_wait_s"] = np.asarray(raw.scaling.cold_wait, dtype=np.float64)
-    if any(raw.policy_stats):  # a paged engine: what its scheduler did to each request
+    if any("preemptions" in s for s in raw.policy_stats):  # a paged engine: what its scheduler did to each request
         cols["preemptions"] = lg["preemptions"]
         cols["cached_tokens"] = lg["cached_tokens"]
     return cols
@@ -457,8 +457,9 @@ def _engine_block(raw: RawResults, replicas: list[int]) -> dict:
     if not stats:
         return {}
     tot = {k: sum(s[k] for s in stats) for k in stats[0]}
-    q = tot.get("prefix_query_tokens", 0)
-    tot["prefix_hit_rate"] = tot.get("prefix_hit_tokens", 0) / q if q else 0.0
+    if "prefix_query_tokens" in tot:
+        q = tot["prefix_query_tokens"]
+        tot["prefix_hit_rate"] = tot.get("prefix_hit_tokens", 0) / q if q else 0.0
     runs = [raw.itl[i] for i in replicas if i < len(raw.itl) and len(raw.itl[i][0])]
     if runs:
         tot["itl_s"] = itl_stats(*(np.concatenate(c) for c in list(zip(*runs))[1:]))

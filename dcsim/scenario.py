@@ -125,6 +125,30 @@ class Batching(BaseModel):
 MAX_REPLICAS = 100_000
 
 
+class WarmedShapes(Strict):
+    """Shapes every replica of the pool has already run when the simulation starts (a warm-up before serving)."""
+
+    prompts: list[tuple[PositiveInt, PositiveInt]] = Field(
+        default_factory=list, description="(batch, prompt length) of each prefill already run")
+    kv_lengths: list[tuple[PositiveInt, PositiveInt, PositiveInt]] = Field(
+        default_factory=list, description="(batch, first, last): KV lengths already decoded at that batch size")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "WarmedShapes":
+        for i, (_, lo, hi) in enumerate(self.kv_lengths):
+            if hi < lo:
+                raise ValueError(f"kv_lengths.{i}: last ({hi}) is below first ({lo})")
+        return self
+
+
+class Shapes(Strict):
+    """Whether the pool's replicas start having run every shape (warm: no first-time costs, as calibration's
+    medians are) or none but `warmed` (cold: each new prefill and decode shape pays the profile's cold_shapes)."""
+
+    start: Literal["warm", "cold"] = "warm"
+    warmed: WarmedShapes = Field(default_factory=WarmedShapes)
+
+
 class PhaseClocks(Strict):
     """A locked SM clock per phase: prefill steps at prefill_mhz, decode steps at decode_mhz."""
 
@@ -195,6 +219,16 @@ class Pool(Strict):
                                              "time (its site's tariff or market), in place of the facility's")
     cold_start: ColdStartSpec | None = Field(default=None, description="model-load time and energy for "
                                              "autoscaling (default: the profile's)")
+    shapes: Literal["warm", "cold"] | Shapes = Field(
+        default="warm", description="warm: replicas have run every shape; cold: each new prefill shape and decode "
+        "KV length pays the profile's cold_shapes (or {start: cold, warmed: {prompts, kv_lengths}})")
+
+    def shape_start(self) -> Shapes | None:
+        """The pool's starting shapes where it starts cold, else None."""
+        s = self.shapes
+        if isinstance(s, str):
+            s = Shapes(start=s)
+        return s if s.start == "cold" else None
 
 
 class RouterSpec(BaseModel):

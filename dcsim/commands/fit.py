@@ -125,6 +125,22 @@ def _host_step(prof, run_dirs: list[Path]) -> None:
              f"{coef['prefill_tokens'] * 1e6:.3f} us a prefill token; drawn at the step's power")
 
 
+def _cold_shapes(prof, run_dirs: list[Path]) -> None:
+    """cold_shapes from the warm-ups and first runs the run folders kept (dcsim.profiles.cold_shapes), if any."""
+    from dcsim.profiles.cold_shapes import described, fit_cold_shapes
+    from dcsim.profiles.profile import ColdShapes, FitError, Provenance
+
+    fit = fit_cold_shapes(run_dirs)
+    if fit is None:
+        return
+    prof.cold_shapes = ColdShapes(prompt_s=round(fit.prompt_s, 5), prompt_j=round(fit.prompt_j, 3),
+                                  kv_length_s=round(fit.kv_length_s, 6), kv_length_j=round(fit.kv_length_j, 4))
+    prof.fit_error["cold_shapes.run_s"] = FitError(median_ape_pct=round(fit.ape_with, 2),
+                                                   max_ape_pct=round(fit.ape_with_max, 2), n_points=fit.n_cold)
+    prof.provenance["cold_shapes"] = Provenance(
+        source="measured", path=", ".join(Path(d).as_posix() for d in run_dirs), note=described(fit))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.derive:
         if args.idle_from:
@@ -162,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     prof = result.profile
     if args.source == "run":
         _host_step(prof, [Path(x) for x in args.path])
+        _cold_shapes(prof, [Path(x) for x in args.path])
     if dynamics is not None:
         prof.power.dynamics, prof.provenance["power.dynamics"] = dynamics
     write_profile(prof, out)

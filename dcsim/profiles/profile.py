@@ -188,6 +188,18 @@ class ColdStart(Strict):
     load_j: float = Field(ge=0, description="device joules of one load")
 
 
+class ColdShapes(Strict):
+    """What the engine pays the first time it runs a shape (dcsim.profiles.cold_shapes fits it from calibration's
+    warm-up and first runs; dcsim.sim.shapes applies it to pools that start cold): a prefill at a (batch, prompt
+    length) it has not run adds prompt_s to the time to first token, and each decode step at a (batch, KV length)
+    it has not run adds kv_length_s; the joules are the device's over that extra time."""
+
+    prompt_s: float = Field(ge=0, description="seconds added to a prefill at a new (batch, prompt length)")
+    prompt_j: float = Field(ge=0, description="device joules of that extra time")
+    kv_length_s: float = Field(ge=0, description="seconds added to a decode step at a new (batch, KV length)")
+    kv_length_j: float = Field(ge=0, description="device joules of that extra time")
+
+
 class CapPoint(Strict):
     """A measured cap: multipliers on uncapped time and power for each phase."""
 
@@ -303,6 +315,8 @@ class Profile(Strict):
     power_cap: PowerCap | None = None
     clock: ClockModel | None = None
     cold_start: ColdStart | None = Field(default=None, description="model-load time and energy (autoscaling)")
+    cold_shapes: ColdShapes | None = Field(default=None, description="first-time costs of new shapes (pools "
+                                           "that start cold)")
     memory: Memory
     provenance: dict[str, Provenance] = Field(default_factory=dict)
     valid_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -352,6 +366,9 @@ class Profile(Strict):
                 "prefill_launch_s": lat.prefill_launch_s.scaled(time_x) if lat.prefill_launch_s else None,
                 "mixed_overlap_s": lat.mixed_overlap_s * time_x if lat.mixed_overlap_s else None}),
             "power": pw.model_copy(update={"prefill_w": pw.prefill_w.scaled(w), "decode_w": pw.decode_w.scaled(w)}),
+            "cold_shapes": None if self.cold_shapes is None else ColdShapes(
+                prompt_s=self.cold_shapes.prompt_s * time_x, prompt_j=self.cold_shapes.prompt_j * energy_x,
+                kv_length_s=self.cold_shapes.kv_length_s * time_x, kv_length_j=self.cold_shapes.kv_length_j * energy_x),
         })
 
     def to_yaml(self, path: str | Path) -> None:

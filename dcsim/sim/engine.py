@@ -13,11 +13,12 @@ import simpy
 from dcsim.errors import UserError
 from dcsim.grid import StepSeries, load_series
 from dcsim.profiles.profile import Profile, ProfileEvaluator, load_profile
-from dcsim.scenario import PhaseClocks, Scenario, resolve_input
+from dcsim.scenario import PhaseClocks, Pool, Scenario, resolve_input
 from dcsim.sim.batching import Policy, make_policy
 from dcsim.sim.replica import Replica, cut_runs
 from dcsim.sim.requests import Request, RequestLog
 from dcsim.sim.routers import Fleet, make_router
+from dcsim.sim.shapes import ColdCosts
 from dcsim.traces.trace import Trace, load_trace
 
 
@@ -32,6 +33,7 @@ class PoolInfo:
     idle: str
     policy: Policy | None = None  # a template of the pool's batching policy (range checks, reports)
     clocks: tuple[float, float] | None = None  # locked (prefill, decode) SM clock, MHz
+    shapes: ColdCosts | None = None  # a pool that starts cold: first-time costs and the shapes warmed
 
 
 class Segments(NamedTuple):
@@ -159,8 +161,25 @@ def load_pools(sc: Scenario, scenario_file: str | Path | None,
         if why:
             raise UserError(f"{why} (profile {ppath.name})", scenario_file, f"fleet.{i}.batching")
         pools.append(PoolInfo(pool.name, prof, str(ppath), evaluator, pool.count, pool.power_cap_w, pool.idle, pol,
-                              clocks))
+                              clocks, _cold(pool, prof, pol, scenario_file, i, ppath.name)))
     return pools
+
+
+def _cold(pool: Pool, prof: Profile, pol: Policy, scenario_file: str | Path | None, i: int,
+          name: str) -> ColdCosts | None:
+    """A cold-starting pool's first-time costs (the profile's cold_shapes) and warmed shapes; None for a warm one."""
+    start = pool.shape_start()
+    if start is None:
+        return None
+    if prof.cold_shapes is None:
+        raise UserError(f"profile {name} has no cold_shapes section to price new shapes with (refit it from its "
+                        "calibration runs with dcsim fit, which fits them from the warm-ups and first runs)",
+                        scenario_file, f"fleet.{i}.shapes")
+    if not pol.cold_shapes:
+        raise UserError(f"batching policy {pool.batching.policy!r} does not model first-time shape costs (fcfs and "
+                        "static do: engines that serve by iteration capture their shapes at start)",
+                        scenario_file, f"fleet.{i}.shapes")
+    return ColdCosts(prof.cold_shapes, start.warmed.prompts, start.warmed.kv_lengths)
 
 
 def known_outputs(sc: Scenario, n_out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -344,7 +363,7 @@ def run_part(sc: Scenario, scenario_file: str | Path | None, part: Part, all_poo
     replicas: list[Replica] = []
     for p_idx, (pool, spec) in enumerate(zip(pools, specs)):
         for _ in range(pool.count):
-            replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log))
+            replicas.append(Replica(env, len(replicas), p_idx, pool.evaluator, spec.batching, log, pool.shapes))
     if sc.horizon_s is not None:
         for rep in replicas:
             rep.horizon = float(sc.horizon_s)
@@ -392,7 +411,8 @@ def run_part(sc: Scenario, scenario_file: str | Path | None, part: Part, all_poo
     segments = [_segments(rep, end) for rep in replicas]
     if fac is not None:
         fac.close(end)
-    stats = [rep.policy.stats() for rep in replicas]
+    stats = [rep.policy.stats() if rep.shapes is None else rep.policy.stats() | rep.shapes.stats()
+             for rep in replicas]
     itl = [_itl_runs(rep.policy) for rep in replicas]
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),

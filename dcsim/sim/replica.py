@@ -18,6 +18,7 @@ from dcsim.profiles.profile import ProfileEvaluator
 from dcsim.scenario import Batching
 from dcsim.sim.batching import make_policy
 from dcsim.sim.requests import Request, RequestLog
+from dcsim.sim.shapes import ColdCosts
 
 
 class Replica:
@@ -28,10 +29,11 @@ class Replica:
         "segment_start_s", "segment_end_s", "segment_device_j", "segment_host_j", "current", "wake", "proc", "decoding",
         "parallel", "busy_s",
         "watchers", "cuts", "run_t0", "run_cut", "cut", "managed", "replan", "arrivals", "arrival_i", "horizon",
+        "cold", "shapes",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, evaluator: ProfileEvaluator,
-                 batching: Batching, log: RequestLog) -> None:
+                 batching: Batching, log: RequestLog, cold: ColdCosts | None = None) -> None:
         self.env = env
         self.index = index
         self.pool = pool
@@ -67,6 +69,9 @@ class Replica:
         self.arrivals: list[float] = []  # where a policy plans (Policy.plans): the times arrivals are handled at
         self.arrival_i = 0  # where the replica's policy last searched them
         self.horizon = math.inf  # the run's horizon, if any
+        # a pool that starts cold: the first-time prices and the shapes this replica has run (dcsim/sim/shapes.py)
+        self.cold = cold
+        self.shapes = None if cold is None else cold.memory()
         self.proc = env.process(self.policy.run(self))
 
     # ---- called by the dispatcher -------------------------------------------------------------

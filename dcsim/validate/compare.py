@@ -18,7 +18,7 @@ import pandas as pd
 
 from dcsim.errors import UserError, check_input
 from dcsim.profiles.profile import Profile, load_profile
-from dcsim.scenario import Batching, Pool, ReplayArrivals, Scenario, TraceRef
+from dcsim.scenario import Batching, Pool, ReplayArrivals, Scenario, Shapes, TraceRef
 from dcsim.validate.intervals import covered_s
 
 TARGETS = {"energy_j": 0.05, "e2e_p50_s": 0.10, "e2e_p95_s": 0.10, "wait_mean_s": 0.15,
@@ -121,15 +121,33 @@ def scenario_for(folder: Path, meta: dict, profile_path: Path) -> Scenario:
     else:
         batching = Batching(policy=pol["policy"], max_batch=pol["max_batch"], max_wait_s=pol["max_wait_s"])
     # a static-cache profile is simulated with the caches the replay's engine held (replay.json), not its own
-    static = load_profile(profile_path).engine.cache_lengths and meta.get("cache_lengths")
+    prof = load_profile(profile_path)
+    static = prof.engine.cache_lengths and meta.get("cache_lengths")
     lengths = {int(b): int(n) for b, n in meta["cache_lengths"].items()} if static else None
     return Scenario(
         name=f"validate-{folder.name}", seed=0,
         trace=TraceRef(path=str((folder / "workload.csv").resolve())),
         arrivals=ReplayArrivals(time_scale=1.0),
         fleet=[Pool(name="replica", profile=str(profile_path.resolve()), count=1, batching=batching,
-                    cache_lengths=lengths)],
+                    cache_lengths=lengths, shapes=replay_shapes(folder, meta) if prof.cold_shapes else "warm")],
     )
+
+
+def replay_shapes(folder: Path, meta: dict) -> Shapes | str:
+    """A one-at-a-time or static replay's engine starts having run only its warm-up's shapes (and, with the
+    length warm-up, every prompt length of the window): the forecast starts cold with those (dcsim/sim/shapes.py),
+    so the first time the window meets another shape it pays the profile's cold_shapes, as the engine did."""
+    from dcsim.scenario import WarmedShapes
+    from dcsim.validate.replay import warmed_shapes
+
+    pol = meta["policy"]
+    if pol["policy"] not in ("fcfs", "static"):
+        return "warm"
+    sizes = [1] if pol["policy"] == "fcfs" else list(range(1, int(pol["max_batch"]) + 1))
+    lengths = {int(b): int(n) for b, n in (meta.get("cache_lengths") or {}).items()}
+    prompts = pd.read_csv(folder / "workload.csv")["n_in"].tolist() if meta.get("length_warmup") else None
+    p, kv = warmed_shapes(sizes, lengths, prompts)
+    return Shapes(start="cold", warmed=WarmedShapes(prompts=p, kv_lengths=kv))
 
 
 def forecast(folder: Path, meta: dict, profile_path: Path) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame,

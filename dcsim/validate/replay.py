@@ -82,6 +82,26 @@ def check_fits(wl: pd.DataFrame, lengths: dict[int, int], policy: ServePolicy, f
                         "prompt plus the longest output fit", file, "--clip-in")
 
 
+def warmup_prompt(batch: int, lengths: dict[int, int]) -> int:
+    """The prompt length warm_up runs each batch size at (32 output tokens), inside that batch size's cache."""
+    return min(128, max(8, lengths.get(batch, 160) - 32))
+
+
+def warmed_shapes(batch_sizes: list[int], lengths: dict[int, int],
+                  prompt_lengths: list[int] | None) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """The shapes warm_up leaves the engine having run: (batch, prompt length) prefills and (batch, first, last)
+    KV lengths decoded, for a forecast whose replica starts as the replay's did (dcsim/sim/shapes.py)."""
+    prompts, kv = [], []
+    for b in batch_sizes:
+        n = warmup_prompt(b, lengths)
+        prompts.append((b, n))
+        kv.append((b, n + 1, n + 31))
+        for length in sorted(set(prompt_lengths or [])):
+            prompts.append((b, int(length)))
+            kv.append((b, int(length) + 1, int(length) + 1))
+    return prompts, kv
+
+
 def warm_up(backend: Backend, policy: ServePolicy, lengths: dict[int, int], log,
             prompt_lengths: list[int] | None = None) -> float:
     """Run every batch size the replay may use until the backend has nothing left to compile, then once
@@ -94,7 +114,7 @@ def warm_up(backend: Backend, policy: ServePolicy, lengths: dict[int, int], log,
     and that a serving engine with length-independent prefill kernels does not pay at all."""
     t0 = time.perf_counter()
     for b in policy.batch_sizes():
-        n_in = min(128, max(8, lengths.get(b, 160) - 32))
+        n_in = warmup_prompt(b, lengths)
         for _ in range(3):
             backend.run(n_in, 32, b, seed=b, on_start=lambda: None, on_first_token=lambda: None)
             if not backend.needs_warmup(n_in, 32, b):

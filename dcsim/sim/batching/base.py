@@ -38,6 +38,8 @@ class Policy:
     # whether the policy plans several steps as one event, asking which instants arrivals are handled at
     # (Replica.arrivals, arrival_at)
     plans: ClassVar[bool] = False
+    # whether the policy pays first-time shape costs where its pool starts cold (Replica.cold, dcsim/sim/shapes.py)
+    cold_shapes: ClassVar[bool] = False
 
     def __init__(self, params: BatchParams) -> None:
         self.params = params
@@ -125,6 +127,29 @@ def prefill_then_decode(rep: "Replica", now: float, prefill: tuple[float, float,
         k -= steps
         ctx += steps * n
     return first, env.now, e_tot, h_tot
+
+
+def with_cold(rep: "Replica", pf: tuple[float, float, float], n: int, n_in: int, kv_from: int,
+              steps: int) -> tuple[tuple[float, float, float], float, float]:
+    """A prefill (seconds, device W, host W) of n x n_in tokens with the first-time cost of its shape folded in,
+    and the extra decode (seconds, device J) its `steps` steps from KV length kv_from pay for KV lengths new to
+    the replica (dcsim/sim/shapes.py); unchanged, and (0, 0), on a replica that starts warm."""
+    if rep.cold is None:
+        return pf, 0.0, 0.0
+    ps, pj, ks, kj = rep.cold.pay(rep.shapes, n, n_in, kv_from, steps)
+    if ps > 0:
+        t, w, h = pf
+        pf = (t + ps, (t * w + pj) / (t + ps), (t * h + ps * h) / (t + ps))
+    return pf, ks, kj
+
+
+def cold_tail(rep: "Replica", ks: float, kj: float, h_w: float) -> Generator:
+    """Under a power manager, a request's extra decode seconds for new KV lengths as one segment after its decode
+    runs (at the prefill's host power); returns its (device J, host J)."""
+    now = rep.env.now
+    yield rep.env.timeout(ks)
+    rep.segment(now, now + ks, kj, ks * h_w)
+    return kj, ks * h_w
 
 
 ARRIVAL_WINDOW = 256  # arrivals searched near a replica's last plan before a search of them all

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import Policy, policy, prefill_then_decode
+from dcsim.sim.batching.base import Policy, cold_tail, policy, prefill_then_decode, with_cold
 from dcsim.sim.batching.limits import Limits
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ class Fcfs(Policy):
     under a power manager, a prefill and decode runs a cap change cuts at a step boundary)."""
 
     Params = Limits
+    cold_shapes = True
 
     def run(self, rep: "Replica") -> Generator:
         env, evaluator, log, q = rep.env, rep.evaluator, rep.log, rep.queue
@@ -31,16 +32,23 @@ class Fcfs(Policy):
             now = env.now
             n_in = r.n_in
             start[r.rid] = now
+            pf = prefill(n_in, float(n_in) * n_in, 1)
+            ks = kj = 0.0
+            if rep.cold is not None:  # a cold replica: the first time it meets this prompt length or KV lengths
+                pf, ks, kj = with_cold(rep, pf, 1, n_in, n_in + 1, r.n_out - 1)
             if rep.managed:  # a cap may change mid-request: prefill, then decode runs cut at step boundaries
-                first[r.rid], end, r.energy, r.host = yield from prefill_then_decode(
-                    rep, now, prefill(n_in, float(n_in) * n_in, 1), 1, n_in + 1, r.n_out - 1)
+                first[r.rid], end, r.energy, r.host = yield from prefill_then_decode(rep, now, pf, 1, n_in + 1,
+                                                                                     r.n_out - 1)
+                if ks > 0:
+                    e, h = yield from cold_tail(rep, ks, kj, pf[2])
+                    end, r.energy, r.host = env.now, r.energy + e, r.host + h
             else:  # one event: the prefill and every decode step at the cap the request began with
-                t_pf, w_pf, h_pf = prefill(n_in, float(n_in) * n_in, 1)
+                t_pf, w_pf, h_pf = pf
                 t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)
-                t = t_pf + t_dc
+                t = t_pf + t_dc + ks
                 end = now + t
-                r.energy = e = t_pf * w_pf + e_dc
-                r.host = h = t_pf * h_pf + h_dc
+                r.energy = e = t_pf * w_pf + e_dc + kj
+                r.host = h = t_pf * h_pf + h_dc + ks * h_pf
                 first[r.rid] = now + t_pf
                 rep.current = (now, end, e, h)
                 yield timeout(t)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import policy, prefill_then_decode
+from dcsim.sim.batching.base import cold_tail, policy, prefill_then_decode, with_cold
 from dcsim.sim.batching.limits import Batches
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ class Static(Batches):
     """Gather up to max_batch requests or wait max_wait_s after the first, then run them padded to the longest
     prompt and the longest output as one batch (as HF generate does)."""
 
+    cold_shapes = True
 
     def run(self, rep: "Replica") -> Generator:
         env, evaluator, log, q, b = rep.env, rep.evaluator, rep.log, rep.queue, self.params
@@ -41,14 +42,20 @@ class Static(Batches):
             n = len(batch)
             now = env.now
             pf = evaluator.prefill(n * max_in, float(n) * max_in * max_in, n)
+            ks = kj = 0.0
+            if rep.cold is not None:  # a cold replica: the first time it meets this padded shape or KV lengths
+                pf, ks, kj = with_cold(rep, pf, n, max_in, max_in + 1, max_out - 1)
             if rep.managed:  # a cap may change mid-batch: prefill, then decode runs cut at step boundaries
                 t_first, end, e, h = yield from prefill_then_decode(rep, now, pf, n, n * (max_in + 1), max_out - 1)
+                if ks > 0:
+                    e2, h2 = yield from cold_tail(rep, ks, kj, pf[2])
+                    end, e, h = env.now, e + e2, h + h2
             else:  # one event: the prefill and every decode step at the cap the batch began with
                 t_pf, w_pf, h_pf = pf
                 t_dc, e_dc, h_dc = evaluator.decode_run(n, n * (max_in + 1), max_out - 1)
-                t = t_pf + t_dc
-                e = t_pf * w_pf + e_dc
-                h = t_pf * h_pf + h_dc
+                t = t_pf + t_dc + ks
+                e = t_pf * w_pf + e_dc + kj
+                h = t_pf * h_pf + h_dc + ks * h_pf
                 rep.current = (now, now + t, e, h)
                 yield env.timeout(t)
                 rep.current = None
