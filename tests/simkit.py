@@ -63,3 +63,17 @@ def scenario(trace: Path, pools: list[dict], **kw) -> dict:
          "fleet": pools}
     d.update(kw)
     return d
+
+
+def run_pool(tmp_path: Path, profile: Path, n_in, n_out, arrival, batching: dict, **pool):
+    """One replica of `profile` serving a trace the test writes, with the pool's other fields (None: left out):
+    (raw results, requests table, summary)."""
+    from dcsim.results import requests_table, summarize
+    from dcsim.scenario import Scenario
+    from dcsim.sim.engine import simulate
+
+    tr = write_trace(tmp_path, n_in, n_out, arrival)
+    spec = {"name": "p", "profile": str(profile), "count": 1, "batching": batching}
+    spec.update({k: v for k, v in pool.items() if v is not None})
+    raw = simulate(Scenario.model_validate(scenario(tr, [spec])))
+    return raw, requests_table(raw), summarize(raw)

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from simkit import profile_dict, scenario, write_trace
+from simkit import profile_dict, run_pool, scenario, write_trace
 
 from dcsim.errors import UserError
 from dcsim.profiles.profile import Profile, load_profile
-from dcsim.results import requests_table, summarize
-from dcsim.scenario import Scenario
+from dcsim.results import summarize
 from dcsim.sim.engine import simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +44,7 @@ def toy(tmp_path: Path, clock: dict | None = CLOCK) -> Path:
 
 
 def run(tmp_path, n_in, n_out, arrival, batching, clock_mhz=None, profile=None):
-    prof = profile or toy(tmp_path)
-    tr = write_trace(tmp_path, n_in, n_out, arrival)
-    pool = {"name": "p", "profile": str(prof), "count": 1, "batching": batching}
-    if clock_mhz is not None:
-        pool["clock_mhz"] = clock_mhz
-    raw = simulate(Scenario.model_validate(scenario(tr, [pool])))
-    return raw, requests_table(raw), summarize(raw)
+    return run_pool(tmp_path, profile or toy(tmp_path), n_in, n_out, arrival, batching, clock_mhz=clock_mhz)
 
 
 def test_locked_clock_fcfs_timeline_and_energy(tmp_path):

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from simkit import profile_dict, scenario, write_trace
+from simkit import profile_dict, run_pool, scenario, write_trace
 
 from dcsim.profiles.cold_shapes import fit_cold_shapes
-from dcsim.results import requests_table, summarize
+from dcsim.results import requests_table
 from dcsim.scenario import Scenario
 from dcsim.sim.engine import simulate
 from dcsim.sim.shapes import Lengths, ShapeMemory
@@ -35,13 +35,7 @@ def _profile(tmp_path: Path, cold: dict | None = COLD) -> Path:
 
 
 def _run(tmp_path, n_in, n_out, arrival, batching, shapes, cold: dict | None = COLD):
-    prof = _profile(tmp_path, cold)
-    tr = write_trace(tmp_path, n_in, n_out, arrival)
-    pool = {"name": "p", "profile": str(prof), "count": 1, "batching": batching}
-    if shapes is not None:
-        pool["shapes"] = shapes
-    raw = simulate(Scenario.model_validate(scenario(tr, [pool])))
-    return raw, requests_table(raw), summarize(raw)
+    return run_pool(tmp_path, _profile(tmp_path, cold), n_in, n_out, arrival, batching, shapes=shapes)
 
 
 def test_lengths_count_only_what_is_new():
@@ -197,3 +191,15 @@ def test_shipped_hf_static_profile_carries_its_fit():
     assert 0.03 < c["prompt_s"] < 0.12  # the replays saw about 90 ms a new prompt length on this engine
     assert "cold_shapes" in p["provenance"]
     json.dumps(c)
+
+
+def test_run_prints_what_a_cold_pool_paid(tmp_path):
+    """`dcsim run` on a cold pool: its text summary says what the first-time shapes cost (1 prompt shape and 15
+    KV lengths on the fcfs timeline above: 0.2 s)."""
+    prof = _profile(tmp_path)
+    tr = write_trace(tmp_path, [100, 100, 100], [11, 11, 16], [0.0, 10.0, 20.0])
+    sc = tmp_path / "s.yaml"
+    sc.write_text(yaml.safe_dump(scenario(tr, [{"name": "p", "profile": str(prof), "count": 1, "shapes": "cold"}])))
+    r = subprocess.run([sys.executable, "-m", "dcsim.cli", "run", str(sc)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "p: 1 new prompt shapes and 15 new KV lengths paid 0.2 s" in r.stdout

@@ -130,7 +130,10 @@ def format_summary(s: dict) -> str:
         )
     for name, p in s["pools"].items():
         e = p.get("engine")
-        if e:  # what a paged engine's scheduler did
+        if e and "cold_prompts" in e:  # a pool that started cold: the first-time shape costs it paid
+            lines.append(f"  {name}: {e['cold_prompts']} new prompt shapes and {e['cold_kv_lengths']} new KV lengths "
+                         f"paid {e['cold_s']:.1f} s and {e['cold_j'] / 3.6e6:.4f} kWh (cold_shapes)")
+        if e and "preemptions" in e:  # what a paged engine's scheduler did
             itl = e.get("itl_s")
             lines.append(f"  {name}: {e['preemptions']} preemptions, prefix-cache hits {e['prefix_hit_rate']:.1%} "
                          f"of prompt tokens" + (f"; ITL p50 {itl['p50'] * 1e3:.1f} ms p99 {itl['p99'] * 1e3:.1f} ms"
