@@ -203,3 +203,22 @@ def test_run_prints_what_a_cold_pool_paid(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dcsim.cli", "run", str(sc)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "p: 1 new prompt shapes and 15 new KV lengths paid 0.2 s" in r.stdout
+
+
+def test_spread_leaves_out_first_time_runs():
+    """A run that met its shape first pays the first-time cost, not run-to-run noise: the spread is over the warm
+    repeats (here 1.0, 1.1, 0.9 s: CV 0.1), not over those and a 2.0 s first run; a term the warm runs alone cannot
+    give keeps the figure over every run."""
+    from dcsim.profiles.fit_stats import spread_cv
+    from dcsim.profiles.measurements import normalise
+
+    rows = [{"kind": "run", "n_in": 32, "n_out": 64, "batch": 1, "runtime_s": t, "energy_device_j": 100 * t,
+             "source": "r:i32-o64-b1", "first_time": first} for t, first in ((2.0, True), (1.0, False),
+                                                                             (1.1, False), (0.9, False))]
+    t = normalise(pd.DataFrame(rows))
+    assert spread_cv(t)["latency.run_s"] == pytest.approx(0.1, abs=1e-4)
+    assert spread_cv(t.assign(first_time=False))["latency.run_s"] == pytest.approx(
+        float(np.std([2.0, 1.0, 1.1, 0.9], ddof=1) / np.mean([2.0, 1.0, 1.1, 0.9])), abs=1e-4)
+    few = normalise(pd.DataFrame(rows[:3]))  # two warm runs: no warm figure, so the one over all three runs
+    assert spread_cv(few)["latency.run_s"] == pytest.approx(
+        float(np.std([2.0, 1.0, 1.1], ddof=1) / np.mean([2.0, 1.0, 1.1])), abs=1e-4)

@@ -60,6 +60,15 @@ POOLED_SPREAD_DF = 6  # the fewest degrees of freedom (repeats beyond the first,
 
 
 def spread_cv(t: pd.DataFrame) -> dict[str, float]:
+    """Run-to-run coefficient of variation per term (_spread) over the runs that met no shape for the first time
+    (`first_time`): what those pay is the engine's first-time cost (cold_shapes), not spread. Where the warm runs
+    alone give no figure for a term, over every run, as before."""
+    every = _spread(t)
+    warm = _spread(t[~t["first_time"]]) if "first_time" in t and t["first_time"].any() else every
+    return {k: warm.get(k, v) for k, v in every.items()}
+
+
+def _spread(t: pd.DataFrame) -> dict[str, float]:
     """Run-to-run coefficient of variation per term: the median over shapes repeated at least 3 times; where no
     shape was, the CV pooled over the shapes repeated twice (root of the df-weighted mean of their squared CVs),
     given at least POOLED_SPREAD_DF degrees of freedom, so a two-repeat calibration still lends the comparison a

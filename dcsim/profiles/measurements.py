@@ -17,6 +17,7 @@ Columns
 - avg_power_w: device power averaged over the run, where the source gives it instead of energy
 - repeat: repeat index of this shape (0 for published means)
 - warmup: True for warm-up runs that fitting must skip
+- first_time: True for a run that met a shape for the first time in its session (left out of the spread)
 - source: short id of where the row came from (file name or run name)
 - cache_len: for a static-KV-cache engine, the tokens of cache each sequence held (allocated up front and read
     whole at every decode step); NaN for a dynamic cache, whose steps read the live context only
@@ -39,6 +40,7 @@ COLUMNS = {
     "ttft_s": "float64", "tpot_s": "float64", "energy_device_j": "float64", "energy_host_j": "float64",
     "avg_power_w": "float64", "repeat": "int64", "warmup": bool, "source": object, "cache_len": "float64",
     "context": "float64", "prefill_prefix": "float64", "graph_batch": "float64", "prefill_chunks": "float64",
+    "first_time": bool,
 }
 KINDS = ("run", "decode", "step", "idle_serving", "idle_deep")
 
@@ -53,7 +55,7 @@ def normalise(df: pd.DataFrame, file: str | None = None) -> pd.DataFrame:
     defaults = {"ttft_s": np.nan, "tpot_s": np.nan, "energy_device_j": np.nan, "energy_host_j": np.nan,
                 "avg_power_w": np.nan, "repeat": 0, "warmup": False, "source": "", "batch": 1,
                 "cache_len": np.nan, "context": np.nan, "prefill_prefix": np.nan, "graph_batch": np.nan,
-                "prefill_chunks": np.nan}
+                "prefill_chunks": np.nan, "first_time": False}
     for c, v in defaults.items():
         if c not in out.columns:
             out[c] = v

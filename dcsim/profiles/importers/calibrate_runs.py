@@ -97,6 +97,17 @@ NUMERIC = ("n_in", "n_out", "batch", "repeat", "runtime_s", "ttft_s", "tpot_s", 
 OPTIONAL = tuple(c for c in (*NUMERIC, "point", "extra") if c not in REQUIRED)
 
 
+def _first_time(runs: pd.DataFrame, d: Path) -> pd.Series:
+    """Which runs met a shape for the first time in their session (dcsim.profiles.cold_shapes): they pay the
+    engine's first-time costs, which are not run-to-run spread."""
+    from dcsim.profiles.cold_shapes import new_shapes
+
+    if runs.empty or not {"session", "t_start"} <= set(runs.columns):
+        return pd.Series(False, index=runs.index)
+    t = new_shapes(runs.assign(folder=str(d)))
+    return ((t["new_prompt"] > 0) | (t["new_kv"] > 0)).reindex(runs.index)
+
+
 def load(run_dir: str | Path, cap_w: float | None = None,
          min_energy_s: float = MIN_ENERGY_S, model_config: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """(measurement table, fit metadata) of one run folder; `cap_w` picks the rows run under that power limit
@@ -123,6 +134,7 @@ def load(run_dir: str | Path, cap_w: float | None = None,
         "avg_power_w": runs["avg_power_w"], "repeat": runs["repeat"].fillna(0),
         "warmup": runs["phase"] == "warmup", "source": name + ":" + runs["point"],
         "cache_len": runs["extra"].map(_cache_len),
+        "first_time": _first_time(runs, d),
     })
     step_t = pd.DataFrame()
     if not steps.empty:
