@@ -10,6 +10,8 @@ For each knob and load it takes the least device energy among settings whose end
 the unmanaged run's (equal p99 latency). Writes clocks.csv and clocks.png beside this file. Run from the
 repository root:
     python studies/clocks/clocks.py            # about 5 minutes on one core
+    python studies/clocks/clocks.py --profile profiles/h200--llama-2-7b--paged-fused-model-bf16.yaml \
+        --name clocks-measured                 # the same on the profile measured on our H200 (Llama-2-7B shapes)
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ FIELDS = ("load_rps_per_server", "knob", "setting", "energy_j", "e2e_p99_s", "e2
           "tpot_p50_s", "tpot_p99_s", "mean_power_w", "requests_completed")
 
 
-def scenario(load: float, knob: str, setting: float | None, limit: int) -> dict:
+def scenario(load: float, knob: str, setting: float | None, limit: int, profile: str = PROFILE) -> dict:
     """SERVERS H200 replicas under one knob at one setting (None: unmanaged)."""
-    pool = {"name": "h200", "profile": PROFILE, "count": SERVERS, "batching": {"policy": "paged",
+    pool = {"name": "h200", "profile": profile, "count": SERVERS, "batching": {"policy": "paged",
                                                                                 "max_num_seqs": 128}}
     if knob == "cap" and setting is not None:
         pool["power_cap_w"] = float(setting)
@@ -47,12 +49,12 @@ def scenario(load: float, knob: str, setting: float | None, limit: int) -> dict:
             "fleet": [pool], "router": {"name": "least_outstanding"}}
 
 
-def run_point(load: float, knob: str, setting: float | None, limit: int) -> dict:
+def run_point(load: float, knob: str, setting: float | None, limit: int, profile: str = PROFILE) -> dict:
     from dcsim.results import summarize
     from dcsim.scenario import Scenario
     from dcsim.sim.engine import simulate
 
-    s = summarize(simulate(Scenario.model_validate(scenario(load, knob, setting, limit)), None))
+    s = summarize(simulate(Scenario.model_validate(scenario(load, knob, setting, limit, profile)), None))
     return {"load_rps_per_server": load, "knob": knob, "setting": "" if setting is None else setting,
             "energy_j": s["energy_j"], "e2e_p99_s": s["e2e_s"]["p99"], "ttft_p99_s": s["ttft_s"]["p99"],
             "tpot_p50_s": s["tpot_s"]["p50"], "tpot_p99_s": s["tpot_s"]["p99"],
@@ -107,27 +109,29 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=3000, help="requests of the trace replayed at each point")
+    ap.add_argument("--profile", default=PROFILE, help="the H200 profile (with power_cap and clock sections)")
+    ap.add_argument("--name", default="clocks", help="stem of the CSV and PNG written beside this file")
     args = ap.parse_args()
     t0 = time.time()
     rows = []
     for load in LOADS:
-        base = run_point(load, "none", None, args.limit)
+        base = run_point(load, "none", None, args.limit, args.profile)
         base["e2e_p99_ratio"] = 1.0
         rows.append(base)
         for knob, settings in (("cap", CAPS), ("clock", CLOCKS), ("governor", CLOCKS)):
             for v in settings:
-                r = run_point(load, knob, v, args.limit)
+                r = run_point(load, knob, v, args.limit, args.profile)
                 r["e2e_p99_ratio"] = r["e2e_p99_s"] / base["e2e_p99_s"]
                 rows.append(r)
         print(f"load {load:g}: {len(rows)} points, {time.time() - t0:.0f} s")
-    tmp = HERE / ".clocks.csv"
+    tmp = HERE / f".{args.name}.csv"
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*FIELDS])
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
-    tmp.replace(HERE / "clocks.csv")
-    plot(rows, HERE / "clocks.png")
+    tmp.replace(HERE / f"{args.name}.csv")
+    plot(rows, HERE / f"{args.name}.png")
     for load in LOADS:
         base = next(r for r in rows if r["load_rps_per_server"] == load and r["knob"] == "none")
         for knob in ("cap", "clock", "governor"):
