@@ -16,7 +16,7 @@ import yaml
 from simkit import profile_dict, run_pool, scenario, write_trace
 
 from dcsim.profiles.cold_shapes import fit_cold_shapes
-from dcsim.results import requests_table
+from dcsim.results import requests_table, summarize
 from dcsim.scenario import Scenario
 from dcsim.sim.engine import simulate
 from dcsim.sim.shapes import Lengths, ShapeMemory
@@ -222,3 +222,19 @@ def test_spread_leaves_out_first_time_runs():
     few = normalise(pd.DataFrame(rows[:3]))  # two warm runs: no warm figure, so the one over all three runs
     assert spread_cv(few)["latency.run_s"] == pytest.approx(
         float(np.std([2.0, 1.0, 1.1], ddof=1) / np.mean([2.0, 1.0, 1.1])), abs=1e-4)
+
+
+def test_shipped_cold_scenario_prices_what_it_met():
+    """scenarios/cold-shapes-h100-gsm8k.yaml: only the cold pool pays, and what it paid is its counts times the
+    profile's prices."""
+    from dcsim.profiles.profile import load_profile
+
+    path = ROOT / "scenarios" / "cold-shapes-h100-gsm8k.yaml"
+    s = summarize(simulate(Scenario.model_validate(yaml.safe_load(path.read_text())), path))
+    c = load_profile(ROOT / "profiles" / "h100-sxm-80gb--llama-2-7b--hf-static-bf16.yaml").cold_shapes
+    assert "engine" not in s["pools"]["warm"]
+    e = s["pools"]["cold"]["engine"]
+    assert e["cold_prompts"] > 50 and e["cold_kv_lengths"] > 0
+    assert e["cold_s"] == pytest.approx(e["cold_prompts"] * c.prompt_s + e["cold_kv_lengths"] * c.kv_length_s)
+    assert e["cold_j"] == pytest.approx(e["cold_prompts"] * c.prompt_j + e["cold_kv_lengths"] * c.kv_length_j)
+    assert s["requests_completed"] == 1319
