@@ -238,3 +238,22 @@ def test_shipped_cold_scenario_prices_what_it_met():
     assert e["cold_s"] == pytest.approx(e["cold_prompts"] * c.prompt_s + e["cold_kv_lengths"] * c.kv_length_s)
     assert e["cold_j"] == pytest.approx(e["cold_prompts"] * c.prompt_j + e["cold_kv_lengths"] * c.kv_length_j)
     assert s["requests_completed"] == 1319
+
+
+def test_replay_forecast_starts_with_the_warm_up_shapes(tmp_path):
+    """A replay without the length warm-up ran batch 1 at 128 prompt tokens (and KV 129..159) before its window; one
+    with it also every prompt length once (one decode step); a recorded list is taken as it is."""
+    from dcsim.validate.compare import replay_shapes
+
+    pd.DataFrame({"n_in": [40, 40, 7], "n_out": [5, 5, 5], "arrival_s": [0, 1, 2]}).to_csv(
+        tmp_path / "workload.csv", index=False)
+    fcfs = {"policy": "fcfs", "max_batch": 1, "max_wait_s": 0.0}
+    cold = replay_shapes(tmp_path, {"policy": fcfs, "cache_lengths": {"1": 2080}, "length_warmup": False})
+    assert cold.start == "cold" and cold.warmed.prompts == [(1, 128)]
+    assert cold.warmed.kv_lengths == [(1, 129, 159)]
+    warm = replay_shapes(tmp_path, {"policy": fcfs, "cache_lengths": {"1": 2080}, "length_warmup": True})
+    assert warm.warmed.prompts == [(1, 128), (1, 7), (1, 40)]
+    assert warm.warmed.kv_lengths == [(1, 129, 159), (1, 8, 8), (1, 41, 41)]
+    rec = replay_shapes(tmp_path, {"policy": fcfs, "warmed_shapes": {"prompts": [[1, 9]], "kv_lengths": []}})
+    assert rec.warmed.prompts == [(1, 9)] and rec.warmed.kv_lengths == []
+    assert replay_shapes(tmp_path, {"policy": {"policy": "paged"}}) == "warm"

@@ -249,7 +249,8 @@ def handler(args: argparse.Namespace) -> int:
         R.probe(backend, meter, probe_shapes, args.probe_repeats, tmp)
     backend.close()
     meta = _meta(args, spec, info, policy, prof_path, backend_name, warm_s, res, env, meter.describe(), load_info,
-                 plan=plan_path, cache_lengths=lengths, length_warmup=not args.no_length_warmup)
+                 plan=plan_path, cache_lengths=lengths, length_warmup=not args.no_length_warmup,
+                 **_warmed(args, policy, lengths, wl))
     meter.close()
     return _finish(tmp, out, meta, prof_path)
 
@@ -334,7 +335,8 @@ def _recover(args: argparse.Namespace, out: Path, wl, info: dict, spec, policy, 
                         "profile", "gpu": {"name": profile.device.name}}
     meter = {"meter": "recovered", "energy_source": res["energy_source"]}
     meta = _meta(args, spec, info, policy, prof_path, engine, None, res, env, meter, {}, plan=plan_path,
-                 cache_lengths=lengths, length_warmup=not args.no_length_warmup)
+                 cache_lengths=lengths, length_warmup=not args.no_length_warmup,
+                 **_warmed(args, policy, lengths, wl))
     return _finish(tmp, out, meta, prof_path)
 
 
@@ -351,6 +353,18 @@ def _start_folder(out: Path, wl, prof_path: Path) -> Path:
     wl.to_csv(tmp / "workload.csv", index=False)
     shutil.copyfile(prof_path, tmp / SIZING_PROFILE)
     return tmp
+
+
+def _warmed(args: argparse.Namespace, policy, lengths: dict | None, wl) -> dict:
+    """{"warmed_shapes": ...}: the shapes a one-at-a-time or static replay's warm-up ran (replay.warmed_shapes), the
+    ones its forecast starts cold with (compare.replay_shapes); empty for the paged engine."""
+    from dcsim.validate.replay import warmed_shapes
+
+    if getattr(policy, "policy", None) not in ("fcfs", "static"):
+        return {}
+    prompts, kv = warmed_shapes(policy.batch_sizes(), lengths or {},
+                                  None if args.no_length_warmup else wl["n_in"].tolist())
+    return {"warmed_shapes": {"prompts": [list(p) for p in prompts], "kv_lengths": [list(k) for k in kv]}}
 
 
 def _meta(args: argparse.Namespace, spec, info: dict, policy, prof_path: Path, engine: str,

@@ -143,6 +143,9 @@ def replay_shapes(folder: Path, meta: dict) -> Shapes | str:
     pol = meta["policy"]
     if pol["policy"] not in ("fcfs", "static"):
         return "warm"
+    if meta.get("warmed_shapes"):  # recorded by the replay (replays before 2026-12-05: the same rule, below)
+        w = meta["warmed_shapes"]
+        return Shapes(start="cold", warmed=WarmedShapes(prompts=w["prompts"], kv_lengths=w["kv_lengths"]))
     sizes = [1] if pol["policy"] == "fcfs" else list(range(1, int(pol["max_batch"]) + 1))
     lengths = {int(b): int(n) for b, n in (meta.get("cache_lengths") or {}).items()}
     prompts = pd.read_csv(folder / "workload.csv")["n_in"].tolist() if meta.get("length_warmup") else None
