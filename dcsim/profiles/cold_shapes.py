@@ -3,12 +3,12 @@ each point pay them, the later repeats of the same point do not.
 
 Each session's runs are walked in the order they ran, counting with dcsim.sim.shapes what each met for the first
 time: its prefill's (batch, prompt length) and the (batch, KV length)s of its decode steps. A run's extra time is
-its time less the median of the same point's runs that met nothing new (same power cap). Two least-squares fits
-without intercept: the extra time to first token on "new prompt" (0/1), and the extra decode time (run time less
-time to first token) on the count of new KV lengths. The joules likewise: the extra energy to the first token on
-"new prompt", the extra energy after it on new KV lengths, over the runs both time fits kept. A run more than 5
-scaled median deviations off its fit, and off by more than the cost fitted for it, is left out once (a compile,
-say) and named. A session's first run is left out (it also starts the engine)."""
+its time less the median of the same point's runs that met nothing new (same power cap and locked clock). Two
+least-squares fits without intercept: the extra time to first token on "new prompt" (0/1), and the extra decode
+time (run time less time to first token) on the count of new KV lengths. The joules likewise: the extra energy to
+the first token on "new prompt", the extra energy after it on new KV lengths, over the runs both time fits kept. A
+run more than 5 scaled median deviations off its fit, and off by more than the cost fitted for it, is left out once
+(a compile, say) and named. A session's first run is left out (it also starts the engine)."""
 
 from __future__ import annotations
 
@@ -97,8 +97,8 @@ def fit_cold_shapes(run_dirs: list[Path]) -> ColdFit | None:
     if runs.empty:
         return None
     t = new_shapes(runs)
-    cap = t["power_cap_w"].fillna(0.0) if "power_cap_w" in t else 0.0
-    t = t.assign(key=list(zip(t["n_in"], t["n_out"], t["batch"], cap)))
+    setting = [t[c].fillna(0.0) if c in t else pd.Series(0.0, index=t.index) for c in ("power_cap_w", "sm_clock_mhz")]
+    t = t.assign(key=list(zip(t["n_in"], t["n_out"], t["batch"], *setting)))
     warm = t[(t["phase"] == "run") & (t["new_prompt"] == 0) & (t["new_kv"] == 0) & ~t["first"]]
     ref = warm.groupby("key")[["runtime_s", "ttft_s", "energy_device_j", "energy_prefill_device_j"]].median()
     obs = t[~t["first"] & t["key"].isin(ref.index)]
@@ -122,15 +122,16 @@ def fit_cold_shapes(run_dirs: list[Path]) -> ColdFit | None:
     sel = cold & keep_p & keep_k
     meas = obs["runtime_s"].to_numpy(float)[sel]
     base = r[sel, 0]
-    pred = base + ps * xp[sel] + ks * xk[sel]
+    without = np.abs(base / meas - 1.0) * 100
+    with_ = np.abs((base + ps * xp[sel] + ks * xk[sel]) / meas - 1.0) * 100
     return ColdFit(
         prompt_s=ps, prompt_j=float(pj), kv_length_s=ks, kv_length_j=float(kj), n_runs=len(obs),
         n_new_prompt=int((xp > 0).sum()), n_new_kv=int((xk > 0).sum()),
         r2_prompt=_r2(xp[keep_p], d_ttft[keep_p], ps), r2_kv=_r2(xk[keep_k], (d_run - d_ttft)[keep_k], ks),
         left_out=left,
-        ape_without=float(np.median(np.abs(base / meas - 1.0)) * 100) if len(meas) else 0.0,
-        ape_with=float(np.median(np.abs(pred / meas - 1.0)) * 100) if len(meas) else 0.0,
-        ape_with_max=float(np.max(np.abs(pred / meas - 1.0)) * 100) if len(meas) else 0.0, n_cold=int(sel.sum()))
+        ape_without=float(np.median(without)) if len(meas) else 0.0,
+        ape_with=float(np.median(with_)) if len(meas) else 0.0,
+        ape_with_max=float(np.max(with_)) if len(meas) else 0.0, n_cold=int(sel.sum()))
 
 
 def described(fit: ColdFit) -> str:

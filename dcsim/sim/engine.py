@@ -411,8 +411,7 @@ def run_part(sc: Scenario, scenario_file: str | Path | None, part: Part, all_poo
     segments = [_segments(rep, end) for rep in replicas]
     if fac is not None:
         fac.close(end)
-    stats = [rep.policy.stats() if rep.shapes is None else rep.policy.stats() | rep.shapes.stats()
-             for rep in replicas]
+    stats = [rep.policy.stats() | (rep.shapes.stats() if rep.shapes else {}) for rep in replicas]
     itl = [_itl_runs(rep.policy) for rep in replicas]
     return RawResults(
         scenario=sc, pools=pools, replica_pool=np.array([r.pool for r in replicas], dtype=np.int32),

@@ -29,7 +29,7 @@ class Replica:
         "segment_start_s", "segment_end_s", "segment_device_j", "segment_host_j", "current", "wake", "proc", "decoding",
         "parallel", "busy_s",
         "watchers", "cuts", "run_t0", "run_cut", "cut", "managed", "replan", "arrivals", "arrival_i", "horizon",
-        "cold", "shapes",
+        "shapes",
     )
 
     def __init__(self, env: simpy.Environment, index: int, pool: int, evaluator: ProfileEvaluator,
@@ -69,8 +69,7 @@ class Replica:
         self.arrivals: list[float] = []  # where a policy plans (Policy.plans): the times arrivals are handled at
         self.arrival_i = 0  # where the replica's policy last searched them
         self.horizon = math.inf  # the run's horizon, if any
-        # a pool that starts cold: the first-time prices and the shapes this replica has run (dcsim/sim/shapes.py)
-        self.cold = cold
+        # a pool that starts cold: the shapes this replica has run, with their first-time prices (dcsim/sim/shapes.py)
         self.shapes = None if cold is None else cold.memory()
         self.proc = env.process(self.policy.run(self))
 

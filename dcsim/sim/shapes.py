@@ -52,13 +52,15 @@ class NewShapes(NamedTuple):
 
 class ShapeMemory:
     """One replica's shapes so far. `meet` records a prefill of `batch` sequences padded to `n_in` tokens and its
-    decode steps at KV lengths kv_from..kv_from + steps - 1, returning what was new."""
+    decode steps at KV lengths kv_from..kv_from + steps - 1, returning what was new; `pay` also prices it at
+    `costs` (a cold pool's; the fit counts without them)."""
 
-    __slots__ = ("prompts", "kv", "new_prompts", "new_kv", "paid_s", "paid_j")
+    __slots__ = ("prompts", "kv", "costs", "new_prompts", "new_kv", "paid_s", "paid_j")
 
-    def __init__(self, prompts: Iterable[tuple[int, int]] = (),
-                 kv: Iterable[tuple[int, int, int]] = ()) -> None:
+    def __init__(self, prompts: Iterable[tuple[int, int]] = (), kv: Iterable[tuple[int, int, int]] = (),
+                 costs: "ColdCosts | None" = None) -> None:
         self.prompts: set[tuple[int, int]] = set(prompts)
+        self.costs = costs
         self.kv: dict[int, Lengths] = {}
         for b, lo, hi in kv:
             self._lengths(b).add(lo, hi)
@@ -83,6 +85,16 @@ class ShapeMemory:
         self.new_kv += new_kv
         return NewShapes(new_prompt, new_kv)
 
+    def pay(self, batch: int, n_in: int, kv_from: int, steps: int) -> tuple[float, float, float, float]:
+        """`meet`, priced: (extra prefill s, its J, extra decode s, its J) for the shapes that were new."""
+        c = self.costs
+        new = self.meet(batch, n_in, kv_from, steps)
+        ps, pj = (c.prompt_s, c.prompt_j) if new.prompt else (0.0, 0.0)
+        ks, kj = c.kv_s * new.kv_lengths, c.kv_j * new.kv_lengths
+        self.paid_s += ps + ks
+        self.paid_j += pj + kj
+        return ps, pj, ks, kj
+
     def stats(self) -> dict[str, float]:
         return {"cold_prompts": self.new_prompts, "cold_kv_lengths": self.new_kv, "cold_s": self.paid_s,
                 "cold_j": self.paid_j}
@@ -101,16 +113,5 @@ class ColdCosts:
         self.kv = [tuple(k) for k in kv]
 
     def memory(self) -> ShapeMemory:
-        """A replica's memory at the start: the warmed shapes only."""
-        return ShapeMemory(self.prompts, self.kv)
-
-    def pay(self, mem: ShapeMemory, batch: int, n_in: int, kv_from: int, steps: int) -> tuple[float, float, float,
-                                                                                               float]:
-        """What a prefill of `batch` x `n_in` tokens and its `steps` decode steps from KV length kv_from pay for
-        the shapes new to `mem` (recorded there): (extra prefill s, its J, extra decode s, its J)."""
-        new = mem.meet(batch, n_in, kv_from, steps)
-        ps, pj = (self.prompt_s, self.prompt_j) if new.prompt else (0.0, 0.0)
-        ks, kj = self.kv_s * new.kv_lengths, self.kv_j * new.kv_lengths
-        mem.paid_s += ps + ks
-        mem.paid_j += pj + kj
-        return ps, pj, ks, kj
+        """A replica's memory at the start, priced at these costs: the warmed shapes only."""
+        return ShapeMemory(self.prompts, self.kv, self)

@@ -138,7 +138,7 @@ def replay_shapes(folder: Path, meta: dict) -> Shapes | str:
     length warm-up, every prompt length of the window): the forecast starts cold with those (dcsim/sim/shapes.py),
     so the first time the window meets another shape it pays the profile's cold_shapes, as the engine did."""
     from dcsim.scenario import WarmedShapes
-    from dcsim.validate.replay import warmed_shapes
+    from dcsim.validate.replay import ServePolicy, warmed_shapes
 
     pol = meta["policy"]
     if pol["policy"] not in ("fcfs", "static"):
@@ -146,7 +146,7 @@ def replay_shapes(folder: Path, meta: dict) -> Shapes | str:
     if meta.get("warmed_shapes"):  # recorded by the replay (replays before 2026-12-05: the same rule, below)
         w = meta["warmed_shapes"]
         return Shapes(start="cold", warmed=WarmedShapes(prompts=w["prompts"], kv_lengths=w["kv_lengths"]))
-    sizes = [1] if pol["policy"] == "fcfs" else list(range(1, int(pol["max_batch"]) + 1))
+    sizes = ServePolicy(pol["policy"], int(pol["max_batch"])).batch_sizes()
     lengths = {int(b): int(n) for b, n in (meta.get("cache_lengths") or {}).items()}
     prompts = pd.read_csv(folder / "workload.csv")["n_in"].tolist() if meta.get("length_warmup") else None
     p, kv = warmed_shapes(sizes, lengths, prompts)

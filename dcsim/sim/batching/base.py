@@ -38,7 +38,7 @@ class Policy:
     # whether the policy plans several steps as one event, asking which instants arrivals are handled at
     # (Replica.arrivals, arrival_at)
     plans: ClassVar[bool] = False
-    # whether the policy pays first-time shape costs where its pool starts cold (Replica.cold, dcsim/sim/shapes.py)
+    # whether the policy pays first-time shape costs where its pool starts cold (Replica.shapes, dcsim/sim/shapes.py)
     cold_shapes: ClassVar[bool] = False
 
     def __init__(self, params: BatchParams) -> None:
@@ -101,11 +101,12 @@ def decode_run_events(rep: "Replica", now: float, run: tuple[float, float, float
 
 
 def prefill_then_decode(rep: "Replica", now: float, prefill: tuple[float, float, float], n: int, ctx: int,
-                        k: int) -> Generator:
+                        k: int, cold: tuple[float, float] = (0.0, 0.0)) -> Generator:
     """Under a power manager: a prefill (seconds, device W, host W) at `now`, then k decode steps of n sequences
     from `ctx` KV tokens, as runs the manager can cut at a step boundary (decode_run_events), the rest at the cap
-    it sets, so a cap reaches a request in progress at its next step, as on the engines that batch by iteration.
-    Logs the segments; returns (first token time, end, device J, host J)."""
+    it sets, so a cap reaches a request in progress at its next step, as on the engines that batch by iteration;
+    then `cold` (seconds, device J: the decode's first-time costs, with_cold) as one segment at the prefill's host
+    power. Logs the segments; returns (first token time, end, device J, host J)."""
     from dcsim.sim.batching.continuous import steps_covering
 
     env, evaluator = rep.env, rep.evaluator
@@ -126,30 +127,26 @@ def prefill_then_decode(rep: "Replica", now: float, prefill: tuple[float, float,
         h_tot += h
         k -= steps
         ctx += steps * n
+    ks, kj = cold
+    if ks > 0:
+        t0 = env.now
+        yield env.timeout(ks)
+        rep.segment(t0, t0 + ks, kj, ks * h_pf)
+        e_tot += kj
+        h_tot += ks * h_pf
     return first, env.now, e_tot, h_tot
 
 
 def with_cold(rep: "Replica", pf: tuple[float, float, float], n: int, n_in: int, kv_from: int,
               steps: int) -> tuple[tuple[float, float, float], float, float]:
-    """A prefill (seconds, device W, host W) of n x n_in tokens with the first-time cost of its shape folded in,
-    and the extra decode (seconds, device J) its `steps` steps from KV length kv_from pay for KV lengths new to
-    the replica (dcsim/sim/shapes.py); unchanged, and (0, 0), on a replica that starts warm."""
-    if rep.cold is None:
-        return pf, 0.0, 0.0
-    ps, pj, ks, kj = rep.cold.pay(rep.shapes, n, n_in, kv_from, steps)
+    """On a replica that starts cold (rep.shapes set): a prefill (seconds, device W, host W) of n x n_in tokens with
+    the first-time cost of its shape folded in, and the extra decode (seconds, device J) that its `steps` steps
+    from KV length kv_from pay for KV lengths new to the replica (dcsim/sim/shapes.py)."""
+    ps, pj, ks, kj = rep.shapes.pay(n, n_in, kv_from, steps)
     if ps > 0:
         t, w, h = pf
-        pf = (t + ps, (t * w + pj) / (t + ps), (t * h + ps * h) / (t + ps))
+        pf = (t + ps, (t * w + pj) / (t + ps), h)
     return pf, ks, kj
-
-
-def cold_tail(rep: "Replica", ks: float, kj: float, h_w: float) -> Generator:
-    """Under a power manager, a request's extra decode seconds for new KV lengths as one segment after its decode
-    runs (at the prefill's host power); returns its (device J, host J)."""
-    now = rep.env.now
-    yield rep.env.timeout(ks)
-    rep.segment(now, now + ks, kj, ks * h_w)
-    return kj, ks * h_w
 
 
 ARRIVAL_WINDOW = 256  # arrivals searched near a replica's last plan before a search of them all

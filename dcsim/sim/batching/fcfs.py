@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import Policy, cold_tail, policy, prefill_then_decode, with_cold
+from dcsim.sim.batching.base import Policy, policy, prefill_then_decode, with_cold
 from dcsim.sim.batching.limits import Limits
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class Fcfs(Policy):
         timeout, prefill, decode_run, segment, complete = (env.timeout, evaluator.prefill, evaluator.decode_run,
                                                             rep.segment, rep.complete)
         start, first = log.start, log.first
+        cold = rep.shapes is not None  # a replica that starts cold pays each shape the first time it meets it
         while True:
             if not q:
                 yield rep.idle_wait()
@@ -34,14 +35,11 @@ class Fcfs(Policy):
             start[r.rid] = now
             pf = prefill(n_in, float(n_in) * n_in, 1)
             ks = kj = 0.0
-            if rep.cold is not None:  # a cold replica: the first time it meets this prompt length or KV lengths
+            if cold:
                 pf, ks, kj = with_cold(rep, pf, 1, n_in, n_in + 1, r.n_out - 1)
             if rep.managed:  # a cap may change mid-request: prefill, then decode runs cut at step boundaries
                 first[r.rid], end, r.energy, r.host = yield from prefill_then_decode(rep, now, pf, 1, n_in + 1,
-                                                                                     r.n_out - 1)
-                if ks > 0:
-                    e, h = yield from cold_tail(rep, ks, kj, pf[2])
-                    end, r.energy, r.host = env.now, r.energy + e, r.host + h
+                                                                                     r.n_out - 1, (ks, kj))
             else:  # one event: the prefill and every decode step at the cap the request began with
                 t_pf, w_pf, h_pf = pf
                 t_dc, e_dc, h_dc = decode_run(1, n_in + 1, r.n_out - 1)

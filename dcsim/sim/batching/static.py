@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generator
 
-from dcsim.sim.batching.base import cold_tail, policy, prefill_then_decode, with_cold
+from dcsim.sim.batching.base import policy, prefill_then_decode, with_cold
 from dcsim.sim.batching.limits import Batches
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ class Static(Batches):
 
     def run(self, rep: "Replica") -> Generator:
         env, evaluator, log, q, b = rep.env, rep.evaluator, rep.log, rep.queue, self.params
+        cold = rep.shapes is not None  # a replica that starts cold pays each shape the first time it meets it
         while True:
             if not q:
                 yield rep.idle_wait()
@@ -43,13 +44,11 @@ class Static(Batches):
             now = env.now
             pf = evaluator.prefill(n * max_in, float(n) * max_in * max_in, n)
             ks = kj = 0.0
-            if rep.cold is not None:  # a cold replica: the first time it meets this padded shape or KV lengths
+            if cold:  # the padded shape and its KV lengths, the first time this replica meets them
                 pf, ks, kj = with_cold(rep, pf, n, max_in, max_in + 1, max_out - 1)
             if rep.managed:  # a cap may change mid-batch: prefill, then decode runs cut at step boundaries
-                t_first, end, e, h = yield from prefill_then_decode(rep, now, pf, n, n * (max_in + 1), max_out - 1)
-                if ks > 0:
-                    e2, h2 = yield from cold_tail(rep, ks, kj, pf[2])
-                    end, e, h = env.now, e + e2, h + h2
+                t_first, end, e, h = yield from prefill_then_decode(rep, now, pf, n, n * (max_in + 1), max_out - 1,
+                                                                    (ks, kj))
             else:  # one event: the prefill and every decode step at the cap the batch began with
                 t_pf, w_pf, h_pf = pf
                 t_dc, e_dc, h_dc = evaluator.decode_run(n, n * (max_in + 1), max_out - 1)
